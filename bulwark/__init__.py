@@ -1,0 +1,1 @@
+"""The bulwark command line: up, status, apply, delete, get, run."""

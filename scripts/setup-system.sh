@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install the Debian packages Bulwark needs (bcc for Debian's python3, bpftool, venv, apparmor_parser),
+# and mount the kernel filesystems the monitor reads. Idempotent; needs root.
+set -euo pipefail
+PKGS="python3-bpfcc bpftool python3-venv python3-pip python3-dev apparmor util-linux iproute2"
+missing=""
+for p in $PKGS; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "installing Debian packages:$missing"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
+fi
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || true
+mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security || true

@@ -1,0 +1,1 @@
+"""Bulwark's services: monitor, enforcer, identity, policy and feeder."""

@@ -1,0 +1,1 @@
+"""Bulwark enforcer service."""

@@ -1,0 +1,1 @@
+"""Bulwark feeder service."""

@@ -1,0 +1,1 @@
+"""Bulwark identity service."""

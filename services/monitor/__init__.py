@@ -1,0 +1,1 @@
+"""Bulwark monitor service."""

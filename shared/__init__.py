@@ -1,0 +1,1 @@
+"""Bulwark's common code: settings, subjects, schemas, codecs and the NATS helper."""

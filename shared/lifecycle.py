@@ -1,0 +1,57 @@
+"""Running a service: signals -> stop event -> drain, plus the heartbeat every service sends."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+
+from shared.codec import pack
+from shared.subjects import health
+
+__all__ = ["stop_event_on_signals", "heartbeat_loop", "run_service", "Counters"]
+
+log = logging.getLogger("bulwark.lifecycle")
+
+
+class Counters(dict[str, int]):
+    """Named counters a service reports in its heartbeat (drops, decode errors, events...)."""
+
+    def inc(self, name: str, by: int = 1) -> None:
+        """Add ``by`` to counter ``name``."""
+        self[name] = self.get(name, 0) + by
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def heartbeat_loop(nc: Client, service: str, node: str, interval: float,
+                         details: Callable[[], dict[str, Any]], stop: asyncio.Event) -> None:
+    """Publish ``{service, node, status, details}`` on the health subject until ``stop`` is set."""
+    subject = health(service, node)
+    while not stop.is_set():
+        try:
+            info = details()
+            await nc.publish(subject, pack({"service": service, "node": node, "ts_ns": time.time_ns(),
+                                            "status": info.pop("status", "ok"), "details": info}))
+        except Exception:
+            log.exception("heartbeat failed", extra={"service_name": service})
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except asyncio.TimeoutError:
+            pass
+
+
+def run_service(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a service's async main until it returns."""
+    asyncio.run(main())

@@ -1,0 +1,82 @@
+"""Raw kernel events as the monitor publishes them (msgpack maps, batched per node)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.schemas._wire import from_map, to_map
+
+__all__ = ["RawEvent", "RawBatch", "EVENT_KINDS"]
+
+# kind -> KubeArmor Operation
+EVENT_KINDS: dict[str, str] = {
+    "exec": "Process",
+    "open": "File",
+    "network": "Network",
+    "capability": "Capabilities",
+    "syscall": "Syscall",
+}
+
+
+@dataclass(slots=True)
+class RawEvent:
+    """One thing a process did, as seen in the kernel.
+
+    ``pid``/``ppid``/``tid`` are host ids; ``ns_pid``/``ns_ppid`` are as seen inside the process's
+    PID namespace. ``exe`` is the canonical executable of the acting process (for an exec: the caller,
+    before the new image), ``path`` the resource (for an exec: the program asked for), ``ret`` the
+    syscall's return value (negative errno on failure).
+    """
+
+    kind: str
+    ts_ns: int
+    node: str
+    pid: int
+    tid: int
+    ppid: int
+    ns_pid: int
+    ns_ppid: int
+    uid: int
+    gid: int
+    mntns: int
+    pidns: int
+    cgroup_id: int
+    comm: str
+    exe: str
+    path: str
+    ret: int
+    syscall: str = ""
+    parent_exe: str = ""
+    cwd: str = ""
+    flags: int = 0
+    event_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """As a msgpack-ready map."""
+        return to_map(self)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "RawEvent":
+        """From a bus map; DecodeError when it is not one."""
+        return from_map(cls, data, "raw event")
+
+
+@dataclass(slots=True)
+class RawBatch:
+    """What the monitor puts in one NATS message: a node's events plus its loss counters."""
+
+    node: str
+    seq: int
+    events: list[dict[str, Any]]
+    lost_kernel: int = 0
+    lost_queue: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """As a msgpack-ready map."""
+        return to_map(self)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "RawBatch":
+        """From a bus map; DecodeError when it is not one."""
+        return from_map(cls, data, "raw batch")

@@ -1,0 +1,98 @@
+"""Compiled rules: what the policy service publishes per node and enforcers and the feeder load."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.schemas._wire import from_map, to_map
+
+__all__ = ["Rule", "WorkloadRules", "RuleSet"]
+
+
+@dataclass(slots=True)
+class Rule:
+    """One compiled rule for one workload, with every default already applied.
+
+    ``operation`` is a KubeArmor Operation (``Process``, ``File``, ``Network``, ``Capabilities``,
+    ``Syscall``); exactly one of ``path``, ``dir`` or ``pattern`` names the resource for Process and
+    File rules. ``action`` is ``Allow``, ``Audit`` or ``Block`` (already normalised).
+    """
+
+    policy: str
+    policy_kind: str
+    policy_namespace: str
+    operation: str
+    action: str
+    severity: int = 0
+    message: str = ""
+    tags: list[str] = field(default_factory=list)
+    path: str = ""
+    dir: str = ""
+    recursive: bool = False
+    pattern: str = ""
+    exec_name: str = ""
+    read_only: bool = False
+    owner_only: bool = False
+    from_source: list[dict[str, Any]] = field(default_factory=list)
+    protocol: str = ""
+    capability: str = ""
+    syscall: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        """As a msgpack-ready map."""
+        return to_map(self)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "Rule":
+        """From a bus map; DecodeError when it is not one."""
+        return from_map(cls, data, "rule")
+
+
+@dataclass(slots=True)
+class WorkloadRules:
+    """The rules that apply to one workload, with the namespaces that identify it in the kernel."""
+
+    workload_id: str
+    mntns: int
+    pidns: int
+    rules: list[Rule] = field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        """As a msgpack-ready map."""
+        return {"workload_id": self.workload_id, "mntns": self.mntns, "pidns": self.pidns,
+                "rules": [r.to_wire() for r in self.rules]}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "WorkloadRules":
+        """From a bus map; DecodeError when it is not one."""
+        wr = from_map(cls, data, "workload rules")
+        wr.rules = [Rule.from_wire(r) for r in (wr.rules or [])]
+        return wr
+
+
+@dataclass(slots=True)
+class RuleSet:
+    """A node's complete compiled rules. ``workloads`` lists every workload known on the node,
+    including those no policy selects, so a reader can tell "no rules" from "not yet compiled".
+    ``version`` grows with every compile; ``policy_seq``/``identity_seq`` are the stream sequences
+    it was compiled from."""
+
+    node: str
+    version: int
+    policy_seq: int
+    identity_seq: int
+    workloads: dict[str, WorkloadRules] = field(default_factory=dict)
+    generated_ns: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """As a msgpack-ready map."""
+        return {"node": self.node, "version": self.version, "policy_seq": self.policy_seq,
+                "identity_seq": self.identity_seq, "generated_ns": self.generated_ns,
+                "workloads": {k: v.to_wire() for k, v in self.workloads.items()}}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "RuleSet":
+        """From a bus map; DecodeError when it is not one."""
+        rs = from_map(cls, data, "rule set")
+        rs.workloads = {k: WorkloadRules.from_wire(v) for k, v in (rs.workloads or {}).items()}
+        return rs

@@ -1,0 +1,67 @@
+"""Fixtures shared by every test: a real nats-server on a free port, and CI's no-skip rule.
+
+With ``BULWARK_NO_SKIP=1`` (set by ``.ci/run``) a skipped test counts as failed: tests that need
+root, BPF or Docker must run in CI.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bulwark.natsd import free_port, start_nats_server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("BULWARK_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but BULWARK_NO_SKIP=1 forbids skips: {report.longrepr}"
+
+
+class NatsServer:
+    """A running nats-server the test owns."""
+
+    def __init__(self, port: int, store: Path) -> None:
+        self.port = port
+        self.store = store
+        self.url = f"nats://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = start_nats_server(self.port, self.store)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream, on a free loopback port, stopped after the test."""
+    server = NatsServer(free_port(), tmp_path / "jetstream")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def require_root() -> None:
+    """Skip unless running as root (CI turns this skip into a failure)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
