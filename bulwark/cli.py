@@ -1,0 +1,219 @@
+"""The ``bulwark`` command: up, status, apply, delete, get, run, alerts."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.config import Settings, load_settings
+from bulwark.client import Api, ApiError
+
+__all__ = ["main", "build_parser"]
+
+POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(data_dir=getattr(args, "data_dir", None), rest_port=getattr(args, "rest_port", None),
+                         grpc_port=getattr(args, "grpc_port", None), nats_port=getattr(args, "nats_port", None),
+                         nats_url=getattr(args, "nats_url", None), rest_host=getattr(args, "rest_host", None),
+                         node_name=getattr(args, "node_name", None))
+
+
+def _policy_files(target: str) -> list[Path]:
+    path = Path(target)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in POLICY_SUFFIXES and p.is_file())
+    if not path.exists():
+        raise SystemExit(f"bulwark: {target}: no such file or directory")
+    return [path]
+
+
+def _print_api_error(exc: ApiError) -> int:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    errors = body.get("errors") or body.get("detail")
+    if isinstance(errors, list):
+        for err in errors:
+            if isinstance(err, dict):
+                where = f"{err.get('document', '')}: " if err.get("document") else ""
+                print(f"error: {where}{err.get('path', '')}: {err.get('message', err.get('msg', ''))}", file=sys.stderr)
+            else:
+                print(f"error: {err}", file=sys.stderr)
+    else:
+        print(f"error: {exc}{': ' + str(exc.body) if exc.body else ''}", file=sys.stderr)
+    return 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from bulwark.supervisor import run_up
+
+    settings = _settings(args)
+    if not args.nats_url and "BULWARK_NATS_URL" not in os.environ:
+        settings.nats_url = f"nats://127.0.0.1:{settings.nats_port}"
+    return run_up(settings)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    api = Api(_settings(args).rest_url, timeout=3)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            code, body = api.health()
+            if code == 200 and body.get("healthy"):
+                for name, info in sorted(body.get("services", {}).items()):
+                    print(f"{name:10} {info.get('status', '?')}")
+                return 0
+            last = body
+        except ApiError as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            print(f"not healthy: {json.dumps(last) if not isinstance(last, str) else last}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    api = Api(_settings(args).rest_url)
+    status = 0
+    for path in _policy_files(args.file):
+        try:
+            reply = api.apply(path.read_text(), "application/json" if path.suffix == ".json" else "application/yaml")
+        except ApiError as exc:
+            print(f"{path}:", file=sys.stderr)
+            status = _print_api_error(exc)
+            continue
+        for res in reply.get("results", []):
+            ns = f"{res.get('namespace')}/" if res.get("namespace") else ""
+            print(f"{res.get('kind')} {ns}{res.get('name')} {res.get('status')}")
+    return status
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    api = Api(_settings(args).rest_url)
+    status = 0
+    for path in _policy_files(args.file):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not isinstance(doc, dict):
+                continue
+            meta = doc.get("metadata") or {}
+            kind, name = doc.get("kind", ""), meta.get("name", "")
+            namespace = meta.get("namespace", "default" if kind == "KubeArmorPolicy" else "")
+            try:
+                api.delete(kind, name, namespace)
+                print(f"{kind} {namespace + '/' if namespace else ''}{name} deleted")
+            except ApiError as exc:
+                status = _print_api_error(exc)
+    return status
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    api = Api(_settings(args).rest_url)
+    try:
+        if args.what == "policies":
+            body = api.policies()
+            rows = body.get("policies", []) if isinstance(body, dict) else body
+            if args.output == "json":
+                print(json.dumps(rows, indent=2))
+                return 0
+            print(f"{'KIND':24} {'NAMESPACE':16} {'NAME':32} {'STATUS':10} SELECTS")
+            for p in rows:
+                print(f"{p.get('kind', ''):24} {p.get('namespace', ''):16} {p.get('name', ''):32} "
+                      f"{p.get('status', ''):10} {','.join(p.get('selects', []))}")
+        else:
+            alerts = api.alerts(namespace=args.namespace, policy=args.policy, limit=args.limit)
+            for alert in alerts:
+                print(json.dumps(alert))
+    except ApiError as exc:
+        return _print_api_error(exc)
+    return 0
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"bulwark run: --label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bulwark.launcher import run_workload
+
+    argv = args.command[1:] if args.command and args.command[0] == "--" else args.command
+    if not argv:
+        raise SystemExit("bulwark run: no command given (bulwark run [options] -- CMD [ARGS...])")
+    return run_workload(_settings(args), argv, namespace=args.namespace, labels=_labels(args.label),
+                        name=args.name, image=args.image)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rest-port", type=int, help="REST port (env BULWARK_REST_PORT, default 8080)")
+    p.add_argument("--rest-host", help="REST address (env BULWARK_REST_HOST, default 127.0.0.1)")
+    p.add_argument("--nats-url", help="NATS URL (env BULWARK_NATS_URL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="bulwark", description="Runtime security that speaks KubeArmor.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="run NATS and every service on this host, in the foreground")
+    _common(up)
+    up.add_argument("--data-dir", type=Path, help="state directory (env BULWARK_DATA_DIR, default /var/lib/bulwark)")
+    up.add_argument("--grpc-port", type=int, help="gRPC port (env BULWARK_GRPC_PORT, default 32767)")
+    up.add_argument("--nats-port", type=int, help="embedded nats-server port (env BULWARK_NATS_PORT, default 4222)")
+    up.add_argument("--node-name", help="this node's name (env BULWARK_NODE_NAME, default the hostname)")
+    up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", help="exit 0 once every service reports healthy")
+    _common(status)
+    status.add_argument("--wait", type=float, default=0.0, help="keep trying for this many seconds")
+    status.set_defaults(func=cmd_status)
+
+    apply = sub.add_parser("apply", help="apply the policies in a file or directory")
+    _common(apply)
+    apply.add_argument("-f", "--file", required=True)
+    apply.set_defaults(func=cmd_apply)
+
+    delete = sub.add_parser("delete", help="delete the policies named in a file")
+    _common(delete)
+    delete.add_argument("-f", "--file", required=True)
+    delete.set_defaults(func=cmd_delete)
+
+    get = sub.add_parser("get", help="list policies or alerts")
+    _common(get)
+    get.add_argument("what", choices=["policies", "alerts"])
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.add_argument("-n", "--namespace")
+    get.add_argument("--policy")
+    get.add_argument("--limit", type=int, default=50)
+    get.set_defaults(func=cmd_get)
+
+    run = sub.add_parser("run", help="run a command as a local workload")
+    _common(run)
+    run.add_argument("--namespace", default="default")
+    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--name")
+    run.add_argument("--image", default="")
+    run.add_argument("--node-name", help="this node's name (env BULWARK_NODE_NAME)")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``bulwark`` command."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``bulwark run``: a local workload registered with identity and covered by the enforcer before it starts."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+
+from shared.bus import connect, request
+from shared.config import Settings
+from shared.errors import BulwarkError
+from shared.schemas.identity import Workload
+from shared.subjects import IDENTITY_API, enforcer_await
+from bulwark.cgroups import create_workload_cgroup, remove_cgroup
+from bulwark.sandbox import GATE_REFUSED, Sandbox, start_sandbox
+
+__all__ = ["run_workload", "LaunchError"]
+
+log = logging.getLogger("bulwark.launcher")
+
+
+class LaunchError(BulwarkError):
+    """The workload could not be registered or covered; its command was not started."""
+
+
+async def _register_and_cover(settings: Settings, wl: Workload, enforce_timeout: float) -> None:
+    nc = await connect(settings.nats_url, "bulwark-run")
+    try:
+        reply = await request(nc, IDENTITY_API, {"op": "register", "workload": wl.to_wire()})
+        if not reply.get("ok"):
+            raise LaunchError(f"identity refused the workload: {reply.get('error')}")
+        covered = await request(nc, enforcer_await(settings.node_name),
+                                {"workload_id": wl.id, "timeout": enforce_timeout}, timeout=enforce_timeout + 2)
+        if not covered.get("ok"):
+            raise LaunchError(f"enforcer did not confirm rules for the workload: {covered.get('reason')}")
+    finally:
+        await nc.close()
+
+
+async def _stop(settings: Settings, workload_id: str) -> None:
+    try:
+        nc = await connect(settings.nats_url, "bulwark-run", connect_timeout=2)
+        try:
+            await request(nc, IDENTITY_API, {"op": "stop", "id": workload_id}, timeout=2)
+        finally:
+            await nc.close()
+    except Exception as exc:  # identity's reaper notices the exit anyway
+        log.debug("stop not reported", extra={"error": str(exc)})
+
+
+def _forward_signals(sandbox: Sandbox) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sandbox.signal(signum))
+
+
+def run_workload(settings: Settings, argv: list[str], namespace: str, labels: dict[str, str],
+                 name: str | None = None, image: str = "", enforce_timeout: float = 10.0) -> int:
+    """Run ``argv`` as a workload; returns its exit status (GATE_REFUSED if it could not be covered)."""
+    workload_id = secrets.token_hex(32)
+    name = name or f"{os.path.basename(argv[0])}-{workload_id[:8]}"
+    sandbox = start_sandbox(argv, hostname=name)
+    cgroup_path = ""
+    try:
+        cgroup_path, _cgroup_id = create_workload_cgroup(workload_id, sandbox.init_pid)
+        wl = Workload(
+            id=workload_id, name=name, namespace=namespace, kind="container", node=settings.node_name,
+            mntns=os.stat(f"/proc/{sandbox.init_pid}/ns/mnt").st_ino,
+            pidns=os.stat(f"/proc/{sandbox.init_pid}/ns/pid").st_ino,
+            labels=dict(labels), pod=name, image=image or "local", cgroup=cgroup_path,
+            host_pid=sandbox.init_pid, source="launcher", started_ns=time.time_ns(),
+        )
+        asyncio.run(_register_and_cover(settings, wl, enforce_timeout))
+    except BaseException as exc:
+        sandbox.refuse()
+        sandbox.wait()
+        remove_cgroup(cgroup_path)
+        if isinstance(exc, (BulwarkError, OSError)):
+            sys.stderr.write(f"bulwark run: {exc}\n")
+            return GATE_REFUSED
+        raise
+    _forward_signals(sandbox)
+    sandbox.open_gate()
+    status = sandbox.wait()
+    asyncio.run(_stop(settings, workload_id))
+    remove_cgroup(cgroup_path)
+    return status

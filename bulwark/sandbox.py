@@ -1,0 +1,160 @@
+"""Start a command in fresh mount, PID and UTS namespaces, held at a gate until released.
+
+Process tree (host view): launcher -> keeper (unshares, stays outside the new PID namespace)
+-> init (PID 1 inside: mounts /proc, forwards signals, reaps) -> command (PID 2, waits at the gate,
+then execs). Nothing here talks to the network: the launcher registers the workload in between.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+__all__ = ["Sandbox", "start_sandbox", "exit_status"]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+GATE_REFUSED = 125  # exit status when the launcher did not open the gate
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class Sandbox:
+    """A started sandbox: the keeper's pid, the init's host pid, and the gate to open."""
+
+    keeper_pid: int
+    init_pid: int
+    gate_fd: int
+
+    def open_gate(self) -> None:
+        """Let the command exec."""
+        os.write(self.gate_fd, b"g")
+        os.close(self.gate_fd)
+
+    def refuse(self) -> None:
+        """Close the gate: the command never starts and the sandbox exits with GATE_REFUSED."""
+        os.close(self.gate_fd)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the sandbox's init (which forwards it to the command)."""
+        try:
+            os.kill(self.init_pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> int:
+        """Wait for the sandbox to end; the command's exit status (128+N when killed by signal N)."""
+        while True:
+            try:
+                _, status = os.waitpid(self.keeper_pid, 0)
+                return exit_status(status)
+            except InterruptedError:
+                continue
+
+
+def exit_status(status: int) -> int:
+    """A wait status as a shell exit code."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _run_command(argv: list[str], gate_r: int) -> None:
+    """PID 2: wait at the gate, then exec; never returns."""
+    if os.read(gate_r, 1) != b"g":
+        os._exit(GATE_REFUSED)
+    os.close(gate_r)
+    for sig in _FORWARDED:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        sys.stderr.write(f"bulwark run: {argv[0]}: {exc.strerror}\n")
+        sys.stderr.flush()
+        os._exit(126 if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC) else 127)
+
+
+def _run_init(argv: list[str], gate_r: int) -> None:
+    """PID 1 of the new namespace: mount /proc, start the command, forward signals, reap; never returns."""
+    libc = _libc()
+    libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    child = os.fork()
+    if child == 0:
+        _run_command(argv, gate_r)
+    os.close(gate_r)
+    for sig in _FORWARDED:
+        signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+    code = GATE_REFUSED
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(code)
+        except InterruptedError:
+            continue
+        if pid == child:
+            code = exit_status(status)
+
+
+def _run_keeper(argv: list[str], hostname: str, gate_r: int, gate_w: int, info_w: int) -> None:
+    """Outside the new PID namespace: unshare, fork init, report its pid, wait; never returns."""
+    os.close(gate_w)
+    try:
+        libc = _libc()
+        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS), "unshare")
+        _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        name = hostname.encode()[:64]
+        _check(libc.sethostname(name, len(name)), "sethostname")
+        init = os.fork()
+    except OSError as exc:
+        os.write(info_w, f"error:{exc}".encode())
+        os._exit(GATE_REFUSED)
+    if init == 0:
+        os.close(info_w)
+        _run_init(argv, gate_r)
+    os.close(gate_r)
+    os.write(info_w, str(init).encode())
+    os.close(info_w)
+    for sig in _FORWARDED:
+        signal.signal(sig, signal.SIG_IGN)
+    _, status = os.waitpid(init, 0)
+    os._exit(exit_status(status))
+
+
+def start_sandbox(argv: list[str], hostname: str) -> Sandbox:
+    """Fork the sandbox for ``argv``; returns once its namespaces exist and the command waits at the gate."""
+    gate_r, gate_w = os.pipe()
+    info_r, info_w = os.pipe()
+    keeper = os.fork()
+    if keeper == 0:
+        os.close(info_r)
+        try:
+            _run_keeper(argv, hostname, gate_r, gate_w, info_w)
+        finally:
+            os._exit(GATE_REFUSED)
+    os.close(gate_r)
+    os.close(info_w)
+    report = os.read(info_r, 256).decode()
+    os.close(info_r)
+    if not report or report.startswith("error:"):
+        os.close(gate_w)
+        os.waitpid(keeper, 0)
+        raise OSError(report[6:] or "sandbox failed to start")
+    return Sandbox(keeper_pid=keeper, init_pid=int(report), gate_fd=gate_w)

@@ -1,0 +1,98 @@
+"""Identity service: the local launcher's registrations and this host, as an event stream."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.js.api import DeliverPolicy
+
+from shared.bus import connect, ensure_streams
+from shared.codec import pack, unpack
+from shared.config import load_settings
+from shared.errors import DecodeError
+from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
+from shared.logs import setup_logging
+from shared.schemas.identity import IdentityEvent
+from shared.subjects import IDENTITY, IDENTITY_API
+from services.identity.api import IdentityApi
+from services.identity.host import host_workload
+from services.identity.reaper import is_gone
+from services.identity.registry import Registry
+
+log = logging.getLogger("bulwark.identity")
+
+
+async def replay(js, registry: Registry, counters: Counters) -> None:
+    """Rebuild the registry from the whole identity stream."""
+    info = await js.stream_info(IDENTITY.name)
+    last = int(info.state.last_seq or 0)
+    if not last:
+        return
+    sub = await js.subscribe(IDENTITY.subjects[0], ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        while registry.last_seq < last:
+            msg = await sub.next_msg(timeout=5)
+            try:
+                registry.apply(IdentityEvent.from_wire(unpack(msg.data)), msg.metadata.sequence.stream)
+            except DecodeError:
+                counters.inc("decode_errors")
+                registry.last_seq = msg.metadata.sequence.stream
+    finally:
+        await sub.unsubscribe()
+
+
+async def reap_loop(api: IdentityApi, node: str, stop: asyncio.Event) -> None:
+    """Every second, mark this node's launched workloads stopped once their process is gone."""
+    while not stop.is_set():
+        for wl in api.registry.running(node):
+            if is_gone(wl):
+                await api.handle({"op": "stop", "id": wl.id})
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def main() -> None:
+    """Wire the identity service and run it until SIGTERM."""
+    settings = load_settings()
+    setup_logging("identity", settings.log_level)
+    stop = stop_event_on_signals()
+    nc = await connect(settings.nats_url, "identity")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    counters = Counters()
+    registry = Registry()
+    await replay(js, registry, counters)
+    api = IdentityApi(js, registry, counters)
+
+    host = host_workload(settings.node_name)
+    known = registry.get(host.id)
+    if known is None or known.stopped_ns or (known.mntns, known.pidns) != (host.mntns, host.pidns):
+        await api.publish("started", host)
+
+    async def on_request(msg) -> None:
+        try:
+            reply = await api.handle(unpack(msg.data))
+        except DecodeError as exc:
+            counters.inc("bad_requests")
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # keep serving whatever one request did
+            log.exception("identity request failed")
+            reply = {"ok": False, "error": f"internal error: {exc}"}
+        await msg.respond(pack(reply))
+
+    await nc.subscribe(IDENTITY_API, queue="identity", cb=on_request)
+    tasks = [
+        asyncio.create_task(heartbeat_loop(nc, "identity", settings.node_name, settings.heartbeat_seconds,
+                                           lambda: {**counters, "workloads": len(registry.running())}, stop)),
+        asyncio.create_task(reap_loop(api, settings.node_name, stop)),
+    ]
+    log.info("identity ready", extra={"workloads": len(registry.running())})
+    await stop.wait()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await nc.drain()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

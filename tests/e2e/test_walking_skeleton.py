@@ -1,0 +1,140 @@
+"""Issue 2 end to end: a policy blocks an exec inline in one workload, and the alert is everywhere.
+
+Everything is real: nats-server, the five services, bcc programs on this kernel, fanotify, SQLite.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import require_root
+from tests.e2e.collectors import GrpcAlertCollector, WebsocketCollector
+from tests.e2e.stack import Stack, start_stack
+
+POLICIES = Path(__file__).parent / "policies"
+pytestmark = pytest.mark.e2e
+
+
+def _bpf_prog_ids() -> set[str]:
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[0] for line in out.splitlines() if line and line[0].isdigit()}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_root()
+    if not shutil.which("bpftool"):
+        pytest.skip("bpftool missing (make setup installs it)")
+    before = _bpf_prog_ids()
+    s = start_stack(tmp_path_factory.mktemp("e2e") / "data")
+    try:
+        status = s.cli("status", "--wait", "120", timeout=150)
+        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+        yield s
+    finally:
+        code = s.stop()
+        leftover = _bpf_prog_ids() - before
+        assert code == 0, f"bulwark up exited with {code}\n{s.logs()}"
+        assert not leftover, f"BPF programs left attached after stop: {leftover}"
+
+
+def _alerts(stack: Stack, **params: object) -> list[dict]:
+    resp = httpx.get(f"{stack.rest_url}/api/v1/alerts", params=params, timeout=5)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def _wait_alerts(stack: Stack, count: int, timeout: float = 2.0, **params: object) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _alerts(stack, **params)
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_block_exec_inline_in_selected_workload_and_alert_everywhere(stack: Stack) -> None:
+    applied = stack.cli("apply", "-f", str(POLICIES / "block-sleep.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    ws = WebsocketCollector(f"ws://127.0.0.1:{stack.rest_port}/api/v1/stream").start()
+    grpc_feed = GrpcAlertCollector(f"127.0.0.1:{stack.grpc_port}").start()
+    try:
+        started = time.monotonic()
+        blocked = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--name", "demo-wl",
+                            "--", "/usr/bin/sleep", "0.1")
+        assert blocked.returncode != 0, blocked.stderr
+        assert "Operation not permitted" in blocked.stderr or "Permission denied" in blocked.stderr
+        assert time.monotonic() - started < 10
+
+        other = stack.cli("run", "--namespace", "demo", "--label", "app=other", "--", "/usr/bin/sleep", "0.1")
+        assert other.returncode == 0, other.stderr
+        assert subprocess.run(["/usr/bin/sleep", "0.1"]).returncode == 0
+
+        alerts = _wait_alerts(stack, 1, namespace="demo", policy="block-sleep")
+        time.sleep(0.5)  # anything doubled would have arrived by now
+        alerts = _alerts(stack, namespace="demo", policy="block-sleep")
+        assert len(alerts) == 1, alerts
+        alert = alerts[0]
+        assert alert["Type"] == "MatchedPolicy"
+        assert alert["PolicyName"] == "block-sleep"
+        assert alert["Severity"] == "5"
+        assert alert["Action"] == "Block"
+        assert alert["Result"] in ("Operation not permitted", "Permission denied")
+        assert alert["Operation"] == "Process"
+        assert alert["Resource"] == "/usr/bin/sleep"
+        assert alert["Source"].startswith("/") and "python" in alert["Source"]
+        assert alert["NamespaceName"] == "demo"
+        assert alert["Labels"] == "app=demo"
+        assert alert["ContainerName"] == "demo-wl" and len(alert["ContainerID"]) == 64
+        assert alert["HostName"] == stack.node
+        assert alert["HostPID"] > 0 and alert["PID"] == 2 and alert["PPID"] == 1
+        assert alert["UID"] == os.getuid()
+        assert alert["Enforcer"] == "Fanotify"
+
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not (ws.messages and grpc_feed.alerts):
+            time.sleep(0.05)
+        assert [m["PolicyName"] for m in ws.messages] == ["block-sleep"]
+        assert [a.PolicyName for a in grpc_feed.alerts] == ["block-sleep"]
+        g = grpc_feed.alerts[0]
+        assert (g.Action, g.Severity, g.Resource, g.NamespaceName) == ("Block", "5", "/usr/bin/sleep", "demo")
+        assert g.HostPID == alert["HostPID"] and g.ContainerID == alert["ContainerID"]
+    finally:
+        ws.stop()
+        grpc_feed.stop()
+
+
+def test_audit_policy_lets_it_run_and_alerts(stack: Stack) -> None:
+    assert stack.cli("apply", "-f", str(POLICIES / "audit-true.yaml")).returncode == 0
+    ran = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--", "/usr/bin/true")
+    assert ran.returncode == 0, ran.stderr
+    alerts = _wait_alerts(stack, 1, namespace="demo", policy="audit-true")
+    assert len(alerts) == 1, alerts
+    assert (alerts[0]["Action"], alerts[0]["Result"], alerts[0]["Severity"]) == ("Audit", "Passed", "2")
+
+
+def test_invalid_policy_is_refused_with_field_paths_and_changes_nothing(stack: Stack) -> None:
+    before = httpx.get(f"{stack.rest_url}/api/v1/policies", timeout=5).json()
+    resp = httpx.post(f"{stack.rest_url}/api/v1/policies", content=(POLICIES / "invalid.yaml").read_bytes(),
+                      headers={"Content-Type": "application/yaml"}, timeout=5)
+    assert resp.status_code == 422
+    paths = {e["path"] for e in resp.json()["errors"]}
+    assert {"spec.severity", "spec.action", "spec.process.matchPaths[0].path"} <= paths
+    cli = stack.cli("apply", "-f", str(POLICIES / "invalid.yaml"))
+    assert cli.returncode != 0 and "spec.severity" in cli.stderr
+    assert httpx.get(f"{stack.rest_url}/api/v1/policies", timeout=5).json() == before
+
+
+def test_policies_are_listed_with_what_they_select_and_can_be_deleted(stack: Stack) -> None:
+    listed = stack.cli("get", "policies")
+    assert listed.returncode == 0 and "block-sleep" in listed.stdout
+    assert stack.cli("delete", "-f", str(POLICIES / "block-sleep.yaml")).returncode == 0
+    ran = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--", "/usr/bin/sleep", "0.1")
+    assert ran.returncode == 0, ran.stderr
