@@ -1,0 +1,95 @@
+"""Policy service: replay the policy log and the identity stream, serve POLICY_API, publish RuleSets."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from shared.bus import connect, ensure_streams
+from shared.codec import pack, unpack, unpack_map
+from shared.config import load_settings
+from shared.errors import DecodeError
+from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
+from shared.logs import setup_logging
+from shared.schemas.identity import IdentityEvent
+from shared.subjects import IDENTITY, POLICIES, POLICY_API
+from services.policy.api import PolicyApi, error_reply
+from services.policy.rulesets import RulePublisher
+from services.policy.schema import load_crd_schemas
+from services.policy.store import PolicyStore, Workloads, replay_stream
+
+log = logging.getLogger("bulwark.policy")
+
+
+async def main() -> None:
+    """Wire the policy service and run it until SIGTERM."""
+    settings = load_settings()
+    setup_logging("policy", settings.log_level)
+    stop = stop_event_on_signals()
+    load_crd_schemas()  # fail early if the CRDs we ship are missing
+    nc = await connect(settings.nats_url, "policy")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    counters = Counters()
+    store, workloads = PolicyStore(), Workloads()
+    publisher = RulePublisher(js, store, workloads, counters)
+
+    await replay_stream(js, POLICIES, store.apply, counters)
+    last_identity = await replay_stream(
+        js, IDENTITY, lambda m, seq: workloads.apply(IdentityEvent.from_wire(m), seq), counters)
+    log.info("state replayed", extra={"policies": len(store.items), "policy_seq": store.last_seq,
+                                      "identity_seq": workloads.last_seq, "nodes": len(workloads.by_node)})
+    await publisher.publish_all()
+    api = PolicyApi(js, store, workloads, publisher, counters)
+
+    async def on_identity(msg: Any) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            node = workloads.apply(IdentityEvent.from_wire(unpack_map(msg.data)), seq)
+        except DecodeError as exc:
+            counters.inc("decode_errors")
+            log.warning("bad identity event", extra={"seq": seq, "error": str(exc)})
+            return
+        counters.inc("identity_events")
+        try:
+            async with api.lock:
+                await publisher.publish_node(node)
+        except Exception:
+            counters.inc("publish_errors")
+            log.exception("publishing rules failed", extra={"node": node})
+
+    async def on_request(msg: Any) -> None:
+        try:
+            reply = await api.handle(unpack(msg.data))
+        except DecodeError as exc:
+            counters.inc("bad_requests")
+            reply = error_reply(str(exc))
+        except Exception as exc:  # keep serving whatever one request did
+            counters.inc("request_errors")
+            log.exception("request failed")
+            reply = error_reply(f"internal error: {exc!r}")
+        if msg.reply:
+            await msg.respond(pack(reply))
+
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last_identity + 1)
+    identity_sub = await js.subscribe(IDENTITY.subjects[0], cb=on_identity, ordered_consumer=True, config=config)
+    api_sub = await nc.subscribe(POLICY_API, cb=on_request)
+
+    def details() -> dict[str, Any]:
+        return {**counters, "policies": len(store.items), "policy_seq": store.last_seq,
+                "identity_seq": workloads.last_seq}
+
+    heartbeat = asyncio.create_task(heartbeat_loop(nc, "policy", settings.node_name, settings.heartbeat_seconds,
+                                                   details, stop))
+    log.info("policy service ready", extra={"subject": POLICY_API})
+    await stop.wait()
+    await api_sub.unsubscribe()
+    await identity_sub.unsubscribe()
+    await heartbeat
+    await nc.drain()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

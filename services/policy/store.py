@@ -1,0 +1,141 @@
+"""The policy event log and the state rebuilt from it, plus the workloads known per node.
+
+Policy events on the POLICIES stream (subject POLICY_EVENTS), msgpack:
+``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": <stored policy doc>, "ts_ns": int}``.
+State is whatever replaying the stream gives: ``(kind, namespace, name) -> (Policy, seq)``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from shared.codec import pack, unpack_map
+from shared.errors import DecodeError
+from shared.lifecycle import Counters
+from shared.schemas.identity import IdentityEvent, Workload
+from shared.subjects import POLICY_EVENTS, StreamSpec
+from services.policy.model import Policy, to_policy
+
+__all__ = ["EVENT_TYPES", "Key", "StoredPolicy", "PolicyStore", "Workloads", "policy_event",
+           "publish_policy_event", "replay_stream"]
+
+log = logging.getLogger("bulwark.policy.store")
+
+EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED")
+Key = tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class StoredPolicy:
+    """A policy as applied: its compiled form and the stream sequence of its last event."""
+
+    policy: Policy
+    seq: int
+
+
+def doc_key(doc: dict[str, Any]) -> Key:
+    """(kind, namespace, name) of a stored document."""
+    meta = doc.get("metadata") or {}
+    return str(doc.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+class PolicyStore:
+    """Applied policies, keyed by (kind, namespace, name); fed only by policy events."""
+
+    def __init__(self) -> None:
+        self.items: dict[Key, StoredPolicy] = {}
+        self.last_seq = 0
+
+    def get(self, key: Key) -> StoredPolicy | None:
+        """The applied policy under ``key``, if any."""
+        return self.items.get(key)
+
+    def apply(self, event: dict[str, Any], seq: int) -> Key:
+        """Fold one policy event in; DecodeError when it is not one."""
+        kind, obj = event.get("type"), event.get("object")
+        if kind not in EVENT_TYPES or not isinstance(obj, dict):
+            raise DecodeError(f"policy event {seq}: type must be one of {', '.join(EVENT_TYPES)} with an object")
+        key = doc_key(obj)
+        if kind == "DELETED":
+            self.items.pop(key, None)
+        else:
+            try:
+                self.items[key] = StoredPolicy(to_policy(obj), seq)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise DecodeError(f"policy event {seq}: cannot build policy {key}: {exc!r}") from exc
+        self.last_seq = max(self.last_seq, seq)
+        return key
+
+    def policies(self) -> list[Policy]:
+        """Every applied policy."""
+        return [s.policy for s in self.items.values()]
+
+
+class Workloads:
+    """Workloads per node, fed by identity events; stopped ones are forgotten."""
+
+    def __init__(self) -> None:
+        self.by_node: dict[str, dict[str, Workload]] = {}
+        self.last_seq = 0
+
+    def apply(self, event: IdentityEvent, seq: int) -> str:
+        """Fold one identity event in; returns the node it concerns."""
+        wl = event.workload
+        nodes = self.by_node.setdefault(wl.node, {})
+        if event.type == "stopped" or wl.stopped_ns:
+            nodes.pop(wl.id, None)
+        else:
+            nodes[wl.id] = wl
+        self.last_seq = max(self.last_seq, seq)
+        return wl.node
+
+    def on_node(self, node: str) -> list[Workload]:
+        """The running workloads of ``node``."""
+        return list(self.by_node.get(node, {}).values())
+
+    def all(self) -> list[Workload]:
+        """Every running workload on every node."""
+        return [wl for nodes in self.by_node.values() for wl in nodes.values()]
+
+
+def policy_event(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A policy event map."""
+    return {"type": kind, "object": doc, "ts_ns": time.time_ns()}
+
+
+async def publish_policy_event(js: JetStreamContext, kind: str, doc: dict[str, Any]) -> int:
+    """Append one event to the policy log; returns its stream sequence."""
+    ack = await js.publish(POLICY_EVENTS, pack(policy_event(kind, doc)))
+    return int(ack.seq)
+
+
+async def replay_stream(js: JetStreamContext, spec: StreamSpec, handle: Callable[[dict[str, Any], int], None],
+                        counters: Counters, *, timeout: float = 5.0) -> int:
+    """Feed every message of ``spec``'s stream, oldest first, to ``handle(map, seq)``; returns the last seq.
+
+    A message that does not decode (or that ``handle`` refuses with DecodeError) is counted and skipped.
+    """
+    info = await js.stream_info(spec.name)
+    last = int(info.state.last_seq or 0)
+    if not last or not info.state.messages:
+        return last
+    sub = await js.subscribe(spec.subjects[0], ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        seq = 0
+        while seq < last:
+            msg = await sub.next_msg(timeout=timeout)
+            seq = msg.metadata.sequence.stream
+            try:
+                handle(unpack_map(msg.data), seq)
+            except DecodeError as exc:
+                counters.inc("decode_errors")
+                log.warning("skipped a bad message", extra={"stream": spec.name, "seq": seq, "error": str(exc)})
+    finally:
+        await sub.unsubscribe()
+    return last

@@ -1,0 +1,190 @@
+"""Policy admission: what a Kubernetes API server with KubeArmor's CRDs would accept, plus a few checks.
+
+Layers, in order: the envelope (apiVersion, kind, metadata — what the API server checks itself),
+the CRD's openAPIV3Schema (walked generically by :mod:`services.policy.schema`), then semantic
+checks the schema cannot express (the network policy's CEL rules, a process matchPaths entry
+needing ``path`` or ``execname``). matchPatterns are globs (``/etc/*hado?``, ``/**/*.conf``), not
+regular expressions, so they are not compiled here. Unknown fields are pruned, as
+the API server does, and reported as warnings.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import FieldError, ValidationFailed
+from services.policy.schema import SchemaIssue, check, dotted, load_crd_schemas, prune
+
+__all__ = ["API_VERSION", "KINDS", "NAMESPACED", "Admitted", "validate", "admit", "schema_issues", "canonical_kind"]
+
+API_VERSION = "security.kubearmor.com/v1"
+KINDS = ("KubeArmorPolicy", "KubeArmorClusterPolicy", "KubeArmorHostPolicy", "KubeArmorNetworkPolicy")
+NAMESPACED = frozenset({"KubeArmorPolicy"})
+_SHORT = {"ksp": "KubeArmorPolicy", "csp": "KubeArmorClusterPolicy", "hsp": "KubeArmorHostPolicy",
+          "nsp": "KubeArmorNetworkPolicy"}
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+# What a CRD pattern means, in words a user understands.
+_PATTERN_HINTS = {
+    r"^\/+.*[^\/]$": "must be an absolute path: start with '/' and not end with '/'",
+    r"^\/$|^\/.*\/$": "must be an absolute directory: start and end with '/'",
+    r"(^\/+.*[^\/]$)|(^\/$|^\/.*\/$)": "must be an absolute path, or a directory ending with '/'",
+    r"^[^\/]+$": "must be a program name without '/'",
+    r"^[0-9]+(KB|MB|GB|K|M|G)?$": "must be a size such as 500MB, 2GB or 1024KB",
+}
+_PATTERN_PREFIX_HINTS = {
+    "(chown|": "must be a capability name such as net_raw or sys_admin (lowercase, without cap_)",
+    "(tcp|TCP|": "must be a protocol: tcp, udp, icmp, icmpv6, raw, sctp, stream, dgram, rdm, seqpacket, "
+                 "dccp, packet or all",
+}
+_SECTIONS = ("process", "file", "network", "capabilities", "syscalls", "device")
+
+
+@dataclass
+class Admitted:
+    """A valid document as it would be stored: defaults applied, unknown fields pruned."""
+
+    doc: dict[str, Any]
+    warnings: list[FieldError] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(kind, namespace, name)."""
+        meta = self.doc["metadata"]
+        return self.doc["kind"], meta.get("namespace", ""), meta["name"]
+
+
+def canonical_kind(kind: str) -> str:
+    """A kind or short name (ksp, csp, hsp, nsp; any case) as its proper kind, else unchanged."""
+    for k in KINDS:
+        if kind.lower() in (k.lower(), k.lower()[len("kubearmor"):]):
+            return k
+    return _SHORT.get(kind.lower(), kind)
+
+
+def _message(issue: SchemaIssue) -> str:
+    if issue.code == "pattern":
+        hint = _PATTERN_HINTS.get(issue.rule) or next(
+            (h for prefix, h in _PATTERN_PREFIX_HINTS.items() if issue.rule.startswith(prefix)), None)
+        if hint:
+            return f"{issue.value!r} {hint}"
+    return issue.message
+
+
+def _envelope(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    if doc.get("apiVersion") != API_VERSION:
+        got = f", got {doc['apiVersion']!r}" if "apiVersion" in doc else " (missing)"
+        errors.append(("apiVersion", f"must be {API_VERSION}{got}"))
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        got = f", got {kind!r}" if kind is not None else " (missing)"
+        errors.append(("kind", f"must be one of {', '.join(KINDS)}{got}"))
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        errors.append(("metadata", "is required and must be a map with at least a name"))
+        return errors
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        errors.append(("metadata.name", "is required"))
+    elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        errors.append(("metadata.name", f"{name!r} must be a DNS-1123 subdomain: lowercase letters, digits, "
+                                        "'-' and '.', starting and ending with a letter or digit"))
+    ns = meta.get("namespace")
+    if ns is not None and kind in NAMESPACED and (not isinstance(ns, str) or len(ns) > 63
+                                                  or not _DNS_LABEL.match(ns)):
+        errors.append(("metadata.namespace", f"{ns!r} must be a DNS-1123 label: lowercase letters, digits "
+                                             "and '-', at most 63 characters"))
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, dict)
+                                  or not all(isinstance(v, str) for v in value.values())):
+            errors.append((f"metadata.{key}", "must be a map of strings"))
+    return errors
+
+
+def _semantic(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return []
+    errors: list[tuple[str, str]] = []
+    for section in _SECTIONS:
+        body = spec.get(section)
+        if not isinstance(body, dict):
+            continue
+        for list_name, items in body.items():
+            if not isinstance(items, list):
+                continue
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    continue
+                where = f"spec.{section}.{list_name}[{i}]"
+                if section == "process" and list_name == "matchPaths" and not (item.get("path") or item.get("execname")):
+                    errors.append((f"{where}.path", "is required (or give execname)"))
+    if doc.get("kind") == "KubeArmorNetworkPolicy":
+        errors.extend(_network_policy_rules(spec))
+    return errors
+
+
+def _network_policy_rules(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CRD's x-kubernetes-validations (CEL) rules, written out by hand."""
+    sel = spec.get("selector")
+    containers = isinstance(sel, dict) and ("matchLabels" in sel or "matchExpressions" in sel)
+    errors: list[tuple[str, str]] = []
+    if containers and "nodeSelector" in spec:
+        errors.append(("spec", "A policy cannot target both containers and host nodes."))
+    if containers:
+        for direction in ("ingress", "egress"):
+            for i, r in enumerate(spec.get(direction) or []):
+                if isinstance(r, dict) and not ("limit" in r and "duration" in r):
+                    errors.append((f"spec.{direction}[{i}]", "Container policies strictly support only bandwidth "
+                                   f"quota rules; all {direction} rules must declare both 'limit' and 'duration'"))
+    return errors
+
+
+def schema_issues(doc: dict[str, Any]) -> tuple[list[SchemaIssue], list[tuple[str | int, ...]]]:
+    """The CRD schema layer alone: (errors, unknown-field paths). Unknown kinds give no issues."""
+    schema = load_crd_schemas().get(str(doc.get("kind")))
+    if schema is None:
+        return [], []
+    return check(schema, doc)
+
+
+def _check(doc: dict[str, Any], document: str) -> tuple[list[FieldError], list[tuple[str | int, ...]]]:
+    errors = [FieldError(p, m, document) for p, m in _envelope(doc)]
+    if any(e.path == "kind" for e in errors):
+        return errors, []
+    issues, unknown = schema_issues(doc)
+    errors += [FieldError(i.path, _message(i), document) for i in issues]
+    errors += [FieldError(p, m, document) for p, m in _semantic(doc)]
+    return errors, unknown
+
+
+def validate(doc: dict[str, Any], document: str = "") -> list[FieldError]:
+    """Every problem with one policy document (empty when valid)."""
+    return _check(doc, document)[0]
+
+
+def admit(doc: dict[str, Any], document: str = "") -> Admitted:
+    """The stored form of a valid document; ValidationFailed naming every problem otherwise."""
+    errors, unknown = _check(doc, document)
+    if errors:
+        raise ValidationFailed(errors)
+    warnings = [FieldError(dotted(p), "unknown field, ignored", document) for p in unknown]
+    clean = prune(copy.deepcopy(doc), unknown)
+    meta = clean["metadata"]
+    out_meta: dict[str, Any] = {"name": meta["name"]}
+    if clean["kind"] in NAMESPACED:
+        out_meta["namespace"] = meta.get("namespace") or "default"
+    for key in ("labels", "annotations"):
+        if meta.get(key):
+            out_meta[key] = meta[key]
+    stored = {"apiVersion": API_VERSION, "kind": clean["kind"], "metadata": out_meta,
+              "spec": clean.get("spec") if isinstance(clean.get("spec"), dict) else {}}
+    if not any(isinstance(stored["spec"].get(s), dict) for s in _SECTIONS) and not stored["spec"].get("ingress") \
+            and not stored["spec"].get("egress"):
+        warnings.append(FieldError("spec", "has no rules: the policy enforces nothing", document))
+    return Admitted(stored, warnings)
