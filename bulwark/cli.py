@@ -16,9 +16,6 @@ from bulwark.client import Api, ApiError
 
 __all__ = ["main", "build_parser"]
 
-POLICY_SUFFIXES = (".yaml", ".yml", ".json")
-
-
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(data_dir=getattr(args, "data_dir", None), rest_port=getattr(args, "rest_port", None),
                          grpc_port=getattr(args, "grpc_port", None), nats_port=getattr(args, "nats_port", None),
@@ -27,12 +24,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _policy_files(target: str) -> list[Path]:
-    path = Path(target)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in POLICY_SUFFIXES and p.is_file())
-    if not path.exists():
-        raise SystemExit(f"bulwark: {target}: no such file or directory")
-    return [path]
+    from bulwark.policy_cmd import policy_files
+
+    try:
+        return policy_files(target)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"bulwark: {exc}") from None
 
 
 def _print_api_error(exc: ApiError) -> int:
@@ -154,6 +151,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                         name=args.name, image=args.image)
 
 
+def cmd_policy_validate(args: argparse.Namespace) -> int:
+    from bulwark.policy_cmd import validate_paths
+
+    lines, ok = validate_paths(args.paths)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rest-port", type=int, help="REST port (env BULWARK_REST_PORT, default 8080)")
     p.add_argument("--rest-host", help="REST address (env BULWARK_REST_HOST, default 127.0.0.1)")
@@ -196,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--policy")
     get.add_argument("--limit", type=int, default=50)
     get.set_defaults(func=cmd_get)
+
+    policy = sub.add_parser("policy", help="work with policy files offline")
+    policy_sub = policy.add_subparsers(dest="policy_cmd", required=True)
+    validate = policy_sub.add_parser("validate", help="validate policy files: OK or INVALID per document")
+    validate.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    validate.set_defaults(func=cmd_policy_validate)
 
     run = sub.add_parser("run", help="run a command as a local workload")
     _common(run)
