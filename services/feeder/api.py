@@ -1,0 +1,153 @@
+"""The feeder's REST and websocket API; :func:`create_app` builds it from already-made dependencies.
+
+(No ``from __future__ import annotations`` here: FastAPI resolves the local ``Deps`` alias at run time.)
+
+    GET    /healthz                          aggregated heartbeats (200 all healthy, else 503)
+    GET    /api/v1/alerts?namespace=&pod=&container=&policy=&operation=&action=&severity=&type=
+                         &result=&since=&limit=                newest first, KubeArmor field names
+    POST   /api/v1/policies                  body: YAML or JSON text -> policy service (200/422/503)
+    GET    /api/v1/policies                  -> {"ok": true, "policies": [...]}
+    DELETE /api/v1/policies/{kind}/{name}?namespace=NS  (200, 404 when not found, 503)
+    WS     /api/v1/stream                    every new alert as one JSON text message
+"""
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client
+
+from services.feeder.hub import AlertHub
+from services.feeder.state import FeederState
+from services.feeder.store import AlertQuery, AlertStore, parse_since
+from shared.bus import request
+from shared.errors import ServiceUnavailable
+from shared.lifecycle import Counters
+from shared.subjects import POLICY_API
+
+__all__ = ["FeederDeps", "create_app", "health_report", "SERVICES"]
+
+SERVICES: tuple[str, ...] = ("monitor", "enforcer", "identity", "policy", "feeder")
+WS_QUEUE = 256
+
+
+@dataclass
+class FeederDeps:
+    """Everything the API needs, built by the service's wiring (or a test)."""
+
+    state: FeederState
+    store: AlertStore
+    hub: AlertHub
+    nc: Client | None
+    counters: Counters = field(default_factory=Counters)
+    heartbeat_seconds: float = 1.0
+    policy_timeout: float = 5.0
+
+
+def health_report(state: FeederState, window: float, now: float | None = None) -> dict[str, Any]:
+    """Each service's newest heartbeat (any node) and whether it arrived within ``window`` seconds."""
+    now = time.time() if now is None else now
+    services: dict[str, Any] = {}
+    for name in SERVICES:
+        entries = [e for (svc, _node), e in state.health.items() if svc == name]
+        newest = max(entries, key=lambda e: e.last_seen, default=None)
+        services[name] = {
+            "ok": newest is not None and now - newest.last_seen <= window,
+            "last_seen": newest.last_seen if newest else None,
+            "age_seconds": round(now - newest.last_seen, 3) if newest else None,
+            "status": newest.status if newest else "missing",
+            "nodes": sorted(e.node for e in entries),
+        }
+    return {"healthy": all(s["ok"] for s in services.values()), "services": services}
+
+
+def create_app(deps: FeederDeps) -> FastAPI:
+    """The FastAPI app serving ``deps``; no engine or connection is made here."""
+    app = FastAPI(title="Bulwark feeder", version="0.1.0")
+
+    def get_deps() -> FeederDeps:
+        return deps
+
+    Deps = Annotated[FeederDeps, Depends(get_deps)]
+
+    async def policy_request(d: FeederDeps, payload: dict[str, Any]) -> dict[str, Any]:
+        if d.nc is None:
+            raise HTTPException(503, "policy service unavailable: no NATS connection")
+        try:
+            reply = await request(d.nc, POLICY_API, payload, timeout=d.policy_timeout)
+        except ServiceUnavailable as exc:
+            raise HTTPException(503, f"policy service unavailable: {exc}") from exc
+        if not isinstance(reply, dict):
+            raise HTTPException(502, "policy service sent a malformed reply")
+        return reply
+
+    @app.get("/healthz")
+    def healthz(d: Deps) -> JSONResponse:
+        report = health_report(d.state, 3 * d.heartbeat_seconds)
+        return JSONResponse(report, status_code=200 if report["healthy"] else 503)
+
+    @app.get("/api/v1/alerts")
+    def alerts(d: Deps, namespace: str = "", pod: str = "", container: str = "", policy: str = "",
+               operation: str = "", action: str = "", severity: str = "", type: str = "", result: str = "",
+               since: str = "", limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
+        try:
+            since_ns = parse_since(since) if since else None
+        except ValueError as exc:
+            raise HTTPException(422, f"since: not RFC3339 or epoch seconds: {since!r}") from exc
+        q = AlertQuery(namespace=namespace, pod=pod, container=container, policy=policy, operation=operation,
+                       action=action, severity=severity, type=type, result=result, since_ns=since_ns,
+                       limit=limit)
+        return d.store.query(q)
+
+    @app.post("/api/v1/policies")
+    async def apply_policies(d: Deps, req: Request) -> JSONResponse:
+        text = (await req.body()).decode("utf-8", errors="replace")
+        reply = await policy_request(d, {"op": "apply", "text": text})
+        if reply.get("ok"):
+            return JSONResponse({"ok": True, "results": reply.get("results", [])})
+        return JSONResponse({"ok": False, "errors": reply.get("errors", [])}, status_code=422)
+
+    @app.get("/api/v1/policies")
+    async def list_policies(d: Deps) -> JSONResponse:
+        reply = await policy_request(d, {"op": "list"})
+        return JSONResponse({"ok": bool(reply.get("ok")), "policies": reply.get("policies", [])},
+                            status_code=200 if reply.get("ok") else 502)
+
+    @app.delete("/api/v1/policies/{kind}/{name}")
+    async def delete_policy(d: Deps, kind: str, name: str, namespace: str = "") -> JSONResponse:
+        reply = await policy_request(d, {"op": "delete", "kind": kind, "namespace": namespace, "name": name})
+        if not reply.get("found", False):
+            return JSONResponse({"ok": False, "found": False}, status_code=404)
+        return JSONResponse({"ok": bool(reply.get("ok", True)), "found": True})
+
+    @app.websocket("/api/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        with deps.hub.subscribe("ws", WS_QUEUE) as sub:  # before accept: no alert slips in between
+            await ws.accept()
+            closed = asyncio.create_task(_wait_closed(ws))
+            try:
+                while True:
+                    nxt = asyncio.create_task(sub.queue.get())
+                    done, _ = await asyncio.wait({nxt, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    if nxt not in done:
+                        nxt.cancel()
+                        break
+                    await ws.send_text(json.dumps(nxt.result()))
+            except Exception:  # client went away mid-send
+                pass
+            finally:
+                closed.cancel()
+
+    return app
+
+
+async def _wait_closed(ws: WebSocket) -> None:
+    """Return when the client disconnects (anything it sends is ignored)."""
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return

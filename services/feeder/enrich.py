@@ -1,0 +1,122 @@
+"""Turn a raw kernel event plus its workload and the matcher's decision into a KubeArmor alert.
+
+Pure: no I/O, no clock (the caller passes ``now_ns`` for events without a wall-clock time).
+
+Action/Result/Enforcer semantics (KubeArmor's vocabulary, see the wire contract):
+
+- decision ``Block`` and the syscall failed (``ret < 0``): Action ``Block``, Result = errno text,
+  Enforcer = the node's enforcer name (from its heartbeat; ``""`` when none reported yet).
+- decision ``Block`` but the syscall succeeded (``ret >= 0``, i.e. not enforced: rules not loaded
+  yet, or no enforcer able to block it): Action stays ``Block`` (what the policy says), Result
+  ``Passed`` and Enforcer ``eBPF Monitor``, so "Block + Passed" reads as "should have been blocked,
+  was only observed".
+- decision ``Block`` for a workload annotated ``kubearmor-policy: audited``: Action ``Audit (Block)``.
+- decision ``Audit`` (or ``Allow``): Action as decided, Enforcer ``eBPF Monitor``; Result ``Passed``
+  when ``ret >= 0`` else the errno text.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from typing import Any
+
+from shared.matcher import Decision
+from shared.schemas.events import EVENT_KINDS, RawEvent
+from shared.schemas.identity import Workload
+
+__all__ = ["build_alert", "result_text", "rfc3339", "event_id_of", "alert_time_ns", "MONITOR_ENFORCER"]
+
+MONITOR_ENFORCER = "eBPF Monitor"
+_WALLCLOCK_MIN_NS = 10**18  # 2001-09-09: anything earlier is boot time, not wall-clock time
+
+
+def result_text(ret: int) -> str:
+    """KubeArmor's Result: ``Passed`` for success, else the errno text (``Unknown (n)`` if unknown)."""
+    if ret >= 0:
+        return "Passed"
+    code = -ret
+    if code in errno.errorcode:
+        return os.strerror(code)
+    return f"Unknown ({code})"
+
+
+def rfc3339(ts_ns: int) -> str:
+    """``2026-11-26T19:21:31.123456Z``: UTC with microseconds, as KubeArmor prints UpdatedTime."""
+    secs, nanos = divmod(ts_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos // 1000:06d}Z"
+
+
+def alert_time_ns(alert: dict[str, Any]) -> int:
+    """The alert's time in nanoseconds, from Timestamp and the fraction in UpdatedTime."""
+    secs = int(alert.get("Timestamp", 0))
+    frac = str(alert.get("UpdatedTime", "")).rpartition(".")[2].rstrip("Z")
+    micros = int(frac[:6].ljust(6, "0")) if frac.isdigit() else 0
+    return secs * 1_000_000_000 + micros * 1000
+
+
+def event_id_of(event: RawEvent) -> str:
+    """The event's id, or a deterministic one derived from what identifies it (redelivery-stable)."""
+    if event.event_id:
+        return event.event_id
+    key = f"{event.node}|{event.kind}|{event.ts_ns}|{event.pid}|{event.tid}|{event.path}|{event.ret}"
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def _data(event: RawEvent) -> str:
+    name = (event.syscall or ("execve" if event.kind == "exec" else event.kind)).upper()
+    return f"syscall={name if name.startswith('SYS_') else 'SYS_' + name}"
+
+
+def _action(decision: Decision, workload: Workload) -> str:
+    if decision.action == "Block" and workload.annotations.get("kubearmor-policy") == "audited":
+        return "Audit (Block)"
+    return decision.action
+
+
+def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, cluster: str,
+                enforcer_name: str, now_ns: int = 0) -> dict[str, Any]:
+    """The alert for ``event`` as a map of KubeArmor's PascalCase fields (plus ``EventID``)."""
+    ts_ns = event.ts_ns if event.ts_ns >= _WALLCLOCK_MIN_NS or not now_ns else now_ns
+    action = _action(decision, workload)
+    enforced = action == "Block" and event.ret < 0
+    operation = EVENT_KINDS.get(event.kind, event.kind)
+    container = workload.kind != "host"
+    return {
+        "Timestamp": ts_ns // 1_000_000_000,
+        "UpdatedTime": rfc3339(ts_ns),
+        "ClusterName": cluster,
+        "HostName": event.node,
+        "NamespaceName": workload.namespace if container else "",
+        "PodName": (workload.pod or workload.name) if container else "",
+        "Labels": workload.labels_text,
+        "ContainerID": workload.id if container else "",
+        "ContainerName": workload.name if container else "",
+        "ContainerImage": workload.image if container else "",
+        "HostPPID": event.ppid,
+        "HostPID": event.pid,
+        "PPID": event.ns_ppid,
+        "PID": event.ns_pid,
+        "UID": event.uid,
+        "ParentProcessName": event.exe,
+        "ProcessName": event.path if operation == "Process" else event.exe,
+        "PolicyName": decision.policy,
+        "Severity": str(decision.severity) if decision.severity else "",
+        "Tags": ",".join(decision.tags),
+        "ATags": list(decision.tags),
+        "Message": decision.message,
+        "Type": decision.alert_type,
+        "Source": event.exe,
+        "Operation": operation,
+        "Resource": event.path,
+        "Data": _data(event),
+        "Enforcer": (enforcer_name if enforced else MONITOR_ENFORCER),
+        "Action": action,
+        "Result": result_text(event.ret),
+        "Cwd": event.cwd,
+        "TTY": "",
+        "NodeID": event.node,
+        "UserName": "",
+        "EventID": event_id_of(event),
+    }

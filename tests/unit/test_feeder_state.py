@@ -1,0 +1,66 @@
+"""The feeder's pure views: identity map with stopped workloads and host fallback, rules, health."""
+from __future__ import annotations
+
+from services.feeder import state as state_mod
+from services.feeder.api import health_report
+from services.feeder.hub import AlertHub
+from services.feeder.state import FeederState
+from shared.schemas import IdentityEvent, RuleSet, Workload, WorkloadRules
+
+
+def _wl(wid: str, mntns: int, kind: str = "container", node: str = "n1") -> Workload:
+    return Workload(id=wid, name=wid, namespace="demo", kind=kind, node=node, mntns=mntns, pidns=mntns + 1)
+
+
+def test_identity_map_keeps_stopped_workloads_and_falls_back_to_host() -> None:
+    s = FeederState()
+    s.apply_identity(IdentityEvent("started", _wl("host", 1, kind="host"), 1))
+    s.apply_identity(IdentityEvent("started", _wl("c1", 100), 2))
+    stopped = _wl("c1", 100)
+    stopped.stopped_ns = 3
+    s.apply_identity(IdentityEvent("stopped", stopped, 3))
+    assert s.workload("n1", 100).id == "c1"  # still named after it exited
+    assert s.workload("n2", 100) is None
+    assert s.host_workload("n1").id == "host"
+    assert s.host_workload("n9").kind == "host"  # placeholder when identity never reported one
+    s.apply_identity(IdentityEvent("started", _wl("c2", 100), 4))  # mntns reused
+    assert s.workload("n1", 100).id == "c2"
+
+
+def test_stopped_workloads_are_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(state_mod, "MAX_STOPPED", 2)
+    s = FeederState()
+    for i in range(4):
+        wl = _wl(f"c{i}", 200 + i)
+        wl.stopped_ns = 1
+        s.apply_identity(IdentityEvent("stopped", wl, i))
+    assert [s.workload("n1", 200 + i) is not None for i in range(4)] == [False, False, True, True]
+
+
+def test_rules_newest_version_wins_and_unknown_workload_is_none() -> None:
+    s = FeederState()
+    s.apply_rules(RuleSet("n1", 2, 0, 0, {"c1": WorkloadRules("c1", 100, 101, [])}))
+    s.apply_rules(RuleSet("n1", 1, 0, 0, {}))
+    assert s.rules_for("n1", "c1") == []
+    assert s.rules_for("n1", "c2") is None and s.rules_for("n2", "c1") is None
+
+
+def test_heartbeats_feed_enforcer_names_and_health() -> None:
+    s = FeederState()
+    s.apply_heartbeat({"service": "enforcer", "node": "n1", "details": {"enforcer": "BPFLSM"}}, now=100.0)
+    for svc in ("monitor", "identity", "policy", "feeder"):
+        s.apply_heartbeat({"service": svc, "node": "n1", "status": "ok", "details": {}}, now=100.0)
+    assert s.enforcer_name("n1") == "BPFLSM" and s.enforcer_name("n2") == ""
+    assert health_report(s, 3.0, now=102.0)["healthy"] is True
+    report = health_report(s, 3.0, now=104.0)
+    assert report["healthy"] is False and report["services"]["monitor"]["age_seconds"] == 4.0
+
+
+async def test_hub_drops_and_counts_for_slow_subscribers() -> None:
+    hub = AlertHub()
+    with hub.subscribe("ws", maxsize=1) as slow, hub.subscribe("grpc", maxsize=5) as fast:
+        for i in range(3):
+            hub.publish({"i": i})
+        assert slow.queue.qsize() == 1 and fast.queue.qsize() == 3
+        assert hub.counters == {"dropped_ws": 2}
+    assert len(hub) == 0
