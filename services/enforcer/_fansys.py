@@ -1,0 +1,78 @@
+"""Thin ctypes wrappers over fanotify(7) and openat2(2): constants, init, mark, event parsing."""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+
+__all__ = ["FAN_OPEN_EXEC_PERM", "FAN_ALLOW", "FAN_DENY", "PERM_EVENTS", "EVENT_FMT", "EVENT_SIZE",
+           "METADATA_VERSION", "fan_init", "fan_mark", "open_in_root", "response"]
+
+FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_CONTENT = 0x1, 0x2, 0x4
+FAN_MARK_ADD, FAN_MARK_REMOVE = 0x1, 0x2
+FAN_OPEN_PERM, FAN_ACCESS_PERM, FAN_OPEN_EXEC_PERM = 0x10000, 0x20000, 0x40000
+PERM_EVENTS = FAN_OPEN_PERM | FAN_ACCESS_PERM | FAN_OPEN_EXEC_PERM
+FAN_ALLOW, FAN_DENY = 0x01, 0x02
+METADATA_VERSION = 3
+# struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid
+EVENT_FMT = "=IBBHQii"
+EVENT_SIZE = struct.calcsize(EVENT_FMT)
+_AT_FDCWD = -100
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
+_RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
+
+_libc: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+        _libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
+                                        ctypes.c_char_p]
+    return _libc
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def fan_init() -> int:
+    """A non-blocking, close-on-exec fanotify group of the content class (permission events)."""
+    flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK
+    return _check(_lib().fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
+
+
+def fan_mark(fan_fd: int, add: bool, mask: int, target_fd: int) -> None:
+    """Add or remove ``mask`` on the inode ``target_fd`` (an O_PATH fd) refers to."""
+    flags = FAN_MARK_ADD if add else FAN_MARK_REMOVE
+    path = f"/proc/self/fd/{target_fd}".encode()
+    _check(_lib().fanotify_mark(fan_fd, flags, mask, _AT_FDCWD, path), "fanotify_mark")
+
+
+def open_in_root(path: str, root_pid: int | None) -> int:
+    """An O_PATH fd for ``path`` as seen from ``root_pid``'s root directory (symlinks resolved inside
+    that root, as the workload would resolve them), or from ours when ``root_pid`` is None."""
+    if not root_pid or root_pid == os.getpid():
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    nr = _SYS_OPENAT2.get(platform.machine())
+    if nr is None:
+        raise OSError(38, "openat2 unknown on this architecture")
+    root = os.open(f"/proc/{root_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+        ret = _lib().syscall(ctypes.c_long(nr), ctypes.c_int(root), ctypes.c_char_p(path.encode()),
+                             ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
+        return _check(ret, f"openat2({path!r} in /proc/{root_pid}/root)")
+    finally:
+        os.close(root)
+
+
+def response(event_fd: int, allow: bool) -> bytes:
+    """The struct fanotify_response answering one permission event."""
+    return struct.pack("=iI", event_fd, FAN_ALLOW if allow else FAN_DENY)
