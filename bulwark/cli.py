@@ -160,6 +160,18 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from services.enforcer.select import choose, probe_all
+
+    settings = _settings(args)
+    for name, supported, reason in probe_all():
+        print(f"{name:12} {'supported' if supported else 'unsupported':12} {reason}")
+    active = choose(settings.enforcer_order)
+    print(f"active: {active.name} (order {settings.enforcer_order})")
+    active.close()
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rest-port", type=int, help="REST port (env BULWARK_REST_PORT, default 8080)")
     p.add_argument("--rest-host", help="REST address (env BULWARK_REST_HOST, default 127.0.0.1)")
@@ -202,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--policy")
     get.add_argument("--limit", type=int, default=50)
     get.set_defaults(func=cmd_get)
+
+    probe = sub.add_parser("probe", help="what this node supports and which enforcer would be active")
+    probe.set_defaults(func=cmd_probe)
 
     policy = sub.add_parser("policy", help="work with policy files offline")
     policy_sub = policy.add_subparsers(dest="policy_cmd", required=True)

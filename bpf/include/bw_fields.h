@@ -1,0 +1,38 @@
+/* Every kernel struct member (and size) the programs depend on. The self-check compiles these with the
+ * same headers as the programs and compares each with the kernel's BTF: one list, read by both
+ * C (as X-macros) and services/monitor/selfcheck.py (which parses the BW_FIELD/BW_SIZE lines). */
+#ifndef BW_FIELDS_H
+#define BW_FIELDS_H
+
+#define BW_FIELDS(X) \
+	X(task_struct, nsproxy) \
+	X(task_struct, group_leader) \
+	X(task_struct, thread_pid) \
+	X(task_struct, real_parent) \
+	X(task_struct, tgid) \
+	X(task_struct, mm) \
+	X(task_struct, fs) \
+	X(nsproxy, mnt_ns) \
+	X(mnt_namespace, ns.inum) \
+	X(pid_namespace, ns.inum) \
+	X(pid, level) \
+	X(pid, numbers) \
+	X(upid, nr) \
+	X(upid, ns) \
+	X(mm_struct, exe_file) \
+	X(file, f_path) \
+	X(path, mnt) \
+	X(path, dentry) \
+	X(fs_struct, pwd) \
+	X(vfsmount, mnt_root) \
+	X(mount, mnt_parent) \
+	X(mount, mnt_mountpoint) \
+	X(mount, mnt) \
+	X(dentry, d_parent) \
+	X(dentry, d_name.name)
+
+#define BW_SIZES(X) \
+	X(upid) \
+	X(path)
+
+#endif /* BW_FIELDS_H */

@@ -1,0 +1,16 @@
+/* Explicit kernel reads: every kernel pointer is followed with bpf_probe_read_kernel, so the code
+ * does not depend on bcc's rewriter and a NULL anywhere only yields zeros. */
+#ifndef BW_READ_H
+#define BW_READ_H
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+#define BW_READ(dst, ptr, member) \
+	bpf_probe_read_kernel(&(dst), sizeof(dst), &((ptr)->member))
+
+#define bw_container_of(ptr, type, member) \
+	((type *)((char *)(ptr) - __builtin_offsetof(type, member)))
+
+#endif /* BW_READ_H */

@@ -1,0 +1,153 @@
+"""Refuse to run with wrong offsets: compare what bcc compiled with the kernel's BTF, and what the
+programs report about this very process with what /proc says about it.
+
+Compiled offsets are read from a tiny program (bpf/selfcheck/selfcheck.c) built with the same headers
+as the real ones and run once, in this process, on ``getppid()``.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import BulwarkError
+from services.monitor.btf import Btf, BtfError
+from services.monitor.decoder import EXEC_LAYOUT, decode_path
+
+__all__ = ["SelfCheckFailed", "SelfReport", "parse_field_list", "compare_offsets",
+           "check_tracepoint_formats", "run_selfcheck"]
+
+log = logging.getLogger("bulwark.monitor.selfcheck")
+
+_FIELD_RE = re.compile(r"X\((\w+),\s*([\w.]+)\)")
+_SIZE_RE = re.compile(r"X\((\w+)\)")
+_REPORT_HEAD = struct.Struct("<6I")
+_PATH_SIZE = 776
+# tracepoint field -> byte offset our structs in bpf/include/bw_tp.h assume
+TRACEPOINT_FIELDS: dict[str, dict[str, int]] = {
+    "syscalls/sys_enter_execve": {"filename": 16},
+    "syscalls/sys_enter_execveat": {"fd": 16, "filename": 24, "flags": 48},
+    "syscalls/sys_exit_execve": {"ret": 16},
+    "syscalls/sys_exit_execveat": {"ret": 16},
+    "sched/sched_process_exec": {"filename": 8, "pid": 12, "old_pid": 16},
+}
+
+
+class SelfCheckFailed(BulwarkError):
+    """The programs would read the kernel wrongly here; the monitor must not run."""
+
+
+@dataclass(frozen=True, slots=True)
+class SelfReport:
+    """This process as the BPF helpers see it."""
+
+    tgid: int
+    mntns: int
+    pidns: int
+    ns_pid: int
+    exe: str
+    cwd: str
+
+
+def parse_field_list(header: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (struct, member) pairs of BW_FIELDS and the structs of BW_SIZES in bw_fields.h."""
+    fields_part, _, sizes_part = header.partition("#define BW_SIZES")
+    fields = _FIELD_RE.findall(fields_part.partition("#define BW_FIELDS")[2])
+    sizes = _SIZE_RE.findall(sizes_part.split("#endif")[0])
+    return fields, sizes
+
+
+def compare_offsets(btf: Btf, fields: list[tuple[str, str]], compiled: list[tuple[int, int]],
+                    sizes: list[str], compiled_sizes: list[int]) -> list[str]:
+    """Every disagreement between compiled offsets/sizes (offsetof, member access) and BTF."""
+    problems = []
+    for (sname, member), (by_offsetof, by_access) in zip(fields, compiled, strict=True):
+        try:
+            want = btf.offsetof(sname, member)
+        except BtfError as exc:
+            problems.append(str(exc))
+            continue
+        if by_offsetof != want or by_access != want:
+            problems.append(f"{sname}.{member}: BTF {want}, offsetof {by_offsetof}, access {by_access}")
+    for sname, got in zip(sizes, compiled_sizes, strict=True):
+        want = btf.sizeof(sname)
+        if got != want:
+            problems.append(f"sizeof(struct {sname}): BTF {want}, compiled {got}")
+    return problems
+
+
+def check_tracepoint_formats(tracefs: Path = Path("/sys/kernel/tracing")) -> list[str]:
+    """Disagreements between the tracepoint format files and the offsets our programs assume."""
+    problems = []
+    for tp, expected in TRACEPOINT_FIELDS.items():
+        fmt = tracefs / "events" / tp / "format"
+        try:
+            text = fmt.read_text()
+        except OSError as exc:
+            problems.append(f"{fmt}: {exc.strerror} (is tracefs mounted?)")
+            continue
+        for name, off in expected.items():
+            found = re.search(rf"field:[^;]*\b{name};\s*offset:(\d+);", text)
+            if not found or int(found.group(1)) != off:
+                problems.append(f"{tp}.{name}: format says {found and found.group(1)}, we read {off}")
+    return problems
+
+
+def _read_array(table: Any, n: int) -> list[int]:
+    return [int(table[ct.c_int(i)].value) for i in range(n)]
+
+
+def _runtime_problems(report: SelfReport) -> list[str]:
+    problems = []
+    expect = {
+        "tgid": os.getpid(), "ns_pid": os.getpid(),
+        "mntns": os.stat("/proc/self/ns/mnt").st_ino, "pidns": os.stat("/proc/self/ns/pid").st_ino,
+        "exe": os.path.realpath("/proc/self/exe"), "cwd": os.getcwd(),
+    }
+    for name, want in expect.items():
+        got = getattr(report, name)
+        if got != want:
+            problems.append(f"own {name}: programs see {got!r}, /proc says {want!r}")
+    return problems
+
+
+def run_selfcheck(bpf_dir: Path, btf: Btf) -> SelfReport:
+    """Compile and run the self-check program once; SelfCheckFailed lists every problem found."""
+    from bcc import BPF  # imported late: needs BCC_KERNEL_SOURCE set first
+
+    problems = check_tracepoint_formats()
+    fields, sizes = parse_field_list((bpf_dir / "include/bw_fields.h").read_text())
+    bpf = BPF(src_file=str(bpf_dir / "selfcheck/selfcheck.c").encode(),
+              cflags=[f"-I{bpf_dir / 'include'}", f"-DBW_SELF_TGID={os.getpid()}"])
+    try:
+        bpf.attach_tracepoint(tp=b"syscalls:sys_enter_getppid", fn_name=b"bwmon_selfchk")
+        os.getppid()
+        flat = _read_array(bpf[b"bw_self_fields"], 2 * len(fields))
+        compiled = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(fields))]
+        compiled_sizes = _read_array(bpf[b"bw_self_sizes"], len(sizes))
+        layout = _read_array(bpf[b"bw_self_layout"], len(EXEC_LAYOUT))
+        raw_obj = bpf[b"bw_self_report"][ct.c_int(0)]
+        raw = ct.string_at(ct.addressof(raw_obj), ct.sizeof(raw_obj))
+    finally:
+        bpf.cleanup()
+    problems += compare_offsets(btf, fields, compiled, sizes, compiled_sizes)
+    for (name, want), got in zip(EXEC_LAYOUT.items(), layout, strict=True):
+        if got != want:
+            problems.append(f"bw_exec_event.{name}: compiled {got}, decoder expects {want}")
+    seen, tgid, mntns, pidns, ns_pid, _ = _REPORT_HEAD.unpack_from(raw, 0)
+    base = _REPORT_HEAD.size
+    if not seen:
+        raise SelfCheckFailed("self-check program did not run (tracepoint syscalls:sys_enter_getppid)")
+    report = SelfReport(tgid, mntns, pidns, ns_pid, decode_path(raw[base:base + _PATH_SIZE])[0],
+                        decode_path(raw[base + _PATH_SIZE:base + 2 * _PATH_SIZE])[0])
+    problems += _runtime_problems(report)
+    if problems:
+        raise SelfCheckFailed("BPF self-check failed: " + "; ".join(problems))
+    log.info("self-check passed", extra={"fields": len(fields), "mntns": mntns, "pidns": pidns,
+                                         "exe": report.exe})
+    return report

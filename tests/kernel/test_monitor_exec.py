@@ -1,0 +1,154 @@
+"""The monitor as a process, against the real kernel and a real nats-server.
+
+Runs commands in fresh mount+pid namespaces and checks the exec events that arrive on NATS: result,
+namespaces, namespaced pids, canonical caller executable (KubeArmor's Source) and the program path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.bus import connect
+from shared.codec import unpack
+from shared.subjects import health, raw_events
+from tests.conftest import NatsServer, require_root
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = "test-node"
+SH = os.path.realpath("/usr/bin/sh")           # /usr/bin/dash on Debian
+UNSHARE = os.path.realpath("/usr/bin/unshare")
+
+
+def our_programs() -> list[dict[str, Any]]:
+    """Loaded BPF programs of the monitor (names start with bwmon_)."""
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], check=True, capture_output=True, text=True)
+    return [p for p in json.loads(out.stdout) if str(p.get("name", "")).startswith("bwmon_")]
+
+
+class Monitor:
+    """A running ``python -m services.monitor`` plus a NATS client watching its subjects."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], nc: Any, raw_sub: Any, log: Path) -> None:
+        self.proc, self.nc, self.raw_sub, self.log = proc, nc, raw_sub, log
+
+    async def events_until(self, done: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Collect raw events until ``done(events)`` is true (or fail after ``timeout``)."""
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while not done(seen):
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out; got {len(seen)} events"
+            try:
+                msg = await self.raw_sub.next_msg(timeout=min(left, 1.0))
+            except Exception:  # nats TimeoutError: keep waiting until the deadline
+                continue
+            seen.extend(unpack(msg.data)["events"])
+        return seen
+
+
+@pytest.fixture
+async def monitor(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Monitor]:
+    require_root()
+    before = {p["id"] for p in our_programs()}
+    nc = await connect(nats_server.url, "test")
+    beats = await nc.subscribe(health("monitor", NODE))
+    raw_sub = await nc.subscribe(raw_events(NODE))
+    log = tmp_path / "monitor.log"
+    env = {**os.environ, "BULWARK_NATS_URL": nats_server.url, "BULWARK_NODE_NAME": NODE,
+           "BULWARK_DATA_DIR": str(tmp_path / "data")}
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "services.monitor"], cwd=REPO, env=env, stderr=err)
+    try:
+        await beats.next_msg(timeout=120)   # the first heartbeat comes once programs are attached
+        yield Monitor(proc, nc, raw_sub, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        await nc.close()
+        left = [p for p in our_programs() if p["id"] not in before or proc.pid in
+                [x.get("pid") for x in p.get("pids", [])]]
+        assert not left, f"BPF programs left attached: {left}"
+        assert rc == 0, log.read_text()[-3000:]
+
+
+async def test_exec_events_in_new_namespaces(monitor: Monitor, tmp_path: Path) -> None:
+    notexec = tmp_path / "xyz" / "notexec"
+    notexec.parent.mkdir()
+    notexec.write_text("#!/bin/sh\necho should-not-run\n")
+    notexec.chmod(0o644)
+    mnt = tmp_path / "m"                # two nested mounts, only in the new mount namespace
+    mnt.mkdir()
+    inner_sh = mnt / "inner" / "sh2"
+    script = (f"stat -L -c %i /proc/self/ns/mnt /proc/self/ns/pid; /usr/bin/true; "
+              f"cd {notexec.parent} && ./notexec; {notexec}; "
+              f"mount -t tmpfs none {mnt} && mkdir {mnt}/inner && mount -t tmpfs none {mnt}/inner && "
+              f"cp {SH} {inner_sh} && {inner_sh} -c /usr/bin/true")
+    started = time.monotonic()
+    out = subprocess.run(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", script],
+                         capture_output=True, text=True, timeout=30)
+    ran = time.monotonic()
+    mntns, pidns = (int(x) for x in out.stdout.split()[:2])
+    assert mntns != os.stat("/proc/self/ns/mnt").st_ino and "Permission denied" in out.stderr
+
+    def mine(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in events if e["pidns"] == pidns]
+
+    events = await monitor.events_until(lambda evs: len(
+        [e for e in mine(evs) if e["path"] in ("/usr/bin/true", str(notexec))]) >= 4)
+    arrived = time.monotonic()
+    ours = mine(events)
+    by_path = {}
+    for e in ours:
+        by_path.setdefault(e["path"], []).append(e)
+
+    for e in ours:  # every exec in the new namespaces
+        assert (e["kind"], e["node"], e["mntns"], e["pidns"]) == ("exec", NODE, mntns, pidns)
+        assert 1 <= e["ns_pid"] < 50 and e["pid"] != e["ns_pid"] and e["syscall"] == "execve"
+        assert e["event_id"].startswith(f"{NODE}:") and abs(e["ts_ns"] - time.time_ns()) < 60e9
+
+    [sh] = by_path["/usr/bin/sh"]     # unshare's child becomes pid 1 of the new pid namespace
+    assert (sh["exe"], sh["ret"], sh["ns_pid"], sh["ns_ppid"], sh["comm"]) == (UNSHARE, 0, 1, 0, "unshare")
+
+    [true, nested] = by_path["/usr/bin/true"]  # run by a forked child of the shell (pid 1)
+    assert nested["exe"] == str(inner_sh)        # the caller's path walked across two mounts
+    assert (true["exe"], true["parent_exe"], true["ret"], true["ns_ppid"]) == (SH, SH, 0, 1)
+    assert true["ns_pid"] > 1 and true["comm"] == "sh" and true["cwd"] == os.getcwd()
+
+    failed = by_path[str(notexec)]     # once relative (resolved against cwd), once absolute
+    assert len(failed) == 2 and all(e["ret"] == -13 and e["exe"] == SH for e in failed)
+    relative = [e for e in failed if e["extra"].get("filename") == "./notexec"]
+    assert len(relative) == 1 and relative[0]["cwd"] == str(notexec.parent)
+    print(f"\ncommand took {ran - started:.3f}s; events on NATS {1000 * (arrived - ran):.1f} ms after it ended")
+
+
+async def test_execveat_and_a_non_leader_thread(monitor: Monitor) -> None:
+    code = ("import os, threading\n"
+            "fd = os.open('/usr/bin/true', os.O_RDONLY)\n"
+            "t = threading.Thread(target=lambda: os.execve(fd, ['true'], {}))\n"
+            "t.start(); t.join()\n")
+    proc = subprocess.run([sys.executable, "-c", code], timeout=30)
+    assert proc.returncode == 0
+
+    events = await monitor.events_until(lambda evs: any(
+        e["syscall"] == "execveat" and e["exe"] == os.path.realpath(sys.executable) for e in evs))
+    [ev] = [e for e in events if e["syscall"] == "execveat" and e["exe"] == os.path.realpath(sys.executable)]
+    assert ev["ret"] == 0 and ev["flags"] & 0x1000      # fexecve: execveat(fd, "", AT_EMPTY_PATH)
+    assert ev["tid"] != ev["pid"]                        # came from a second thread, stash moved at exec
+    # the name was empty: the kernel's own name for the program (sched_process_exec) fills in
+    assert ev["path"] == f"/dev/fd/{ev['extra']['dirfd']}" and ev["extra"]["filename_from_kernel"]

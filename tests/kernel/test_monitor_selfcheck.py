@@ -1,0 +1,59 @@
+"""The start-up self-check: passes on a good header tree; the monitor refuses to run on a bad one."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.monitor.btf import Btf
+from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
+from services.monitor.loader import DEFAULT_BPF_DIR
+from services.monitor.selfcheck import run_selfcheck
+from tests.conftest import require_root
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def restore_bcc_env() -> object:
+    old = os.environ.get("BCC_KERNEL_SOURCE")
+    yield
+    if old is None:
+        os.environ.pop("BCC_KERNEL_SOURCE", None)
+    else:
+        os.environ["BCC_KERNEL_SOURCE"] = old
+
+
+def test_selfcheck_sees_this_process(tmp_path: Path, restore_bcc_env: object) -> None:
+    require_root()
+    btf = Btf.load()
+    tree = ensure_btf_tree(tmp_path / "bcc-btf", btf=btf)
+    stamp = (tree / ".bulwark-stamp").stat().st_mtime_ns
+    assert ensure_btf_tree(tree, btf=btf) == tree and (tree / ".bulwark-stamp").stat().st_mtime_ns == stamp
+    use_btf_tree(tree)
+    report = run_selfcheck(DEFAULT_BPF_DIR, btf)
+    assert report.mntns == os.stat("/proc/self/ns/mnt").st_ino and report.tgid == os.getpid()
+    assert report.exe == os.path.realpath("/proc/self/exe") and report.cwd == os.getcwd()
+
+
+def test_monitor_refuses_to_run_with_wrong_offsets(tmp_path: Path, nats_server) -> None:
+    require_root()
+    good = ensure_btf_tree(tmp_path / "good")
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)                      # same stamp: the monitor will use it as cached
+    vmlinux = bad / "include/vmlinux.h"
+    text = vmlinux.read_text()
+    assert "struct dentry {\n" in text
+    vmlinux.write_text(text.replace("struct dentry {\n", "struct dentry {\n\tlong __bw_sabotage;\n", 1))
+    env = {**os.environ, "BULWARK_NATS_URL": nats_server.url, "BULWARK_NODE_NAME": "test-node",
+           "BULWARK_DATA_DIR": str(tmp_path / "data"), "BULWARK_BTF_TREE_DIR": str(bad)}
+    proc = subprocess.run([sys.executable, "-m", "services.monitor"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "refusing to run" in proc.stderr and "dentry.d_parent: BTF 24" in proc.stderr
