@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     btf_tree_dir: Path | None = None
     enforcer_order: str = "bpflsm,fanotify,audit"
     heartbeat_seconds: float = 1.0
+    stopped_grace_seconds: float = 60.0
     batch_max_events: int = 512
     batch_max_delay_ms: int = 20
     log_level: str = "INFO"

@@ -97,7 +97,7 @@ class FanotifyEnforcer:
                 raise RuntimeError("fanotify enforcer is closed")
             self._start()
             all_ns: dict[int, list[Rule]] = defaultdict(list)
-            for wl in ruleset.workloads.values():
+            for wl in ruleset.running():
                 if wl.mntns:  # workloads sharing a namespace share the matcher's input
                     all_ns[wl.mntns].extend(wl.rules)
             per_ns = {ns: rules for ns, rules in all_ns.items() if exec_block_rules(rules)}

@@ -24,7 +24,8 @@ class AppliedRules:
 
     def covers(self, workload_id: str) -> bool:
         """Whether the applied set knows ``workload_id``."""
-        return self.ruleset is not None and workload_id in self.ruleset.workloads
+        wr = self.ruleset.workloads.get(workload_id) if self.ruleset is not None else None
+        return wr is not None and not wr.stopped_ns
 
     async def set(self, ruleset: RuleSet) -> None:
         """Record a newly applied set and wake every waiter."""

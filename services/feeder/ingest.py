@@ -138,7 +138,7 @@ class Ingestor:
         return alerts
 
     def _lookup(self, ev: RawEvent) -> tuple[Workload, list[Any] | None]:
-        workload = self.state.workload(ev.node, ev.mntns)
+        workload = self.state.workload(ev.node, ev.mntns, ev.ts_ns)
         if workload is None:
             workload = self.state.host_workload(ev.node)
         return workload, self.state.rules_for(ev.node, workload.id)

@@ -59,6 +59,11 @@ class FeederState:
         self.enforcers: dict[str, str] = {}
         self.health: dict[tuple[str, str], HealthEntry] = {}
         self._stopped: OrderedDict[tuple[str, int], str] = OrderedDict()
+        # Rules of workloads a newer RuleSet no longer lists (they stopped): an event they caused
+        # may still be on its way, and must be judged by the rules that held when it happened.
+        self.retired_rules: OrderedDict[tuple[str, str], list[Rule]] = OrderedDict()
+        # Workloads whose mount namespace id the kernel has since given to a newer workload.
+        self.replaced: OrderedDict[tuple[str, int], list[Workload]] = OrderedDict()
 
     def apply_identity(self, ev: IdentityEvent) -> None:
         """Fold one identity event into the map."""
@@ -68,6 +73,12 @@ class FeederState:
             self.hosts[wl.node] = wl
         if wl.mntns == 0:
             return
+        prior = self.workloads.get(key)
+        if prior is not None and prior.id != wl.id:
+            self.replaced.setdefault(key, []).insert(0, prior)
+            self.replaced.move_to_end(key)
+            while len(self.replaced) > MAX_STOPPED:
+                self.replaced.popitem(last=False)
         self.workloads[key] = wl
         if ev.type == "stopped":
             self._stopped[key] = wl.id
@@ -83,8 +94,18 @@ class FeederState:
     def apply_rules(self, rs: RuleSet) -> None:
         """Keep ``rs`` unless a newer version for its node is already held."""
         cur = self.rulesets.get(rs.node)
-        if cur is None or rs.version >= cur.version:
-            self.rulesets[rs.node] = rs
+        if cur is not None and rs.version < cur.version:
+            return
+        if cur is not None:
+            for wid, wr in cur.workloads.items():
+                if wid not in rs.workloads:
+                    self.retired_rules[(rs.node, wid)] = wr.rules
+                    self.retired_rules.move_to_end((rs.node, wid))
+            while len(self.retired_rules) > MAX_STOPPED:
+                self.retired_rules.popitem(last=False)
+        for wid in rs.workloads:
+            self.retired_rules.pop((rs.node, wid), None)
+        self.rulesets[rs.node] = rs
 
     def apply_heartbeat(self, beat: dict[str, Any], now: float | None = None) -> None:
         """Record a heartbeat ``{service, node, status, details}``; note the enforcer's name."""
@@ -97,9 +118,19 @@ class FeederState:
         if service == "enforcer" and details.get("enforcer"):
             self.enforcers[node] = str(details["enforcer"])
 
-    def workload(self, node: str, mntns: int) -> Workload | None:
-        """The workload owning ``mntns`` on ``node``, or None when unknown."""
-        return self.workloads.get((node, mntns))
+    def workload(self, node: str, mntns: int, at_ns: int = 0) -> Workload | None:
+        """The workload owning ``mntns`` on ``node`` (at time ``at_ns`` when given), or None when unknown.
+
+        The kernel reuses namespace ids: an event from before the newest owner started belongs to
+        the owner that held the id then.
+        """
+        current = self.workloads.get((node, mntns))
+        if current is None or not at_ns or current.started_ns <= at_ns:
+            return current
+        for older in self.replaced.get((node, mntns), ()):
+            if older.started_ns <= at_ns:
+                return older
+        return current
 
     def host_workload(self, node: str) -> Workload:
         """The node's host workload (a placeholder when identity has not reported one)."""
@@ -110,12 +141,12 @@ class FeederState:
                         source="host")
 
     def rules_for(self, node: str, workload_id: str) -> list[Rule] | None:
-        """The workload's compiled rules; None when the node's RuleSet does not know the workload."""
+        """The workload's compiled rules (the last ones it had, if it has stopped since); None when unknown."""
         rs = self.rulesets.get(node)
-        if rs is None:
-            return None
-        wr = rs.workloads.get(workload_id)
-        return None if wr is None else wr.rules
+        wr = rs.workloads.get(workload_id) if rs is not None else None
+        if wr is not None:
+            return wr.rules
+        return self.retired_rules.get((node, workload_id))
 
     def enforcer_name(self, node: str) -> str:
         """The enforcer the node reported in its heartbeat ("" when none yet)."""

@@ -33,7 +33,7 @@ async def main() -> None:
     js = nc.jetstream()
     await ensure_streams(js)
     counters = Counters()
-    store, workloads = PolicyStore(), Workloads()
+    store, workloads = PolicyStore(), Workloads(settings.stopped_grace_seconds)
     publisher = RulePublisher(js, store, workloads, counters)
 
     await replay_stream(js, POLICIES, store.apply, counters)
@@ -81,6 +81,18 @@ async def main() -> None:
         return {**counters, "policies": len(store.items), "policy_seq": store.last_seq,
                 "identity_seq": workloads.last_seq}
 
+    async def expire_stopped() -> None:
+        interval = max(0.2, min(5.0, settings.stopped_grace_seconds / 2))
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+            for node in workloads.expire():
+                async with api.lock:
+                    await publisher.publish_node(node)
+
+    expiry = asyncio.create_task(expire_stopped())
     heartbeat = asyncio.create_task(heartbeat_loop(nc, "policy", settings.node_name, settings.heartbeat_seconds,
                                                    details, stop))
     log.info("policy service ready", extra={"subject": POLICY_API})
@@ -88,6 +100,7 @@ async def main() -> None:
     await api_sub.unsubscribe()
     await identity_sub.unsubscribe()
     await heartbeat
+    await expiry
     await nc.drain()
 
 

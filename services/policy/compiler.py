@@ -67,14 +67,17 @@ def selects(policy: Policy, wl: Workload) -> bool:
 def compile_rules(policies: Iterable[Policy], workloads: Iterable[Workload], node: str, *,
                   version: int = 0, policy_seq: int = 0, identity_seq: int = 0,
                   generated_ns: int = 0) -> RuleSet:
-    """The RuleSet of ``node``: every running workload given, with the rules of the policies selecting it."""
+    """The RuleSet of ``node``: every workload given, with the rules of the policies selecting it.
+
+    The caller decides which workloads to give: the running ones, and those stopped so recently that
+    events they caused may still be on their way.
+    """
     pols = [p for p in policies if p.rules]
     out: dict[str, WorkloadRules] = {}
     for wl in workloads:
-        if wl.stopped_ns:
-            continue
         rules = [r for p in pols if selects(p, wl) for r in p.rules]
-        out[wl.id] = WorkloadRules(workload_id=wl.id, mntns=wl.mntns, pidns=wl.pidns, rules=rules)
+        out[wl.id] = WorkloadRules(workload_id=wl.id, mntns=wl.mntns, pidns=wl.pidns, rules=rules,
+                                   stopped_ns=wl.stopped_ns)
     return RuleSet(node=node, version=version, policy_seq=policy_seq, identity_seq=identity_seq,
                    workloads=out, generated_ns=generated_ns)
 

@@ -48,7 +48,7 @@ class RulePublisher:
 
     def compile(self, node: str) -> RuleSet:
         """The node's RuleSet from the current state (version not yet assigned)."""
-        return compile_rules(self.store.policies(), self.workloads.on_node(node), node,
+        return compile_rules(self.store.policies(), self.workloads.compiled_on_node(node), node,
                              policy_seq=self.store.last_seq, identity_seq=self.workloads.last_seq,
                              generated_ns=time.time_ns())
 

@@ -78,10 +78,16 @@ class PolicyStore:
 
 
 class Workloads:
-    """Workloads per node, fed by identity events; stopped ones are forgotten."""
+    """Workloads per node, fed by identity events.
 
-    def __init__(self) -> None:
+    A stopped workload stays compiled for ``grace_seconds`` after it stopped, so that events it
+    caused just before exiting are still judged by its rules wherever they are matched.
+    """
+
+    def __init__(self, grace_seconds: float = 60.0) -> None:
+        self.grace_ns = int(grace_seconds * 1e9)
         self.by_node: dict[str, dict[str, Workload]] = {}
+        self.stopped: dict[str, dict[str, Workload]] = {}
         self.last_seq = 0
 
     def apply(self, event: IdentityEvent, seq: int) -> str:
@@ -90,14 +96,32 @@ class Workloads:
         nodes = self.by_node.setdefault(wl.node, {})
         if event.type == "stopped" or wl.stopped_ns:
             nodes.pop(wl.id, None)
+            wl.stopped_ns = wl.stopped_ns or event.ts_ns or time.time_ns()
+            if self.grace_ns > 0:
+                self.stopped.setdefault(wl.node, {})[wl.id] = wl
         else:
             nodes[wl.id] = wl
+            self.stopped.get(wl.node, {}).pop(wl.id, None)
         self.last_seq = max(self.last_seq, seq)
         return wl.node
+
+    def expire(self, now_ns: int | None = None) -> set[str]:
+        """Forget workloads stopped longer than the grace ago; returns the nodes that changed."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        changed = set()
+        for node, gone in self.stopped.items():
+            for wid in [w.id for w in gone.values() if now_ns - w.stopped_ns > self.grace_ns]:
+                del gone[wid]
+                changed.add(node)
+        return changed
 
     def on_node(self, node: str) -> list[Workload]:
         """The running workloads of ``node``."""
         return list(self.by_node.get(node, {}).values())
+
+    def compiled_on_node(self, node: str) -> list[Workload]:
+        """What to compile for ``node``: the running workloads and those within their stop grace."""
+        return self.on_node(node) + list(self.stopped.get(node, {}).values())
 
     def all(self) -> list[Workload]:
         """Every running workload on every node."""

@@ -50,17 +50,23 @@ class Rule:
 
 @dataclass(slots=True)
 class WorkloadRules:
-    """The rules that apply to one workload, with the namespaces that identify it in the kernel."""
+    """The rules that apply to one workload, with the namespaces that identify it in the kernel.
+
+    ``stopped_ns`` is set for a workload that has stopped but is still listed so that events it
+    caused are judged by its rules. Enforcers must ignore such entries: the kernel reuses namespace
+    inode numbers, so its ``mntns`` may already belong to another workload.
+    """
 
     workload_id: str
     mntns: int
     pidns: int
     rules: list[Rule] = field(default_factory=list)
+    stopped_ns: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """As a msgpack-ready map."""
         return {"workload_id": self.workload_id, "mntns": self.mntns, "pidns": self.pidns,
-                "rules": [r.to_wire() for r in self.rules]}
+                "rules": [r.to_wire() for r in self.rules], "stopped_ns": self.stopped_ns}
 
     @classmethod
     def from_wire(cls, data: Any) -> "WorkloadRules":
@@ -89,6 +95,10 @@ class RuleSet:
         return {"node": self.node, "version": self.version, "policy_seq": self.policy_seq,
                 "identity_seq": self.identity_seq, "generated_ns": self.generated_ns,
                 "workloads": {k: v.to_wire() for k, v in self.workloads.items()}}
+
+    def running(self) -> list[WorkloadRules]:
+        """The workloads an enforcer acts on: every listed workload that has not stopped."""
+        return [wr for wr in self.workloads.values() if not wr.stopped_ns]
 
     @classmethod
     def from_wire(cls, data: Any) -> "RuleSet":

@@ -38,7 +38,8 @@ spec:
 
 def start_service(url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BULWARK_NATS_URL": url, "BULWARK_DATA_DIR": str(data_dir),
-           "BULWARK_NODE_NAME": "policy-host", "BULWARK_HEARTBEAT_SECONDS": "0.2", "PYTHONPATH": str(ROOT)}
+           "BULWARK_NODE_NAME": "policy-host", "BULWARK_HEARTBEAT_SECONDS": "0.2", "PYTHONPATH": str(ROOT),
+           "BULWARK_STOPPED_GRACE_SECONDS": "1"}
     return subprocess.Popen([sys.executable, "-m", "services.policy"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
 
@@ -179,9 +180,11 @@ async def test_policy_service_end_to_end(nats_server, tmp_path: Path) -> None:
         reply = await call(nc, {"op": "delete", "kind": "ksp", "name": "block-sleep"})
         assert reply["ok"] is True and reply["found"] is False
 
-        # A stopped workload leaves the RuleSet.
+        # A stopped workload stays compiled for its grace (events it caused may be in flight), then leaves.
+        stopped_at = time.monotonic()
         await js.publish(identity_events(NODE), pack(IdentityEvent("stopped", workload("web-1"), time.time_ns()).to_wire()))
         await wait_ruleset(js, lambda r: set(r.workloads) == {"web-2"})
+        assert time.monotonic() - stopped_at >= 0.9
     finally:
         stop_service(proc)
         await nc.close()

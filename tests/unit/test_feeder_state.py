@@ -23,8 +23,12 @@ def test_identity_map_keeps_stopped_workloads_and_falls_back_to_host() -> None:
     assert s.workload("n2", 100) is None
     assert s.host_workload("n1").id == "host"
     assert s.host_workload("n9").kind == "host"  # placeholder when identity never reported one
-    s.apply_identity(IdentityEvent("started", _wl("c2", 100), 4))  # mntns reused
+    reused = _wl("c2", 100)
+    reused.started_ns = 4
+    s.apply_identity(IdentityEvent("started", reused, 4))  # the kernel reused the mntns id
     assert s.workload("n1", 100).id == "c2"
+    assert s.workload("n1", 100, at_ns=5).id == "c2"
+    assert s.workload("n1", 100, at_ns=3).id == "c1"  # an event from before c2 started is c1's
 
 
 def test_stopped_workloads_are_bounded(monkeypatch) -> None:
@@ -64,3 +68,17 @@ async def test_hub_drops_and_counts_for_slow_subscribers() -> None:
         assert slow.queue.qsize() == 1 and fast.queue.qsize() == 3
         assert hub.counters == {"dropped_ws": 2}
     assert len(hub) == 0
+
+
+def test_rules_of_a_workload_that_left_the_ruleset_still_judge_its_late_events() -> None:
+    from shared.schemas.rules import Rule, RuleSet, WorkloadRules
+
+    block = Rule(policy="p", policy_kind="KubeArmorPolicy", policy_namespace="demo", operation="Process",
+                 action="Block", path="/usr/bin/sleep")
+    state = FeederState()
+    state.apply_rules(RuleSet("n1", 1, 1, 1, {"w": WorkloadRules("w", 10, 11, [block])}))
+    state.apply_rules(RuleSet("n1", 2, 1, 2, {}))
+    assert state.rules_for("n1", "w") == [block]
+    state.apply_rules(RuleSet("n1", 3, 2, 3, {"w": WorkloadRules("w", 10, 11, [])}))
+    assert state.rules_for("n1", "w") == [] and state.retired_rules == {}
+    assert state.rules_for("n1", "unknown") is None

@@ -5,6 +5,7 @@ import time
 
 from shared.matcher import Access, decide
 from shared.schemas.identity import Workload
+from shared.schemas.rules import RuleSet
 from services.policy.compiler import compile_rules, selects
 from services.policy.model import normalise_action, to_policy
 from services.policy.parser import parse_documents
@@ -135,11 +136,12 @@ spec:
     assert selects(star, host)
 
 
-def test_ruleset_lists_every_running_workload() -> None:
+def test_ruleset_lists_every_workload_given() -> None:
     p = policy(KSP)
-    rs = compile_rules([p], [wl("a", {"app": "web"}, "shop"), wl("b"), wl("gone", stopped=1)], "n1",
-                       version=4, policy_seq=9, identity_seq=2)
-    assert set(rs.workloads) == {"a", "b"}
+    rs = compile_rules([p], [wl("a", {"app": "web"}, "shop"), wl("b"), wl("gone", {"app": "web"}, "shop", stopped=1)],
+                       "n1", version=4, policy_seq=9, identity_seq=2)
+    assert set(rs.workloads) == {"a", "b", "gone"}
+    assert rs.workloads["gone"].rules == rs.workloads["a"].rules
     assert len(rs.workloads["a"].rules) == 3 and rs.workloads["b"].rules == []
     assert (rs.node, rs.version, rs.policy_seq, rs.identity_seq) == ("n1", 4, 9, 2)
     decision = decide(rs.workloads["a"].rules, Access("Process", "/bin/sleep"))
@@ -170,3 +172,23 @@ def test_compile_is_quick() -> None:
     rs = compile_rules(pols, wls, "n1")
     assert len(rs.workloads) == 200
     assert time.perf_counter() - started < 0.5
+
+
+def test_stopped_workloads_stay_compiled_for_their_grace_only() -> None:
+    from shared.schemas.identity import IdentityEvent
+    from services.policy.store import Workloads
+
+    ws = Workloads(grace_seconds=10)
+    ws.apply(IdentityEvent("started", wl("a"), 1), 1)
+    ws.apply(IdentityEvent("stopped", wl("a"), 5_000_000_000), 2)
+    assert ws.on_node("n1") == [] and [w.id for w in ws.compiled_on_node("n1")] == ["a"]
+    assert ws.expire(now_ns=14_000_000_000) == set()
+    assert ws.expire(now_ns=16_000_000_000) == {"n1"}
+    assert ws.compiled_on_node("n1") == []
+
+
+def test_stopped_workloads_are_marked_so_enforcers_skip_them() -> None:
+    rs = compile_rules([policy(KSP)], [wl("a", {"app": "web"}, "shop"), wl("gone", {"app": "web"}, "shop", stopped=7)], "n1")
+    assert rs.workloads["gone"].stopped_ns == 7
+    assert [w.workload_id for w in rs.running()] == ["a"]
+    assert RuleSet.from_wire(rs.to_wire()).workloads["gone"].stopped_ns == 7
