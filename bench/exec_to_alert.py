@@ -37,7 +37,11 @@ async def _nats_hop(url: str, count: int = 200) -> list[float]:
 
     nc = await nats.connect(url)
     got: asyncio.Queue[float] = asyncio.Queue()
-    await nc.subscribe("bench.hop", cb=lambda msg: got.put_nowait(time.time()))
+
+    async def on_msg(_msg: object) -> None:
+        got.put_nowait(time.time())
+
+    await nc.subscribe("bench.hop", cb=on_msg)
     out = []
     for _ in range(count):
         t0 = time.time()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages Bulwark needs (bcc for Debian's python3, bpftool, venv, apparmor_parser),
+# Install the Debian packages Bulwark needs (bcc for Debian's python3, bpftool, venv),
 # and mount the kernel filesystems the monitor reads. Idempotent; needs root.
 set -euo pipefail
-PKGS="python3-bpfcc bpftool python3-venv python3-pip python3-dev apparmor util-linux iproute2"
+PKGS="python3-bpfcc bpftool python3-venv python3-pip util-linux"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
