@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from shared.config import Settings
 from bulwark.natsd import start_nats_server
+from bulwark.procs import terminate
 
 __all__ = ["SERVICES", "Supervisor"]
 
@@ -104,13 +105,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.nats and self.nats.poll() is None:
-            self.nats.terminate()
-            try:
-                self.nats.wait(5)
-            except subprocess.TimeoutExpired:
-                self.nats.kill()
-                self.nats.wait()
+        if self.nats:
+            terminate(self.nats, grace=5)
 
 
 def run_up(settings: Settings) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bulwark.natsd import free_port, start_nats_server
+from bulwark.procs import terminate
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -37,13 +38,8 @@ class NatsServer:
         self.proc = start_nats_server(self.port, self.store)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc, grace=5)
 
     def restart(self) -> None:
         self.stop()

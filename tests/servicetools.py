@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from bulwark.procs import terminate
 from shared.codec import unpack
 from shared.subjects import health
 
@@ -35,14 +35,7 @@ async def wait_healthy(nc, name: str, node: str = "test-node", timeout: float = 
 
 def stop_service(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return terminate(proc, grace=timeout)
 
 
 def service_log(data_dir: Path, name: str) -> str:
