@@ -22,8 +22,9 @@ import os
 import time
 from typing import Any
 
+from services.feeder.kinds import kind_fields
 from shared.matcher import Decision
-from shared.schemas.events import EVENT_KINDS, RawEvent
+from shared.schemas.events import RawEvent
 from shared.schemas.identity import Workload
 
 __all__ = ["build_alert", "result_text", "rfc3339", "event_id_of", "alert_time_ns", "MONITOR_ENFORCER"]
@@ -64,11 +65,6 @@ def event_id_of(event: RawEvent) -> str:
     return hashlib.sha1(key.encode()).hexdigest()
 
 
-def _data(event: RawEvent) -> str:
-    name = (event.syscall or ("execve" if event.kind == "exec" else event.kind)).upper()
-    return f"syscall={name if name.startswith('SYS_') else 'SYS_' + name}"
-
-
 def _action(decision: Decision, workload: Workload) -> str:
     if decision.action == "Block" and workload.annotations.get("kubearmor-policy") == "audited":
         return "Audit (Block)"
@@ -81,7 +77,7 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
     ts_ns = event.ts_ns if event.ts_ns >= _WALLCLOCK_MIN_NS or not now_ns else now_ns
     action = _action(decision, workload)
     enforced = action == "Block" and event.ret < 0
-    operation = EVENT_KINDS.get(event.kind, event.kind)
+    fields = kind_fields(event)
     container = workload.kind != "host"
     return {
         "Timestamp": ts_ns // 1_000_000_000,
@@ -100,7 +96,7 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
         "PID": event.ns_pid,
         "UID": event.uid,
         "ParentProcessName": event.exe,
-        "ProcessName": event.path if operation == "Process" else event.exe,
+        "ProcessName": fields["ProcessName"],
         "PolicyName": decision.policy,
         "Severity": str(decision.severity) if decision.severity else "",
         "Tags": ",".join(decision.tags),
@@ -108,9 +104,9 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
         "Message": decision.message,
         "Type": decision.alert_type,
         "Source": event.exe,
-        "Operation": operation,
-        "Resource": event.path,
-        "Data": _data(event),
+        "Operation": fields["Operation"],
+        "Resource": fields["Resource"],
+        "Data": fields["Data"],
         "Enforcer": (enforcer_name if enforced else MONITOR_ENFORCER),
         "Action": action,
         "Result": result_text(event.ret),

@@ -20,13 +20,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.feeder.enrich import build_alert
+from services.feeder.kinds import access_for
 from services.feeder.hub import AlertHub
 from services.feeder.state import FeederState, StateFollower
 from services.feeder.store import AlertStore
 from shared.codec import pack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
-from shared.matcher import Access, decide
+from shared.matcher import decide
 from shared.schemas.events import RawBatch, RawEvent
 from shared.schemas.identity import Workload
 from shared.subjects import ALERTS, DEAD_LETTER, RAW, alert_subject
@@ -118,7 +119,8 @@ class Ingestor:
         alerts: list[dict[str, Any]] = []
         caught_up = False
         for ev in events:
-            if ev.kind != "exec":
+            access = access_for(ev)
+            if access is None:
                 self.counters.inc("skipped_kind")
                 continue
             workload, rules = self._lookup(ev)
@@ -130,7 +132,7 @@ class Ingestor:
                     self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
             if self.state.workload(ev.node, ev.mntns) is None:
                 self.counters.inc("host_fallback")
-            decision = decide(rules or [], Access("Process", ev.path, source=ev.exe, access="exec", uid=ev.uid))
+            decision = decide(rules or [], access)
             if decision is None or decision.action == "Allow":
                 continue  # no alert: allowed accesses are logs (a later issue)
             alerts.append(build_alert(ev, workload, decision, cluster=self.cluster,
