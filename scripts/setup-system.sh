@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages Bulwark needs (bcc for Debian's python3, bpftool, venv),
+# Install the Debian packages Bulwark needs (bcc for Debian's python3, bpftool, venv, PostgreSQL 15 for
+# the PostgreSQL tests, apparmor_parser to compile profiles, the Docker engine, busybox for local images),
 # and mount the kernel filesystems the monitor reads. Idempotent; needs root.
 set -euo pipefail
-PKGS="python3-bpfcc bpftool python3-venv python3-pip util-linux"
+PKGS="python3-bpfcc bpftool python3-venv python3-pip util-linux postgresql-15 apparmor docker.io busybox-static"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
