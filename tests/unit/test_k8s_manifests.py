@@ -1,0 +1,91 @@
+"""deploy/k8s validated offline: Kubernetes API schemas (kubernetes-validate), our CRDs, least privilege.
+
+No cluster runs here: what a real API server and kubelet would do with these stays unverified.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.policy.parser import parse_documents
+from services.policy.validate import validate
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+VERSION = "1.32"
+
+
+def _docs() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")) + sorted((K8S / "crds").glob("*.yaml")):
+        out += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return out
+
+
+def _by_kind(kind: str) -> list[dict]:
+    return [d for _, d in _docs() if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("name,doc", _docs(), ids=lambda v: v if isinstance(v, str) else v.get("kind", ""))
+def test_every_manifest_is_valid_for_the_kubernetes_api(name: str, doc: dict) -> None:
+    kubernetes_validate.validate(doc, VERSION, strict=True)
+
+
+def test_the_validator_rejects_a_misspelt_field() -> None:
+    ds = copy.deepcopy(_by_kind("DaemonSet")[0])
+    ds["spec"]["template"]["spec"]["hostPid"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, VERSION, strict=True)
+
+
+def test_crds_cover_the_policy_kinds() -> None:
+    kinds = {d["spec"]["names"]["kind"] for d in _by_kind("CustomResourceDefinition")}
+    assert {"KubeArmorPolicy", "KubeArmorClusterPolicy", "KubeArmorHostPolicy", "KubeArmorNetworkPolicy"} <= kinds
+    for crd in _by_kind("CustomResourceDefinition"):
+        assert crd["spec"]["group"] == "security.kubearmor.com"
+        assert any(v["name"] == "v1" and v["served"] and v["storage"] for v in crd["spec"]["versions"])
+
+
+def test_identity_may_only_read_and_nobody_else_talks_to_the_api() -> None:
+    (role,) = _by_kind("ClusterRole")
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}
+    bound = {s["name"] for b in _by_kind("ClusterRoleBinding") + _by_kind("RoleBinding") for s in b["subjects"]}
+    assert bound == {"bulwark-identity"}
+    for sa in _by_kind("ServiceAccount"):
+        if sa["metadata"]["name"] != "bulwark-identity":
+            assert sa.get("automountServiceAccountToken") is False
+
+
+def _containers(kind: str) -> list[dict]:
+    return [c for d in _by_kind(kind) for c in d["spec"]["template"]["spec"]["containers"]]
+
+
+def test_node_agents_get_host_pid_and_named_capabilities_but_are_not_privileged() -> None:
+    (ds,) = _by_kind("DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True and not pod.get("hostNetwork")
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert not sc.get("privileged") and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+    names = {v["name"]: v for v in pod["volumes"]}
+    assert names["sys-kernel"]["hostPath"]["path"] == "/sys/kernel"
+
+
+def test_cluster_services_run_unprivileged() -> None:
+    for c in _containers("Deployment") + _containers("StatefulSet"):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    for d in _by_kind("Deployment") + _by_kind("StatefulSet"):
+        assert d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_example_policies_pass_our_crd_validation() -> None:
+    examples = Path(__file__).resolve().parents[1] / "e2e" / "policies"
+    for path in (examples / "block-sleep.yaml", examples / "audit-true.yaml"):
+        for label, doc in parse_documents(path.read_text(), str(path)):
+            assert validate(doc, label) == []
