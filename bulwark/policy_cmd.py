@@ -1,11 +1,11 @@
-"""``bulwark policy validate``: check policy files offline, one line per document."""
+"""``bulwark policy validate``: check policy files offline, one line per document (plus its warnings)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from shared.errors import ValidationFailed
 from services.policy.parser import parse_documents
-from services.policy.validate import validate
+from services.policy.validate import check_document
 
 __all__ = ["validate_paths", "policy_files"]
 
@@ -29,7 +29,7 @@ def _validate_file(path: Path) -> tuple[list[str], bool]:
         return [f"INVALID {e.document or path}: {e.path or '(document)'}: {e.message}" for e in exc.errors], False
     lines, ok = [], True
     for label, doc in docs:
-        errors = validate(doc, label)
+        errors, warnings = check_document(doc, label)
         if errors:
             ok = False
             lines += [f"INVALID {label}: {e.path or '(document)'}: {e.message}" for e in errors]
@@ -37,6 +37,7 @@ def _validate_file(path: Path) -> tuple[list[str], bool]:
         meta = doc.get("metadata") or {}
         ns = meta.get("namespace") or ("default" if doc.get("kind") == "KubeArmorPolicy" else "")
         lines.append(f"OK {doc.get('kind')} {ns + '/' if ns else ''}{meta.get('name')}")
+        lines += [f"WARNING {label}: {w.path or '(document)'}: {w.message}" for w in warnings]
     return lines, ok
 
 

@@ -16,6 +16,7 @@ from shared.logs import setup_logging
 from shared.schemas.identity import IdentityEvent
 from shared.subjects import IDENTITY, POLICIES, POLICY_API
 from services.policy.api import PolicyApi, error_reply
+from services.policy.posture import posture_from_settings
 from services.policy.rulesets import RulePublisher
 from services.policy.schema import load_crd_schemas
 from services.policy.store import PolicyStore, Workloads, replay_stream
@@ -34,7 +35,7 @@ async def main() -> None:
     await ensure_streams(js)
     counters = Counters()
     store, workloads = PolicyStore(), Workloads(settings.stopped_grace_seconds)
-    publisher = RulePublisher(js, store, workloads, counters)
+    publisher = RulePublisher(js, store, workloads, counters, posture_from_settings(settings))
 
     await replay_stream(js, POLICIES, store.apply, counters)
     last_identity = await replay_stream(

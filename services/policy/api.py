@@ -7,7 +7,8 @@ Requests and replies::
           "errors": [], "warnings": [{"document", "path", "message"}]}
       -> {"ok": false, "errors": [{"document", "path", "message"}], "results": [], "warnings": []}
     {"op": "delete", "kind", "namespace", "name"} -> {"ok": true, "found": bool}
-    {"op": "list"} -> {"ok": true, "policies": [{"kind", "namespace", "name", "status": "applied",
+    {"op": "list"} -> {"ok": true, "policies": [{"kind", "namespace", "name", "status": "applied"|"invalid",
+                                                 "reason": str (why invalid; "" when applied),
                                                  "selects": [workload names], "policy_seq": int, "spec": {...}}]}
 
 An apply is all-or-nothing at validation: one invalid document and nothing is published.
@@ -97,7 +98,7 @@ class PolicyApi:
             for item in admitted:
                 kind, namespace, name = key = item.key
                 current = self.store.get(key)
-                if current is not None and current.policy.doc == item.doc:
+                if current is not None and current.policy is not None and current.doc == item.doc:
                     status = "unchanged"
                 else:
                     event = "ADDED" if current is None else "MODIFIED"
@@ -126,19 +127,22 @@ class PolicyApi:
             current = self.store.get((kind, namespace, name))
             if current is None:
                 return {"ok": True, "found": False, "errors": []}
-            seq = await publish_policy_event(self.js, "DELETED", current.policy.doc)
-            self.store.apply({"type": "DELETED", "object": current.policy.doc}, seq)
+            seq = await publish_policy_event(self.js, "DELETED", current.doc)
+            self.store.apply({"type": "DELETED", "object": current.doc}, seq)
             self.counters.inc("policy_events")
             await self.publisher.publish_all()
         log.info("policy deleted", extra={"kind": kind, "namespace": namespace, "policy": name})
         return {"ok": True, "found": True, "errors": []}
 
     def list(self) -> dict[str, Any]:
-        """Every applied policy with the workloads it selects now."""
+        """Every stored policy: applied (with the workloads it selects now) or invalid (with why)."""
         running = self.workloads.all()
         out = []
         for (kind, namespace, name), stored in sorted(self.store.items.items()):
-            out.append({"kind": kind, "namespace": namespace, "name": name, "status": "applied",
-                        "selects": sorted({wl.name for wl in running if selects(stored.policy, wl)}),
-                        "policy_seq": stored.seq, "spec": stored.policy.doc.get("spec", {})})
+            policy = stored.policy
+            chosen = sorted({wl.name for wl in running if selects(policy, wl)}) if policy is not None else []
+            spec = stored.doc.get("spec")
+            out.append({"kind": kind, "namespace": namespace, "name": name, "status": stored.status,
+                        "reason": stored.error, "selects": chosen, "policy_seq": stored.seq,
+                        "spec": spec if isinstance(spec, dict) else {}})
         return {"ok": True, "policies": out}

@@ -11,14 +11,23 @@ Selection, as KubeArmor does it:
 * KubeArmorHostPolicy: ``host`` workloads whose labels (the node's labels) include every
   ``nodeSelector.matchLabels`` entry; a value ``*`` matches any value.
 * KubeArmorNetworkPolicy: parsed and stored, not compiled yet.
+
+Each workload's entry also carries its default postures (global default, overridden by namespace
+annotations) and its audited flag (see :mod:`services.policy.posture`): a workload annotated
+``kubearmor-policy: audited`` gets its Block rules as ``Audit (Block)``, one annotated ``disabled``
+gets no rules. The matcher then decides from the RuleSet alone.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections import defaultdict
 from collections.abc import Iterable
 
+from shared.matcher import DEFAULT_POSTURE, Posture
 from shared.schemas.identity import Workload
-from shared.schemas.rules import RuleSet, WorkloadRules
+from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 from services.policy.model import Expression, Policy
+from services.policy.posture import policy_mode, workload_posture
 
 __all__ = ["compile_rules", "selects", "compile"]
 
@@ -64,20 +73,67 @@ def selects(policy: Policy, wl: Workload) -> bool:
     return False
 
 
+def _audited(rules: list[Rule], cache: dict[int, Rule]) -> list[Rule]:
+    """``rules`` with every Block turned into ``Audit (Block)`` (copies shared across workloads)."""
+    out = []
+    for rule in rules:
+        if rule.action == "Block":
+            if id(rule) not in cache:
+                cache[id(rule)] = dataclasses.replace(rule, action="Audit (Block)")
+            rule = cache[id(rule)]
+        out.append(rule)
+    return out
+
+
+class _Candidates:
+    """The policies worth testing for a workload: namespaced ones of its namespace, and the others."""
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self.by_namespace: dict[str, list[Policy]] = defaultdict(list)
+        self.cluster: list[Policy] = []
+        self.host: list[Policy] = []
+        self.order: dict[int, int] = {}
+        for i, p in enumerate(p for p in policies if p.rules):
+            self.order[id(p)] = i
+            if p.kind == "KubeArmorPolicy":
+                self.by_namespace[p.namespace].append(p)
+            elif p.kind == "KubeArmorHostPolicy":
+                self.host.append(p)
+            else:
+                self.cluster.append(p)
+
+    def selecting(self, wl: Workload) -> list[Policy]:
+        """Every policy selecting ``wl``, in the order the policies were given."""
+        if wl.kind == "host":
+            pool = self.host
+        else:
+            pool = self.by_namespace.get(wl.namespace, []) + self.cluster
+        hits = [p for p in pool if selects(p, wl)]
+        hits.sort(key=lambda p: self.order[id(p)])
+        return hits
+
+
 def compile_rules(policies: Iterable[Policy], workloads: Iterable[Workload], node: str, *,
                   version: int = 0, policy_seq: int = 0, identity_seq: int = 0,
-                  generated_ns: int = 0) -> RuleSet:
+                  generated_ns: int = 0, default_posture: Posture = DEFAULT_POSTURE) -> RuleSet:
     """The RuleSet of ``node``: every workload given, with the rules of the policies selecting it.
 
     The caller decides which workloads to give: the running ones, and those stopped so recently that
-    events they caused may still be on their way.
+    events they caused may still be on their way. ``default_posture`` is the global default.
     """
-    pols = [p for p in policies if p.rules]
+    candidates = _Candidates(policies)
+    audited_cache: dict[int, Rule] = {}
     out: dict[str, WorkloadRules] = {}
     for wl in workloads:
-        rules = [r for p in pols if selects(p, wl) for r in p.rules]
+        mode = policy_mode(wl)
+        rules = [] if mode == "disabled" else [r for p in candidates.selecting(wl) for r in p.rules]
+        if mode == "audited":
+            rules = _audited(rules, audited_cache)
+        posture = workload_posture(wl, default_posture)
         out[wl.id] = WorkloadRules(workload_id=wl.id, mntns=wl.mntns, pidns=wl.pidns, rules=rules,
-                                   stopped_ns=wl.stopped_ns)
+                                   stopped_ns=wl.stopped_ns, file_posture=posture.file,
+                                   network_posture=posture.network, capabilities_posture=posture.capabilities,
+                                   audited=posture.audited)
     return RuleSet(node=node, version=version, policy_seq=policy_seq, identity_seq=identity_seq,
                    workloads=out, generated_ns=generated_ns)
 

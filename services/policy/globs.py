@@ -1,8 +1,13 @@
-"""KubeArmor ``matchPatterns`` are path globs (``/etc/*hado?``, ``/**/*.conf``); rules carry regexes.
+r"""KubeArmor ``matchPatterns`` are path globs (``/etc/*hado?``, ``/**/*.conf``); rules carry regexes.
 
-Glob syntax (as AppArmor reads it): ``*`` any characters but ``/``; ``**`` any characters including
-``/``; ``?`` one character but ``/``; ``[abc]``/``[^abc]`` a character class; ``{a,b}`` either.
-The regex is meant for a full match (``re.fullmatch``), as the shared matcher does.
+Why globs although the wire contract says "regular expressions": KubeArmor's daemon only *compiles*
+a pattern as a Go regexp (to drop ones that do not compile) and then matches it with Go's
+``filepath.Match`` (a glob), and its AppArmor enforcer writes the pattern into the profile, where it
+is an AppArmor glob. Every pattern in KubeArmor's examples is a glob (``/**/*.conf`` is not even a
+valid regexp). So Bulwark reads patterns as AppArmor globs, the superset of both:
+``*`` any characters but ``/``; ``**`` any characters including ``/``; ``?`` one character but
+``/``; ``[abc]``/``[^abc]``/``[!abc]`` a character class; ``{a,b}`` either; ``\x`` a literal x.
+The whole resource must match: the regex is meant for ``re.fullmatch``, as the shared matcher does.
 """
 from __future__ import annotations
 
@@ -51,6 +56,10 @@ def glob_to_regex(glob: str) -> str:
             out.append(")")
         elif c == "," and depth:
             out.append("|")
+        elif c == "\\" and i + 1 < len(glob):
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+            continue
         else:
             out.append(re.escape(c))
         i += 1

@@ -15,6 +15,7 @@ from nats.js.errors import NotFoundError
 from shared.codec import pack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
+from shared.matcher import DEFAULT_POSTURE, Posture
 from shared.schemas.rules import RuleSet
 from shared.subjects import RULES, rules_for_node
 from services.policy.compiler import compile_rules
@@ -28,8 +29,10 @@ log = logging.getLogger("bulwark.policy.rules")
 class RulePublisher:
     """Compiles nodes from the current state and publishes what changed."""
 
-    def __init__(self, js: JetStreamContext, store: PolicyStore, workloads: Workloads, counters: Counters) -> None:
+    def __init__(self, js: JetStreamContext, store: PolicyStore, workloads: Workloads, counters: Counters,
+                 default_posture: Posture = DEFAULT_POSTURE) -> None:
         self.js = js
+        self.default_posture = default_posture
         self.store = store
         self.workloads = workloads
         self.counters = counters
@@ -50,7 +53,7 @@ class RulePublisher:
         """The node's RuleSet from the current state (version not yet assigned)."""
         return compile_rules(self.store.policies(), self.workloads.compiled_on_node(node), node,
                              policy_seq=self.store.last_seq, identity_seq=self.workloads.last_seq,
-                             generated_ns=time.time_ns())
+                             generated_ns=time.time_ns(), default_posture=self.default_posture)
 
     async def publish_node(self, node: str, *, force: bool = False) -> RuleSet | None:
         """Compile ``node`` and publish its RuleSet if it changed (or ``force``); returns what was sent."""

@@ -2,7 +2,9 @@
 
 Policy events on the POLICIES stream (subject POLICY_EVENTS), msgpack:
 ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": <stored policy doc>, "ts_ns": int}``.
-State is whatever replaying the stream gives: ``(kind, namespace, name) -> (Policy, seq)``.
+State is whatever replaying the stream gives: ``(kind, namespace, name) -> StoredPolicy``. A stored
+document that no longer passes validation (written by an older version, or by hand) is kept with
+status ``invalid`` and the reason, and compiles to nothing.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from shared.codec import pack, unpack_map
-from shared.errors import DecodeError
+from shared.errors import DecodeError, ValidationFailed
 from shared.lifecycle import Counters
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.subjects import POLICY_EVENTS, StreamSpec
 from services.policy.model import Policy, to_policy
+from services.policy.validate import admit
 
 __all__ = ["EVENT_TYPES", "Key", "StoredPolicy", "PolicyStore", "Workloads", "policy_event",
            "publish_policy_event", "replay_stream"]
@@ -33,10 +36,18 @@ Key = tuple[str, str, str]
 
 @dataclass(slots=True)
 class StoredPolicy:
-    """A policy as applied: its compiled form and the stream sequence of its last event."""
+    """A policy as stored: the document, its compiled form (None when invalid), the stream sequence
+    of its last event, and why it is invalid (empty when applied)."""
 
-    policy: Policy
+    policy: Policy | None
     seq: int
+    doc: dict[str, Any]
+    error: str = ""
+
+    @property
+    def status(self) -> str:
+        """``applied`` or ``invalid``."""
+        return "invalid" if self.policy is None else "applied"
 
 
 def doc_key(doc: dict[str, Any]) -> Key:
@@ -65,16 +76,23 @@ class PolicyStore:
         if kind == "DELETED":
             self.items.pop(key, None)
         else:
-            try:
-                self.items[key] = StoredPolicy(to_policy(obj), seq)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise DecodeError(f"policy event {seq}: cannot build policy {key}: {exc!r}") from exc
+            self.items[key] = _stored(obj, seq)
         self.last_seq = max(self.last_seq, seq)
         return key
 
     def policies(self) -> list[Policy]:
-        """Every applied policy."""
-        return [s.policy for s in self.items.values()]
+        """Every applied (valid) policy."""
+        return [s.policy for s in self.items.values() if s.policy is not None]
+
+
+def _stored(doc: dict[str, Any], seq: int) -> StoredPolicy:
+    """``doc`` re-admitted and compiled; kept as invalid (with the reason) when that fails."""
+    try:
+        return StoredPolicy(to_policy(admit(doc, f"policy event {seq}").doc), seq, doc)
+    except ValidationFailed as exc:
+        return StoredPolicy(None, seq, doc, "; ".join(f"{e.path or '(document)'}: {e.message}" for e in exc.errors))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return StoredPolicy(None, seq, doc, f"cannot compile: {exc!r}")
 
 
 class Workloads:

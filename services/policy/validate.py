@@ -5,7 +5,9 @@ the CRD's openAPIV3Schema (walked generically by :mod:`services.policy.schema`),
 checks the schema cannot express (the network policy's CEL rules, a process matchPaths entry
 needing ``path`` or ``execname``). matchPatterns are globs (``/etc/*hado?``, ``/**/*.conf``), not
 regular expressions, so they are not compiled here. Unknown fields are pruned, as
-the API server does, and reported as warnings.
+the API server does, and reported as warnings; so is a missing ``apiVersion``, which is defaulted
+to ``security.kubearmor.com/v1`` (the corpus has a document saying ``Version:`` instead, and
+KubeArmor's examples expect it to be admitted). A *wrong* apiVersion is an error.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import Any
 from shared.errors import FieldError, ValidationFailed
 from services.policy.schema import SchemaIssue, check, dotted, load_crd_schemas, prune
 
-__all__ = ["API_VERSION", "KINDS", "NAMESPACED", "Admitted", "validate", "admit", "schema_issues", "canonical_kind"]
+__all__ = ["API_VERSION", "KINDS", "NAMESPACED", "Admitted", "validate", "check_document", "admit", "schema_issues",
+           "canonical_kind"]
 
 API_VERSION = "security.kubearmor.com/v1"
 KINDS = ("KubeArmorPolicy", "KubeArmorClusterPolicy", "KubeArmorHostPolicy", "KubeArmorNetworkPolicy")
@@ -76,9 +79,8 @@ def _message(issue: SchemaIssue) -> str:
 
 def _envelope(doc: dict[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
-    if doc.get("apiVersion") != API_VERSION:
-        got = f", got {doc['apiVersion']!r}" if "apiVersion" in doc else " (missing)"
-        errors.append(("apiVersion", f"must be {API_VERSION}{got}"))
+    if "apiVersion" in doc and doc["apiVersion"] != API_VERSION:
+        errors.append(("apiVersion", f"must be {API_VERSION}, got {doc['apiVersion']!r}"))
     kind = doc.get("kind")
     if kind not in KINDS:
         got = f", got {kind!r}" if kind is not None else " (missing)"
@@ -154,6 +156,8 @@ def schema_issues(doc: dict[str, Any]) -> tuple[list[SchemaIssue], list[tuple[st
 
 
 def _check(doc: dict[str, Any], document: str) -> tuple[list[FieldError], list[tuple[str | int, ...]]]:
+    if not isinstance(doc, dict):
+        return [FieldError("", f"a policy must be a map, got {type(doc).__name__}", document)], []
     errors = [FieldError(p, m, document) for p, m in _envelope(doc)]
     if any(e.path == "kind" for e in errors):
         return errors, []
@@ -161,6 +165,20 @@ def _check(doc: dict[str, Any], document: str) -> tuple[list[FieldError], list[t
     errors += [FieldError(i.path, _message(i), document) for i in issues]
     errors += [FieldError(p, m, document) for p, m in _semantic(doc)]
     return errors, unknown
+
+
+def _warnings(doc: dict[str, Any], unknown: list[tuple[str | int, ...]], document: str) -> list[FieldError]:
+    out = []
+    if isinstance(doc, dict) and "apiVersion" not in doc:
+        out.append(FieldError("apiVersion", f"missing: defaulted to {API_VERSION}", document))
+    out += [FieldError(dotted(p), "unknown field, ignored", document) for p in unknown]
+    return out
+
+
+def check_document(doc: dict[str, Any], document: str = "") -> tuple[list[FieldError], list[FieldError]]:
+    """(errors, warnings) for one policy document; never raises, whatever ``doc`` holds."""
+    errors, unknown = _check(doc, document)
+    return errors, ([] if errors else _warnings(doc, unknown, document))
 
 
 def validate(doc: dict[str, Any], document: str = "") -> list[FieldError]:
@@ -173,7 +191,7 @@ def admit(doc: dict[str, Any], document: str = "") -> Admitted:
     errors, unknown = _check(doc, document)
     if errors:
         raise ValidationFailed(errors)
-    warnings = [FieldError(dotted(p), "unknown field, ignored", document) for p in unknown]
+    warnings = _warnings(doc, unknown, document)
     clean = prune(copy.deepcopy(doc), unknown)
     meta = clean["metadata"]
     out_meta: dict[str, Any] = {"name": meta["name"]}

@@ -15,7 +15,10 @@ class Rule:
 
     ``operation`` is a KubeArmor Operation (``Process``, ``File``, ``Network``, ``Capabilities``,
     ``Syscall``); exactly one of ``path``, ``dir`` or ``pattern`` names the resource for Process and
-    File rules. ``action`` is ``Allow``, ``Audit`` or ``Block`` (already normalised).
+    File rules. ``action`` is ``Allow``, ``Audit`` or ``Block`` (already normalised), or
+    ``Audit (Block)`` for a Block rule compiled for a workload annotated ``kubearmor-policy: audited``
+    (reported, never enforced). ``pattern`` is a regular expression for a full match (the policy's
+    glob, translated by the compiler).
     """
 
     policy: str
@@ -55,6 +58,10 @@ class WorkloadRules:
     ``stopped_ns`` is set for a workload that has stopped but is still listed so that events it
     caused are judged by its rules. Enforcers must ignore such entries: the kernel reuses namespace
     inode numbers, so its ``mntns`` may already belong to another workload.
+
+    ``*_posture`` (``audit`` or ``block``) is what an access outside an allow-list of that kind gets
+    (Process allow-lists use the file posture); ``audited`` marks a workload whose Block rules are
+    only reported. With these the matcher decides from the RuleSet alone.
     """
 
     workload_id: str
@@ -62,11 +69,17 @@ class WorkloadRules:
     pidns: int
     rules: list[Rule] = field(default_factory=list)
     stopped_ns: int = 0
+    file_posture: str = "audit"
+    network_posture: str = "audit"
+    capabilities_posture: str = "audit"
+    audited: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """As a msgpack-ready map."""
         return {"workload_id": self.workload_id, "mntns": self.mntns, "pidns": self.pidns,
-                "rules": [r.to_wire() for r in self.rules], "stopped_ns": self.stopped_ns}
+                "rules": [r.to_wire() for r in self.rules], "stopped_ns": self.stopped_ns,
+                "file_posture": self.file_posture, "network_posture": self.network_posture,
+                "capabilities_posture": self.capabilities_posture, "audited": self.audited}
 
     @classmethod
     def from_wire(cls, data: Any) -> "WorkloadRules":

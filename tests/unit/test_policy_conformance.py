@@ -1,8 +1,8 @@
 """The 283 real KubeArmor policy documents against EXPECTED.tsv (what the CRD schemas admit).
 
 Two layers are measured: the CRD schema walk alone must agree with every verdict (and name the same
-field for rejects); the full validator (envelope + schema + semantic checks) must agree too, except
-for the documented deviations below, where we are stricter than a bare schema check.
+field for rejects); the full validator (envelope + schema + semantic checks) must agree exactly too.
+A missing apiVersion (one document says ``Version:``) is defaulted with a warning, as EXPECTED says.
 """
 from __future__ import annotations
 
@@ -12,16 +12,9 @@ import pytest
 
 from services.policy.parser import parse_documents
 from services.policy.schema import slashed
-from services.policy.validate import schema_issues, validate
+from services.policy.validate import check_document, schema_issues, validate
 
 REF = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "kubearmor"
-
-# file -> why our full validator rejects what a schema-only check admits.
-STRICTER = {
-    # "Version:" instead of "apiVersion:": kubectl refuses it too ("apiVersion not set").
-    "policies/getting-started/use-cases/res/disc-tools.yaml": "apiVersion",
-}
-
 
 def _rows() -> list[list[str]]:
     lines = [ln for ln in (REF / "EXPECTED.tsv").read_text().splitlines() if ln and not ln.startswith("#")]
@@ -60,18 +53,38 @@ def test_schema_layer_matches_every_expected_verdict() -> None:
     assert mismatches == []
 
 
-def test_full_validator_matches_expected_except_documented_deviations() -> None:
-    agree = 0
-    deviations = []
+def test_full_validator_matches_every_expected_verdict() -> None:
+    mismatches = []
     for (file, _index, _kind, verdict, _first, *_), label, doc in _documents():
         errors = validate(doc, label)
-        if ("reject" if errors else "accept") == verdict:
-            agree += 1
-        else:
-            deviations.append(file)
-            assert file in STRICTER and errors[0].path == STRICTER[file], (file, [str(e) for e in errors])
-    assert agree >= 282
-    assert agree + len(deviations) == 283
+        if ("reject" if errors else "accept") != verdict:
+            mismatches.append((file, [str(e) for e in errors]))
+    assert mismatches == []
+
+
+def test_every_error_names_its_document_and_field() -> None:
+    for (file, _i, _k, verdict, first_error, *_), label, doc in _documents():
+        errors, warnings = check_document(doc, label)
+        for e in errors + warnings:
+            assert e.document == label and file in label and e.message, (file, e)
+        if verdict == "reject":
+            assert all(e.path.startswith(("spec", "metadata", "apiVersion", "kind")) for e in errors), (file, errors)
+            # the first error names the field EXPECTED names, in dotted form (spec.x[0].y)
+            want = first_error.split(":")[0].split("/")
+            assert any(e.path.replace("[", ".").replace("]", "").split(".")[:len(want)] == want
+                       or e.path.replace("[", ".").replace("]", "").split(".") == want[:-1] for e in errors), \
+                (file, first_error, [str(e) for e in errors])
+
+
+def test_missing_api_version_is_defaulted_with_a_warning() -> None:
+    from services.policy.validate import admit
+
+    docs = [(row, label, doc) for row, label, doc in _documents() if row[0].endswith("disc-tools.yaml")]
+    assert len(docs) == 1
+    _row, label, doc = docs[0]
+    admitted = admit(doc, label)
+    assert admitted.doc["apiVersion"] == "security.kubearmor.com/v1" and "Version" not in admitted.doc
+    assert [w.path for w in admitted.warnings][:2] == ["apiVersion", "Version"]
 
 
 def test_every_admitted_document_compiles() -> None:
@@ -88,4 +101,4 @@ def test_every_admitted_document_compiles() -> None:
                 if rule.pattern:
                     re.compile(rule.pattern)
             compiled += 1
-    assert compiled == 280
+    assert compiled == 281

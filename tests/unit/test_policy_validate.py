@@ -160,3 +160,30 @@ spec:
   nodeSelector: {matchLabels: {kubernetes.io/hostname: n}}
 """
     assert paths(text) == ["spec"]
+
+
+def test_missing_api_version_is_defaulted_with_a_warning_and_a_wrong_one_is_an_error() -> None:
+    from services.policy.validate import check_document
+
+    text = KSP.replace("apiVersion: security.kubearmor.com/v1\n", "Version: security.kubearmor.com/v1\n")
+    errors, warnings = check_document(one(text), "f.yaml#1")
+    assert errors == []
+    assert [(w.document, w.path, w.message) for w in warnings] == [
+        ("f.yaml#1", "apiVersion", "missing: defaulted to security.kubearmor.com/v1"),
+        ("f.yaml#1", "Version", "unknown field, ignored")]
+    assert admit(one(text)).doc["apiVersion"] == "security.kubearmor.com/v1"
+    errors, _ = check_document(one(KSP.replace("security.kubearmor.com/v1", "security.kubearmor.com/v2")))
+    assert [(e.path, e.message) for e in errors] == [
+        ("apiVersion", "must be security.kubearmor.com/v1, got 'security.kubearmor.com/v2'")]
+    assert [e.message for e in check_document(["not", "a", "map"], "d")[0]] == ["a policy must be a map, got list"]
+
+
+def test_validate_command_prints_warnings_after_ok(tmp_path) -> None:
+    from bulwark.policy_cmd import validate_paths
+
+    f = tmp_path / "p.yaml"
+    f.write_text(KSP.replace("apiVersion:", "Version:"))
+    lines, ok = validate_paths([str(f)])
+    assert ok and lines == ["OK KubeArmorPolicy multiubuntu/ksp-group-1-proc-path-block",
+                            f"WARNING {f}#1: apiVersion: missing: defaulted to security.kubearmor.com/v1",
+                            f"WARNING {f}#1: Version: unknown field, ignored"]
