@@ -1,4 +1,5 @@
-"""Identity service: the local launcher's registrations and this host, as an event stream."""
+"""Identity service: launcher registrations, this host, Docker containers and Kubernetes pods, as an
+event stream; Kubernetes policy resources are forwarded to the policy service."""
 from __future__ import annotations
 
 import asyncio
@@ -8,16 +9,20 @@ from nats.js.api import DeliverPolicy
 
 from shared.bus import connect, ensure_streams
 from shared.codec import pack, unpack
-from shared.config import load_settings
 from shared.errors import DecodeError
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
 from shared.logs import setup_logging
 from shared.schemas.identity import IdentityEvent
 from shared.subjects import IDENTITY, IDENTITY_API
 from services.identity.api import IdentityApi
+from services.identity.composer import Composer
 from services.identity.host import host_workload
+from services.identity.kube_provider import kube_configured
+from services.identity.policy_sink import PolicySink
+from services.identity.providers import Providers
 from services.identity.reaper import is_gone
 from services.identity.registry import Registry
+from services.identity.settings import load_identity_settings
 
 log = logging.getLogger("bulwark.identity")
 
@@ -55,7 +60,7 @@ async def reap_loop(api: IdentityApi, node: str, stop: asyncio.Event) -> None:
 
 async def main() -> None:
     """Wire the identity service and run it until SIGTERM."""
-    settings = load_settings()
+    settings = load_identity_settings()
     setup_logging("identity", settings.log_level)
     stop = stop_event_on_signals()
     nc = await connect(settings.nats_url, "identity")
@@ -83,13 +88,25 @@ async def main() -> None:
         await msg.respond(pack(reply))
 
     await nc.subscribe(IDENTITY_API, queue="identity", cb=on_request)
+    composer = Composer(settings.node_name, registry, settings.docker_namespace, settings.docker_compose_namespace,
+                        kube=kube_configured(settings.kubeconfig))
+    sink = PolicySink(nc, counters) if kube_configured(settings.kubeconfig) else None
+    providers = Providers(settings, api, composer, sink, counters)
+    providers.start()
     tasks = [
         asyncio.create_task(heartbeat_loop(nc, "identity", settings.node_name, settings.heartbeat_seconds,
-                                           lambda: {**counters, "workloads": len(registry.running())}, stop)),
+                                           lambda: {**counters, **providers.details(),
+                                                    "workloads": len(registry.running())}, stop)),
         asyncio.create_task(reap_loop(api, settings.node_name, stop)),
+        asyncio.create_task(providers.apply_loop(stop)),
+        asyncio.create_task(providers.cri_loop(stop)),
     ]
-    log.info("identity ready", extra={"workloads": len(registry.running())})
+    if sink is not None:
+        tasks.append(asyncio.create_task(sink.run(stop)))
+    log.info("identity ready", extra={"workloads": len(registry.running()), "docker": settings.docker_host,
+                                      "kubernetes": kube_configured(settings.kubeconfig)})
     await stop.wait()
+    await asyncio.to_thread(providers.stop)
     await asyncio.gather(*tasks, return_exceptions=True)
     await nc.drain()
 

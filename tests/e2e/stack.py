@@ -53,8 +53,9 @@ class Stack:
         return self.proc.returncode
 
 
-def start_stack(data_dir: Path, node: str = "e2e-node", btf_tree: Path | None = None) -> Stack:
-    """Start ``bulwark up`` in its own session with private ports and data."""
+def start_stack(data_dir: Path, node: str = "e2e-node", btf_tree: Path | None = None,
+                extra_env: dict[str, str] | None = None) -> Stack:
+    """Start ``bulwark up`` in its own session with private ports and data (plus ``extra_env`` settings)."""
     rest, grpc, nats = free_port(), free_port(), free_port()
     env = dict(os.environ)
     env.update({"BULWARK_DATA_DIR": str(data_dir), "BULWARK_REST_PORT": str(rest),
@@ -62,6 +63,7 @@ def start_stack(data_dir: Path, node: str = "e2e-node", btf_tree: Path | None = 
                 "BULWARK_NATS_URL": f"nats://127.0.0.1:{nats}", "BULWARK_NODE_NAME": node})
     if btf_tree:
         env["BULWARK_BTF_TREE_DIR"] = str(btf_tree)
+    env.update(extra_env or {})
     out = open(data_dir.parent / f"{data_dir.name}-up.log", "wb")
     proc = subprocess.Popen([str(BIN / "bulwark"), "up"], env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
