@@ -1,6 +1,6 @@
-"""Generate the Python gRPC stubs for KubeArmor's LogService: ``python -m shared.protogen``.
+"""Generate the Python gRPC stubs (LogService, PolicyService): ``python -m shared.protogen``.
 
-Writes ``kubearmor_pb2.py``, ``kubearmor_pb2.pyi`` and ``kubearmor_pb2_grpc.py`` into
+Writes ``<name>_pb2.py``, ``<name>_pb2.pyi`` and ``<name>_pb2_grpc.py`` for each shared/proto/*.proto into
 ``shared/proto_gen/`` (gitignored) and rewrites the grpc module's import so it works as a package.
 """
 from __future__ import annotations

@@ -5,6 +5,7 @@ root, BPF or Docker must run in CI.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -55,6 +56,35 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A private PostgreSQL 15 cluster for the whole session (tests/pg.py), stopped at the end."""
+    from tests.pg import PgUnavailable, start_cluster
+
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("postgres"))
+    except PgUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database URL: a SQLite file, or a new database in the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bulwark.db'}"
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"t{os.getpid()}_{next(_DB_NAMES)}"
+    cluster.createdb(name)
+    return cluster.url_for(name)
+
+
+_DB_NAMES = itertools.count()
 
 
 def require_root() -> None:

@@ -2,34 +2,38 @@
 
 (No ``from __future__ import annotations`` here: FastAPI resolves the local ``Deps`` alias at run time.)
 
-    GET    /healthz                          aggregated heartbeats (200 all healthy, else 503)
-    GET    /api/v1/alerts?namespace=&pod=&container=&policy=&operation=&action=&severity=&type=
-                         &result=&since=&limit=                newest first, KubeArmor field names
-    POST   /api/v1/policies                  body: YAML or JSON text -> policy service (200/422/503)
+    GET    /healthz                          aggregated heartbeats (200 all healthy, else 503); open
+    GET    /openapi.json, /docs              the OpenAPI document; open
+    GET    /api/v1/alerts, /api/v1/logs      filtered pages, newest first (see records.py)
+    GET    /api/v1/alerts/summary, /api/v1/logs/summary   grouped counts
+    POST   /api/v1/policies                  body: YAML or JSON text -> policy service (200/422/503); write scope
     GET    /api/v1/policies                  -> {"ok": true, "policies": [...]}
-    DELETE /api/v1/policies/{kind}/{name}?namespace=NS  (200, 404 when not found, 503)
-    WS     /api/v1/stream                    every new alert as one JSON text message
+    DELETE /api/v1/policies/{kind}/{name}?namespace=NS  (200, 404 when not found, 503); write scope
+    WS     /api/v1/stream                    new records as JSON text messages (see ws.py)
+
+With tokens configured (auth.py) every /api route needs ``Authorization: Bearer``.
 """
 
-import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 
+from services.feeder.auth import READ, WRITE, ApiAuth, bearer_token
 from services.feeder.hub import AlertHub
+from services.feeder.records import add_record_routes
 from services.feeder.state import FeederState
-from services.feeder.store import AlertQuery, AlertStore, parse_since
+from services.feeder.store import RecordStore
+from services.feeder.ws import serve_stream
 from shared.bus import request
 from shared.errors import ServiceUnavailable
 from shared.lifecycle import Counters
 from shared.subjects import POLICY_API
 
-__all__ = ["FeederDeps", "create_app", "health_report", "SERVICES"]
+__all__ = ["FeederDeps", "create_app", "health_report", "SERVICES", "policy_request"]
 
 SERVICES: tuple[str, ...] = ("monitor", "enforcer", "identity", "policy", "feeder")
 WS_QUEUE = 256
@@ -40,12 +44,16 @@ class FeederDeps:
     """Everything the API needs, built by the service's wiring (or a test)."""
 
     state: FeederState
-    store: AlertStore
+    store: RecordStore
     hub: AlertHub
     nc: Client | None
     counters: Counters = field(default_factory=Counters)
     heartbeat_seconds: float = 1.0
     policy_timeout: float = 5.0
+    auth: ApiAuth = field(default_factory=ApiAuth)
+    ws_queue: int = WS_QUEUE
+    cluster: str = "default"
+    node: str = ""
 
 
 def health_report(state: FeederState, window: float, now: float | None = None) -> dict[str, Any]:
@@ -65,45 +73,43 @@ def health_report(state: FeederState, window: float, now: float | None = None) -
     return {"healthy": all(s["ok"] for s in services.values()), "services": services}
 
 
+async def policy_request(d: FeederDeps, payload: dict[str, Any]) -> dict[str, Any]:
+    """Ask the policy service (POLICY_API); HTTPException 503/502 when it cannot answer."""
+    if d.nc is None:
+        raise HTTPException(503, "policy service unavailable: no NATS connection")
+    try:
+        reply = await request(d.nc, POLICY_API, payload, timeout=d.policy_timeout)
+    except ServiceUnavailable as exc:
+        raise HTTPException(503, f"policy service unavailable: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise HTTPException(502, "policy service sent a malformed reply")
+    return reply
+
+
 def create_app(deps: FeederDeps) -> FastAPI:
     """The FastAPI app serving ``deps``; no engine or connection is made here."""
-    app = FastAPI(title="Bulwark feeder", version="0.1.0")
+    app = FastAPI(title="Bulwark feeder", version="0.1.0",
+                  description="KubeArmor-compatible alerts and logs, policies, live stream.")
 
     def get_deps() -> FeederDeps:
         return deps
 
     Deps = Annotated[FeederDeps, Depends(get_deps)]
 
-    async def policy_request(d: FeederDeps, payload: dict[str, Any]) -> dict[str, Any]:
-        if d.nc is None:
-            raise HTTPException(503, "policy service unavailable: no NATS connection")
-        try:
-            reply = await request(d.nc, POLICY_API, payload, timeout=d.policy_timeout)
-        except ServiceUnavailable as exc:
-            raise HTTPException(503, f"policy service unavailable: {exc}") from exc
-        if not isinstance(reply, dict):
-            raise HTTPException(502, "policy service sent a malformed reply")
-        return reply
+    def require_read(req: Request) -> None:
+        deps.auth.check(bearer_token(req.headers.get("authorization")), READ)
 
-    @app.get("/healthz")
+    def require_write(req: Request) -> None:
+        deps.auth.check(bearer_token(req.headers.get("authorization")), WRITE)
+
+    @app.get("/healthz", tags=["health"])
     def healthz(d: Deps) -> JSONResponse:
         report = health_report(d.state, 3 * d.heartbeat_seconds)
         return JSONResponse(report, status_code=200 if report["healthy"] else 503)
 
-    @app.get("/api/v1/alerts")
-    def alerts(d: Deps, namespace: str = "", pod: str = "", container: str = "", policy: str = "",
-               operation: str = "", action: str = "", severity: str = "", type: str = "", result: str = "",
-               since: str = "", limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[dict[str, Any]]:
-        try:
-            since_ns = parse_since(since) if since else None
-        except ValueError as exc:
-            raise HTTPException(422, f"since: not RFC3339 or epoch seconds: {since!r}") from exc
-        q = AlertQuery(namespace=namespace, pod=pod, container=container, policy=policy, operation=operation,
-                       action=action, severity=severity, type=type, result=result, since_ns=since_ns,
-                       limit=limit)
-        return d.store.query(q)
+    add_record_routes(app, get_deps, require_read)
 
-    @app.post("/api/v1/policies")
+    @app.post("/api/v1/policies", dependencies=[Depends(require_write)], tags=["policies"])
     async def apply_policies(d: Deps, req: Request) -> JSONResponse:
         text = (await req.body()).decode("utf-8", errors="replace")
         reply = await policy_request(d, {"op": "apply", "text": text})
@@ -111,13 +117,13 @@ def create_app(deps: FeederDeps) -> FastAPI:
             return JSONResponse({"ok": True, "results": reply.get("results", [])})
         return JSONResponse({"ok": False, "errors": reply.get("errors", [])}, status_code=422)
 
-    @app.get("/api/v1/policies")
+    @app.get("/api/v1/policies", dependencies=[Depends(require_read)], tags=["policies"])
     async def list_policies(d: Deps) -> JSONResponse:
         reply = await policy_request(d, {"op": "list"})
         return JSONResponse({"ok": bool(reply.get("ok")), "policies": reply.get("policies", [])},
                             status_code=200 if reply.get("ok") else 502)
 
-    @app.delete("/api/v1/policies/{kind}/{name}")
+    @app.delete("/api/v1/policies/{kind}/{name}", dependencies=[Depends(require_write)], tags=["policies"])
     async def delete_policy(d: Deps, kind: str, name: str, namespace: str = "") -> JSONResponse:
         reply = await policy_request(d, {"op": "delete", "kind": kind, "namespace": namespace, "name": name})
         if not reply.get("found", False):
@@ -126,28 +132,6 @@ def create_app(deps: FeederDeps) -> FastAPI:
 
     @app.websocket("/api/v1/stream")
     async def stream(ws: WebSocket) -> None:
-        with deps.hub.subscribe("ws", WS_QUEUE) as sub:  # before accept: no alert slips in between
-            await ws.accept()
-            closed = asyncio.create_task(_wait_closed(ws))
-            try:
-                while True:
-                    nxt = asyncio.create_task(sub.queue.get())
-                    done, _ = await asyncio.wait({nxt, closed}, return_when=asyncio.FIRST_COMPLETED)
-                    if nxt not in done:
-                        nxt.cancel()
-                        break
-                    await ws.send_text(json.dumps(nxt.result()))
-            except Exception:  # client went away mid-send
-                pass
-            finally:
-                closed.cancel()
+        await serve_stream(ws, deps.hub, deps.auth, queue=deps.ws_queue, cluster=deps.cluster, node=deps.node)
 
     return app
-
-
-async def _wait_closed(ws: WebSocket) -> None:
-    """Return when the client disconnects (anything it sends is ignored)."""
-    while True:
-        msg = await ws.receive()
-        if msg["type"] == "websocket.disconnect":
-            return

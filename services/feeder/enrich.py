@@ -27,7 +27,7 @@ from shared.matcher import Decision
 from shared.schemas.events import RawEvent
 from shared.schemas.identity import Workload
 
-__all__ = ["build_alert", "result_text", "rfc3339", "event_id_of", "alert_time_ns", "MONITOR_ENFORCER"]
+__all__ = ["build_alert", "build_log", "result_text", "rfc3339", "event_id_of", "alert_time_ns", "MONITOR_ENFORCER"]
 
 MONITOR_ENFORCER = "eBPF Monitor"
 _WALLCLOCK_MIN_NS = 10**18  # 2001-09-09: anything earlier is boot time, not wall-clock time
@@ -71,12 +71,9 @@ def _action(decision: Decision, workload: Workload) -> str:
     return decision.action
 
 
-def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, cluster: str,
-                enforcer_name: str, now_ns: int = 0) -> dict[str, Any]:
-    """The alert for ``event`` as a map of KubeArmor's PascalCase fields (plus ``EventID``)."""
+def _common(event: RawEvent, workload: Workload, cluster: str, now_ns: int) -> dict[str, Any]:
+    """The fields alerts and logs share (who, where, when, what)."""
     ts_ns = event.ts_ns if event.ts_ns >= _WALLCLOCK_MIN_NS or not now_ns else now_ns
-    action = _action(decision, workload)
-    enforced = action == "Block" and event.ret < 0
     fields = kind_fields(event)
     container = workload.kind != "host"
     return {
@@ -97,22 +94,41 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
         "UID": event.uid,
         "ParentProcessName": event.exe,
         "ProcessName": fields["ProcessName"],
+        "Source": event.exe,
+        "Operation": fields["Operation"],
+        "Resource": fields["Resource"],
+        "Data": fields["Data"],
+        "Result": result_text(event.ret),
+        "Cwd": event.cwd,
+        "TTY": "",
+        "NodeID": event.node,
+        "UserName": "",
+    }
+
+
+def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, cluster: str,
+                enforcer_name: str, now_ns: int = 0) -> dict[str, Any]:
+    """The alert for ``event`` as a map of KubeArmor's PascalCase fields (plus ``EventID``)."""
+    action = _action(decision, workload)
+    enforced = action == "Block" and event.ret < 0
+    return {
+        **_common(event, workload, cluster, now_ns),
         "PolicyName": decision.policy,
         "Severity": str(decision.severity) if decision.severity else "",
         "Tags": ",".join(decision.tags),
         "ATags": list(decision.tags),
         "Message": decision.message,
         "Type": decision.alert_type,
-        "Source": event.exe,
-        "Operation": fields["Operation"],
-        "Resource": fields["Resource"],
-        "Data": fields["Data"],
         "Enforcer": (enforcer_name if enforced else MONITOR_ENFORCER),
         "Action": action,
-        "Result": result_text(event.ret),
-        "Cwd": event.cwd,
-        "TTY": "",
-        "NodeID": event.node,
-        "UserName": "",
+        "EventID": event_id_of(event),
+    }
+
+
+def build_log(event: RawEvent, workload: Workload, *, cluster: str, now_ns: int = 0) -> dict[str, Any]:
+    """The log for an event no rule matched: Type ``ContainerLog`` or ``HostLog``, no policy fields."""
+    return {
+        **_common(event, workload, cluster, now_ns),
+        "Type": "HostLog" if workload.kind == "host" else "ContainerLog",
         "EventID": event_id_of(event),
     }

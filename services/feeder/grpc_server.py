@@ -1,41 +1,55 @@
 """KubeArmor's gRPC LogService (package ``feeder``), so ``karmor logs`` can watch Bulwark.
 
-WatchAlerts streams every new alert for Filter ``all``/``policy``; WatchLogs (``all``/``system``)
-and WatchMessages stay open and stream nothing yet; HealthCheck echoes the nonce. Each watcher has
-its own bounded queue (drops counted as ``dropped_grpc``). ``grpc.health.v1`` is served too.
+WatchAlerts streams new alerts for Filter ``all``/``policy``; WatchLogs streams new logs for
+``all``/``system``; any other Filter ends the stream at once (as KubeArmor does). WatchMessages streams
+daemon messages (throttling notices). HealthCheck echoes the nonce. Each watcher has its own bounded
+queue (drops counted as ``dropped_grpc``); a watcher that lost records gets a ``SystemEvent`` record
+"dropped N ..." when it catches up. ``grpc.health.v1`` and, when wired, ``policy.PolicyService`` are
+served on the same port; TLS when a certificate and key are given.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message as PbMessage
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.feeder.hub import AlertHub
+from services.feeder.enrich import rfc3339
+from services.feeder.hub import AlertHub, Subscriber
 from shared.proto_gen import kubearmor_pb2 as pb
 from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 
-__all__ = ["LogService", "alert_to_pb", "build_grpc_server", "SERVICE_NAME"]
+__all__ = ["LogService", "alert_to_pb", "log_to_pb", "build_grpc_server", "SERVICE_NAME", "record_to_pb"]
 
 SERVICE_NAME = "feeder.LogService"
 GRPC_QUEUE = 1024
 _INT32 = (-(2**31), 2**31 - 1)
-_ALERT_SCALARS = {f.name: f.cpp_type for f in pb.Alert.DESCRIPTOR.fields
-                  if f.message_type is None and f.name != "ATags"}
+_EVENT_DATA = ("EventID", "Throttled", "ThrottledAlerts", "Dropped")
+
+
+def _scalars(cls: type[PbMessage]) -> dict[str, int]:
+    return {f.name: f.cpp_type for f in cls.DESCRIPTOR.fields
+            if f.message_type is None and not getattr(f, "is_repeated", False) and f.name != "ATags"}
+
+
+_SCALARS = {pb.Alert: _scalars(pb.Alert), pb.Log: _scalars(pb.Log), pb.Message: _scalars(pb.Message)}
 
 
 def _clamp(value: Any) -> int:
     return max(_INT32[0], min(_INT32[1], int(value)))
 
 
-def alert_to_pb(alert: dict[str, Any]) -> pb.Alert:
-    """The protobuf Alert for an alert map (unknown keys ignored; EventID goes into EventData)."""
-    out = pb.Alert()
-    for name, cpp_type in _ALERT_SCALARS.items():
-        value = alert.get(name)
+def record_to_pb(record: dict[str, Any], cls: type[PbMessage]) -> Any:
+    """The protobuf ``cls`` (Alert, Log or Message) for a record map; unknown keys ignored."""
+    out = cls()
+    for name, cpp_type in _SCALARS[cls].items():
+        value = record.get(name)
         if value is None or value == "":
             continue
         if cpp_type == FieldDescriptor.CPPTYPE_INT32:
@@ -44,17 +58,30 @@ def alert_to_pb(alert: dict[str, Any]) -> pb.Alert:
             setattr(out, name, int(value))
         else:
             setattr(out, name, str(value))
-    out.ATags.extend(str(t) for t in alert.get("ATags", []))
-    if alert.get("EventID"):
-        out.EventData["EventID"] = str(alert["EventID"])
+    if cls is pb.Alert:
+        out.ATags.extend(str(t) for t in record.get("ATags", []))
+    if cls is not pb.Message:
+        for key in _EVENT_DATA:
+            if record.get(key) not in (None, "", False):
+                out.EventData[key] = str(record[key]).lower() if isinstance(record[key], bool) else str(record[key])
     return out
 
 
-async def _next_or_stop(queue: asyncio.Queue[dict[str, Any]], stop: asyncio.Event) -> dict[str, Any] | None:
-    """The next queued alert, or None once ``stop`` is set."""
+def alert_to_pb(alert: dict[str, Any]) -> pb.Alert:
+    """The protobuf Alert for an alert map (EventID goes into EventData)."""
+    return record_to_pb(alert, pb.Alert)
+
+
+def log_to_pb(record: dict[str, Any]) -> pb.Log:
+    """The protobuf Log for a log map."""
+    return record_to_pb(record, pb.Log)
+
+
+async def _next_or_stop(sub: Subscriber, stop: asyncio.Event) -> tuple[str, dict[str, Any]] | None:
+    """The next queued item, or None once ``stop`` is set."""
     if stop.is_set():
         return None
-    get = asyncio.ensure_future(queue.get())
+    get = asyncio.ensure_future(sub.get())
     halt = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({get, halt}, return_when=asyncio.FIRST_COMPLETED)
@@ -68,9 +95,22 @@ async def _next_or_stop(queue: asyncio.Queue[dict[str, Any]], stop: asyncio.Even
 class LogService(pb_grpc.LogServiceServicer):
     """The LogService implementation over an :class:`AlertHub`."""
 
-    def __init__(self, hub: AlertHub, queue_size: int = GRPC_QUEUE) -> None:
-        self.hub, self.queue_size = hub, queue_size
+    def __init__(self, hub: AlertHub, queue_size: int = GRPC_QUEUE, *, cluster: str = "default",
+                 node: str = "") -> None:
+        self.hub, self.queue_size, self.cluster, self.node = hub, queue_size, cluster, node
         self.closing = asyncio.Event()
+
+    def _dropped(self, count: int, what: str) -> dict[str, Any]:
+        now = time.time_ns()
+        return {"Timestamp": now // 1_000_000_000, "UpdatedTime": rfc3339(now), "ClusterName": self.cluster,
+                "HostName": self.node, "Type": "SystemEvent", "Operation": "Dropped", "Dropped": count,
+                "Message": f"dropped {count} {what}: this client read too slowly", "Level": "Warn"}
+
+    async def _watch(self, kind: str, cls: type[PbMessage], what: str) -> AsyncIterator[Any]:
+        with self.hub.subscribe("grpc", self.queue_size, kinds=frozenset({kind})) as sub:
+            while (item := await _next_or_stop(sub, self.closing)) is not None:
+                got, record = item
+                yield record_to_pb(self._dropped(record["count"], what) if got == "dropped" else record, cls)
 
     async def HealthCheck(self, request: pb.NonceMessage, context: grpc.aio.ServicerContext) -> pb.ReplyMessage:
         """Deprecated health check: echo the nonce."""
@@ -79,37 +119,54 @@ class LogService(pb_grpc.LogServiceServicer):
     async def WatchAlerts(self, request: pb.RequestMessage,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Alert]:
         """Stream new alerts (Filter "all" or "policy"; anything else ends the stream at once)."""
-        if request.Filter not in ("all", "policy"):
-            return
-        with self.hub.subscribe("grpc", self.queue_size) as sub:
-            while (alert := await _next_or_stop(sub.queue, self.closing)) is not None:
-                yield alert_to_pb(alert)
+        if request.Filter in ("all", "policy"):
+            async for alert in self._watch("alert", pb.Alert, "alerts"):
+                yield alert
 
     async def WatchLogs(self, request: pb.RequestMessage, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Log]:
-        """Logs are not produced yet: the stream stays open (Filter "all"/"system") and sends nothing."""
+        """Stream new logs (Filter "all" or "system"; anything else ends the stream at once)."""
         if request.Filter in ("all", "system"):
-            await self.closing.wait()
-        return
-        yield  # pragma: no cover  (makes this an async generator)
+            async for record in self._watch("log", pb.Log, "logs"):
+                yield record
 
     async def WatchMessages(self, request: pb.RequestMessage,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Message]:
-        """Daemon messages are not produced yet: the stream stays open and sends nothing."""
-        await self.closing.wait()
-        return
-        yield  # pragma: no cover
+        """Stream daemon messages (throttling notices)."""
+        async for message in self._watch("message", pb.Message, "messages"):
+            yield message
 
 
-async def build_grpc_server(hub: AlertHub, host: str, port: int) -> tuple[grpc.aio.Server, LogService]:
-    """A started grpc.aio server with LogService and grpc.health.v1 on ``host:port``."""
+def _credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    try:
+        return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    except OSError as exc:
+        raise OSError(f"gRPC TLS: cannot read certificate/key: {exc}") from exc
+
+
+async def build_grpc_server(hub: AlertHub, host: str, port: int, *, queue_size: int = GRPC_QUEUE,
+                            cluster: str = "default", node: str = "", tls_cert: Path | None = None,
+                            tls_key: Path | None = None, policy_service: Any = None
+                            ) -> tuple[grpc.aio.Server, LogService]:
+    """A started grpc.aio server with LogService, grpc.health.v1 (and PolicyService) on ``host:port``."""
     server = grpc.aio.server()
-    service = LogService(hub)
+    service = LogService(hub, queue_size, cluster=cluster, node=node)
     pb_grpc.add_LogServiceServicer_to_server(service, server)
+    if policy_service is not None:
+        from shared.proto_gen import policy_pb2_grpc
+
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(policy_service, server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
     await checker.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"cannot bind gRPC on {host}:{port}")
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("gRPC TLS needs both BULWARK_GRPC_TLS_CERT and BULWARK_GRPC_TLS_KEY")
+    address = f"{host}:{port}"
+    if tls_cert is not None and tls_key is not None:
+        bound = server.add_secure_port(address, _credentials(tls_cert, tls_key))
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC on {address}")
     await server.start()
     return server, service

@@ -1,14 +1,15 @@
-"""Raw events -> alerts: a durable pull consumer on the RAW stream.
+"""Raw events -> alerts and logs: a durable pull consumer on the RAW stream.
 
-Per message (one RawBatch): decode (garbage goes to DEAD_LETTER, is counted and acked), name each
-event's workload, ask :func:`shared.matcher.decide`, build alerts, store them in one transaction,
-then publish the new ones (ALERTS stream, live subscribers) and only then ack. A DB failure naks
-the batch for redelivery; redelivery is harmless because the store ignores known event ids.
+Per message (one RawBatch): decode (garbage goes to the DEAD_LETTER stream, is counted and acked),
+name each event's workload, ask :func:`shared.matcher.decide`; a match that is not Allow is an alert
+(throttled ones flagged), anything else is a log when visibility says so. Both are stored in one
+transaction, keyed by event id; then the SIEM copies are published (deduplicated by JetStream on the
+event id), new unthrottled records go to live subscribers, and only then is the message acked. A DB
+failure naks the batch for redelivery; redelivery is harmless because the store ignores known ids.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -19,35 +20,44 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.feeder.enrich import build_alert
-from services.feeder.kinds import access_for
+from services.feeder.enrich import alert_time_ns, build_alert, build_log
 from services.feeder.hub import AlertHub
+from services.feeder.kinds import access_for
+from services.feeder.siem import SiemSink
 from services.feeder.state import FeederState, StateFollower
-from services.feeder.store import AlertStore
+from services.feeder.store import RecordStore
+from services.feeder.throttle import Throttler
 from shared.codec import pack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.matcher import decide
 from shared.schemas.events import RawBatch, RawEvent
 from shared.schemas.identity import Workload
-from shared.subjects import ALERTS, DEAD_LETTER, RAW, alert_subject
+from shared.subjects import DEAD_LETTER, RAW
+from shared.visibility import visible
 
-__all__ = ["Ingestor", "DURABLE", "CATCH_UP_SECONDS"]
+__all__ = ["Ingestor", "DURABLE", "CATCH_UP_SECONDS", "Records"]
 
 log = logging.getLogger("bulwark.feeder.ingest")
 
 DURABLE = "bulwark-feeder"
 CATCH_UP_SECONDS = 0.5  # how long an event of an unknown workload waits for identity/rules to catch up
 _NEGATIVE_TTL = 5.0  # an mntns still unknown after a catch-up is not waited for again this long
+Records = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
 class Ingestor:
-    """Consumes RAW, writes and fans out alerts."""
+    """Consumes RAW, writes and fans out alerts and logs."""
 
-    def __init__(self, js: JetStreamContext, nc: Client, follower: StateFollower, store: AlertStore,
-                 hub: AlertHub, counters: Counters, *, cluster: str, fetch_batch: int = 32) -> None:
+    def __init__(self, js: JetStreamContext, nc: Client, follower: StateFollower, store: RecordStore,
+                 hub: AlertHub, counters: Counters, *, cluster: str, fetch_batch: int = 32,
+                 throttler: Throttler | None = None, siem: SiemSink | None = None,
+                 visibility: Any = None, ack_wait: float = 30.0) -> None:
         self.js, self.nc, self.follower, self.store, self.hub = js, nc, follower, store, hub
         self.counters, self.cluster, self.fetch_batch = counters, cluster, fetch_batch
+        self.throttler = throttler or Throttler(enabled=False)
+        self.siem = siem or SiemSink(js, counters)
+        self.visibility, self.ack_wait = visibility, ack_wait
         self._unknown_until: dict[tuple[str, int], float] = {}
 
     @property
@@ -60,9 +70,10 @@ class Ingestor:
         psub = await self.js.pull_subscribe(
             RAW.subjects[0], durable=DURABLE, stream=RAW.name,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                                  ack_wait=30, max_ack_pending=256))
+                                  ack_wait=self.ack_wait, max_ack_pending=256))
         try:
             while not stop.is_set():
+                await self.expire_throttles()
                 try:
                     msgs = await psub.fetch(self.fetch_batch, timeout=1.0)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -99,45 +110,102 @@ class Ingestor:
             except DecodeError as exc:
                 await self._dead_letter(msg.subject, pack(raw), str(exc))
         self.counters.inc("events", len(events))
+        alerts, logs = await self.enrich(events)
         try:
-            alerts = await self.enrich(events)
-            new = await asyncio.to_thread(self.store.insert, alerts) if alerts else []
+            new_alerts, new_logs = await self._store(alerts, logs)
         except Exception:
             log.exception("batch failed; will be redelivered")
             self.counters.inc("batch_errors")
-            await msg.nak(delay=1.0)
+            delivered = msg.metadata.num_delivered if msg.reply else 1
+            await msg.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
             return
-        self.counters.inc("alerts", len(new))
-        self.counters.inc("duplicates", len(alerts) - len(new))
-        await asyncio.gather(*(self._publish(alert) for alert in new))
-        for alert in new:
-            self.hub.publish(alert)
+        self.counters.inc("duplicates", len(alerts) + len(logs) - len(new_alerts) - len(new_logs))
+        if await self._fan_out(alerts, logs, new_alerts, new_logs):
+            await msg.nak(delay=1.0)  # stored; redelivered so the SIEM copies are published after all
+            return
         await msg.ack()
 
-    async def enrich(self, events: list[RawEvent]) -> list[dict[str, Any]]:
-        """The alerts ``events`` raise (only exec events are matched in this version)."""
+    async def _store(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]]) -> Records:
+        if not alerts and not logs:
+            return [], []
+        new_alerts, new_logs = await asyncio.to_thread(self.store.insert_records, alerts, logs)
+        self.counters.inc("alerts", len(new_alerts))
+        self.counters.inc("logs", len(new_logs))
+        self.counters.inc("throttled", sum(1 for a in new_alerts if a.get("Throttled")))
+        return new_alerts, new_logs
+
+    async def _fan_out(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]],
+                       new_alerts: list[dict[str, Any]], new_logs: list[dict[str, Any]]) -> int:
+        """SIEM gets every unthrottled record (JetStream drops repeats); live clients only new ones.
+
+        Returns how many SIEM publishes failed."""
+        failed = await self.siem.publish([a for a in alerts if not a.get("Throttled")], logs)
+        for alert in new_alerts:
+            if not alert.get("Throttled"):
+                self.hub.publish(alert, "alert")
+            if alert.get("Type") == "SystemEvent":
+                self.hub.publish({**alert, "Level": "Warn"}, "message")
+        for record in new_logs:
+            self.hub.publish(record, "log")
+        return failed
+
+    async def expire_throttles(self) -> None:
+        """Store and push the notices of quiet periods that are over."""
+        notices = self.throttler.expire(time.time_ns())
+        if notices:
+            try:
+                new, _ = await self._store(notices, [])
+            except Exception:
+                log.exception("storing throttling notices failed")
+                return
+            await self._fan_out(notices, [], new, [])
+
+    async def enrich(self, events: list[RawEvent]) -> Records:
+        """The alerts and logs ``events`` raise; an event that cannot be handled is dead-lettered."""
         alerts: list[dict[str, Any]] = []
+        logs: list[dict[str, Any]] = []
         caught_up = False
         for ev in events:
-            access = access_for(ev)
-            if access is None:
-                self.counters.inc("skipped_kind")
-                continue
+            try:
+                caught_up = await self._one(ev, alerts, logs, caught_up)
+            except Exception as exc:  # a bug or an event no code path expects: keep the rest going
+                log.exception("event failed")
+                await self._dead_letter(f"event:{ev.kind}", pack(ev.to_wire()), f"{type(exc).__name__}: {exc}")
+        return alerts, logs
+
+    async def _one(self, ev: RawEvent, alerts: list[dict[str, Any]], logs: list[dict[str, Any]],
+                   caught_up: bool) -> bool:
+        access = access_for(ev)
+        if access is None:
+            self.counters.inc("skipped_kind")
+            return caught_up
+        workload, rules = self._lookup(ev)
+        if rules is None and not caught_up and self._worth_waiting(ev):
+            caught_up = True
+            await self.follower.wait_caught_up(CATCH_UP_SECONDS)
             workload, rules = self._lookup(ev)
-            if rules is None and not caught_up and self._worth_waiting(ev):
-                caught_up = True
-                await self.follower.wait_caught_up(CATCH_UP_SECONDS)
-                workload, rules = self._lookup(ev)
-                if rules is None:
-                    self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
-            if self.state.workload(ev.node, ev.mntns) is None:
-                self.counters.inc("host_fallback")
-            decision = decide(rules or [], access)
-            if decision is None or decision.action == "Allow":
-                continue  # no alert: allowed accesses are logs (a later issue)
-            alerts.append(build_alert(ev, workload, decision, cluster=self.cluster,
-                                      enforcer_name=self.state.enforcer_name(ev.node), now_ns=time.time_ns()))
-        return alerts
+            if rules is None:
+                self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
+        if self.state.workload(ev.node, ev.mntns) is None:
+            self.counters.inc("host_fallback")
+        ruleset = self.state.rulesets.get(ev.node)  # the compiled entry carries postures
+        compiled = ruleset.workloads.get(workload.id) if ruleset is not None else None
+        decision = decide(compiled if compiled is not None else (rules or []), access)
+        now_ns = time.time_ns()
+        if decision is None or decision.action == "Allow":
+            if visible(workload, access.operation, self.visibility):
+                logs.append(build_log(ev, workload, cluster=self.cluster, now_ns=now_ns))
+            else:
+                self.counters.inc("not_visible")
+            return caught_up
+        alert = build_alert(ev, workload, decision, cluster=self.cluster,
+                            enforcer_name=self.state.enforcer_name(ev.node), now_ns=now_ns)
+        throttled, notices = self.throttler.check(alert, alert_time_ns(alert))
+        if throttled:
+            alert["Throttled"] = True
+        alerts.extend(notices)
+        alerts.append(alert)
+        return caught_up
 
     def _lookup(self, ev: RawEvent) -> tuple[Workload, list[Any] | None]:
         workload = self.state.workload(ev.node, ev.mntns, ev.ts_ns)
@@ -155,20 +223,13 @@ class Ingestor:
         del self._unknown_until[key]
         return True
 
-    async def _publish(self, alert: dict[str, Any]) -> None:
-        subject = alert_subject(alert["NamespaceName"], alert["Severity"], alert["PolicyName"])
-        try:
-            await self.js.publish(subject, json.dumps(alert).encode(), stream=ALERTS.name,
-                                  headers={"Nats-Msg-Id": str(alert["EventID"])})
-        except Exception as exc:  # stored already; SIEM copy lost: counted, not retried
-            self.counters.inc("publish_errors")
-            log.warning("alert publish failed", extra={"error": repr(exc)})
-
     async def _dead_letter(self, subject: str, data: bytes, reason: str) -> None:
+        """Keep ``data`` on the dead-letter stream with why; counted."""
         self.counters.inc("dead_letters")
         log.warning("dead letter", extra={"subject": subject, "reason": reason})
+        headers = {"Bulwark-Reason": reason[:200], "Bulwark-Subject": subject}
         try:
-            await self.nc.publish(DEAD_LETTER, data, headers={"Bulwark-Reason": reason[:200],
-                                                              "Bulwark-Subject": subject})
+            await self.js.publish(DEAD_LETTER, data, headers=headers, timeout=5.0)
         except Exception as exc:
+            self.counters.inc("dead_letter_errors")
             log.warning("dead-letter publish failed", extra={"error": repr(exc)})

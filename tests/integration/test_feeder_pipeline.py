@@ -35,17 +35,28 @@ ROOT = Path(__file__).resolve().parents[2]
 class Feeder:
     """A ``python -m services.feeder`` subprocess and its ports."""
 
-    def __init__(self, nats_url: str, data_dir: Path) -> None:
+    def __init__(self, nats_url: str, data_dir: Path, **extra: str) -> None:
         self.rest_port, self.grpc_port = free_port(), free_port()
         self.log = data_dir.parent / "feeder.log"
         env = {**os.environ, "BULWARK_NATS_URL": nats_url, "BULWARK_DATA_DIR": str(data_dir),
                "BULWARK_NODE_NAME": NODE, "BULWARK_REST_PORT": str(self.rest_port),
                "BULWARK_GRPC_PORT": str(self.grpc_port), "BULWARK_HEARTBEAT_SECONDS": "0.2"}
         env.pop("BULWARK_DB_URL", None)
-        with open(self.log, "wb") as err:
+        env.update(extra)
+        with open(self.log, "ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "services.feeder"], cwd=ROOT, env=env,
                                          stdout=subprocess.DEVNULL, stderr=err)
         self.base = f"http://127.0.0.1:{self.rest_port}"
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.proc.kill()
+        self.proc.wait()
+
+    async def ready(self) -> None:
+        """Wait until REST and gRPC accept connections."""
+        await asyncio.to_thread(wait_for_port, self.rest_port, 30.0)
+        await asyncio.to_thread(wait_for_port, self.grpc_port, 10.0)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
