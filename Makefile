@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.setup-done
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup-system.sh shared/proto/kubearmor.proto
+$(STAMP): pyproject.toml scripts/setup-system.sh $(wildcard shared/proto/*.proto)
 	bash scripts/setup-system.sh
 	test -x $(PY) || $(SYSPY) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q -e '.[test]'

@@ -23,6 +23,12 @@ def _settings(args: argparse.Namespace) -> Settings:
                          node_name=getattr(args, "node_name", None))
 
 
+def _api(args: argparse.Namespace, timeout: float = 10.0) -> Api:
+    """The REST client, with the bearer token from --token or BULWARK_API_TOKEN when one is set."""
+    token = getattr(args, "token", None) or os.environ.get("BULWARK_API_TOKEN")
+    return Api(_settings(args).rest_url, timeout=timeout, token=token)
+
+
 def _policy_files(target: str) -> list[Path]:
     from bulwark.policy_cmd import policy_files
 
@@ -57,7 +63,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    api = Api(_settings(args).rest_url, timeout=3)
+    api = _api(args, timeout=3)
     deadline = time.monotonic() + args.wait
     while True:
         try:
@@ -76,7 +82,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    api = Api(_settings(args).rest_url)
+    api = _api(args)
     status = 0
     for path in _policy_files(args.file):
         try:
@@ -92,7 +98,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    api = Api(_settings(args).rest_url)
+    api = _api(args)
     status = 0
     for path in _policy_files(args.file):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -110,7 +116,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    api = Api(_settings(args).rest_url)
+    api = _api(args)
     try:
         if args.what == "policies":
             body = api.policies()
@@ -160,6 +166,12 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_policy_simulate(args: argparse.Namespace) -> int:
+    from bulwark.simulate import run_simulate
+
+    return run_simulate(args)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from services.enforcer.select import choose, probe_all
 
@@ -176,6 +188,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rest-port", type=int, help="REST port (env BULWARK_REST_PORT, default 8080)")
     p.add_argument("--rest-host", help="REST address (env BULWARK_REST_HOST, default 127.0.0.1)")
     p.add_argument("--nats-url", help="NATS URL (env BULWARK_NATS_URL)")
+    p.add_argument("--token", help="bearer token for the REST API (env BULWARK_API_TOKEN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = policy_sub.add_parser("validate", help="validate policy files: OK or INVALID per document")
     validate.add_argument("paths", nargs="+", metavar="FILE|DIR")
     validate.set_defaults(func=cmd_policy_validate)
+    simulate = policy_sub.add_parser("simulate", help="judge recorded accesses (JSON lines) against policy files")
+    simulate.add_argument("-f", "--file", action="extend", nargs="+", required=True, metavar="FILE|DIR")
+    simulate.add_argument("--events", required=True, metavar="EVENTS.jsonl", help="one access per line; - for stdin")
+    simulate.add_argument("--default-posture", default="", metavar="file=block,network=audit,capabilities=audit")
+    simulate.set_defaults(func=cmd_policy_simulate)
 
     run = sub.add_parser("run", help="run a command as a local workload")
     _common(run)
@@ -233,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--node-name", help="this node's name (env BULWARK_NODE_NAME)")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
+
+    from bulwark.logs_cmd import add_logs_parser
+    from bulwark.summary_cmd import add_summary_parser
+
+    add_logs_parser(sub)
+    add_summary_parser(sub)
     return parser
 
 

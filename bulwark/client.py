@@ -22,8 +22,9 @@ class ApiError(BulwarkError):
 class Api:
     """Bulwark's REST API at ``base_url``."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, timeout: float = 10.0, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
