@@ -26,7 +26,16 @@ class LaunchError(BulwarkError):
     """The workload could not be registered or covered; its command was not started."""
 
 
-async def _register_and_cover(settings: Settings, wl: Workload, enforce_timeout: float) -> None:
+def _landlock_spec(covered: dict) -> bytes:
+    """The Landlock spec for the workload's compiled rules from the enforcer's await reply."""
+    from services.enforcer.landlock import encode, spec_for
+    from shared.schemas.rules import Rule
+
+    rules = [Rule.from_wire(r) for r in covered.get("rules") or []]
+    return encode(spec_for(rules, str(covered.get("file_posture", "audit")), bool(covered.get("audited"))))
+
+
+async def _register_and_cover(settings: Settings, wl: Workload, enforce_timeout: float) -> dict:
     nc = await connect(settings.nats_url, "bulwark-run")
     try:
         reply = await request(nc, IDENTITY_API, {"op": "register", "workload": wl.to_wire()})
@@ -36,6 +45,7 @@ async def _register_and_cover(settings: Settings, wl: Workload, enforce_timeout:
                                 {"workload_id": wl.id, "timeout": enforce_timeout}, timeout=enforce_timeout + 2)
         if not covered.get("ok"):
             raise LaunchError(f"enforcer did not confirm rules for the workload: {covered.get('reason')}")
+        return covered
     finally:
         await nc.close()
 
@@ -72,7 +82,8 @@ def run_workload(settings: Settings, argv: list[str], namespace: str, labels: di
             labels=dict(labels), pod=name, image=image or "local", cgroup=cgroup_path,
             host_pid=sandbox.init_pid, source="launcher", started_ns=time.time_ns(),
         )
-        asyncio.run(_register_and_cover(settings, wl, enforce_timeout))
+        covered = asyncio.run(_register_and_cover(settings, wl, enforce_timeout))
+        landlock = _landlock_spec(covered)
     except BaseException as exc:
         sandbox.refuse()
         sandbox.wait()
@@ -82,7 +93,7 @@ def run_workload(settings: Settings, argv: list[str], namespace: str, labels: di
             return GATE_REFUSED
         raise
     _forward_signals(sandbox)
-    sandbox.open_gate()
+    sandbox.open_gate(landlock)
     status = sandbox.wait()
     asyncio.run(_stop(settings, workload_id))
     remove_cgroup(cgroup_path)

@@ -33,9 +33,9 @@ class Sandbox:
     init_pid: int
     gate_fd: int
 
-    def open_gate(self) -> None:
-        """Let the command exec."""
-        os.write(self.gate_fd, b"g")
+    def open_gate(self, landlock: bytes = b"") -> None:
+        """Let the command exec, after applying ``landlock`` (an encoded Landlock spec) to itself."""
+        os.write(self.gate_fd, b"g" + landlock)
         os.close(self.gate_fd)
 
     def refuse(self) -> None:
@@ -76,11 +76,32 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def _read_gate(gate_r: int) -> bytes:
+    data = b""
+    while chunk := os.read(gate_r, 65536):
+        data += chunk
+    return data
+
+
+def _landlock(spec: bytes) -> None:
+    """Apply the launcher's Landlock spec to this process before exec (it only ever restricts)."""
+    if not spec:
+        return
+    from services.enforcer.landlock import apply_spec, decode
+
+    try:
+        apply_spec(decode(spec) or {})
+    except (OSError, ValueError, KeyError) as exc:  # fanotify still enforces the same rules
+        sys.stderr.write(f"bulwark run: Landlock not applied: {exc}\n")
+
+
 def _run_command(argv: list[str], gate_r: int) -> None:
-    """PID 2: wait at the gate, then exec; never returns."""
-    if os.read(gate_r, 1) != b"g":
+    """PID 2: wait at the gate, apply Landlock if asked, then exec; never returns."""
+    gate = _read_gate(gate_r)
+    if gate[:1] != b"g":
         os._exit(GATE_REFUSED)
     os.close(gate_r)
+    _landlock(gate[1:])
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
     try:

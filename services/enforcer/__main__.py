@@ -1,7 +1,8 @@
 """``python -m services.enforcer``: apply the node's newest RuleSet with the best enforcer available.
 
-Wiring only: settings -> logging -> NATS -> choose enforcer -> follow the RULES stream -> answer
-"await" requests -> heartbeat. SIGTERM/SIGINT close the enforcer (releasing every mark) first.
+Wiring only: settings -> logging -> NATS -> choose enforcers -> follow the RULES stream -> answer
+"await" requests (with the workload's rules, for the launcher's Landlock sandbox) -> publish kill
+reports -> heartbeat. SIGTERM/SIGINT close the enforcer (releasing every mark and program) first.
 """
 from __future__ import annotations
 
@@ -22,10 +23,48 @@ from shared.logs import setup_logging
 from shared.schemas.rules import RuleSet
 from shared.subjects import RULES, enforcer_await, rules_for_node
 
+from services.enforcer.reports import report_loop
 from services.enforcer.select import choose
 from services.enforcer.state import AppliedRules
 
 log = logging.getLogger("bulwark.enforcer")
+
+REFRESH_SECONDS = 30.0  # re-apply: directories created under recursive rules get marked
+
+
+def alert_name(enforcer: Any) -> str:
+    """The name alerts of refused operations carry (the primary of several enforcers)."""
+    return str(getattr(enforcer, "alert_name", enforcer.name))
+
+
+def by_operation(enforcer: Any) -> dict[str, str]:
+    """Operation -> name of the enforcer acting on it."""
+    if hasattr(enforcer, "by_operation"):
+        return dict(enforcer.by_operation())
+    return {op: enforcer.name for op in sorted(getattr(enforcer, "operations", ()))}
+
+
+def await_reply(ruleset: RuleSet, workload_id: str, enforcer: Any) -> dict[str, Any]:
+    """The positive answer to an await request: version, enforcers and the workload's own rules."""
+    wr = ruleset.workloads[workload_id]
+    return {"ok": True, "version": ruleset.version, "enforcer": alert_name(enforcer),
+            "enforcers": by_operation(enforcer), "rules": [r.to_wire() for r in wr.rules],
+            "file_posture": wr.file_posture, "audited": wr.audited}
+
+
+async def _refresh_loop(enforcer: Any, stop: asyncio.Event, counters: Counters) -> None:
+    refresh = getattr(enforcer, "refresh", None)
+    while refresh is not None and not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            await asyncio.to_thread(refresh)
+        except Exception:
+            counters.inc("apply_errors")
+            log.exception("refresh failed")
 
 
 async def main() -> None:
@@ -41,6 +80,7 @@ async def main() -> None:
     counters = Counters(decode_errors=0, apply_errors=0)
     applied = AppliedRules()
     waiters: set[asyncio.Task[None]] = set()
+    background: list[asyncio.Task[None]] = []
     nc = None
     try:
         nc = await connect(settings.nats_url, f"enforcer-{node}")
@@ -71,10 +111,10 @@ async def main() -> None:
                 return
             ruleset = await applied.wait_covering(workload_id, timeout)
             if ruleset is None:
-                reply: dict[str, Any] = {"ok": False, "version": applied.version, "enforcer": enforcer.name,
+                reply: dict[str, Any] = {"ok": False, "version": applied.version, "enforcer": alert_name(enforcer),
                                          "reason": f"no applied rule set covers {workload_id!r} after {timeout}s"}
             else:
-                reply = {"ok": True, "version": ruleset.version, "enforcer": enforcer.name}
+                reply = await_reply(ruleset, workload_id, enforcer)
             await msg.respond(pack(reply))
 
         async def on_await(msg: Msg) -> None:
@@ -87,13 +127,22 @@ async def main() -> None:
         await nc.subscribe(enforcer_await(node), cb=on_await)
 
         def details() -> dict[str, Any]:
-            return {"enforcer": enforcer.name, "version": applied.version, **enforcer.stats(), **counters}
+            return {"enforcer": alert_name(enforcer), "enforcers": by_operation(enforcer), "active": enforcer.name,
+                    "version": applied.version, **enforcer.stats(), **counters}
 
+        async def publish(subject: str, payload: bytes, msg_id: str) -> None:
+            await js.publish(subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
+
+        take = getattr(enforcer, "take_reports", None)
+        if take is not None:
+            background.append(asyncio.create_task(report_loop(take, publish, node, stop, counters)))
+        background.append(asyncio.create_task(_refresh_loop(enforcer, stop, counters)))
         log.info("enforcer running", extra={"enforcer": enforcer.name, "node": node})
         await heartbeat_loop(nc, "enforcer", node, settings.heartbeat_seconds, details, stop)
+        await asyncio.gather(*background, return_exceptions=True)  # last kill reports go out
     finally:
         enforcer.close()  # marks go first: nothing may wait on us while NATS shuts down
-        for task in list(waiters):
+        for task in [*waiters, *background]:
             task.cancel()
         if nc is not None:
             try:

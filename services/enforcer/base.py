@@ -16,7 +16,9 @@ class Enforcer(Protocol):
 
     ``name`` is what alerts carry in their ``Enforcer`` field. ``apply`` replaces the previous rules
     (calling it twice with the same RuleSet changes nothing); ``close`` releases every kernel object
-    and may be called more than once.
+    and may be called more than once. Optional: ``operations`` (the KubeArmor operations it can
+    enforce; selection lets each enforcer claim those no earlier one claimed; absent = all),
+    ``refresh()`` (re-apply periodically), ``take_reports()`` (kills to publish as ``enforce`` events).
     """
 
     name: str

@@ -1,8 +1,11 @@
-"""BPF-LSM: probed for real (a no-op LSM program is loaded and attached), never enforcing yet.
+"""BPF-LSM: probed for real, never enforcing here (the kernel refuses BPF-LSM on the development VM).
 
 The probe finds ``bpf_lsm_file_open`` in the kernel's BTF, loads ``r0 = 0; exit`` as a
 BPF_PROG_TYPE_LSM program with the raw ``bpf()`` syscall and attaches it with BPF_LINK_CREATE; both
 are released at once. A no-op LSM hook returning 0 allows everything, so the probe cannot harm anyone.
+When that is refused, the probe also compiles Bulwark's real LSM programs (bpf/enforce/lsm.c: the
+socket_create and capable hooks on the rule-matching code shared with the signal enforcer,
+bw_enforce.h) and attempts to load them with their maps empty, reporting the kernel's answer.
 """
 from __future__ import annotations
 
@@ -98,17 +101,39 @@ def probe_bpf_lsm(btf_path: Path = Path("/sys/kernel/btf/vmlinux")) -> ProbeResu
     return False, "kernel accepts BPF-LSM programs, but Bulwark's BPF-LSM enforcer is not implemented yet"
 
 
+def probe_lsm_source(btf_tree: Path | None = None) -> str:
+    """Compile bpf/enforce/lsm.c with bcc and try to load it (maps empty: it could deny nothing)."""
+    try:
+        from services.enforcer.signal import BPF_DIR, prepare_bcc, program_text
+
+        prepare_bcc(btf_tree)
+        from bcc import BPF
+    except Exception as exc:
+        return f"lsm.c not tried: {exc!r}"
+    try:
+        bpf = BPF(text=program_text(BPF_DIR, "lsm.c").encode(), cflags=[f"-I{BPF_DIR / 'include'}"])
+    except Exception as exc:
+        if "compile" in str(exc).lower():
+            return f"lsm.c does not compile: {exc}"
+        return f"lsm.c compiles, its load is refused: {exc}"
+    bpf.cleanup()
+    return "lsm.c compiles and loads"
+
+
 class BpfLsmEnforcer:
     """Placeholder for the BPF-LSM enforcer: probes the kernel, never enforces (not implemented)."""
 
     name = "BPFLSM"
 
     def probe(self) -> ProbeResult:
-        """Load + attach a no-op LSM program and report the kernel's answer."""
+        """Load + attach a no-op LSM program and report the kernel's answer (and lsm.c's, if refused)."""
         try:
-            return probe_bpf_lsm()
+            ok, reason = probe_bpf_lsm()
         except Exception as exc:  # a probe must never take the service down
             return False, f"probe failed: {exc!r}"
+        if not ok and "refused" in reason:
+            reason += f"; {probe_lsm_source()}"
+        return ok, reason
 
     def apply(self, ruleset: RuleSet) -> None:
         """Never reached: probe() never reports support."""

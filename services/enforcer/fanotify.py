@@ -1,9 +1,15 @@
-"""Fanotify enforcer: FAN_OPEN_EXEC_PERM marks on the exact files Process Block rules name.
+"""Fanotify enforcer: inline EPERM for exec and file opens that Block rules name, per mount namespace.
 
-Every exec of a marked file (by any process on the host) waits for our reader thread. The thread
-denies only when the exec'ing process's mount namespace belongs to a workload whose rules, run through
+Marks (see ``fanplan``): FAN_OPEN_EXEC_PERM for Process rules, FAN_OPEN_PERM for File rules, on the
+named files, or on named directories with FAN_EVENT_ON_CHILD (each subdirectory too when recursive).
+Every access to a marked inode, by any process on the host, waits for our reader thread. It denies
+only when the accessing thread's mount namespace belongs to a workload whose rules, run through
 ``shared.matcher.decide``, say Block; everything else, including any error, is allowed at once
 (fail-open). Closing the fanotify fd, or our death, makes the kernel allow every pending waiter.
+
+The matcher gets what fanotify alone does not say (``fanaccess``): read or write (from the waiting
+thread's open flags in /proc/<tid>/syscall: readOnly rules), the thread's fs uid and the file's owner
+(ownerOnly), the thread's executable (fromSource).
 """
 from __future__ import annotations
 
@@ -14,59 +20,41 @@ import struct
 import tempfile
 import threading
 import time
-from collections import defaultdict
 
 from shared.lifecycle import Counters
 from shared.matcher import Access, decide
-from shared.schemas.rules import Rule, RuleSet
+from shared.schemas.rules import RuleSet
 
 from services.enforcer import _fansys as fs
-from services.enforcer.base import ProbeResult, exec_block_rules
+from services.enforcer.base import ProbeResult
+from services.enforcer.fanaccess import exe_of, exec_target, fs_uid, is_elf_interpreter, open_access
+from services.enforcer.fanmarks import MOUNT_KEY, Tables, resolve_plans
+from services.enforcer.fanplan import OPERATIONS, plan
 
 __all__ = ["FanotifyEnforcer"]
 
 log = logging.getLogger("bulwark.enforcer.fanotify")
 
-# (st_dev, st_ino, mntns) -> (paths the rules name for that inode, the workload's rules)
-Table = dict[tuple[int, int, int], tuple[tuple[str, ...], list[Rule]]]
-
-
-def _pids_by_mntns(wanted: set[int]) -> dict[int, int]:
-    """One live pid per wanted mount namespace (a single /proc scan, stops when all are found)."""
-    found: dict[int, int] = {}
-    own = os.stat("/proc/self/ns/mnt").st_ino
-    if own in wanted:
-        found[own] = os.getpid()
-    with os.scandir("/proc") as it:
-        for entry in it:
-            if len(found) == len(wanted):
-                break
-            if not entry.name.isdigit():
-                continue
-            try:
-                ns = os.stat(f"/proc/{entry.name}/ns/mnt").st_ino
-            except OSError:
-                continue
-            if ns in wanted and ns not in found:
-                found[ns] = int(entry.name)
-    return found
-
 
 class FanotifyEnforcer:
-    """Blocks exec of named files for selected mount namespaces with fanotify permission events."""
+    """Blocks exec and opens of named files for selected mount namespaces with fanotify permission events."""
 
     name = "Fanotify"
+    operations = OPERATIONS
 
     def __init__(self) -> None:
-        self.counters = Counters(allowed=0, denied=0, errors=0, mark_errors=0, events=0, handle_ns=0)
+        self.counters = Counters(allowed=0, denied=0, errors=0, mark_errors=0, events=0, handle_ns=0,
+                                 mode_unknown=0, missing_paths=0, tree_truncated=0, unmarkable=0,
+                                 posture_unenforced=0)
         self._lock = threading.Lock()
         self._fan_fd = -1
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._table: Table = {}
-        self._marks: dict[tuple[int, int], int] = {}  # (dev, ino) -> O_PATH fd kept for removal
-        self._self_pid = os.getpid()
+        self._tables = Tables()
+        self._marks: dict[tuple[int, int], tuple[int, int]] = {}  # (dev, ino) -> (O_PATH fd, mask)
+        self._own_mntns = os.stat("/proc/self/ns/mnt").st_ino
+        self._last: RuleSet | None = None
         self._closed = False
 
     # -- probe ---------------------------------------------------------------------------------
@@ -91,68 +79,57 @@ class FanotifyEnforcer:
 
     # -- rules ---------------------------------------------------------------------------------
     def apply(self, ruleset: RuleSet) -> None:
-        """Mark every file a Process Block rule names; unmark files no rule names any more."""
+        """Mark every file/directory a Block rule names; unmark what no rule names any more."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("fanotify enforcer is closed")
             self._start()
-            all_ns: dict[int, list[Rule]] = defaultdict(list)
-            for wl in ruleset.running():
-                if wl.mntns:  # workloads sharing a namespace share the matcher's input
-                    all_ns[wl.mntns].extend(wl.rules)
-            per_ns = {ns: rules for ns, rules in all_ns.items() if exec_block_rules(rules)}
-            pids = _pids_by_mntns(set(per_ns)) if per_ns else {}
-            table: dict[tuple[int, int, int], list[str]] = defaultdict(list)
-            wanted: dict[tuple[int, int], int] = {}
-            for mntns, rules in per_ns.items():
-                for path in sorted({r.path for r in exec_block_rules(rules)}):
-                    key = self._resolve(path, pids.get(mntns), wanted)
-                    if key is not None:
-                        table[(*key, mntns)].append(path)
-            # Publish the table before adding marks: an event never finds a mark without its rules.
-            self._table = {k: (tuple(paths), per_ns[k[2]]) for k, paths in table.items()}
-            for key, fd in wanted.items():
-                if key in self._marks:
-                    os.close(fd)
-                    continue
-                try:
-                    fs.fan_mark(self._fan_fd, True, fs.FAN_OPEN_EXEC_PERM, fd)
-                    self._marks[key] = fd
-                except OSError as exc:
-                    os.close(fd)
-                    self.counters.inc("mark_errors")
-                    log.error("cannot mark file", extra={"dev_ino": f"{key}", "error": str(exc)})
-            for key in [k for k in self._marks if k not in wanted]:
-                fd = self._marks.pop(key)
-                try:
-                    fs.fan_mark(self._fan_fd, False, fs.FAN_OPEN_EXEC_PERM, fd)
-                except OSError as exc:  # e.g. the inode is gone: its mark went with it
-                    log.info("unmark failed", extra={"dev_ino": f"{key}", "error": str(exc)})
-                finally:
-                    os.close(fd)
+            plans = plan(ruleset, host_mntns=self._own_mntns)
+            self.counters["unmarkable"] = sum(p.unmarkable for p in plans.values())
+            self.counters["posture_unenforced"] = sum(p.posture_unenforced for p in plans.values())
+            resolved = resolve_plans(plans, self.counters)
+            # Publish the tables before adding marks: an event never finds a mark without its rules.
+            self._tables = resolved.tables
+            self._sync_marks(resolved.wanted)
+            self._last = ruleset
             log.info("rules applied", extra={"version": ruleset.version, "marks": len(self._marks),
-                                             "namespaces": len(per_ns)})
+                                             "namespaces": len(plans)})
 
-    def _resolve(self, path: str, pid: int | None, wanted: dict[tuple[int, int], int]) -> tuple[int, int] | None:
-        """Open ``path`` as the workload sees it; record its fd in ``wanted``; return (dev, ino)."""
-        try:
-            fd = fs.open_in_root(path, pid)
-        except OSError as first:
-            if not pid:
-                log.warning("rule names a missing file", extra={"path": path, "error": str(first)})
-                return None
-            try:  # the workload's process may have just exited: fall back to our view
-                fd = fs.open_in_root(path, None)
+    def refresh(self) -> None:
+        """Re-apply the last rule set: subdirectories created since under recursive rules get marked."""
+        last = self._last
+        if last is not None and not self._closed and self._tables.dirs:
+            self.apply(last)
+
+    def _sync_marks(self, wanted: dict[tuple[int, int], tuple[int, int]]) -> None:
+        for key, (fd, mask) in wanted.items():
+            old = self._marks.get(key)
+            if old is not None:
+                os.close(fd)
+                fd, old_mask = old
+                if old_mask == mask:
+                    continue
+            else:
+                old_mask = 0
+            mount = key[0] == MOUNT_KEY
+            try:
+                fs.fan_mark(self._fan_fd, True, mask, fd, mount)
+                if old_mask & ~mask:
+                    fs.fan_mark(self._fan_fd, False, old_mask & ~mask, fd, mount)
+                self._marks[key] = (fd, mask)
             except OSError as exc:
-                log.warning("rule names a missing file", extra={"path": path, "error": str(exc)})
-                return None
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
-        if key in wanted:
-            os.close(fd)
-        else:
-            wanted[key] = fd
-        return key
+                self.counters.inc("mark_errors")
+                log.error("cannot mark inode", extra={"dev_ino": f"{key}", "error": str(exc)})
+                if old is None:
+                    os.close(fd)
+        for key in [k for k in self._marks if k not in wanted]:
+            fd, mask = self._marks.pop(key)
+            try:
+                fs.fan_mark(self._fan_fd, False, mask, fd, key[0] == MOUNT_KEY)
+            except OSError as exc:  # e.g. the inode is gone: its mark went with it
+                log.info("unmark failed", extra={"dev_ino": f"{key}", "error": str(exc)})
+            finally:
+                os.close(fd)
 
     # -- events --------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -197,7 +174,7 @@ class FanotifyEnforcer:
             allow = True
             try:
                 t0 = time.perf_counter_ns()
-                allow = not self._should_deny(pid, efd)
+                allow = not self._should_deny(pid, efd, mask)
                 self.counters.inc("handle_ns", time.perf_counter_ns() - t0)
             except Exception as exc:  # fail-open, always
                 self.counters.inc("errors")
@@ -213,30 +190,64 @@ class FanotifyEnforcer:
                 os.close(efd)
             self.counters.inc("events")
 
-    def _should_deny(self, pid: int, efd: int) -> bool:
-        """True only when the matcher says Block for this process's workload and this file."""
-        if pid == self._self_pid:
+    def _should_deny(self, tid: int, efd: int, mask: int = fs.FAN_OPEN_EXEC_PERM) -> bool:
+        """True only when the matcher says Block for this thread's workload and this file."""
+        tables = self._tables
+        if not tables.rules:
             return False
-        table = self._table
-        if not table:
-            return False
+        mntns = os.stat(f"/proc/{tid}/ns/mnt").st_ino
+        rules = tables.rules.get(mntns)
+        if rules is None:
+            return False  # not a selected workload: the common case, decided with one stat
+        if mntns == self._own_mntns and os.path.exists(f"/proc/self/task/{tid}"):
+            return False  # never wait on ourselves (a host policy selects our namespace too)
         st = os.fstat(efd)
-        mntns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
-        entry = table.get((st.st_dev, st.st_ino, mntns))
-        if entry is None:
+        resources = list(tables.files.get((st.st_dev, st.st_ino, mntns), ()))
+        if mntns in tables.dir_ns:
+            resources.extend(self._in_marked_dir(efd, tid, mntns, tables))
+        if mntns in tables.mount_ns:  # an allow-list: every file is judged, by the path we see
+            seen = os.readlink(f"/proc/self/fd/{efd}")
+            if seen not in resources:
+                resources.append(seen)
+        if not resources:
             return False
-        paths, rules = entry
-        try:
-            source = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
-            source = ""
-        for path in paths:
-            decision = decide(rules, Access(operation="Process", resource=path, source=source, access="exec"))
+        operation = "Process" if mask & fs.FAN_OPEN_EXEC_PERM else "File"
+        if operation == "Process":
+            access = "exec"
+            target = exec_target(tid)
+            if target is not None and target != (st.st_dev, st.st_ino) and is_elf_interpreter(efd):
+                return False  # the ELF interpreter (ld.so) the kernel opens for the program: no exec
+        else:
+            access = open_access(tid)
+            if not access:  # unknown flags: judged as a write (read-only rules then deny)
+                self.counters.inc("mode_unknown")
+                access = "write"
+        uid = fs_uid(tid) if mntns in tables.owner_ns else -1
+        source = exe_of(tid)
+        posture = tables.posture.get(mntns)
+        for resource in resources:
+            decision = decide(rules, Access(operation=operation, resource=resource, source=source,
+                                            access=access, uid=uid, resource_owner_uid=st.st_uid), posture)
             if decision is not None and decision.action == "Block":
-                log.info("exec denied", extra={"pid": pid, "mntns": mntns, "path": path, "source": source,
-                                               "policy": decision.policy})
+                log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": operation,
+                                                 "path": resource, "access": access, "source": source,
+                                                 "policy": decision.policy})
                 return True
         return False
+
+    @staticmethod
+    def _in_marked_dir(efd: int, tid: int, mntns: int, tables: Tables) -> list[str]:
+        """The file's path as the workload names it, when its directory is marked for ``mntns``."""
+        parent, base = os.path.split(os.readlink(f"/proc/self/fd/{efd}"))
+        for candidate in (parent, f"/proc/{tid}/root{parent}"):
+            try:
+                pst = os.stat(candidate)
+            except OSError:
+                continue
+            wl_dir = tables.dirs.get((pst.st_dev, pst.st_ino, mntns))
+            if wl_dir is not None:
+                return [f"{wl_dir.rstrip('/')}/{base}"]
+        return []
 
     # -- teardown ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -256,10 +267,10 @@ class FanotifyEnforcer:
                     log.error("fanotify reader did not stop within 5s")
             os.close(self._fan_fd)
             self._fan_fd = -1
-            for fd in self._marks.values():
+            for fd, _mask in self._marks.values():
                 os.close(fd)
             self._marks.clear()
-            self._table = {}
+            self._tables = Tables()
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._thread = None

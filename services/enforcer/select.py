@@ -1,4 +1,11 @@
-"""Choosing the enforcer: the first one in ``enforcer_order`` whose probe says this kernel supports it."""
+"""Choosing the enforcers: walking ``enforcer_order``, each supported enforcer claims the operations it
+can enforce that no earlier one claimed (``operations``; an enforcer without it claims everything).
+
+With the default order on the development VM: BPF-LSM refuses to load, Fanotify claims Process and
+File, the eBPF signal enforcer claims Network and Capabilities, AuditOnly claims nothing (it is the
+fallback when nothing else is supported). The signal enforcer joins implicitly (before ``audit``)
+unless the order names it or excludes it with ``-signal``.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,9 +14,14 @@ from collections.abc import Callable
 from services.enforcer.audit import AuditOnlyEnforcer
 from services.enforcer.base import Enforcer
 from services.enforcer.bpflsm import BpfLsmEnforcer
+from services.enforcer.composite import CompositeEnforcer
 from services.enforcer.fanotify import FanotifyEnforcer
+from services.enforcer.signal import SignalEnforcer
 
-__all__ = ["REGISTRY", "choose", "probe_all", "parse_order"]
+__all__ = ["REGISTRY", "ALL_OPERATIONS", "choose", "probe_all", "parse_order", "effective_order"]
+
+ALL_OPERATIONS = frozenset({"Process", "File", "Network", "Capabilities", "Syscall"})
+IMPLICIT = "signal"
 
 log = logging.getLogger("bulwark.enforcer.select")
 
@@ -17,6 +29,7 @@ log = logging.getLogger("bulwark.enforcer.select")
 REGISTRY: dict[str, Callable[[], Enforcer]] = {
     "bpflsm": BpfLsmEnforcer,
     "fanotify": FanotifyEnforcer,
+    "signal": SignalEnforcer,
     "audit": AuditOnlyEnforcer,
 }
 
@@ -26,10 +39,24 @@ def parse_order(order: str) -> list[str]:
     return [k.strip().lower() for k in order.split(",") if k.strip()]
 
 
+def effective_order(order: str, registry: dict[str, Callable[[], Enforcer]]) -> list[str]:
+    """The parsed order, with the signal enforcer added before ``audit`` unless named or ``-signal``."""
+    keys = parse_order(order)
+    if IMPLICIT in registry and IMPLICIT not in keys and f"-{IMPLICIT}" not in keys:
+        at = keys.index("audit") if "audit" in keys else len(keys)
+        keys.insert(at, IMPLICIT)
+    return [k for k in keys if not k.startswith("-")]
+
+
 def choose(order: str, registry: dict[str, Callable[[], Enforcer]] | None = None) -> Enforcer:
-    """The first supported enforcer in ``order``; AuditOnly when none is (or the order is empty)."""
+    """The supported enforcers of ``order``, each with the operations it claimed first; AuditOnly when
+    none is supported. One enforcer is returned as itself, several as a CompositeEnforcer."""
     reg = REGISTRY if registry is None else registry
-    for key in parse_order(order):
+    parts: list[tuple[Enforcer, frozenset[str]]] = []
+    claimed: frozenset[str] = frozenset()
+    for key in effective_order(order, reg):
+        if claimed >= ALL_OPERATIONS:
+            break
         factory = reg.get(key)
         if factory is None:
             log.warning("unknown enforcer skipped", extra={"enforcer": key, "known": ",".join(reg)})
@@ -39,13 +66,24 @@ def choose(order: str, registry: dict[str, Callable[[], Enforcer]] | None = None
             supported, reason = enforcer.probe()
         except Exception as exc:  # a broken probe means "unsupported", never a crash
             supported, reason = False, f"probe raised {exc!r}"
-        if supported:
-            log.info("enforcer chosen", extra={"enforcer": enforcer.name, "reason": reason})
+        new = frozenset(getattr(enforcer, "operations", ALL_OPERATIONS)) - claimed
+        if supported and (new or not parts) and not isinstance(enforcer, AuditOnlyEnforcer):
+            log.info("enforcer chosen", extra={"enforcer": enforcer.name, "reason": reason,
+                                               "operations": ",".join(sorted(new))})
+            parts.append((enforcer, new))
+            claimed |= new
+            continue
+        if supported and not parts:  # AuditOnly (or a stub claiming nothing) as the only choice
             return enforcer
-        log.warning("enforcer unsupported, skipped", extra={"enforcer": key, "reason": reason})
+        if not supported:
+            log.warning("enforcer unsupported, skipped", extra={"enforcer": key, "reason": reason})
         enforcer.close()
-    log.warning("no enforcer in the order is supported: audit only", extra={"order": order})
-    return AuditOnlyEnforcer()
+    if not parts:
+        log.warning("no enforcer in the order is supported: audit only", extra={"order": order})
+        return AuditOnlyEnforcer()
+    if len(parts) == 1:
+        return parts[0][0]
+    return CompositeEnforcer(parts)
 
 
 def probe_all(registry: dict[str, Callable[[], Enforcer]] | None = None) -> list[tuple[str, bool, str]]:

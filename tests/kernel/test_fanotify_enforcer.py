@@ -66,10 +66,17 @@ def test_probes_on_this_kernel() -> None:
     found = {name: (ok, why) for name, ok, why in probe_all()}
     assert found["Fanotify"][0] is True
     assert found["BPFLSM"][0] is False and "EPERM" in found["BPFLSM"][1]
+    assert "lsm.c compiles, its load is refused" in found["BPFLSM"][1]  # the shared matching code builds
     assert found["AuditOnly"][0] is True
+    assert found["eBPF Signal"][0] is True
     chosen = choose("bpflsm,fanotify,audit")
     try:
-        assert chosen.name == "Fanotify"
+        assert chosen.name == "Fanotify + eBPF Signal" and chosen.alert_name == "Fanotify"
+        assert chosen.by_operation() == {"Process": "Fanotify", "File": "Fanotify", "Network": "eBPF Signal",
+                                         "Capabilities": "eBPF Signal"}
+        only = choose("bpflsm,fanotify,-signal,audit")
+        assert only.name == "Fanotify"
+        only.close()
     finally:
         chosen.close()
     assert btf_func_id(Path("/sys/kernel/btf/vmlinux").read_bytes(), "bpf_lsm_file_open") > 0
@@ -169,7 +176,7 @@ from services.enforcer.fanotify import FanotifyEnforcer
 from tests.kernel.nsutil import block_exec, ruleset
 enf = FanotifyEnforcer()
 if sys.argv[3] == "stall":
-    enf._should_deny = lambda pid, fd: time.sleep(3600)  # a decision that never comes
+    enf._should_deny = lambda *args: time.sleep(3600)  # a decision that never comes
 enf.apply(ruleset(1, a=(int(sys.argv[1]), [block_exec(sys.argv[2])])))
 print("ready", flush=True)
 time.sleep(3600)
@@ -247,7 +254,10 @@ async def test_service_through_nats(nats_server, copy, ns_a, tmp_path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "services.enforcer"], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         reply = await _request_when_up(nc, enforcer_await(node), {"workload_id": "a", "timeout": 15})
-        assert reply == {"ok": True, "version": 1, "enforcer": "Fanotify"}
+        assert (reply["ok"], reply["version"], reply["enforcer"]) == (True, 1, "Fanotify")
+        assert reply["enforcers"] == {"Process": "Fanotify", "File": "Fanotify", "Network": "eBPF Signal",
+                                      "Capabilities": "eBPF Signal"}
+        assert reply["rules"] == [block_exec(copy).to_wire()] and reply["file_posture"] == "audit"
         assert ns_a.run(copy)[0] == EPERM_RC
 
         miss = await request(nc, enforcer_await(node), {"workload_id": "zz", "timeout": 0.2}, timeout=5)
@@ -265,10 +275,11 @@ async def test_service_through_nats(nats_server, copy, ns_a, tmp_path) -> None:
         assert not any(w.done() for w in waits)
         await js.publish(rules_for_node(node), pack(ruleset(2, a=(ns_a.mntns, []), b=(ns_a.mntns, [])).to_wire()))
         replies = await asyncio.gather(*waits)
-        assert all(r == {"ok": True, "version": 2, "enforcer": "Fanotify"} for r in replies)
+        assert all((r["ok"], r["version"], r["enforcer"], r["rules"]) == (True, 2, "Fanotify", []) for r in replies)
         assert ns_a.run(copy) == (0, "")  # the block was removed at run time
         details = await _wait_health(nc, node, lambda d: d["version"] == 2)
         assert details["enforcer"] == "Fanotify" and details["denied"] == 1 and details["marks"] == 0
+        assert details["active"] == "Fanotify + eBPF Signal" and details["enforcers"]["Network"] == "eBPF Signal"
 
         await js.publish(rules_for_node(node), pack(ruleset(3, a=(ns_a.mntns, [block_exec(copy)])).to_wire()))
         await _wait_health(nc, node, lambda d: d["version"] == 3 and d["marks"] == 1)

@@ -1,0 +1,128 @@
+/* Rule matching shared by every Bulwark enforcement program: the signal programs that run on
+ * tracepoints (signal.c) and the BPF-LSM programs (lsm.c) use these maps and functions, so the
+ * LSM side (which cannot load on the development VM) only adds its thin hook wrappers.
+ *
+ * Maps are filled by user space (services/enforcer/sigrules.py) from the node's RuleSet, keyed by
+ * mount namespace: a task whose mntns is not in bw_enf_ns is never looked at further.
+ */
+#ifndef BW_ENFORCE_H
+#define BW_ENFORCE_H
+
+#include "events.h"
+#include "bw_task.h"
+#include "bw_path.h"
+
+#define BW_ANY 0xFFFFFFFFu                   /* wildcard family / protocol in a key */
+#define BW_ENF_NET 1                          /* record.kind */
+#define BW_ENF_CAP 2
+
+struct bw_net_key {
+	__u32 mntns;
+	__u32 family;                            /* AF_* or BW_ANY */
+	__u32 type;                              /* SOCK_* without SOCK_NONBLOCK/SOCK_CLOEXEC */
+	__u32 protocol;                          /* IPPROTO_* or BW_ANY */
+};
+
+struct bw_cap_key {
+	__u32 mntns;
+	__u32 cap;                               /* CAP_* number */
+};
+
+struct bw_verdict {
+	__u32 rule_id;                           /* user space maps it back to workload, policy, match */
+	__u32 action;                            /* 1 = block */
+};
+
+/* One enforcement, reported to user space (the alert must say the process was killed/refused). */
+struct bw_enf_record {
+	__u64 ktime;
+	__u32 pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id, arg0, arg1, arg2;
+	__u64 cgroup_id;
+	char comm[BW_COMM_LEN];
+	struct bw_path exe;                      /* last: user space decodes it with the monitor's decoder */
+};
+
+BPF_HASH(bw_enf_ns, __u32, __u32, 4096);                          /* selected mount namespaces */
+BPF_HASH(bw_enf_net, struct bw_net_key, struct bw_verdict, 16384);
+BPF_HASH(bw_enf_cap, struct bw_cap_key, struct bw_verdict, 16384);
+BPF_PERCPU_ARRAY(bw_enf_stats, __u64, 4);                          /* 0 matched, 1 lost reports */
+BPF_RINGBUF_OUTPUT(bw_enf_events, 64);
+
+static __always_inline void bw_enf_stat(int idx)
+{
+	__u64 *v = bw_enf_stats.lookup(&idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* The current task's mount namespace when it is selected, else 0. */
+static __always_inline __u32 bw_enf_selected(struct task_struct *task)
+{
+	__u32 mntns = bw_task_mntns(task);
+
+	if (!mntns || !bw_enf_ns.lookup(&mntns))
+		return 0;
+	return mntns;
+}
+
+static __always_inline struct bw_verdict *bw_match_net(__u32 mntns, __u32 family, __u32 type, __u32 protocol)
+{
+	struct bw_net_key k = {.mntns = mntns, .family = family, .type = type & 0xF, .protocol = protocol};
+	struct bw_verdict *v = bw_enf_net.lookup(&k);
+
+	if (v)
+		return v;
+	k.protocol = BW_ANY;
+	if ((v = bw_enf_net.lookup(&k)))
+		return v;
+	k.family = BW_ANY;
+	k.protocol = protocol;
+	if ((v = bw_enf_net.lookup(&k)))
+		return v;
+	k.protocol = BW_ANY;
+	return bw_enf_net.lookup(&k);
+}
+
+static __always_inline struct bw_verdict *bw_match_cap(__u32 mntns, __u32 cap)
+{
+	struct bw_cap_key k = {.mntns = mntns, .cap = cap};
+
+	return bw_enf_cap.lookup(&k);
+}
+
+static __always_inline void bw_enf_report(struct task_struct *task, __u32 mntns, __u32 kind,
+					  struct bw_verdict *v, __u32 a0, __u32 a1, __u32 a2)
+{
+	__u64 id = bpf_get_current_pid_tgid(), ugid = bpf_get_current_uid_gid();
+	struct bw_enf_record *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
+	struct bw_ids ids = {};
+
+	bw_enf_stat(0);
+	if (!r) {
+		bw_enf_stat(1);
+		return;
+	}
+	r->ktime = bpf_ktime_get_ns();
+	r->pid = id >> 32;
+	r->tid = (__u32)id;
+	r->uid = (__u32)ugid;
+	r->gid = ugid >> 32;
+	r->mntns = mntns;
+	bw_task_ids(task, &ids);
+	r->ppid = ids.ppid;
+	r->pidns = ids.pidns;
+	r->ns_pid = ids.ns_pid;
+	r->ns_ppid = ids.ns_ppid;
+	r->kind = kind;
+	r->rule_id = v->rule_id;
+	r->arg0 = a0;
+	r->arg1 = a1;
+	r->arg2 = a2;
+	r->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(r->comm, sizeof(r->comm));
+	bw_task_exe(&r->exe, task);
+	bw_enf_events.ringbuf_submit(r, 0);
+}
+
+#endif /* BW_ENFORCE_H */

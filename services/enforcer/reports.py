@@ -1,0 +1,76 @@
+"""Publishing the enforcers' kill reports as ``enforce`` raw events on ``raw_events(node)``.
+
+Same wire as the monitor (a msgpack RawBatch per NATS message, JetStream de-duplication by message
+id); kills are rare, so each drain tick sends one batch. Failures are retried a bounded number of
+times, then the events are counted as lost.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from shared.codec import pack
+from shared.lifecycle import Counters
+from shared.schemas.events import RawBatch
+from shared.subjects import raw_events
+
+from services.enforcer.sigreport import to_raw_event
+
+__all__ = ["report_loop", "Publish"]
+
+log = logging.getLogger("bulwark.enforcer.reports")
+
+Publish = Callable[[str, bytes, str], Awaitable[None]]  # subject, payload, message id
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+async def _send(publish: Publish, subject: str, payload: bytes, msg_id: str, n: int, counters: Counters,
+                retries: int = 3) -> None:
+    for attempt in range(retries + 1):
+        try:
+            await publish(subject, payload, msg_id)
+            counters.inc("kills_published", n)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            counters.inc("report_publish_errors")
+            log.warning("kill report publish failed", extra={"attempt": attempt + 1, "error": repr(exc)})
+            if attempt < retries:
+                await asyncio.sleep(0.1 * 2 ** attempt)
+    counters.inc("kills_lost", n)
+    log.error("kill reports lost", extra={"events": n})
+
+
+async def report_loop(take: Callable[[], list], publish: Publish, node: str, stop: asyncio.Event,
+                      counters: Counters, interval: float = 0.05) -> None:
+    """Every ``interval`` s, publish what ``take()`` returns; once more after ``stop``."""
+    for name in ("kills_published", "kills_lost", "report_publish_errors"):
+        counters.setdefault(name, 0)
+    boot_id = _boot_id()
+    offset = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+    prefix = f"{node}:enforcer:{boot_id}:{time.time_ns()}"
+    subject = raw_events(node)
+    seq = 0
+    while True:
+        records = take()
+        if records:
+            seq += 1
+            events = [to_raw_event(r, node, offset, boot_id).to_wire() for r in records]
+            payload = pack(RawBatch(node=node, seq=seq, events=events).to_wire())
+            await _send(publish, subject, payload, f"{prefix}:{seq}", len(events), counters)
+        if stop.is_set():
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except asyncio.TimeoutError:
+            pass

@@ -1,0 +1,214 @@
+"""eBPF signal enforcer: kills processes of selected workloads at the hook (Network protocols, capabilities).
+
+bcc programs on ``syscalls:sys_enter_socket`` and ``capability:cap_capable`` (bpf/enforce/signal.c)
+call ``bpf_send_signal(SIGKILL)`` when the current task's mount namespace is selected and the
+(family, type, protocol) or capability is blocked for it (tables from ``sigrules``). This is not a
+refusal: socket() completes and the process dies before it returns to user space; a capability use
+may complete before the process dies. Every kill is reported through a ring buffer that a thread
+drains into ``take_reports()`` (the service publishes them as ``enforce`` raw events).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from shared.lifecycle import Counters
+from shared.schemas.rules import RuleSet
+
+from services.enforcer.base import ProbeResult
+from services.enforcer.sigreport import KillRecord, parse_record
+from services.enforcer.sigrules import OPERATIONS, RuleRef, SignalTables, compile_tables
+
+__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text"]
+
+log = logging.getLogger("bulwark.enforcer.signal")
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+ATTACHMENTS = (("syscalls:sys_enter_socket", "bwenf_socket"), ("capability:cap_capable", "bwenf_cap"))
+_MAX_REPORTS = 4096
+
+
+def prepare_bcc(tree: Path | None = None) -> None:
+    """Point bcc at the monitor's BTF header tree (built once per kernel, shared with the monitor)."""
+    from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
+
+    if tree is None:
+        from shared.config import load_settings
+
+        tree = load_settings().btf_tree
+    use_btf_tree(ensure_btf_tree(tree))
+
+
+def program_text(bpf_dir: Path, name: str) -> str:
+    """``bpf/enforce/<name>`` with bw_enforce.h inlined: bcc only rewrites map calls in its main text."""
+    header = (bpf_dir / "enforce/bw_enforce.h").read_text()
+    return (bpf_dir / "enforce" / name).read_text().replace('#include "bw_enforce.h"', header, 1)
+
+
+def _sync(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -> None:
+    """Make a bcc map hold exactly ``wanted``: add/update first, then delete what is gone."""
+    current = {bytes(k): k for k in table.keys()}
+    keep = set()
+    for key, val in wanted.items():
+        k = make_key(table.Key(), key)
+        table[k] = make_val(table.Leaf(), val)
+        keep.add(bytes(k))
+    for raw, k in current.items():
+        if raw not in keep:
+            try:
+                del table[k]
+            except KeyError:
+                pass
+
+
+class SignalEnforcer:
+    """Network protocol and capability blocks by SIGKILL at the tracepoint, per mount namespace."""
+
+    name = "eBPF Signal"
+    operations = OPERATIONS
+
+    def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None) -> None:
+        self.counters = Counters(killed=0, reports_lost=0, report_errors=0, unsupported_rules=0,
+                                 matcher_fallback=0, errors=0, namespaces=0)
+        self.bpf_dir = bpf_dir
+        self.btf_tree = btf_tree
+        self._bpf: Any = None
+        self._lock = threading.Lock()
+        self._refs: dict[int, RuleRef] = {}
+        self._ids: dict[RuleRef, int] = {}  # stable rule ids: a late report never names another rule
+        self._reports: deque[KillRecord] = deque(maxlen=_MAX_REPORTS)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def probe(self) -> ProbeResult:
+        """Compile, load and attach the programs with empty tables (nothing can be killed), then detach."""
+        try:
+            self._load()
+        except Exception as exc:
+            return False, f"signal programs refused: {exc}"
+        finally:
+            self._unload()
+        return True, "tracepoints + bpf_send_signal(SIGKILL) load (socket, cap_capable)"
+
+    def _load(self) -> None:
+        if self._bpf is not None:
+            return
+        prepare_bcc(self.btf_tree)
+        from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
+
+        bpf = BPF(text=program_text(self.bpf_dir, "signal.c").encode(), cflags=[f"-I{self.bpf_dir / 'include'}"])
+        try:
+            for tp, fn in ATTACHMENTS:
+                bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            bpf[b"bw_enf_events"].open_ring_buffer(self._on_record)
+        except Exception:
+            bpf.cleanup()
+            raise
+        self._bpf = bpf
+
+    def _unload(self) -> None:
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+
+    def apply(self, ruleset: RuleSet) -> None:
+        """Load on first use, then make the kernel tables hold exactly this rule set's blocks."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("signal enforcer is closed")
+            tables = compile_tables(ruleset, self._ids)
+            self.counters["unsupported_rules"] = tables.unsupported
+            self.counters["matcher_fallback"] = tables.matcher_fallback
+            if not tables.namespaces and self._bpf is None:
+                self._refs = {}
+                return  # nothing to enforce: do not even load
+            self._load()
+            self._write(tables)
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._drain, name="signal-reports", daemon=True)
+                self._thread.start()
+            log.info("rules applied", extra={"version": ruleset.version, "namespaces": len(tables.namespaces),
+                                             "net_keys": len(tables.net), "cap_keys": len(tables.cap)})
+
+    def _write(self, tables: SignalTables) -> None:
+        """Namespaces last when adding, first when removing: a selected namespace always has its rules."""
+        bpf = self._bpf
+        self._refs = {**self._refs, **tables.refs}  # reports in flight for removed rules still resolve
+
+        def verdict(leaf: Any, rid: int) -> Any:
+            leaf.rule_id, leaf.action = rid, 1
+            return leaf
+
+        def net_key(k: Any, key: tuple[int, int, int, int]) -> Any:
+            k.mntns, k.family, k.type, k.protocol = key
+            return k
+
+        def cap_key(k: Any, key: tuple[int, int]) -> Any:
+            k.mntns, k.cap = key
+            return k
+
+        ns_map = bpf[b"bw_enf_ns"]
+        for k in list(ns_map.keys()):
+            if k.value not in tables.namespaces:
+                del ns_map[k]
+        _sync(bpf[b"bw_enf_net"], tables.net, net_key, verdict)
+        _sync(bpf[b"bw_enf_cap"], tables.cap, cap_key, verdict)
+        for ns in tables.namespaces:
+            ns_map[ct.c_uint32(ns)] = ct.c_uint32(1)
+        self.counters["namespaces"] = len(tables.namespaces)
+
+    def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
+        try:
+            rec = parse_record(ct.string_at(data, size), self._refs)
+            self._reports.append(rec)
+            self.counters.inc("killed")
+        except Exception as exc:  # a bad record must not stop the drain
+            self.counters.inc("report_errors")
+            log.warning("undecodable kill report", extra={"error": repr(exc)})
+        return 0
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            bpf = self._bpf
+            if bpf is None:
+                break
+            try:
+                bpf.ring_buffer_poll(100)
+            except Exception as exc:
+                self.counters.inc("errors")
+                log.error("ring buffer poll failed", extra={"error": repr(exc)})
+                self._stop.wait(0.1)
+
+    def take_reports(self) -> list[KillRecord]:
+        """Kill reports since the last call (oldest first)."""
+        out: list[KillRecord] = []
+        while self._reports:
+            out.append(self._reports.popleft())
+        return out
+
+    def close(self) -> None:
+        """Detach every program and free every map; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+                self._thread = None
+            self._unload()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the heartbeat (kernel-side lost reports included)."""
+        lost = 0
+        bpf = self._bpf
+        if bpf is not None:
+            try:
+                lost = int(sum(bpf[b"bw_enf_stats"][ct.c_int(1)]))
+            except Exception:
+                pass
+        return {**self.counters, "reports_lost": lost}

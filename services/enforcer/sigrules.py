@@ -1,0 +1,125 @@
+"""RuleSet -> the kernel tables of the signal (and BPF-LSM) programs: pure, no I/O.
+
+Network rules (matchProtocols) become (mntns, family, type, protocol) keys of ``socket()`` calls;
+Capabilities rules become (mntns, CAP_*) keys. Whether a protocol or capability is blocked for a
+workload is asked of ``shared.matcher.decide`` (so enforcement and alerts agree). While the matcher
+does not yet know Network/Capabilities resources (decide returns None for a rule that names exactly
+that protocol or capability), the rule's own action is used and ``matcher_fallback`` counted.
+
+Not expressible in the kernel tables (counted, never enforced, still reported by the monitor):
+rules with ``fromSource`` (the source executable is not part of the key), and capabilities the
+kernel checks silently all the time (``NOISY_CAPS``: the cap_capable tracepoint cannot tell such a
+CAP_OPT_NOAUDIT probe from a real use, so killing on them would kill innocent processes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.matcher import Access, decide
+from shared.schemas.rules import Rule, RuleSet
+
+__all__ = ["ANY", "PROTOCOLS", "CAPS", "NOISY_CAPS", "RuleRef", "SignalTables", "compile_tables", "OPERATIONS"]
+
+OPERATIONS = frozenset({"Network", "Capabilities"})
+ANY = 0xFFFFFFFF
+AF_INET, AF_INET6 = 2, 10
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_RDM, SOCK_SEQPACKET = 1, 2, 3, 4, 5
+_INET = (AF_INET, AF_INET6)
+# protocol name -> (family, type, protocol) keys of socket() calls that open such a socket
+PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "tcp": tuple((f, SOCK_STREAM, p) for f in _INET for p in (0, 6)),
+    "udp": tuple((f, SOCK_DGRAM, p) for f in _INET for p in (0, 17)),
+    "icmp": ((AF_INET, SOCK_DGRAM, 1), (AF_INET, SOCK_RAW, 1)),
+    "icmpv6": ((AF_INET6, SOCK_DGRAM, 58), (AF_INET6, SOCK_RAW, 58)),
+    "sctp": tuple((f, t, 132) for f in _INET for t in (SOCK_STREAM, SOCK_SEQPACKET)),
+    "raw": ((ANY, SOCK_RAW, ANY),),
+    "stream": ((ANY, SOCK_STREAM, ANY),),
+    "dgram": ((ANY, SOCK_DGRAM, ANY),),
+    "rdm": ((ANY, SOCK_RDM, ANY),),
+    "seqpacket": ((ANY, SOCK_SEQPACKET, ANY),),
+}
+CAPS: dict[str, int] = {name: i for i, name in enumerate((
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+    "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
+    "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
+    "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
+    "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read",
+    "perfmon", "bpf", "checkpoint_restore"))}
+NOISY_CAPS = frozenset({"sys_admin", "sys_resource", "ipc_lock"})
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    """What a kernel verdict stands for: the workload, the operation and the matched resource."""
+
+    workload_id: str
+    mntns: int
+    operation: str
+    match: str
+    policy: str
+
+
+@dataclass(slots=True)
+class SignalTables:
+    """Everything the kernel side needs, plus what a reported rule id means."""
+
+    namespaces: set[int] = field(default_factory=set)
+    net: dict[tuple[int, int, int, int], int] = field(default_factory=dict)   # key -> rule id
+    cap: dict[tuple[int, int], int] = field(default_factory=dict)
+    refs: dict[int, RuleRef] = field(default_factory=dict)
+    unsupported: int = 0
+    matcher_fallback: int = 0
+
+
+def _name(rule: Rule) -> str:
+    return (rule.protocol if rule.operation == "Network" else rule.capability).lower().removeprefix("cap_")
+
+
+def _verdict(rules: list[Rule], operation: str, name: str, tables: SignalTables) -> Rule | None:
+    """The Block rule for ``name``, as the matcher decides (or, where it cannot yet, the rules say)."""
+    decision = decide(rules, Access(operation=operation, resource=name))
+    if decision is not None:
+        if decision.action != "Block":
+            return None
+        return next((r for r in rules if r.operation == operation and r.policy == decision.policy
+                     and _name(r) == name), None) or next(r for r in rules if r.policy == decision.policy)
+    named = [r for r in rules if r.operation == operation and _name(r) == name]
+    if not named:
+        return None
+    tables.matcher_fallback += 1
+    if any(r.action == "Block" for r in named) and not any(r.from_source for r in named if r.action == "Block"):
+        return next(r for r in named if r.action == "Block")
+    return None
+
+
+def compile_tables(ruleset: RuleSet, ids: dict[RuleRef, int] | None = None) -> SignalTables:
+    """The kernel tables for every running workload with Network/Capabilities Block rules.
+
+    ``ids`` keeps rule ids stable across calls (a rule keeps its id; new ones get fresh ids)."""
+    tables = SignalTables()
+    ids = {} if ids is None else ids
+    for wl in ruleset.running():
+        if not wl.mntns:
+            continue
+        rules = [r for r in wl.rules if r.operation in OPERATIONS]
+        for operation, name in sorted({(r.operation, _name(r)) for r in rules if r.action == "Block"}):
+            if any(r.from_source for r in rules if r.operation == operation and _name(r) == name):
+                tables.unsupported += 1
+                continue
+            if (operation == "Network" and name not in PROTOCOLS) or (
+                    operation == "Capabilities" and (name not in CAPS or name in NOISY_CAPS)):
+                tables.unsupported += 1
+                continue
+            rule = _verdict(rules, operation, name, tables)
+            if rule is None:
+                continue
+            ref = RuleRef(wl.workload_id, wl.mntns, operation, name, rule.policy)
+            rid = ids.setdefault(ref, len(ids) + 1)
+            tables.refs[rid] = ref
+            tables.namespaces.add(wl.mntns)
+            if operation == "Network":
+                for fam, typ, proto in PROTOCOLS[name]:
+                    tables.net.setdefault((wl.mntns, fam, typ, proto), rid)
+            else:
+                tables.cap.setdefault((wl.mntns, CAPS[name]), rid)
+    return tables

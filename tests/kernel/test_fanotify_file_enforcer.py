@@ -1,0 +1,186 @@
+"""Fanotify File rules on the real kernel: opens denied inline (EPERM) only in the selected namespace.
+
+Only files in private temp directories are marked; every enforcer is closed in a fixture finalizer.
+The readOnly/ownerOnly tests spy on the matcher: they check what the enforcer asks it (read or write,
+the thread's uid, the file's owner) and that its verdict is what the kernel enforces.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import services.enforcer.fanotify as fan_mod
+from shared.matcher import Access, Decision
+from shared.schemas.rules import Rule
+from services.enforcer.fanotify import FanotifyEnforcer
+from tests.conftest import require_root
+from tests.kernel.nsutil import NsShell, host_run, private_copy, ruleset
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
+DENIED = "Operation not permitted"
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    require_root()
+
+
+@pytest.fixture
+def tree() -> Iterator[Path]:
+    """A world-readable private tree: d/secret, d/sub/deep, d/bin/bwtrue."""
+    root = Path(tempfile.mkdtemp(prefix="bw-fan-file-"))
+    try:
+        root.chmod(0o755)
+        (root / "d/sub").mkdir(parents=True)
+        (root / "d/bin").mkdir()
+        for rel in ("d/secret", "d/sub/deep", "other"):
+            (root / rel).write_text("data\n")
+            (root / rel).chmod(0o666)
+        private_copy("/usr/bin/true", root / "d/bin", "bwtrue")
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def shells() -> Iterator[tuple[NsShell, NsShell]]:
+    a, b = NsShell(), NsShell()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.fixture
+def enforcer() -> Iterator[FanotifyEnforcer]:
+    enf = FanotifyEnforcer()
+    try:
+        yield enf
+    finally:
+        enf.close()
+
+
+def file_rule(action: str = "Block", **kw: object) -> Rule:
+    return Rule(policy="file-pol", policy_kind="KubeArmorPolicy", policy_namespace="default",
+                operation="File", action=action, severity=5, **kw)  # type: ignore[arg-type]
+
+
+def test_file_open_denied_only_in_the_selected_namespace(enforcer, tree, shells) -> None:
+    a, b = shells
+    secret = tree / "d/secret"
+    enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(path=str(secret))]), b=(b.mntns, [])))
+    rc, out = a.run(f"cat {secret}")
+    assert rc != 0 and DENIED in out
+    assert a.run(f"echo x >> {secret}")[0] != 0
+    assert a.run(f"cat {tree / 'other'}") == (0, "data")        # not marked at all
+    assert b.run(f"cat {secret}") == (0, "data")                # sibling running the same command
+    assert host_run(f"cat {secret}") == (0, "data")             # the host
+    assert enforcer.stats()["marks"] == 1 and enforcer.stats()["errors"] == 0
+
+
+def test_directory_rules_direct_children_or_recursive(enforcer, tree, shells) -> None:
+    a, _ = shells
+    d = tree / "d"
+    enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(dir=f"{d}/")])))
+    assert DENIED in a.run(f"cat {d / 'secret'}")[1]
+    assert a.run(f"cat {d / 'sub/deep'}") == (0, "data")        # not recursive: grandchildren pass
+    assert a.run(f"echo new > {d / 'created'}")[0] != 0         # creating a file in it is an open too
+    assert host_run(f"cat {d / 'secret'}") == (0, "data")
+    enforcer.apply(ruleset(2, a=(a.mntns, [file_rule(dir=f"{d}/", recursive=True)])))
+    assert DENIED in a.run(f"cat {d / 'sub/deep'}")[1]
+    assert host_run(f"cat {d / 'sub/deep'}") == (0, "data")
+    (d / "later").mkdir()
+    (d / "later/f").write_text("data\n")
+    enforcer.refresh()                                          # subdirectories made after apply
+    assert DENIED in a.run(f"cat {d / 'later/f'}")[1]
+    enforcer.apply(ruleset(3, a=(a.mntns, [])))
+    assert a.run(f"cat {d / 'sub/deep'}") == (0, "data") and enforcer.stats()["marks"] == 0
+
+
+def test_process_directory_rule_blocks_exec(enforcer, tree, shells) -> None:
+    a, b = shells
+    binary = tree / "d/bin/bwtrue"
+    rule = Rule(policy="p", policy_kind="KubeArmorPolicy", policy_namespace="default", operation="Process",
+                action="Block", dir=f"{tree / 'd/bin'}/")
+    enforcer.apply(ruleset(1, a=(a.mntns, [rule]), b=(b.mntns, [])))
+    assert DENIED in a.run(str(binary))[1]
+    assert a.run(f"cat {binary} >/dev/null") == (0, "")        # reading it is no exec
+    assert b.run(str(binary)) == (0, "") and host_run(str(binary)) == (0, "")
+
+
+def test_from_source_is_the_accessing_executable(enforcer, tree, shells) -> None:
+    a, _ = shells
+    cat = private_copy("/usr/bin/cat", tree, "bwcat")
+    secret = tree / "d/secret"
+    enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(path=str(secret), from_source=[{"path": cat}])])))
+    assert DENIED in a.run(f"{cat} {secret}")[1]
+    assert a.run(f"cat {secret}") == (0, "data")
+
+
+class Spy:
+    """Stands in for the matcher: records each Access, blocks when ``block(access)`` says so."""
+
+    def __init__(self, block) -> None:
+        self.block = block
+        self.seen: list[Access] = []
+
+    def __call__(self, rules: list[Rule], access: Access, posture: object = None) -> Decision | None:
+        self.seen.append(access)
+        if self.block(access):
+            return Decision("Block", "spy", "KubeArmorPolicy", 5, "")
+        return None
+
+
+def test_read_only_asks_the_matcher_read_or_write(enforcer, tree, shells, monkeypatch) -> None:
+    a, _ = shells
+    spy = Spy(lambda acc: acc.access == "write")
+    monkeypatch.setattr(fan_mod, "decide", spy)
+    secret = tree / "d/secret"
+    enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(path=str(secret), read_only=True)])))
+    assert a.run(f"cat {secret}") == (0, "data")
+    assert DENIED in a.run(f"echo x >> {secret}")[1]
+    assert DENIED in a.run(f"echo x > {secret}")[1]
+    py = "import os; os.close(os.open(%r, os.O_RDWR))" % str(secret)
+    assert DENIED in a.run(f"python3 -c {py!r}")[1]
+    assert [s.access for s in spy.seen] == ["read", "write", "write", "write"]
+    assert {s.operation for s in spy.seen} == {"File"} and enforcer.stats()["mode_unknown"] == 0
+    assert secret.read_text() == "data\n"
+
+
+def test_owner_only_gets_uid_and_file_owner(enforcer, tree, shells, monkeypatch) -> None:
+    a, _ = shells
+    spy = Spy(lambda acc: acc.uid != acc.resource_owner_uid)
+    monkeypatch.setattr(fan_mod, "decide", spy)
+    secret = tree / "d/secret"
+    os.chown(secret, 4321, 4321)
+    enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(path=str(secret), owner_only=True)])))
+    assert DENIED in a.run(f"cat {secret}")[1]                                  # root is not the owner
+    assert a.run(f"setpriv --reuid 4321 --regid 4321 --clear-groups cat {secret}") == (0, "data")
+    assert [(s.uid, s.resource_owner_uid) for s in spy.seen] == [(0, 4321), (4321, 4321)]
+
+
+def test_allow_list_with_block_posture_denies_everything_else(enforcer, tree, shells) -> None:
+    """An exec allow-list: mount marks on the workload's own (copied) mounts; host and sibling untouched."""
+    a, b = shells
+    cat = private_copy("/usr/bin/cat", tree, "bwcat")
+    true = tree / "d/bin/bwtrue"
+    allow = Rule(policy="allow-cat", policy_kind="KubeArmorPolicy", policy_namespace="default",
+                 operation="Process", action="Allow", path=cat)
+    rs = ruleset(1, a=(a.mntns, [allow]), b=(b.mntns, []))
+    rs.workloads["a"].file_posture = "block"
+    enforcer.apply(rs)
+    assert a.run(f"{cat} {tree / 'other'}") == (0, "data")
+    assert DENIED in a.run(str(true))[1]
+    assert DENIED in a.run("/usr/bin/true")[1]
+    assert a.run("echo builtin") == (0, "builtin")              # the running shell is not touched
+    assert b.run(str(true)) == (0, "") and host_run(str(true)) == (0, "")
+    assert host_run("/usr/bin/true") == (0, "")
+    rs.workloads["a"].file_posture = "audit"                    # posture audit: nothing denied
+    enforcer.apply(rs)
+    assert a.run(str(true)) == (0, "")

@@ -1,0 +1,93 @@
+"""Signal enforcer tables from a RuleSet, the kill event's wire form, and the composite enforcer."""
+from __future__ import annotations
+
+from shared.schemas.rules import Rule, RuleSet, WorkloadRules
+from services.enforcer.composite import CompositeEnforcer, restrict
+from services.enforcer.sigreport import KillRecord, to_raw_event
+from services.enforcer.sigrules import ANY, CAPS, RuleRef, compile_tables
+
+
+def rule(op: str, action: str = "Block", **kw) -> Rule:
+    return Rule(policy=f"p-{op}", policy_kind="KubeArmorPolicy", policy_namespace="d", operation=op,
+                action=action, **kw)
+
+
+def rs(*wls: WorkloadRules) -> RuleSet:
+    return RuleSet(node="n", version=1, policy_seq=1, identity_seq=1, workloads={w.workload_id: w for w in wls})
+
+
+def test_protocols_and_caps_become_keys_per_namespace() -> None:
+    t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", protocol="tcp"),
+                                                     rule("Capabilities", capability="net_raw")]),
+                          WorkloadRules("b", 22, 0, [rule("Network", protocol="raw")]),
+                          WorkloadRules("c", 33, 0, [rule("Network", protocol="udp")], stopped_ns=1)))
+    assert t.namespaces == {11, 22}
+    assert (11, 2, 1, 6) in t.net and (11, 10, 1, 0) in t.net and (11, 2, 2, 0) not in t.net
+    assert (22, ANY, 3, ANY) in t.net
+    assert t.cap == {(11, CAPS["net_raw"]): t.cap[(11, 13)]}
+    assert {r.match for r in t.refs.values()} == {"tcp", "net_raw", "raw"}
+
+
+def test_audit_allow_sourced_and_noisy_rules_are_not_killed() -> None:
+    sourced = rule("Network", protocol="udp", from_source=[{"path": "/bin/x"}])
+    t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", "Audit", protocol="tcp"), sourced,
+                                                     rule("Capabilities", capability="sys_admin"),
+                                                     rule("Network", protocol="carrier-pigeon")])))
+    assert not t.net and not t.cap and not t.namespaces and t.unsupported == 3
+
+
+def test_rule_ids_are_stable_across_compiles() -> None:
+    ids: dict[RuleRef, int] = {}
+    one = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", protocol="tcp")])), ids)
+    two = compile_tables(rs(WorkloadRules("b", 22, 0, [rule("Network", protocol="udp")]),
+                            WorkloadRules("a", 11, 0, [rule("Network", protocol="tcp")])), ids)
+    assert one.net[(11, 2, 1, 0)] == two.net[(11, 2, 1, 0)]
+    assert two.net[(22, 2, 2, 0)] != two.net[(11, 2, 1, 0)]
+
+
+def test_kill_event_wire_form() -> None:
+    rec = KillRecord(5, 10, 11, 9, 0, 0, 11, 7, 2, 1, 2, 1, (13, 0, 0), 3, "ping", "/usr/bin/ping",
+                     RuleRef("a", 11, "Capabilities", "net_raw", "p"))
+    ev = to_raw_event(rec, "node", 100, "boot")
+    assert (ev.kind, ev.ts_ns, ev.path, ev.ret, ev.syscall) == ("enforce", 105, "CAP_NET_RAW", 0, "capable")
+    assert ev.extra == {"killed": True, "signal": "SIGKILL", "enforcer": "eBPF Signal", "result": "Killed (SIGKILL)",
+                        "operation": "Capabilities", "resource": "CAP_NET_RAW", "match": "net_raw",
+                        "policy": "p", "workload_id": "a"}
+    from services.feeder.kinds import access_for, kind_fields
+    acc = access_for(ev)
+    assert acc is not None and (acc.operation, acc.capability) == ("Capabilities", "net_raw")
+    assert kind_fields(ev)["Operation"] == "Capabilities"
+
+
+class Part:
+    def __init__(self, name: str, ops: frozenset[str]) -> None:
+        self.name, self.operations, self.applied, self.closed = name, ops, None, False
+
+    def probe(self):
+        return True, "ok"
+
+    def apply(self, ruleset: RuleSet) -> None:
+        self.applied = ruleset
+
+    def close(self) -> None:
+        self.closed = True
+
+    def stats(self) -> dict[str, int]:
+        return {"denied": 1}
+
+
+def test_composite_gives_each_part_its_operations() -> None:
+    fan, sig = Part("Fanotify", frozenset({"Process", "File"})), Part("eBPF Signal", frozenset({"Network"}))
+    comp = CompositeEnforcer([(fan, fan.operations), (sig, sig.operations)])
+    wl = WorkloadRules("a", 11, 0, [rule("Process", path="/x"), rule("Network", protocol="tcp")],
+                       file_posture="block")
+    comp.apply(rs(wl))
+    assert [r.operation for r in fan.applied.workloads["a"].rules] == ["Process"]
+    assert [r.operation for r in sig.applied.workloads["a"].rules] == ["Network"]
+    assert fan.applied.workloads["a"].file_posture == "block" and wl.rules[1].operation == "Network"
+    assert comp.name == "Fanotify + eBPF Signal" and comp.alert_name == "Fanotify"
+    assert comp.by_operation() == {"File": "Fanotify", "Process": "Fanotify", "Network": "eBPF Signal"}
+    assert comp.stats() == {"denied": 1, "signal_denied": 1}
+    comp.close()
+    assert fan.closed and sig.closed
+    assert restrict(rs(wl), frozenset()).workloads["a"].rules == []
