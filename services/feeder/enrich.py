@@ -13,6 +13,8 @@ Action/Result/Enforcer semantics (KubeArmor's vocabulary, see the wire contract)
 - decision ``Block`` for a workload annotated ``kubearmor-policy: audited``: Action ``Audit (Block)``.
 - decision ``Audit`` (or ``Allow``): Action as decided, Enforcer ``eBPF Monitor``; Result ``Passed``
   when ``ret >= 0`` else the errno text.
+- a kill report (kind ``enforce``, ``extra.killed``): the process was killed at the hook, not refused:
+  Action ``Block``, Enforcer and Result from the report (``eBPF Signal``, ``Killed (SIGKILL)``).
 """
 from __future__ import annotations
 
@@ -110,16 +112,21 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
                 enforcer_name: str, now_ns: int = 0) -> dict[str, Any]:
     """The alert for ``event`` as a map of KubeArmor's PascalCase fields (plus ``EventID``)."""
     action = _action(decision, workload)
-    enforced = action == "Block" and event.ret < 0
+    killed = bool(event.extra.get("killed"))
+    enforced = action == "Block" and (event.ret < 0 or killed)
+    enforcer = str(event.extra.get("enforcer") or enforcer_name) if killed else enforcer_name
+    common = _common(event, workload, cluster, now_ns)
+    if killed and event.extra.get("result"):
+        common["Result"] = str(event.extra["result"])
     return {
-        **_common(event, workload, cluster, now_ns),
+        **common,
         "PolicyName": decision.policy,
         "Severity": str(decision.severity) if decision.severity else "",
         "Tags": ",".join(decision.tags),
         "ATags": list(decision.tags),
         "Message": decision.message,
         "Type": decision.alert_type,
-        "Enforcer": (enforcer_name if enforced else MONITOR_ENFORCER),
+        "Enforcer": (enforcer if enforced else MONITOR_ENFORCER),
         "Action": action,
         "EventID": event_id_of(event),
     }

@@ -199,7 +199,7 @@ class Ingestor:
                 self.counters.inc("not_visible")
             return caught_up
         alert = build_alert(ev, workload, decision, cluster=self.cluster,
-                            enforcer_name=self.state.enforcer_name(ev.node), now_ns=now_ns)
+                            enforcer_name=self.state.enforcer_name(ev.node, access.operation), now_ns=now_ns)
         throttled, notices = self.throttler.check(alert, alert_time_ns(alert))
         if throttled:
             alert["Throttled"] = True

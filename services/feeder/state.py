@@ -57,6 +57,7 @@ class FeederState:
         self.hosts: dict[str, Workload] = {}
         self.rulesets: dict[str, RuleSet] = {}
         self.enforcers: dict[str, str] = {}
+        self.enforcers_by_operation: dict[str, dict[str, str]] = {}
         self.health: dict[tuple[str, str], HealthEntry] = {}
         self._stopped: OrderedDict[tuple[str, int], str] = OrderedDict()
         # Rules of workloads a newer RuleSet no longer lists (they stopped): an event they caused
@@ -117,6 +118,9 @@ class FeederState:
                                                    str(beat.get("status", "ok")), details)
         if service == "enforcer" and details.get("enforcer"):
             self.enforcers[node] = str(details["enforcer"])
+            by_operation = details.get("enforcers")
+            if isinstance(by_operation, dict):
+                self.enforcers_by_operation[node] = {str(k): str(v) for k, v in by_operation.items()}
 
     def workload(self, node: str, mntns: int, at_ns: int = 0) -> Workload | None:
         """The workload owning ``mntns`` on ``node`` (at time ``at_ns`` when given), or None when unknown.
@@ -148,9 +152,10 @@ class FeederState:
             return wr.rules
         return self.retired_rules.get((node, workload_id))
 
-    def enforcer_name(self, node: str) -> str:
-        """The enforcer the node reported in its heartbeat ("" when none yet)."""
-        return self.enforcers.get(node, "")
+    def enforcer_name(self, node: str, operation: str = "") -> str:
+        """The enforcer the node reported for ``operation`` (else its primary one; "" when none yet)."""
+        named = self.enforcers_by_operation.get(node, {}).get(operation) if operation else None
+        return named or self.enforcers.get(node, "")
 
 
 class StateFollower:

@@ -87,3 +87,21 @@ def test_times_and_ids() -> None:
     assert boot["Timestamp"] == TS // 10**9  # boot-time stamps are replaced by the wall clock
     assert event_id_of(_event(event_id="")) == event_id_of(_event(event_id=""))
     assert event_id_of(_event(event_id="")) != event_id_of(_event(event_id="", pid=1))
+
+
+def test_a_kill_report_says_killed_by_the_signal_enforcer() -> None:
+    ev = _event(kind="enforce", ret=0, extra={"killed": True, "enforcer": "eBPF Signal",
+                                              "result": "Killed (SIGKILL)", "operation": "Network"})
+    alert = build_alert(ev, _workload(), _decision(), cluster="default", enforcer_name="Fanotify")
+    assert (alert["Action"], alert["Enforcer"], alert["Result"]) == ("Block", "eBPF Signal", "Killed (SIGKILL)")
+
+
+def test_the_enforcer_is_named_per_operation_from_the_heartbeat() -> None:
+    from services.feeder.state import FeederState
+
+    state = FeederState()
+    state.apply_heartbeat({"service": "enforcer", "node": "n1", "details": {
+        "enforcer": "Fanotify", "enforcers": {"Process": "Fanotify", "Network": "eBPF Signal"}}})
+    assert state.enforcer_name("n1", "Network") == "eBPF Signal"
+    assert state.enforcer_name("n1", "File") == "Fanotify"
+    assert state.enforcer_name("n2") == ""
