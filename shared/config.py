@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     batch_max_events: int = 512
     batch_max_delay_ms: int = 20
     log_level: str = "INFO"
+    # Default postures (audit|block) for workloads with an allow-list; namespaces override them with
+    # the kubearmor-file-posture / -network-posture / -capabilities-posture annotations.
+    default_file_posture: str = "audit"
+    default_network_posture: str = "audit"
+    default_capabilities_posture: str = "audit"
 
     @property
     def database_url(self) -> str:

@@ -12,6 +12,20 @@
 	X(task_struct, tgid) \
 	X(task_struct, mm) \
 	X(task_struct, fs) \
+	X(task_struct, files) \
+	X(task_struct, exit_code) \
+	X(task_struct, pid) \
+	X(files_struct, fdt) \
+	X(fdtable, max_fds) \
+	X(fdtable, fd) \
+	X(file, f_inode) \
+	X(file, private_data) \
+	X(inode, i_mode) \
+	X(inode, i_uid) \
+	X(socket, sk) \
+	X(sock, sk_type) \
+	X(sock, sk_protocol) \
+	X(sock, __sk_common.skc_family) \
 	X(nsproxy, mnt_ns) \
 	X(mnt_namespace, ns.inum) \
 	X(pid_namespace, ns.inum) \

@@ -24,4 +24,33 @@ struct bw_tp_sched_process_exec {            /* sched:sched_process_exec */
 	__s32 old_pid;
 };
 
+struct bw_tp_sched_process_exit {            /* sched:sched_process_exit */
+	__u64 common;
+	char comm[16];
+	__s32 pid;
+	__s32 prio;
+	__u8 group_dead;                         /* offset 32 */
+};
+
+struct bw_tp_cap_capable {                   /* capability:cap_capable */
+	__u64 common;
+	void *cred;
+	void *target_ns;
+	void *capable_ns;
+	__s32 cap;                               /* offset 32 */
+	__s32 ret;                               /* offset 36 */
+};
+
+struct bw_tp_raw_sys_enter {                 /* raw_syscalls:sys_enter */
+	__u64 common;
+	__s64 id;                                /* offset 8 */
+	__u64 args[6];                           /* offset 16 */
+};
+
+struct bw_tp_raw_sys_exit {                  /* raw_syscalls:sys_exit */
+	__u64 common;
+	__s64 id;
+	__s64 ret;                               /* offset 16 */
+};
+
 #endif /* BW_TP_H */

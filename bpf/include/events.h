@@ -10,8 +10,22 @@
 #define BW_EVENTS_H
 
 enum bw_op {
-	BW_OP_EXEC = 1,
+	BW_OP_EXEC = 1,                          /* struct bw_exec_event */
+	BW_OP_PROC = 2,                          /* struct bw_proc_event: a process's exe, once per process */
+	BW_OP_FORK = 3,                          /* struct bw_sys_event ... */
+	BW_OP_EXIT = 4,
+	BW_OP_FILE = 5,                          /* open, unlink, rmdir, chown */
+	BW_OP_NET = 6,                           /* socket, connect, accept, bind, listen */
+	BW_OP_CAP = 7,                           /* capability:cap_capable */
+	BW_OP_SYSCALL = 8,                       /* setuid family, ptrace, mount, and wanted raw syscalls */
 };
+
+/* Visibility bits: bw_visibility maps mntns (0: any mntns not in the map) to the kinds emitted. */
+#define BW_VIS_PROCESS 1
+#define BW_VIS_FILE 2
+#define BW_VIS_NETWORK 4
+#define BW_VIS_CAPABILITIES 8
+#define BW_VIS_SYSCALL 16
 
 enum bw_syscall {
 	BW_SYS_EXECVE = 0,
@@ -71,6 +85,67 @@ struct bw_exec_event {
 	struct bw_path exe;                      /* caller's mm->exe_file */
 	struct bw_path parent_exe;               /* real_parent's mm->exe_file */
 	struct bw_path cwd;                      /* caller's fs->pwd */
+};
+
+/* Who did it: filled for every record but exec's (which predates it and keeps its own fields). */
+struct bw_task_info {
+	__u32 pid;                               /* tgid (host) */
+	__u32 tid;
+	__u32 ppid;                              /* real_parent's tgid (host) */
+	__u32 ns_pid;
+	__u32 ns_ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 mntns;
+	__u32 pidns;
+	__u32 pad;
+	__u64 cgroup_id;
+	char comm[BW_COMM_LEN];
+};
+
+/* A process's canonical executable, sent before the first record of each process (and again after
+ * an exec): user space caches it per tgid instead of every record carrying a path walk. */
+struct bw_proc_event {
+	struct bw_event_hdr hdr;
+	struct bw_task_info task;
+	struct bw_path exe;
+};
+
+#define BW_SYS_NAME_LEN 512
+#define BW_SYS_AUX_LEN 128
+
+/* struct bw_sys_event.flags */
+#define BW_SYS_F_DIR_CWD 1                   /* dir holds the cwd: name is relative to it */
+#define BW_SYS_F_DIR_FD 2                    /* dir holds the path of the dirfd (args[0]) */
+#define BW_SYS_F_NAME_FAULT 4                /* name could not be read from user memory */
+#define BW_SYS_F_NAME_TRUNC 8                /* name filled BW_SYS_NAME_LEN */
+#define BW_SYS_F_AUX_STR 16                  /* aux holds a string (mount source) */
+#define BW_SYS_F_SOCK 32                     /* args[3..5]: the fd's socket family, type, protocol */
+#define BW_SYS_F_RETRY 64                    /* internal: aux holds the name pointer and dirfd */
+#define BW_SYS_F_OPEN 128                    /* an open: at exit args[4] = owner uid of the opened file */
+#define BW_SYS_F_OWNER 256                   /* args[4] holds that owner uid */
+
+/* File, network, capability, process-lifecycle and syscall records share one layout. The record is
+ * cut after name[name_len] unless a dir path follows (hdr.size says how much was sent). args, per op:
+ *  FILE  open/openat/openat2: dirfd, flags, mode, resolve, owner uid; unlink(at)/rmdir: dirfd, at_flags;
+ *        (f/l)chown(at): dirfd, uid, gid, at_flags
+ *  NET   fd (ret for socket), addrlen, backlog|flags, family, type, protocol; aux = sockaddr
+ *  CAP   cap, -, -; ret = the check's result
+ *  FORK  child tgid, child ns pid;  EXIT  exit_code (ret too)
+ *  SYSCALL the raw arguments; name = the path argument, if the syscall has one */
+struct bw_sys_event {
+	struct bw_event_hdr hdr;
+	struct bw_task_info task;
+	__s64 ret;
+	__s64 args[6];
+	__u32 syscall;                           /* x86_64 syscall number (-1 when none) */
+	__u16 flags;                             /* BW_SYS_F_* */
+	__u16 name_len;                          /* bytes of name used, NUL included (0: none) */
+	__u16 aux_len;                           /* bytes of aux used */
+	__u16 pad[3];
+	__u8 aux[BW_SYS_AUX_LEN];
+	char name[BW_SYS_NAME_LEN];
+	struct bw_path dir;                      /* only with BW_SYS_F_DIR_*: sent in full */
 };
 
 #endif /* BW_EVENTS_H */

@@ -1,31 +1,11 @@
 /* Exec events with their result: stash the caller at sys_enter_execve{,at}, emit at sys_exit. */
 #include "events.h"
 #include "bw_tp.h"
-#include "bw_task.h"
-#include "bw_path.h"
+#include "bw_maps.h"
+#include "bw_emit.h"
 
-#define BW_RB_NO_WAKEUP 1
-#define BW_AT_FDCWD -100
-
-enum bw_exec_stat {
-	BW_STAT_LOST = 0,                        /* ring buffer full */
-	BW_STAT_NO_STASH = 1,                    /* exit without a matching enter */
-	BW_STAT_STASH_FULL = 2,                  /* could not stash at enter */
-	BW_STAT_N = 4,
-};
-
-BPF_RINGBUF_OUTPUT(bw_events, 256);
 BPF_TABLE("lru_hash", __u32, struct bw_exec_event, bw_exec_stash, 1024);
 BPF_ARRAY(bw_exec_zero, struct bw_exec_event, 1);
-BPF_PERCPU_ARRAY(bw_exec_stats, __u64, BW_STAT_N);
-
-static __always_inline void bw_stat(int idx)
-{
-	__u64 *v = bw_exec_stats.lookup(&idx);
-
-	if (v)
-		*v += 1;
-}
 
 static __always_inline int bw_exec_enter(const char *filename, __u32 syscall, __s32 dirfd, __u32 at_flags)
 {
@@ -35,7 +15,10 @@ static __always_inline int bw_exec_enter(const char *filename, __u32 syscall, __
 	struct bw_exec_event *zero = bw_exec_zero.lookup(&zero_key), *e;
 	struct task_struct *parent = NULL;
 	struct bw_ids ids = {};
+	__u32 mntns = bw_task_mntns(task);
 
+	if (!bw_visible(mntns, BW_VIS_PROCESS))
+		return 0;
 	if (!zero || bw_exec_stash.update(&tid, zero)) {
 		bw_stat(BW_STAT_STASH_FULL);
 		return 0;
@@ -59,7 +42,7 @@ static __always_inline int bw_exec_enter(const char *filename, __u32 syscall, __
 	e->ns_pid = ids.ns_pid;
 	e->ns_ppid = ids.ns_ppid;
 	e->pidns = ids.pidns;
-	e->mntns = bw_task_mntns(task);
+	e->mntns = mntns;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	long n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
 	if (n >= (long)sizeof(e->filename))
@@ -75,21 +58,19 @@ static __always_inline int bw_exec_enter(const char *filename, __u32 syscall, __
 static __always_inline int bw_exec_exit(long ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct bw_exec_event *e = bw_exec_stash.lookup(&tid), *out;
+	struct bw_exec_event *e = bw_exec_stash.lookup(&tid);
 
 	if (!e) {
 		bw_stat(BW_STAT_NO_STASH);
 		return 0;
 	}
-	out = bw_events.ringbuf_reserve(sizeof(*out));
-	if (!out) {
+	e->ret = ret;
+	if (bw_events.ringbuf_output(e, sizeof(*e), BW_RB_NO_WAKEUP)) {
 		bw_stat(BW_STAT_LOST);
-		bw_exec_stash.delete(&tid);
-		return 0;
+		bw_stat(BW_STAT_LOST_OP + BW_OP_EXEC);
+	} else {
+		bw_stat(BW_STAT_EMITTED);
 	}
-	bpf_probe_read_kernel(out, sizeof(*out), e);
-	out->ret = ret;
-	bw_events.ringbuf_submit(out, BW_RB_NO_WAKEUP);
 	bw_exec_stash.delete(&tid);
 	return 0;
 }
@@ -116,12 +97,14 @@ int bwmon_exat_exit(struct bw_tp_sys_exit *ctx)
 }
 
 /* A successful exec by a non-leader thread changes its tid to the tgid (de_thread): move the stash.
- * Also the fallback for a filename the user-space read could not fetch. */
+ * Also the fallback for a filename the user-space read could not fetch, and the end of the process's
+ * cached identity: its next record announces the new exe. */
 int bwmon_sched_ex(struct bw_tp_sched_process_exec *ctx)
 {
-	__u32 old_tid = ctx->old_pid, tid = ctx->pid;
+	__u32 old_tid = ctx->old_pid, tid = ctx->pid, tgid = bpf_get_current_pid_tgid() >> 32;
 	struct bw_exec_event *e = bw_exec_stash.lookup(&old_tid);
 
+	bw_procs.delete(&tgid);
 	if (!e)
 		return 0;
 	if (e->filename[0] == 0) {

@@ -23,7 +23,7 @@ struct bw_self_report {
 
 BPF_ARRAY(bw_self_fields, __u64, 128);       /* [2i] offsetof, [2i+1] member access */
 BPF_ARRAY(bw_self_sizes, __u64, 16);
-BPF_ARRAY(bw_self_layout, __u64, 16);
+BPF_ARRAY(bw_self_layout, __u64, 32);
 BPF_ARRAY(bw_self_report, struct bw_self_report, 1);
 
 /* bcc rewrites map calls only outside macros: the X-macros below call these. */
@@ -62,6 +62,14 @@ int bwmon_selfchk(void *ctx)
 	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, exe))
 	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, parent_exe))
 	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, cwd))
+	/* then records.SYS_LAYOUT's keys */
+	BW_X_LAYOUT(sizeof(struct bw_sys_event))
+	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, ret))
+	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, syscall))
+	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, aux))
+	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, name))
+	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, dir))
+	BW_X_LAYOUT(sizeof(struct bw_proc_event))
 
 	r = bw_self_report.lookup(&key);
 	if (!r)

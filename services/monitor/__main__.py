@@ -1,8 +1,10 @@
-"""The monitor: exec events from the kernel, batched onto ``bulwark.raw.<node>``. Wiring only."""
+"""The monitor: process, file, network, capability and syscall events from the kernel, filtered there
+by visibility, batched onto ``bulwark.raw.<node>``. Wiring only."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -16,13 +18,21 @@ from shared.subjects import raw_events
 from services.monitor.batcher import Batcher
 from services.monitor.btf import Btf
 from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
-from services.monitor.decoder import DecodeContext, boot_offset_ns, decode
-from services.monitor.loader import DEFAULT_BPF_DIR, ExecProbes, drain_loop, read_boot_id
+from services.monitor.decoder import DecodeContext, boot_offset_ns
+from services.monitor.follow import FilterFollower
+from services.monitor.loader import DEFAULT_BPF_DIR, Probes, drain_loop, read_boot_id
+from services.monitor.records import RecordDecoder
+from services.monitor.visibility import ALL
 from services.monitor.selfcheck import SelfCheckFailed, run_selfcheck
 
 log = logging.getLogger("bulwark.monitor")
 
 SERVICE = "monitor"
+
+
+def _setting(settings: Settings, name: str, default: str) -> str:
+    """A visibility default: from Settings if it has it, else ``BULWARK_<NAME>`` (the feeder's)."""
+    return str(getattr(settings, name, None) or os.environ.get(f"BULWARK_{name.upper()}", default))
 
 
 def prepare_kernel_side(settings: Settings) -> None:
@@ -45,43 +55,68 @@ async def run(settings: Settings) -> int:
     await ensure_streams(js)
     boot_id = read_boot_id()
     ctx = DecodeContext(settings.node_name, boot_id, boot_offset_ns())
-    counters = Counters(decode_errors=0, lost_kernel=0)
+    counters = Counters(decode_errors=0, lost_kernel=0, lost_kernel_proc=0, exe_from_proc=0)
 
     async def publish(subject: str, payload: bytes, msg_id: str) -> None:
         await js.publish(subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
 
     batcher = Batcher(publish, raw_events(settings.node_name), settings.node_name, counters,
                       max_events=settings.batch_max_events, max_delay=settings.batch_max_delay_ms / 1000,
+                      queue_size=max(16384, 32 * settings.batch_max_events),
                       msg_id_prefix=f"{settings.node_name}:{boot_id}:{time.time_ns()}")
+
+    decoder = RecordDecoder(ctx)
+    feed, offer = decoder.feed, batcher.offer
 
     def on_record(data: bytes) -> None:
         try:
-            batcher.offer(decode(data, ctx))
+            event = feed(data)
         except DecodeError as exc:
             counters.inc("decode_errors")
             log.warning("undecodable record", extra={"error": str(exc)})
+            return
+        if event is not None:
+            offer(event)
 
     def details() -> dict[str, Any]:
-        return {"status": "ok", **counters}
+        counters["exe_from_proc"] = decoder.procs.misses
+        counters["proc_records"] = decoder.procs.records
+        counters["queued"] = batcher.queued()
+        return {"status": "ok", "missing_tracepoints": probes.missing, **counters}
 
-    probes = ExecProbes()
+    probes = Probes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")))
+
+    def apply_filters(masks: dict[int, int], wanted: dict[int, int], owner: bool) -> None:
+        probes.set_visibility(masks)
+        probes.set_syscalls(wanted)
+        probes.set_config(owner=owner)
+
+    follower = FilterFollower(settings.node_name, apply_filters,
+                              counters, containers=_setting(settings, "visibility_containers",
+                                                            "process,file,network,capabilities"),
+                              hosts=_setting(settings, "visibility_hosts", "none"))
     drain = asyncio.Event()
     batch_task = asyncio.create_task(batcher.run(drain))
     beat_task: asyncio.Task[None] | None = None
     try:
         probes.open(on_record)
+        probes.set_visibility({0: ALL})   # everything until the node's rule set says otherwise
+        probes.set_config(owner=True)
+        await follower.start(js)
         beat_task = asyncio.create_task(
             heartbeat_loop(nc, SERVICE, settings.node_name, settings.heartbeat_seconds, details, stop))
         log.info("monitor running", extra={"node": settings.node_name})
-        await drain_loop(probes, stop, counters)
+        await drain_loop(probes, stop, counters,
+                         hold=lambda: batcher.queued() > batcher.queue_size // 2)
     finally:
         stop.set()
+        await follower.stop()
         probes.cleanup()
         drain.set()
         try:
             await asyncio.wait_for(batch_task, timeout=10)
         except asyncio.TimeoutError:
-            log.error("batches still unsent at exit", extra={"queued": batcher.queue.qsize()})
+            log.error("batches still unsent at exit", extra={"queued": batcher.queued()})
         if beat_task is not None:
             await beat_task
         await nc.drain()

@@ -1,6 +1,7 @@
 """Bounded queue -> batches -> JetStream, with every kind of loss counted.
 
 ``offer`` never blocks (the ring-buffer drain calls it): a full queue drops and counts ``lost_queue``.
+Events are RawEvents or, on the fast path, their wire maps already (the decoder builds those).
 ``run`` sends a batch when it holds ``max_events`` or its oldest event is ``max_delay`` old, retries a
 failed publish a bounded number of times (same message id, so JetStream drops duplicates), then
 counts the batch's events as ``lost_publish``.
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from shared.codec import pack
 from shared.lifecycle import Counters
-from shared.schemas.events import RawBatch, RawEvent
+from shared.schemas.events import RawEvent
 
 __all__ = ["Batcher", "Publish"]
 
@@ -28,7 +31,8 @@ class Batcher:
 
     def __init__(self, publish: Publish, subject: str, node: str, counters: Counters, *,
                  max_events: int = 512, max_delay: float = 0.02, queue_size: int = 16384,
-                 retries: int = 3, retry_delay: float = 0.1, msg_id_prefix: str = "") -> None:
+                 retries: int = 3, retry_delay: float = 0.1, msg_id_prefix: str = "",
+                 max_bytes: int = 900_000) -> None:
         self.publish = publish
         self.subject = subject
         self.node = node
@@ -38,55 +42,77 @@ class Batcher:
         self.retries = retries
         self.retry_delay = retry_delay
         self.msg_id_prefix = msg_id_prefix or node
-        self.queue: asyncio.Queue[RawEvent] = asyncio.Queue(maxsize=queue_size)
+        self.max_bytes = max_bytes  # below NATS's default max_payload (1 MiB)
+        self.queue_size = queue_size
+        self.queue: deque[RawEvent | dict[str, Any]] = deque()
         self._wake = asyncio.Event()
         self._seq = 0
         for name in ("events", "batches", "lost_queue", "lost_publish", "publish_errors"):
             counters.setdefault(name, 0)
 
-    def offer(self, event: RawEvent) -> bool:
+    def offer(self, event: RawEvent | dict[str, Any]) -> bool:
         """Queue an event without waiting; False (and counted) when the queue is full."""
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.counters.inc("lost_queue")
+        if len(self.queue) >= self.queue_size:
+            self.counters["lost_queue"] += 1
             return False
-        self.counters.inc("events")
-        self._wake.set()
+        self.queue.append(event)
+        self.counters["events"] += 1
+        if len(self.queue) >= self.max_events or len(self.queue) == 1:
+            self._wake.set()
         return True
+
+    def queued(self) -> int:
+        """Events waiting to be batched."""
+        return len(self.queue)
 
     async def run(self, drain: asyncio.Event) -> None:
         """Batch and publish until ``drain`` is set and everything queued has been sent."""
         loop = asyncio.get_running_loop()
-        pending: list[RawEvent] = []
+        pending: list[RawEvent | dict[str, Any]] = []
         first_at = 0.0
         while True:
-            while len(pending) < self.max_events and not self.queue.empty():
+            if self.queue and len(pending) < self.max_events:
                 if not pending:
                     first_at = loop.time()
-                pending.append(self.queue.get_nowait())
+                take = min(self.max_events - len(pending), len(self.queue))
+                popleft = self.queue.popleft
+                pending.extend(popleft() for _ in range(take))
             draining = drain.is_set()
             if pending and (len(pending) >= self.max_events or draining
                             or loop.time() - first_at >= self.max_delay):
                 await self._send(pending)
                 pending = []
                 continue
-            if draining and not pending and self.queue.empty():
+            if draining and not pending and not self.queue:
                 return
             timeout = self.max_delay - (loop.time() - first_at) if pending else 0.05
             self._wake.clear()
-            if self.queue.empty():
+            if not self.queue:
                 try:
                     await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
                 except asyncio.TimeoutError:
                     pass
 
-    async def _send(self, events: list[RawEvent]) -> None:
+    async def _send(self, events: list[RawEvent | dict[str, Any]]) -> None:
+        wire = [e if isinstance(e, dict) else e.to_wire() for e in events]
+        payload = self._pack(wire, self._seq + 1)
+        if len(payload) > self.max_bytes and len(wire) > 1:   # too big for one message: halves
+            half = len(wire) // 2
+            await self._send(wire[:half])
+            await self._send(wire[half:])
+            return
         self._seq += 1
-        batch = RawBatch(node=self.node, seq=self._seq, events=[e.to_wire() for e in events],
-                         lost_kernel=self.counters.get("lost_kernel", 0),
-                         lost_queue=self.counters.get("lost_queue", 0))
-        payload = pack(batch.to_wire())
+        await self._publish(payload, len(wire))
+
+    def _pack(self, wire: list[dict[str, Any]], seq: int) -> bytes:
+        batch = {  # RawBatch's wire map, built directly (dataclasses.asdict would copy every event)
+            "node": self.node, "seq": seq, "events": wire,
+            "lost_kernel": self.counters.get("lost_kernel", 0) + self.counters.get("lost_kernel_proc", 0),
+            "lost_queue": self.counters.get("lost_queue", 0),
+        }
+        return pack(batch)
+
+    async def _publish(self, payload: bytes, count: int) -> None:
         msg_id = f"{self.msg_id_prefix}:{self._seq}"
         for attempt in range(self.retries + 1):
             try:
@@ -98,8 +124,8 @@ class Batcher:
             except Exception as exc:
                 self.counters.inc("publish_errors")
                 log.warning("publish failed", extra={"attempt": attempt + 1, "error": repr(exc),
-                                                     "events": len(events)})
+                                                     "events": count})
                 if attempt < self.retries:
                     await asyncio.sleep(self.retry_delay * (2 ** attempt))
-        self.counters.inc("lost_publish", len(events))
-        log.error("batch lost after retries", extra={"events": len(events), "seq": self._seq})
+        self.counters.inc("lost_publish", count)
+        log.error("batch lost after retries", extra={"events": count, "seq": self._seq})

@@ -1,27 +1,67 @@
-"""Load, attach and detach the exec programs; drain their ring buffer without blocking."""
+"""Load, attach and detach the monitor's programs; drain their ring buffer without blocking.
+
+All programs are one compile unit (bpf/monitor.c) so they share one ring buffer, one set of kernel
+counters, the visibility map and the per-process cache. A tracepoint this kernel lacks is skipped
+and listed in :attr:`Probes.missing` (e.g. openat2 on old kernels); the exec ones are required.
+"""
 from __future__ import annotations
 
 import asyncio
 import ctypes as ct
 import logging
+import mmap
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "drain_loop", "ATTACHMENTS"]
+from services.monitor.ringbuf import RingBuffer
+
+__all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "drain_loop", "ATTACHMENTS",
+           "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source"]
 
 log = logging.getLogger("bulwark.monitor.loader")
 
 DEFAULT_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-# (tracepoint, program) pairs; program names are what `bpftool prog show` lists (15 chars max)
+TRACEFS = Path("/sys/kernel/tracing")
+RB_PAGES = 4096  # 16 MiB ring buffer
+
+_SYS = "syscalls:sys_{}_{}"
+# (tracepoint, program); "raw:" = raw tracepoint. Program names are what `bpftool prog show` lists.
 ATTACHMENTS: tuple[tuple[str, str], ...] = (
     ("syscalls:sys_enter_execve", "bwmon_ex_enter"),
     ("syscalls:sys_enter_execveat", "bwmon_exat_ent"),
     ("syscalls:sys_exit_execve", "bwmon_ex_exit"),
     ("syscalls:sys_exit_execveat", "bwmon_exat_exit"),
     ("sched:sched_process_exec", "bwmon_sched_ex"),
+    ("raw:sched_process_fork", "bwmon_fork"),
+    ("sched:sched_process_exit", "bwmon_exit"),
+    ("capability:cap_capable", "bwmon_capable"),
+    *((_SYS.format("enter", name), prog) for name, prog in (
+        ("open", "bwmon_open_e"), ("openat", "bwmon_openat_e"), ("openat2", "bwmon_opat2_e"),
+        ("unlink", "bwmon_unlink_e"), ("rmdir", "bwmon_unlink_e"), ("unlinkat", "bwmon_unlnkat_e"),
+        ("chown", "bwmon_chown_e"), ("lchown", "bwmon_chown_e"), ("fchown", "bwmon_fchown_e"),
+        ("fchownat", "bwmon_fchowat_e"),
+        ("socket", "bwmon_socket_e"), ("connect", "bwmon_connect_e"), ("bind", "bwmon_connect_e"),
+        ("listen", "bwmon_listen_e"), ("accept", "bwmon_accept_e"), ("accept4", "bwmon_accept4_e"),
+        ("setuid", "bwmon_setid1_e"), ("setgid", "bwmon_setid1_e"), ("setreuid", "bwmon_setid2_e"),
+        ("setregid", "bwmon_setid2_e"), ("setresuid", "bwmon_setid3_e"), ("setresgid", "bwmon_setid3_e"),
+        ("ptrace", "bwmon_setid2_e"), ("mount", "bwmon_mount_e"), ("umount", "bwmon_umount_e"),
+    )),
+    *((_SYS.format("exit", name), "bwmon_sys_x") for name in (
+        "open", "openat", "openat2", "unlink", "rmdir", "unlinkat", "chown", "lchown", "fchown",
+        "fchownat", "socket", "connect", "bind", "listen", "setuid", "setgid", "setreuid", "setregid",
+        "setresuid", "setresgid", "ptrace", "mount", "umount")),
+    (_SYS.format("exit", "accept"), "bwmon_accept_x"),
+    (_SYS.format("exit", "accept4"), "bwmon_accept_x"),
 )
-_STAT_LOST, _STAT_NO_STASH, _STAT_STASH_FULL = 0, 1, 2
+REQUIRED = frozenset(tp for tp, _ in ATTACHMENTS[:5])
+RAW_SYSCALLS = (("raw_syscalls:sys_enter", "bwmon_raw_e"), ("raw_syscalls:sys_exit", "bwmon_raw_x"))
+# bw_stats indices (enum bw_stat in bpf/include/bw_maps.h)
+STATS = {"lost_kernel": 0, "exit_without_enter": 1, "stash_failed": 2, "lost_kernel_proc": 3,
+         "filtered_kernel": 4, "stale_stash": 5, "emitted_kernel": 6}
+_STAT_LOST_OP, _STAT_N = 8, 24
 
 
 def read_boot_id() -> str:
@@ -29,76 +69,172 @@ def read_boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-class ExecProbes:
-    """The exec tracepoint programs of one monitor: ``open`` attaches, ``cleanup`` detaches all."""
+def monitor_source(bpf_dir: Path) -> str:
+    """bpf/monitor.c with every ``#include "..."`` of our tree inlined, once each: bcc only loads
+    programs, and rewrites map calls, that are in the main file."""
+    seen: set[Path] = set()
 
-    def __init__(self, bpf_dir: Path = DEFAULT_BPF_DIR) -> None:
+    def inline(path: Path) -> list[str]:
+        out = []
+        for line in path.read_text().splitlines():
+            found = re.fullmatch(r'#include "([\w/.]+)"', line.strip())
+            if not found:
+                out.append(line)
+                continue
+            target = next((d / found.group(1) for d in (path.parent, bpf_dir / "include", bpf_dir)
+                           if (d / found.group(1)).is_file()), None)
+            if target is None:
+                out.append(line)
+            elif target.resolve() not in seen:
+                seen.add(target.resolve())
+                out.extend(inline(target))
+        return out
+
+    return "\n".join(inline(bpf_dir / "monitor.c")) + "\n"
+
+
+def tracepoint_exists(tp: str) -> bool:
+    """Whether ``group:name`` (or ``raw:name``, checked as any sched/... event of that name) exists."""
+    if tp.startswith("raw:"):
+        name = tp[4:]
+        return any((d / name).is_dir() for d in (TRACEFS / "events").iterdir())
+    group, name = tp.split(":")
+    return (TRACEFS / "events" / group / name).is_dir()
+
+
+class Probes:
+    """The monitor's programs: ``open`` attaches, ``cleanup`` detaches all (also on failure)."""
+
+    def __init__(self, bpf_dir: Path = DEFAULT_BPF_DIR, rb_pages: int = RB_PAGES) -> None:
         self.bpf_dir = bpf_dir
+        self.rb_pages = rb_pages
+        self.missing: list[str] = []
+        self.attached = 0
         self._bpf: Any = None
+        self._ring: RingBuffer | None = None
+        self._on_record: Callable[[bytes], None] = lambda _data: None
+        self._raw_attached = False
 
     def open(self, on_record: Callable[[bytes], None]) -> None:
         """Compile, attach every tracepoint and open the ring buffer (``on_record`` gets raw bytes)."""
         from bcc import BPF  # imported late: bcc reads BCC_KERNEL_SOURCE when it compiles
 
-        self._bpf = BPF(src_file=str(self.bpf_dir / "process/exec.c").encode(),
-                        cflags=[f"-I{self.bpf_dir / 'include'}"])
+        self._bpf = BPF(text=monitor_source(self.bpf_dir).encode(),
+                        cflags=[f"-I{self.bpf_dir / 'include'}", f"-I{self.bpf_dir}",
+                                f"-DBW_RB_PAGES={self.rb_pages}", f"-DBW_MONITOR_TGID={os.getpid()}"])
         try:
             for tp, fn in ATTACHMENTS:
-                self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
-
-            def callback(_ctx: Any, data: Any, size: int) -> int:
-                try:
-                    on_record(ct.string_at(data, size))
-                except Exception:  # never let one record break the drain
-                    log.exception("ring buffer callback failed")
-                return 0
-
-            self._bpf[b"bw_events"].open_ring_buffer(callback)
+                self._attach(tp, fn)
+            self._ring = RingBuffer(self._bpf[b"bw_events"].map_fd, self.rb_pages * mmap.PAGESIZE)
+            self._on_record = on_record
         except Exception:
             self.cleanup()
             raise
-        log.info("exec probes attached", extra={"programs": len(ATTACHMENTS)})
+        log.info("monitor probes attached", extra={"programs": self.attached, "missing": self.missing})
 
-    def drain(self) -> None:
-        """Hand every record waiting in the ring buffer to the callback; never waits."""
-        if self._bpf is not None:
-            self._bpf.ring_buffer_consume()
+    def _attach(self, tp: str, fn: str) -> None:
+        if not tracepoint_exists(tp):
+            if tp in REQUIRED:
+                raise RuntimeError(f"tracepoint {tp} is missing")
+            self.missing.append(tp)
+            return
+        if tp.startswith("raw:"):
+            self._bpf.attach_raw_tracepoint(tp=tp[4:].encode(), fn_name=fn.encode())
+        else:
+            self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+        self.attached += 1
 
-    def _stat(self, index: int) -> int:
-        if self._bpf is None:
+    def set_visibility(self, masks: dict[int, int]) -> None:
+        """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits."""
+        table = self._bpf[b"bw_visibility"]
+        for key in list(table.keys()):
+            if int(key.value) not in masks:
+                del table[key]
+        for mntns, mask in masks.items():
+            table[ct.c_uint(mntns)] = ct.c_uint(mask)
+
+    def set_config(self, owner: bool) -> None:
+        """Kernel options: ``owner`` = read the owner uid of every opened file (ownerOnly rules)."""
+        self._bpf[b"bw_config"][ct.c_int(0)] = ct.c_uint(1 if owner else 0)
+
+    def set_syscalls(self, wanted: dict[int, int]) -> None:
+        """Syscall nr -> bw_sys_wanted value; raw_syscalls are attached only while any is wanted."""
+        table = self._bpf[b"bw_sys_wanted"]
+        for nr in range(512):
+            value = wanted.get(nr, 0)
+            if table[ct.c_int(nr)].value != value:
+                table[ct.c_int(nr)] = ct.c_ubyte(value)
+        if wanted and not self._raw_attached:
+            for tp, fn in RAW_SYSCALLS:
+                self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            self._raw_attached = True
+        elif not wanted and self._raw_attached:
+            for tp, _fn in RAW_SYSCALLS:
+                self._bpf.detach_tracepoint(tp=tp.encode())
+            self._raw_attached = False
+
+    def drain(self, limit: int = 1 << 30) -> int:
+        """Hand up to ``limit`` waiting records to the callback; never waits. Returns how many."""
+        if self._ring is None:
             return 0
-        return int(sum(self._bpf[b"bw_exec_stats"][ct.c_int(index)]))
+        return self._ring.consume(self._handle, limit)
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            self._on_record(data)
+        except Exception:  # never let one record break the drain
+            log.exception("ring buffer record handler failed")
+
+    def kernel_stats(self) -> dict[str, int]:
+        """Every kernel-side counter (summed over CPUs): losses, filtered, emitted."""
+        if self._bpf is None:
+            return {}
+        table = self._bpf[b"bw_stats"]
+        values = [int(sum(table[ct.c_int(i)])) for i in range(_STAT_N)]
+        out = {name: values[i] for name, i in STATS.items()}
+        for op, name in _OP_NAMES.items():
+            if values[_STAT_LOST_OP + op]:
+                out[f"lost_kernel_{name}"] = values[_STAT_LOST_OP + op]
+        return out
 
     def lost_kernel(self) -> int:
         """Records the kernel could not put in the ring buffer (it was full), since start."""
-        return self._stat(_STAT_LOST)
-
-    def kernel_stats(self) -> dict[str, int]:
-        """Every kernel-side counter: lost records, exits without an enter, stash failures."""
-        return {"lost_kernel": self._stat(_STAT_LOST), "exit_without_enter": self._stat(_STAT_NO_STASH),
-                "stash_failed": self._stat(_STAT_STASH_FULL)}
+        stats = self.kernel_stats()
+        return stats.get("lost_kernel", 0) + stats.get("lost_kernel_proc", 0)
 
     def cleanup(self) -> None:
         """Detach every program and free the ring buffer; safe to call twice."""
         bpf, self._bpf = self._bpf, None
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
         if bpf is not None:
             bpf.cleanup()
-            log.info("exec probes detached")
+            log.info("monitor probes detached")
 
 
-async def drain_loop(probes: ExecProbes, stop: asyncio.Event, stats: dict[str, int],
-                     interval: float = 0.005) -> None:
+_OP_NAMES = {1: "exec", 3: "fork", 4: "exit", 5: "file", 6: "network", 7: "capability", 8: "syscall"}
+ExecProbes = Probes  # the walking skeleton's name
+
+
+async def drain_loop(probes: Probes, stop: asyncio.Event, stats: dict[str, int],
+                     interval: float = 0.005, chunk: int = 2048,
+                     hold: Callable[[], bool] = lambda: False) -> None:
     """Drain the ring buffer every ``interval`` s until ``stop``, then once more; refresh kernel stats.
 
     The programs submit with BPF_RB_NO_WAKEUP (no epoll wake-ups, far cheaper for the traced
-    process), so the buffer is consumed on a timer rather than polled.
+    process), so the buffer is consumed on a timer rather than polled. At most ``chunk`` records are
+    taken before yielding to the event loop, so batches are published while a burst is drained;
+    while ``hold()`` is true (the publisher is behind) records wait in the kernel's buffer.
     """
-    ticks = 0
+    loop = asyncio.get_running_loop()
+    next_stats = loop.time()
     while not stop.is_set():
-        probes.drain()
-        ticks += 1
-        if ticks % 50 == 0:
+        taken = 0 if hold() else probes.drain(chunk)
+        if loop.time() >= next_stats:
             stats.update(probes.kernel_stats())
-        await asyncio.sleep(interval)
-    probes.drain()
+            next_stats = loop.time() + 0.25
+        await asyncio.sleep(0 if taken >= chunk else interval)
+    while probes.drain(chunk) >= chunk:
+        await asyncio.sleep(0)
     stats.update(probes.kernel_stats())

@@ -18,6 +18,7 @@ from typing import Any
 from shared.errors import BulwarkError
 from services.monitor.btf import Btf, BtfError
 from services.monitor.decoder import EXEC_LAYOUT, decode_path
+from services.monitor.records import SYS_LAYOUT
 
 __all__ = ["SelfCheckFailed", "SelfReport", "parse_field_list", "compare_offsets",
            "check_tracepoint_formats", "run_selfcheck"]
@@ -35,7 +36,12 @@ TRACEPOINT_FIELDS: dict[str, dict[str, int]] = {
     "syscalls/sys_exit_execve": {"ret": 16},
     "syscalls/sys_exit_execveat": {"ret": 16},
     "sched/sched_process_exec": {"filename": 8, "pid": 12, "old_pid": 16},
+    "sched/sched_process_exit": {"pid": 24, "group_dead": 32},
+    "capability/cap_capable": {"cap": 32, "ret": 36},
+    "raw_syscalls/sys_enter": {"id": 8, r"args\[6\]": 16},
+    "raw_syscalls/sys_exit": {"id": 8, "ret": 16},
 }
+_ARG_RE = re.compile(r"field:[^;]*?(\w+);\s*offset:(\d+);\s*size:(\d+);")
 
 
 class SelfCheckFailed(BulwarkError):
@@ -95,6 +101,24 @@ def check_tracepoint_formats(tracefs: Path = Path("/sys/kernel/tracing")) -> lis
             found = re.search(rf"field:[^;]*\b{name};\s*offset:(\d+);", text)
             if not found or int(found.group(1)) != off:
                 problems.append(f"{tp}.{name}: format says {found and found.group(1)}, we read {off}")
+    problems += check_syscall_slots(tracefs)
+    return problems
+
+
+def check_syscall_slots(tracefs: Path = Path("/sys/kernel/tracing")) -> list[str]:
+    """Every syscalls:* tracepoint we attach: arguments in 8-byte slots from offset 16 (bw_tp.h)."""
+    from services.monitor.loader import ATTACHMENTS
+
+    problems = []
+    for tp in sorted({tp for tp, _ in ATTACHMENTS if tp.startswith("syscalls:")}):
+        fmt = tracefs / "events" / tp.replace(":", "/") / "format"
+        if not fmt.exists():
+            continue  # optional tracepoints the loader skips
+        fields = [(n, int(o), int(z)) for n, o, z in _ARG_RE.findall(fmt.read_text())
+                  if not n.startswith("common_")]
+        want = [("__syscall_nr", 8, 4)] + [(n, 16 + 8 * i, 8) for i, (n, _o, _z) in enumerate(fields[1:])]
+        if fields != want:
+            problems.append(f"{tp}: fields {fields}, expected 8-byte slots from 16")
     return problems
 
 
@@ -130,15 +154,15 @@ def run_selfcheck(bpf_dir: Path, btf: Btf) -> SelfReport:
         flat = _read_array(bpf[b"bw_self_fields"], 2 * len(fields))
         compiled = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(fields))]
         compiled_sizes = _read_array(bpf[b"bw_self_sizes"], len(sizes))
-        layout = _read_array(bpf[b"bw_self_layout"], len(EXEC_LAYOUT))
+        layout = _read_array(bpf[b"bw_self_layout"], len(EXEC_LAYOUT) + len(SYS_LAYOUT))
         raw_obj = bpf[b"bw_self_report"][ct.c_int(0)]
         raw = ct.string_at(ct.addressof(raw_obj), ct.sizeof(raw_obj))
     finally:
         bpf.cleanup()
     problems += compare_offsets(btf, fields, compiled, sizes, compiled_sizes)
-    for (name, want), got in zip(EXEC_LAYOUT.items(), layout, strict=True):
+    for (name, want), got in zip([*EXEC_LAYOUT.items(), *SYS_LAYOUT.items()], layout, strict=True):
         if got != want:
-            problems.append(f"bw_exec_event.{name}: compiled {got}, decoder expects {want}")
+            problems.append(f"layout {name}: compiled {got}, decoder expects {want}")
     seen, tgid, mntns, pidns, ns_pid, _ = _REPORT_HEAD.unpack_from(raw, 0)
     base = _REPORT_HEAD.size
     if not seen:

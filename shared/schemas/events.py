@@ -8,10 +8,27 @@ from shared.schemas._wire import from_map, to_map
 
 __all__ = ["RawEvent", "RawBatch", "EVENT_KINDS"]
 
-# kind -> KubeArmor Operation
+# kind -> KubeArmor Operation. What each kind carries (besides the common fields):
+#   exec        path = program asked for (resolved), exe/parent_exe = caller's, cwd, syscall execve(at)
+#   fork, exit  path = exe; fork: ret = child pid, extra child_pid/child_ns_pid; exit: ret = wait
+#               status, extra exit_code/signal
+#   file        open/openat/openat2 (flags = O_* flags, extra mode, owner_uid), unlink/unlinkat/rmdir
+#               (flags = AT_REMOVEDIR), (f/l)chown/fchownat (extra owner_uid/owner_gid); path resolved
+#               against cwd (set) or the dirfd (extra dirfd); extra filename = the name as given
+#   network     socket/connect/bind/listen/accept/accept4; extra fd, family, type, protocol (TCP,
+#               UDP, ICMP, ICMPv6, SCTP, RAW; stream/dgram/... for other families), addr/port of the
+#               sockaddr (peer for connect/accept, local for bind); path = "addr:port" or a unix path
+#   capability  path = CAP_X, extra cap (number), capability (net_raw); ret = the check's result
+#   syscall     setuid family (extra ids), ptrace (extra request, target_pid), mount (path = target,
+#               extra source, fstype; flags), umount2, and syscalls a policy names (extra args, path
+#               = its path argument)
+# "open" is kept for compatibility; the monitor sends opens as kind "file".
 EVENT_KINDS: dict[str, str] = {
     "exec": "Process",
+    "fork": "Process",
+    "exit": "Process",
     "open": "File",
+    "file": "File",
     "network": "Network",
     "capability": "Capabilities",
     "syscall": "Syscall",

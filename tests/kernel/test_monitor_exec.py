@@ -30,6 +30,20 @@ SH = os.path.realpath("/usr/bin/sh")           # /usr/bin/dash on Debian
 UNSHARE = os.path.realpath("/usr/bin/unshare")
 
 
+def prog_ids_of(pid: int) -> set[int]:
+    """Ids of the BPF programs process ``pid`` holds (from its fds' fdinfo)."""
+    ids = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
 def our_programs() -> list[dict[str, Any]]:
     """Loaded BPF programs of the monitor (names start with bwmon_)."""
     out = subprocess.run(["bpftool", "prog", "show", "-j"], check=True, capture_output=True, text=True)
@@ -41,6 +55,14 @@ class Monitor:
 
     def __init__(self, proc: subprocess.Popen[bytes], nc: Any, raw_sub: Any, log: Path) -> None:
         self.proc, self.nc, self.raw_sub, self.log = proc, nc, raw_sub, log
+
+    async def flush(self, quiet: float = 0.5) -> None:
+        """Drop every raw batch received until none arrives for ``quiet`` seconds."""
+        while True:
+            try:
+                await self.raw_sub.next_msg(timeout=quiet)
+            except Exception:  # nats TimeoutError: quiet
+                return
 
     async def events_until(self, done: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Collect raw events until ``done(events)`` is true (or fail after ``timeout``)."""
@@ -58,19 +80,25 @@ class Monitor:
 
 
 @pytest.fixture
-async def monitor(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Monitor]:
+async def monitor(nats_server: NatsServer, tmp_path: Path, request: Any) -> AsyncIterator[Monitor]:
+    """The monitor service; a test parametrized with ``monitor_env`` adds those variables."""
     require_root()
+    callspec = getattr(request.node, "callspec", None)
+    extra_env = callspec.params.get("monitor_env", {}) if callspec is not None else {}
     before = {p["id"] for p in our_programs()}
     nc = await connect(nats_server.url, "test")
     beats = await nc.subscribe(health("monitor", NODE))
     raw_sub = await nc.subscribe(raw_events(NODE))
     log = tmp_path / "monitor.log"
     env = {**os.environ, "BULWARK_NATS_URL": nats_server.url, "BULWARK_NODE_NAME": NODE,
-           "BULWARK_DATA_DIR": str(tmp_path / "data")}
+           "BULWARK_DATA_DIR": str(tmp_path / "data"), **extra_env}
     with log.open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "services.monitor"], cwd=REPO, env=env, stderr=err)
+    loaded: set[int] = set()
     try:
         await beats.next_msg(timeout=120)   # the first heartbeat comes once programs are attached
+        loaded = prog_ids_of(proc.pid)
+        assert len(loaded) >= 25, loaded
         yield Monitor(proc, nc, raw_sub, log)
     finally:
         if proc.poll() is None:
@@ -81,8 +109,7 @@ async def monitor(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Moni
             proc.kill()
             rc = proc.wait()
         await nc.close()
-        left = [p for p in our_programs() if p["id"] not in before or proc.pid in
-                [x.get("pid") for x in p.get("pids", [])]]
+        left = [p for p in our_programs() if p["id"] in loaded]   # others' monitors may run meanwhile
         assert not left, f"BPF programs left attached: {left}"
         assert rc == 0, log.read_text()[-3000:]
 
@@ -107,7 +134,7 @@ async def test_exec_events_in_new_namespaces(monitor: Monitor, tmp_path: Path) -
     assert mntns != os.stat("/proc/self/ns/mnt").st_ino and "Permission denied" in out.stderr
 
     def mine(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [e for e in events if e["pidns"] == pidns]
+        return [e for e in events if e["pidns"] == pidns and e["kind"] == "exec"]
 
     events = await monitor.events_until(lambda evs: len(
         [e for e in mine(evs) if e["path"] in ("/usr/bin/true", str(notexec))]) >= 4)

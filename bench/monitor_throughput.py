@@ -1,0 +1,152 @@
+"""Events per second from the kernel to NATS (JetStream) with zero loss, and the loss accounting
+under an overload.
+
+1. Zero-loss throughput: a C generator does open+close pairs at a paced rate in its own mount
+   namespace (each open = one file event; the host's own events are filtered in the kernel by an
+   empty rule set). For each rate the monitor's heartbeat counters give the events it published
+   and every loss counter; the rate delivered is events / time until the last one was published.
+   At the end every batch in the stream is read back and its events counted.
+2. Overload: a 64 KiB ring buffer and two unpaced generators. The counters must account for every
+   record: kernel attempts = emitted + lost_kernel; emitted = events + lost_queue + process records
+   + decode errors; events - lost_publish = events in the stream.
+Run as root: ``.venv/bin/python bench/monitor_throughput.py [--seconds 4] [--rates 100000,200000]``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from monitor_common import MonitorStack, build_loadgen
+
+from shared.codec import pack, unpack
+from shared.schemas.rules import RuleSet
+from shared.subjects import RAW, RULES, raw_events, rules_for_node
+
+LOSSES = ("lost_kernel", "lost_kernel_proc", "lost_queue", "lost_publish", "decode_errors")
+
+
+async def quiet_host(stack: MonitorStack) -> None:
+    """An empty rule set: host events filtered in the kernel, unknown namespaces (the generator) not."""
+    empty = RuleSet(node="bench", version=1, policy_seq=1, identity_seq=1)
+    await stack.nc.jetstream().publish(rules_for_node("bench"), pack(empty.to_wire()), stream=RULES.name)
+    while (await stack.heartbeat()).get("rules_version") != 1:
+        pass
+
+
+async def watch_until_idle(stack: MonitorStack, started: float, gen: subprocess.Popen[str],
+                          idle: float = 1.0) -> tuple[dict, float]:
+    """Heartbeats until the generator ended and ``events`` stopped growing (or grows only by the
+    trickle of other processes); (last beat, time of the last big growth - start)."""
+    last, last_change, beat = -1, time.monotonic(), {}
+    while gen.poll() is None or time.monotonic() - last_change < idle:
+        beat = await stack.heartbeat()
+        if last < 0 or beat.get("events", 0) - last > 500 or beat.get("queued"):
+            last_change = time.monotonic()
+        last = beat.get("events", 0)
+    return beat, last_change - idle / 2 - started   # a change is seen up to one beat (0.2 s) late
+
+
+async def stream_events(stack: MonitorStack) -> tuple[int, int]:
+    """(batches, events) stored in the RAW stream."""
+    js = stack.nc.jetstream()
+    sub = await js.pull_subscribe(raw_events("bench"), stream=RAW.name)
+    batches = events = 0
+    while True:
+        try:
+            msgs = await sub.fetch(64, timeout=1.0)
+        except Exception:
+            break
+        for msg in msgs:
+            batches += 1
+            events += len(unpack(msg.data)["events"])
+            await msg.ack()
+    return batches, events
+
+
+def start_gen(binary: str, target: str, ops: int, rate: int = 0) -> subprocess.Popen[str]:
+    cmd = ["unshare", "--mount", binary, "openclose", str(ops), target] + ([str(rate)] if rate else [])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+async def zero_loss(binary: str, target: str, rates: list[int], seconds: float) -> None:
+    stack = MonitorStack({"BULWARK_BATCH_MAX_EVENTS": "1536", "BULWARK_BATCH_MAX_DELAY_MS": "50",
+                          "BULWARK_HEARTBEAT_SECONDS": "0.2"})
+    try:
+        await stack.start()
+        await quiet_host(stack)
+        prev = await stack.settle()
+        print("paced rate   delivered/s   events    batches  losses   (kernel emitted, publish errors)")
+        for rate in rates:
+            ops = int(rate * seconds)
+            started = time.monotonic()
+            gen = start_gen(binary, target, ops, rate)
+            beat, took = await watch_until_idle(stack, started, gen)
+            gen.wait()
+            got = beat["events"] - prev["events"]
+            lost = {k: beat.get(k, 0) - prev.get(k, 0) for k in LOSSES if beat.get(k, 0) - prev.get(k, 0)}
+            print(f"{rate:>10,}   {got / took:>11,.0f}   {got:>8,}   {beat['batches'] - prev['batches']:>6}   "
+                  f"{lost or 0}   ({beat['emitted_kernel'] - prev['emitted_kernel']:,}, "
+                  f"{beat.get('publish_errors', 0) - prev.get('publish_errors', 0)})")
+            prev = beat
+        final = await stack.settle()
+        batches, events = await stream_events(stack)
+        print(f"stream holds {batches} batches / {events:,} events; monitor published {final['batches']} batches"
+              f" / {final['events'] - final.get('lost_publish', 0):,} events")
+    finally:
+        await stack.stop()
+
+
+async def overload(binary: str, target: str, ops: int) -> None:
+    stack = MonitorStack({"BULWARK_MONITOR_RB_PAGES": "16", "BULWARK_BATCH_MAX_EVENTS": "1536",
+                          "BULWARK_HEARTBEAT_SECONDS": "0.2"})
+    try:
+        await stack.start()
+        await quiet_host(stack)
+        before = await stack.settle()
+        gens = [start_gen(binary, target, ops) for _ in range(2)]
+        for g in gens:
+            g.wait()
+        b = await stack.settle()
+        batches, in_stream = await stream_events(stack)
+    finally:
+        await stack.stop()
+    d: dict[str, Any] = {k: b.get(k, 0) - before.get(k, 0) for k in
+                         ("emitted_kernel", "lost_kernel", "lost_kernel_proc", "events", "lost_queue",
+                          "proc_records", "decode_errors", "lost_publish", "lost_kernel_file")}
+    attempted = d["emitted_kernel"] + d["lost_kernel"] + d["lost_kernel_proc"]
+    print(f"overload: 2 generators x {ops:,} opens into a 64 KiB ring buffer")
+    print(f"  kernel  attempted {attempted:,} = emitted {d['emitted_kernel']:,} + lost_kernel "
+          f"{d['lost_kernel']:,} (file {d['lost_kernel_file']:,}) + lost_kernel_proc {d['lost_kernel_proc']:,}")
+    user = d["events"] + d["lost_queue"] + d["proc_records"] + d["decode_errors"]
+    print(f"  user    emitted {d['emitted_kernel']:,} vs events {d['events']:,} + lost_queue {d['lost_queue']:,}"
+          f" + process records {d['proc_records']:,} + decode errors {d['decode_errors']:,} = {user:,}"
+          f"  -> {'accounted' if user == d['emitted_kernel'] else 'MISMATCH'}")
+    total = b["events"] - b.get("lost_publish", 0)
+    print(f"  bus     published events {total:,} (since start) vs in stream {in_stream:,}"
+          f"  -> {'accounted' if total == in_stream else 'MISMATCH'}")
+    print(f"  generator opens {2 * ops:,}; file records attempted >= that: "
+          f"{'yes' if attempted >= 2 * ops else 'NO'} (the rest is the rest of the node)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rates", default="100000,150000,200000,250000,300000")
+    parser.add_argument("--overload-ops", type=int, default=500_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bw-throughput-"))
+    binary = build_loadgen(work)
+    target = str(work / "target")
+    Path(target).write_text("x")
+    asyncio.run(zero_loss(binary, target, [int(r) for r in args.rates.split(",")], args.seconds))
+    asyncio.run(overload(binary, target, args.overload_ops))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

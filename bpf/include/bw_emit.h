@@ -1,0 +1,330 @@
+/* Building and emitting records: visibility gate, task identity (cached per process), the process
+ * record that carries the exe once per process, and the enter/exit stash of syscall records. */
+#ifndef BW_EMIT_H
+#define BW_EMIT_H
+
+#include "events.h"
+#include "bw_maps.h"
+#include "bw_task.h"
+#include "bw_path.h"
+#include "bw_files.h"
+
+/* Whether `bit` is emitted for `mntns` (its own entry, else the default entry 0). The monitor's own
+ * process (BW_MONITOR_TGID) is never traced: its reads would feed back into the stream. */
+static __always_inline int bw_visible(__u32 mntns, __u32 bit)
+{
+	__u32 zero = 0, *mask;
+
+#ifdef BW_MONITOR_TGID
+	if ((bpf_get_current_pid_tgid() >> 32) == BW_MONITOR_TGID)
+		return 0;
+#endif
+	mask = bw_visibility.lookup(&mntns);
+	if (!mask)
+		mask = bw_visibility.lookup(&zero);
+	if (mask && (*mask & bit))
+		return 1;
+	bw_stat(BW_STAT_FILTERED);
+	return 0;
+}
+
+/* Send `task`'s exe (mm->exe_file) as a BW_OP_PROC record; 0 when it was written. */
+static __always_inline int bw_announce(struct bw_task_info *t, struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct bw_proc_event *pe = bw_proc_scratch.lookup(&zero);
+
+	if (!pe)
+		return -1;
+	pe->hdr.op = BW_OP_PROC;
+	pe->hdr.size = sizeof(*pe);
+	pe->hdr.ktime = bpf_ktime_get_ns();
+	bpf_probe_read_kernel(&pe->task, sizeof(pe->task), t);
+	bw_task_exe(&pe->exe, task);
+	if (bw_events.ringbuf_output(pe, sizeof(*pe), BW_RB_NO_WAKEUP)) {
+		bw_stat(BW_STAT_PROC_LOST);
+		return -1;
+	}
+	bw_stat(BW_STAT_EMITTED);
+	return 0;
+}
+
+/* Fill the identity of the current task; namespaced ids come from the per-process cache (walked
+ * again only when the parent changed), and a process seen for the first time is announced. */
+static __always_inline void bw_task_fill(struct bw_task_info *t, struct task_struct *task, __u32 mntns)
+{
+	__u64 id = bpf_get_current_pid_tgid(), ugid = bpf_get_current_uid_gid();
+	__u32 tgid = id >> 32;
+	struct task_struct *parent = NULL;
+	struct bw_proc *p = bw_procs.lookup(&tgid);
+	struct bw_ids ids = {};
+	int ptgid = 0;
+
+	t->pid = tgid;
+	t->tid = (__u32)id;
+	t->uid = (__u32)ugid;
+	t->gid = ugid >> 32;
+	t->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(t->comm, sizeof(t->comm));
+	if (p && !mntns)
+		mntns = p->mntns;                    /* exiting: nsproxy already released */
+	t->mntns = mntns;
+	BW_READ(parent, task, real_parent);
+	if (parent)
+		BW_READ(ptgid, parent, tgid);
+	if (p && p->ppid == (__u32)ptgid) {
+		t->ppid = p->ppid;
+		t->ns_pid = p->ns_pid;
+		t->ns_ppid = p->ns_ppid;
+		t->pidns = p->pidns;
+		return;
+	}
+	bw_task_ids(task, &ids);
+	t->ppid = ids.ppid;
+	t->ns_pid = ids.ns_pid;
+	t->ns_ppid = ids.ns_ppid;
+	t->pidns = ids.pidns;
+	if (p) {                                 /* reparented */
+		p->ppid = ids.ppid;
+		p->ns_ppid = ids.ns_ppid;
+		return;
+	}
+	if (bw_announce(t, task))
+		return;                              /* not cached: announced again next time */
+	struct bw_proc fresh = {.pidns = ids.pidns, .ns_pid = ids.ns_pid, .ppid = ids.ppid,
+				.ns_ppid = ids.ns_ppid, .mntns = mntns};
+	bw_procs.update(&tgid, &fresh);
+}
+
+/* Reset the fields every record sets (buffers are cut by their lengths, never read stale). */
+static __always_inline void bw_sys_reset(struct bw_sys_event *e, __u32 op, __s32 nr, __u32 mntns)
+{
+	e->hdr.op = op;
+	e->hdr.ktime = bpf_ktime_get_ns();
+	e->task.mntns = mntns;
+	e->ret = 0;
+	for (int i = 0; i < 6; i++)
+		e->args[i] = 0;
+	e->syscall = nr;
+	e->flags = 0;
+	e->name_len = 0;
+	e->aux_len = 0;
+	e->pad[0] = 0;                           /* armed: set by bw_sys_stash_put */
+	e->name[0] = 0;
+}
+
+/* A record in this CPU's scratch, or NULL when `vis` is not emitted for the caller's mntns. */
+static __always_inline struct bw_sys_event *bw_sys_begin(__u32 op, __u32 vis, __s32 nr,
+							 struct task_struct *task)
+{
+	__u32 zero = 0, mntns = bw_task_mntns(task);
+	struct bw_sys_event *e;
+
+	if (!bw_visible(mntns, vis))
+		return NULL;
+	e = bw_sys_scratch.lookup(&zero);
+	if (e)
+		bw_sys_reset(e, op, nr, mntns);
+	return e;
+}
+
+/* For a syscall's enter: the calling thread's own slot in bw_sys_stash, built in place (no copy of
+ * the record into the map per call; the slot stays and is re-armed by the thread's next call). */
+static __always_inline struct bw_sys_event *bw_sys_enter_begin(__u32 op, __u32 vis, __s32 nr,
+							       struct task_struct *task)
+{
+	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid(), mntns = bw_task_mntns(task);
+	struct bw_sys_event *e;
+
+	if (!bw_visible(mntns, vis))
+		return NULL;
+	e = bw_sys_stash.lookup(&tid);
+	if (!e) {
+		struct bw_sys_event *init = bw_sys_scratch.lookup(&zero);
+
+		if (!init)
+			return NULL;
+		init->pad[0] = 0;
+		if (bw_sys_stash.update(&tid, init)) {
+			bw_stat(BW_STAT_STASH_FULL);
+			return NULL;
+		}
+		e = bw_sys_stash.lookup(&tid);
+		if (!e)
+			return NULL;
+	}
+	bw_sys_reset(e, op, nr, mntns);
+	return e;
+}
+
+/* Write `e` to the ring buffer: cut after the name unless a dir path follows. */
+static __always_inline void bw_sys_emit(struct bw_sys_event *e)
+{
+	__u64 size = sizeof(*e);
+	__u32 op = e->hdr.op;
+
+	if (!(e->flags & (BW_SYS_F_DIR_CWD | BW_SYS_F_DIR_FD))) {
+		size = __builtin_offsetof(struct bw_sys_event, name) + e->name_len;
+		if (size > sizeof(*e))
+			size = sizeof(*e);
+	}
+	asm volatile("" : "+r"(size));           /* the verifier must see the check on this register */
+	if (size > sizeof(*e))
+		return;
+	e->hdr.size = size;
+	if (bw_events.ringbuf_output(e, size, BW_RB_NO_WAKEUP)) {
+		bw_stat(BW_STAT_LOST);
+		bw_stat(BW_STAT_LOST_OP + (op & 15));
+		return;
+	}
+	bw_stat(BW_STAT_EMITTED);
+}
+
+/* Fill in who, then emit (records that need no exit: capability, fork, exit). */
+static __always_inline void bw_sys_finish(struct bw_sys_event *e, struct task_struct *task)
+{
+	bw_task_fill(&e->task, task, e->task.mntns);
+	bw_sys_emit(e);
+}
+
+/* The record (from bw_sys_enter_begin) is complete: emit it when the syscall returns. */
+static __always_inline void bw_sys_stash_put(struct bw_sys_event *e)
+{
+	e->pad[0] = 1;
+}
+
+static __always_inline void bw_sys_name_retry(struct bw_sys_event *e, struct task_struct *task);
+
+static __always_inline int bw_want(__u32 bit)
+{
+	__u32 zero = 0, *cfg = bw_config.lookup(&zero);
+
+	return cfg && (*cfg & bit);
+}
+
+/* Owner of the file an open returned as `fd` (for ownerOnly rules). */
+static __always_inline void bw_sys_owner(struct bw_sys_event *e, struct task_struct *task, long fd)
+{
+	struct file *f = bw_fd_file(task, fd);
+	struct inode *inode = NULL;
+	__u32 uid = 0;
+
+	if (!f)
+		return;
+	BW_READ(inode, f, f_inode);
+	if (!inode || BW_READ(uid, inode, i_uid.val))
+		return;
+	e->args[4] = uid;
+	e->flags |= BW_SYS_F_OWNER;
+}
+
+static __always_inline int bw_sys_exit_common(long ret, __s32 nr)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct bw_sys_event *e = bw_sys_stash.lookup(&tid);
+
+	if (!e || !e->pad[0])
+		return 0;                            /* not armed: the kind was not visible */
+	e->pad[0] = 0;
+	if (e->syscall == (__u32)nr) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+		e->ret = ret;
+		bw_sys_name_retry(e, task);
+		if ((e->flags & BW_SYS_F_OPEN) && ret >= 0 && bw_want(BW_CFG_OWNER))
+			bw_sys_owner(e, task, ret);
+		bw_sys_finish(e, task);
+	} else {
+		bw_stat(BW_STAT_STALE_STASH);
+	}
+	return 0;
+}
+
+/* The path argument, from user memory. */
+static __always_inline void bw_sys_name(struct bw_sys_event *e, const char *uptr)
+{
+	long n = bpf_probe_read_user_str(e->name, sizeof(e->name), uptr);
+
+	if (n <= 0) {
+		e->flags |= BW_SYS_F_NAME_FAULT;
+		e->name_len = 0;
+		return;
+	}
+	if (n >= (long)sizeof(e->name))
+		e->flags |= BW_SYS_F_NAME_TRUNC;
+	e->name_len = n;
+}
+
+/* For a name that is not absolute: the directory it is relative to (cwd, or the dirfd's path). */
+static __always_inline void bw_sys_dir(struct bw_sys_event *e, struct task_struct *task, long dirfd)
+{
+	const struct path *where = NULL;
+
+	if ((e->flags & BW_SYS_F_NAME_FAULT) || (e->name_len > 1 && e->name[0] == '/'))
+		return;
+	if (dirfd == BW_AT_FDCWD) {
+		struct fs_struct *fs = NULL;
+
+		BW_READ(fs, task, fs);
+		if (!fs)
+			return;
+		where = &fs->pwd;
+		e->flags |= BW_SYS_F_DIR_CWD;
+	} else {
+		struct file *f = bw_fd_file(task, dirfd);
+
+		if (!f)
+			return;
+		where = &f->f_path;
+		e->flags |= BW_SYS_F_DIR_FD;
+	}
+	bw_path_of(&e->dir, where);
+}
+
+/* The path argument and, for a relative one, its directory. A name in a page not faulted in yet
+ * cannot be read here (no page faults in tracepoints): it is read again at exit, after the kernel
+ * itself copied it (bw_sys_name_retry). */
+static __always_inline void bw_sys_name_at(struct bw_sys_event *e, struct task_struct *task,
+					   const char *uptr, long dirfd)
+{
+	bw_sys_name(e, uptr);
+	if ((e->flags & BW_SYS_F_NAME_FAULT) && uptr && !e->aux_len) {
+		__builtin_memcpy(e->aux, &uptr, 8);
+		__builtin_memcpy(e->aux + 8, &dirfd, 8);
+		e->flags |= BW_SYS_F_RETRY;
+		return;
+	}
+	bw_sys_dir(e, task, dirfd);
+}
+
+static __always_inline void bw_sys_name_retry(struct bw_sys_event *e, struct task_struct *task)
+{
+	const char *uptr = NULL;
+	long dirfd = 0;
+
+	if (!(e->flags & BW_SYS_F_RETRY))
+		return;
+	__builtin_memcpy(&uptr, e->aux, 8);
+	__builtin_memcpy(&dirfd, e->aux + 8, 8);
+	e->flags &= ~(BW_SYS_F_RETRY | BW_SYS_F_NAME_FAULT);
+	bw_sys_name(e, uptr);
+	bw_sys_dir(e, task, dirfd);
+}
+
+/* `len` bytes of user memory (a sockaddr, a string) into aux. */
+static __always_inline void bw_sys_aux(struct bw_sys_event *e, const void *uptr, long len)
+{
+	__u64 n = len;
+
+	if (!uptr || len <= 0)
+		return;
+	if (n > sizeof(e->aux))
+		n = sizeof(e->aux);
+	asm volatile("" : "+r"(n));              /* re-check after the compiler: the verifier needs it */
+	if (n == 0 || n > sizeof(e->aux))
+		return;
+	if (bpf_probe_read_user(e->aux, n, uptr) == 0)
+		e->aux_len = n;
+}
+
+#endif /* BW_EMIT_H */

@@ -1,0 +1,59 @@
+/* Maps shared by every monitor program (one compile unit: bpf/monitor.c). */
+#ifndef BW_MAPS_H
+#define BW_MAPS_H
+
+#include "events.h"
+#include "bw_read.h"
+
+#ifndef BW_RB_PAGES
+#define BW_RB_PAGES 4096                     /* 16 MiB with 4 KiB pages; the loader passes -D */
+#endif
+#define BW_RB_NO_WAKEUP 1
+#define BW_AT_FDCWD -100
+
+/* bw_stats indices (per CPU; user space sums them) */
+enum bw_stat {
+	BW_STAT_LOST = 0,                        /* a record did not fit in the ring buffer */
+	BW_STAT_NO_STASH = 1,                    /* exec exit without its enter */
+	BW_STAT_STASH_FULL = 2,                  /* no stash slot for a thread at a syscall's enter */
+	BW_STAT_PROC_LOST = 3,                   /* a process record (exe) did not fit */
+	BW_STAT_FILTERED = 4,                    /* not emitted: kind not visible for the mntns */
+	BW_STAT_STALE_STASH = 5,                 /* exit of another syscall than the stashed enter */
+	BW_STAT_EMITTED = 6,                     /* records written to the ring buffer */
+	BW_STAT_LOST_OP = 8,                     /* + op: BW_STAT_LOST per op */
+	BW_STAT_N = 24,
+};
+
+/* Per-process cache: ids walked once per process, and "its exe was sent" (the entry exists). */
+struct bw_proc {
+	__u32 pidns;
+	__u32 ns_pid;
+	__u32 ppid;
+	__u32 ns_ppid;
+	__u32 mntns;
+	__u32 pad;
+};
+
+BPF_RINGBUF_OUTPUT(bw_events, BW_RB_PAGES);
+BPF_PERCPU_ARRAY(bw_stats, __u64, BW_STAT_N);
+BPF_HASH(bw_visibility, __u32, __u32, 16384);     /* mntns (0 = any other) -> BW_VIS_* */
+BPF_TABLE("lru_hash", __u32, struct bw_proc, bw_procs, 65536);
+BPF_TABLE("lru_hash", __u32, struct bw_sys_event, bw_sys_stash, 16384);   /* per thread */
+BPF_TABLE("lru_hash", __u32, struct bw_sys_event, bw_raw_stash, 4096);
+BPF_PERCPU_ARRAY(bw_sys_scratch, struct bw_sys_event, 1);
+BPF_PERCPU_ARRAY(bw_proc_scratch, struct bw_proc_event, 1);
+/* [0]: BW_CFG_* bits set by user space */
+#define BW_CFG_OWNER 1                       /* read the owner of opened files (an ownerOnly rule exists) */
+BPF_ARRAY(bw_config, __u32, 1);
+/* syscall nr -> 0 (not wanted) or 1 | (path argument index + 1) << 1 | 16 (arg 0 is a dirfd) */
+BPF_ARRAY(bw_sys_wanted, __u8, 512);
+
+static __always_inline void bw_stat(__u32 idx)
+{
+	__u64 *v = bw_stats.lookup(&idx);
+
+	if (v)
+		*v += 1;
+}
+
+#endif /* BW_MAPS_H */

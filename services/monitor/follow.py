@@ -1,0 +1,100 @@
+"""Follow the node's RuleSet (RULES) and its workloads (IDENTITY) and keep the kernel's filters in
+step: visibility masks per mount namespace and the wanted syscall numbers."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from shared.codec import unpack, unpack_map
+from shared.errors import DecodeError
+from shared.lifecycle import Counters
+from shared.schemas.identity import IdentityEvent, Workload
+from shared.schemas.rules import RuleSet
+from shared.subjects import IDENTITY, RULES, identity_events, rules_for_node
+from services.monitor.visibility import needs_owner, visibility_masks, wanted_syscalls
+
+__all__ = ["FilterFollower"]
+
+log = logging.getLogger("bulwark.monitor.follow")
+
+# apply(masks, wanted syscalls, read file owners)
+Apply = Callable[[dict[int, int], dict[int, int], bool], None]
+
+
+class FilterFollower:
+    """Recomputes the kernel filters whenever the rule set or a workload changes."""
+
+    def __init__(self, node: str, apply: Apply, counters: Counters, *, containers: str, hosts: str,
+                 host_mntns: int | None = None) -> None:
+        self.node, self.apply, self.counters = node, apply, counters
+        self.containers, self.hosts = containers, hosts
+        self.host_mntns = host_mntns if host_mntns is not None else os.stat("/proc/self/ns/mnt").st_ino
+        self.ruleset: RuleSet | None = None
+        self.workloads: dict[str, Workload] = {}
+        self._applied: tuple[dict[int, int], dict[int, int], bool] | None = None
+        self._subs: list[Any] = []
+
+    async def start(self, js: JetStreamContext) -> None:
+        """Subscribe to the node's workloads (from the start) and its newest rule set."""
+        self._subs.append(await js.subscribe(identity_events(self.node), stream=IDENTITY.name,
+                                             cb=self._on_identity, ordered_consumer=True,
+                                             deliver_policy=DeliverPolicy.ALL))
+        self._subs.append(await js.subscribe(rules_for_node(self.node), stream=RULES.name,
+                                             cb=self._on_rules, ordered_consumer=True,
+                                             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
+
+    async def stop(self) -> None:
+        """Unsubscribe (the kernel keeps the last filters until the programs detach)."""
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # connection already closing
+                pass
+
+    async def _on_identity(self, msg: Msg) -> None:
+        try:
+            event = IdentityEvent.from_wire(unpack(msg.data))
+        except DecodeError as exc:
+            self.counters.inc("decode_errors")
+            log.warning("bad identity event", extra={"error": str(exc)})
+            return
+        if event.type == "stopped":
+            self.workloads.pop(event.workload.id, None)
+        else:
+            self.workloads[event.workload.id] = event.workload
+        self.refresh()
+
+    async def _on_rules(self, msg: Msg) -> None:
+        try:
+            self.ruleset = RuleSet.from_wire(unpack_map(msg.data, ("node", "version", "workloads")))
+        except DecodeError as exc:
+            self.counters.inc("decode_errors")
+            log.error("bad rule set skipped", extra={"error": str(exc)})
+            return
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Compute the filters and hand them to the kernel when they changed."""
+        if self.ruleset is None:
+            return  # everything stays visible until the first rule set
+        wanted = (visibility_masks(self.ruleset, self.workloads, self.host_mntns,
+                                   containers=self.containers, hosts=self.hosts),
+                  wanted_syscalls(self.ruleset), needs_owner(self.ruleset))
+        if wanted == self._applied:
+            return
+        try:
+            self.apply(*wanted)
+        except Exception:
+            self.counters.inc("filter_errors")
+            log.exception("updating the kernel filters failed")
+            return
+        self._applied = wanted
+        self.counters["rules_version"] = self.ruleset.version
+        log.info("kernel filters updated", extra={"namespaces": len(wanted[0]), "syscalls": len(wanted[1]),
+                                                  "version": self.ruleset.version})
