@@ -36,6 +36,7 @@ __all__ = ["FeederState", "StateFollower", "HealthEntry", "MAX_STOPPED"]
 log = logging.getLogger("bulwark.feeder.state")
 
 MAX_STOPPED = 4096  # stopped workloads remembered for late events
+STOP_SLACK_NS = 5_000_000  # clock skew allowed between the monitor's event times and identity's stop times
 
 
 @dataclass(slots=True)
@@ -129,8 +130,12 @@ class FeederState:
         the owner that held the id then.
         """
         current = self.workloads.get((node, mntns))
-        if current is None or not at_ns or current.started_ns <= at_ns:
+        if current is None or not at_ns:
             return current
+        if current.started_ns <= at_ns:
+            # A workload that had stopped before the event cannot have caused it: the id now belongs
+            # to a workload whose identity has not arrived yet.
+            return None if current.stopped_ns and at_ns > current.stopped_ns + STOP_SLACK_NS else current
         for older in self.replaced.get((node, mntns), ()):
             if older.started_ns <= at_ns:
                 return older

@@ -82,3 +82,16 @@ def test_rules_of_a_workload_that_left_the_ruleset_still_judge_its_late_events()
     state.apply_rules(RuleSet("n1", 3, 2, 3, {"w": WorkloadRules("w", 10, 11, [])}))
     assert state.rules_for("n1", "w") == [] and state.retired_rules == {}
     assert state.rules_for("n1", "unknown") is None
+
+
+def test_an_event_after_the_owner_stopped_belongs_to_a_workload_not_yet_known() -> None:
+    s = FeederState()
+    old = _wl("c1", 100)
+    old.started_ns = 1_000_000_000
+    s.apply_identity(IdentityEvent("started", old, 1))
+    gone = _wl("c1", 100)
+    gone.started_ns, gone.stopped_ns = 1_000_000_000, 2_000_000_000
+    s.apply_identity(IdentityEvent("stopped", gone, 2))
+    assert s.workload("n1", 100, at_ns=1_500_000_000).id == "c1"
+    assert s.workload("n1", 100, at_ns=2_001_000_000).id == "c1"  # within the clock slack
+    assert s.workload("n1", 100, at_ns=2_100_000_000) is None  # the kernel reused the id: wait for identity
