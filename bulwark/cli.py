@@ -128,6 +128,8 @@ def cmd_get(args: argparse.Namespace) -> int:
             for p in rows:
                 print(f"{p.get('kind', ''):24} {p.get('namespace', ''):16} {p.get('name', ''):32} "
                       f"{p.get('status', ''):10} {','.join(p.get('selects', []))}")
+                if p.get("reason"):
+                    print(f"{'':24} reason: {p['reason']}")
         else:
             alerts = api.alerts(namespace=args.namespace, policy=args.policy, limit=args.limit)
             for alert in alerts:

@@ -10,7 +10,7 @@ __all__ = [
     "StreamSpec", "STREAMS", "RAW", "POLICIES", "IDENTITY", "RULES", "ALERTS",
     "raw_events", "identity_events", "rules_for_node", "alert_subject", "health",
     "HEALTH_ALL", "POLICY_API", "IDENTITY_API", "enforcer_await", "POLICY_EVENTS", "DEAD_LETTER",
-    "subject_token",
+    "subject_token", "LOGS", "DEAD_LETTERS", "log_subject",
 ]
 
 
@@ -43,12 +43,17 @@ RULES = StreamSpec("BULWARK_RULES", ("bulwark.rules.>",), max_msgs_per_subject=1
 # Alerts for SIEMs.
 ALERTS = StreamSpec("BULWARK_ALERTS", ("bulwark.alerts.>",), max_age_seconds=7 * 24 * 3600)
 
-STREAMS: tuple[StreamSpec, ...] = (RAW, POLICIES, IDENTITY, RULES, ALERTS)
+DEAD_LETTER = "bulwark.deadletter"
+# Logs for SIEMs: bulwark.logs.<namespace>.<operation> (host logs: namespace "_host").
+LOGS = StreamSpec("BULWARK_LOGS", ("bulwark.logs.>",), max_age_seconds=3 * 24 * 3600)
+# Messages a service could not decode or handle, with Bulwark-Reason / Bulwark-Subject headers.
+DEAD_LETTERS = StreamSpec("BULWARK_DEADLETTER", (DEAD_LETTER,), max_age_seconds=14 * 24 * 3600)
+
+STREAMS: tuple[StreamSpec, ...] = (RAW, POLICIES, IDENTITY, RULES, ALERTS, LOGS, DEAD_LETTERS)
 
 HEALTH_ALL = "bulwark.health.>"
 POLICY_API = "bulwark.api.policy"
 IDENTITY_API = "bulwark.api.identity"
-DEAD_LETTER = "bulwark.deadletter"
 
 
 def raw_events(node: str) -> str:
@@ -69,6 +74,11 @@ def rules_for_node(node: str) -> str:
 def alert_subject(namespace: str, severity: str, policy: str) -> str:
     """Subject an alert is published on for SIEMs: namespace, then severity, then policy."""
     return f"bulwark.alerts.{subject_token(namespace)}.{subject_token(severity or 'none')}.{subject_token(policy)}"
+
+
+def log_subject(namespace: str, operation: str) -> str:
+    """Subject a log is published on: namespace (``_host`` for the host), then operation."""
+    return f"bulwark.logs.{subject_token(namespace or '_host')}.{subject_token(operation or 'none')}"
 
 
 def health(service: str, node: str) -> str:

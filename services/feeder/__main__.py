@@ -20,7 +20,6 @@ from services.feeder.settings import load_feeder_settings, split_tokens
 from services.feeder.siem import SiemSink
 from services.feeder.state import FeederState, StateFollower
 from services.feeder.store import RecordStore, make_engine
-from services.feeder.streams import FEEDER_STREAMS
 from services.feeder.throttle import Throttler
 from shared.bus import connect, ensure_streams
 from shared.lifecycle import Counters, heartbeat_loop, run_service, stop_event_on_signals
@@ -49,7 +48,6 @@ async def main() -> None:
     nc = await connect(settings.nats_url, f"feeder@{settings.node_name}")
     js = nc.jetstream()
     await ensure_streams(js)
-    await ensure_streams(js, FEEDER_STREAMS)
     counters = Counters({k: 0 for k in _REPORTED})
     follower = StateFollower(nc, js, FeederState())
     await follower.start()

@@ -17,7 +17,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from services.feeder.cef import to_cef
-from services.feeder.streams import LOGS, log_subject
+from shared.subjects import LOGS, log_subject
 from shared.lifecycle import Counters
 from shared.subjects import ALERTS, alert_subject
 

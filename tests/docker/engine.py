@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from bulwark.procs import terminate
 
 __all__ = ["PrivateDocker", "DOCKERD", "busybox_rootfs_tar"]
 
@@ -106,12 +107,7 @@ class PrivateDocker:
             ids = self.cli("ps", "-aq", check=False, timeout=30).stdout.split()
             if ids:
                 self.cli("rm", "-f", *ids, check=False, timeout=60)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            terminate(self.proc, grace=30, group=True)
         self._unmount()
         shutil.rmtree(self.root, ignore_errors=True)
 

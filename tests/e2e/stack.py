@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bulwark.natsd import free_port
+from bulwark.procs import terminate
 
 BIN = Path(sys.executable).parent
 
@@ -43,14 +43,7 @@ class Stack:
 
     def stop(self) -> int:
         """SIGTERM ``bulwark up`` and wait; returns its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc, grace=30, group=True)
 
 
 def start_stack(data_dir: Path, node: str = "e2e-node", btf_tree: Path | None = None,

@@ -53,15 +53,6 @@ def ns_a() -> Iterator[NsShell]:
 ns_b = ns_a
 
 
-@pytest.fixture
-def enforcer() -> Iterator[FanotifyEnforcer]:
-    enf = FanotifyEnforcer()
-    try:
-        yield enf
-    finally:
-        enf.close()
-
-
 def test_probes_on_this_kernel() -> None:
     found = {name: (ok, why) for name, ok, why in probe_all()}
     assert found["Fanotify"][0] is True

@@ -47,25 +47,6 @@ def tree() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def shells() -> Iterator[tuple[NsShell, NsShell]]:
-    a, b = NsShell(), NsShell()
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
-
-
-@pytest.fixture
-def enforcer() -> Iterator[FanotifyEnforcer]:
-    enf = FanotifyEnforcer()
-    try:
-        yield enf
-    finally:
-        enf.close()
-
-
 def file_rule(action: str = "Block", **kw: object) -> Rule:
     return Rule(policy="file-pol", policy_kind="KubeArmorPolicy", policy_namespace="default",
                 operation="File", action=action, severity=5, **kw)  # type: ignore[arg-type]

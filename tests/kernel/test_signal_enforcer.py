@@ -67,16 +67,6 @@ def enforcer(btf_tree: Path) -> Iterator[SignalEnforcer]:
         enf.close()
 
 
-@pytest.fixture
-def shells() -> Iterator[tuple[NsShell, NsShell]]:
-    a, b = NsShell(), NsShell()
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
-
-
 def _held_programs(pid: int | None = None) -> set[int]:
     """Ids of the bwenf_ programs ``pid`` (this process by default) holds fds of (fdinfo: prog_id)."""
     pid = os.getpid() if pid is None else pid
