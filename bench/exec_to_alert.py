@@ -1,6 +1,7 @@
 """Exec-to-alert latency: 100 blocked execs in a workload, from the kernel event to the websocket push.
 
-Starts a private ``bulwark up`` (free ports, temporary data dir), applies a Block policy on
+Starts a private ``bulwark up`` (free ports, temporary data dir, alert throttling off so every alert
+is pushed live), applies a Block policy on
 /usr/bin/sleep, and runs one workload whose shell tries /usr/bin/sleep N times. Latency per alert is
 (time the alert arrives on /api/v1/stream) - (the alert's own event time, UpdatedTime, from the
 kernel). Baseline measured in the same run: a NATS publish -> subscriber hop on the same server, the
@@ -61,7 +62,8 @@ def main() -> int:
     parser.add_argument("--execs", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bulwark-bench-") as tmp:
-        stack = start_stack(Path(tmp) / "data", node="bench-node")
+        stack = start_stack(Path(tmp) / "data", node="bench-node",
+                            extra_env={"BULWARK_ALERT_THROTTLING": "false"})  # every alert pushed live
         try:
             if stack.cli("status", "--wait", "120", timeout=150).returncode != 0:
                 print("stack did not become healthy\n" + stack.logs(), file=sys.stderr)
