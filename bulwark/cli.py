@@ -20,7 +20,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(data_dir=getattr(args, "data_dir", None), rest_port=getattr(args, "rest_port", None),
                          grpc_port=getattr(args, "grpc_port", None), nats_port=getattr(args, "nats_port", None),
                          nats_url=getattr(args, "nats_url", None), rest_host=getattr(args, "rest_host", None),
-                         node_name=getattr(args, "node_name", None))
+                         node_name=getattr(args, "node_name", None), nats_auth=getattr(args, "nats_auth", None))
 
 
 def _api(args: argparse.Namespace, timeout: float = 10.0) -> Api:
@@ -155,7 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv = args.command[1:] if args.command and args.command[0] == "--" else args.command
     if not argv:
         raise SystemExit("bulwark run: no command given (bulwark run [options] -- CMD [ARGS...])")
-    return run_workload(_settings(args), argv, namespace=args.namespace, labels=_labels(args.label),
+    settings = _settings(args)
+    if not args.nats_url and "BULWARK_NATS_URL" not in os.environ:
+        from bulwark.natsconf import launcher_url
+
+        settings.nats_url = launcher_url(settings.data_dir) or settings.nats_url
+    return run_workload(settings, argv, namespace=args.namespace, labels=_labels(args.label),
                         name=args.name, image=args.image)
 
 
@@ -204,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--grpc-port", type=int, help="gRPC port (env BULWARK_GRPC_PORT, default 32767)")
     up.add_argument("--nats-port", type=int, help="embedded nats-server port (env BULWARK_NATS_PORT, default 4222)")
     up.add_argument("--node-name", help="this node's name (env BULWARK_NODE_NAME, default the hostname)")
+    up.add_argument("--nats-auth", action="store_true", default=None,
+                    help="one NATS user per service with only the subjects it needs (env BULWARK_NATS_AUTH)")
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="exit 0 once every service reports healthy")
@@ -251,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name")
     run.add_argument("--image", default="")
     run.add_argument("--node-name", help="this node's name (env BULWARK_NODE_NAME)")
+    run.add_argument("--data-dir", type=Path, help="where `bulwark up --nats-auth` left the launcher's NATS user")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
 

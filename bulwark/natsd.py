@@ -47,10 +47,17 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
-def start_nats_server(port: int, store_dir: Path, *, log_file: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start nats-server on loopback ``port`` with JetStream state in ``store_dir``; wait until ready."""
+def start_nats_server(port: int, store_dir: Path, *, log_file: Path | None = None,
+                      config: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start nats-server on loopback ``port`` with JetStream state in ``store_dir``; wait until ready.
+
+    With ``config`` (a nats.conf naming the same port and store), the server reads it instead.
+    """
     store_dir.mkdir(parents=True, exist_ok=True)
-    args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    if config is not None:
+        args = [nats_server_binary(), "-c", str(config)]
+    else:
+        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ})

@@ -1,6 +1,7 @@
 """``bulwark up``: the embedded nats-server and the five services on this host, in the foreground."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -8,7 +9,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from shared.bus import connect, ensure_streams
 from shared.config import Settings
+from bulwark.natsconf import prepare_auth
 from bulwark.natsd import start_nats_server
 from bulwark.procs import terminate
 
@@ -37,12 +40,13 @@ class Supervisor:
         self.nats: subprocess.Popen[bytes] | None = None
         self.children: dict[str, Child] = {}
         self.stopping = False
+        self.nats_urls: dict[str, str] = {}
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, name: str) -> dict[str, str]:
         s = self.settings
         env = dict(os.environ)
         env.update({
-            "BULWARK_DATA_DIR": str(s.data_dir), "BULWARK_NATS_URL": s.nats_url,
+            "BULWARK_DATA_DIR": str(s.data_dir), "BULWARK_NATS_URL": self.nats_urls.get(name, s.nats_url),
             "BULWARK_NODE_NAME": s.node_name, "BULWARK_REST_HOST": s.rest_host,
             "BULWARK_REST_PORT": str(s.rest_port), "BULWARK_GRPC_HOST": s.grpc_host,
             "BULWARK_GRPC_PORT": str(s.grpc_port), "BULWARK_CLUSTER_NAME": s.cluster_name,
@@ -53,15 +57,21 @@ class Supervisor:
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=self._env(),
+        return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=self._env(name),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self) -> None:
         """Start NATS and every service."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        config = None
+        if self.settings.nats_auth:
+            auth = prepare_auth(self.settings.data_dir, self.settings.node_name, self.settings.nats_port)
+            config, self.nats_urls = auth.config, auth.urls
         self.nats = start_nats_server(self.settings.nats_port, self.settings.data_dir / "nats",
-                                      log_file=self.log_dir / "nats.log")
+                                      log_file=self.log_dir / "nats.log", config=config)
+        if self.settings.nats_auth:
+            asyncio.run(create_streams(self.nats_urls["admin"]))  # services may not create streams
         for name in SERVICES:
             self.children[name] = Child(name, self._spawn(name))
 
@@ -71,7 +81,8 @@ class Supervisor:
         return (f"bulwark up: node {s.node_name}\n"
                 f"  REST     {s.rest_url}  (websocket {s.rest_url.replace('http', 'ws')}/api/v1/stream)\n"
                 f"  gRPC     {s.grpc_host}:{s.grpc_port}  (feeder.LogService)\n"
-                f"  NATS     {s.nats_url}  (JetStream in {s.data_dir / 'nats'})\n"
+                f"  NATS     {s.nats_url}  (JetStream in {s.data_dir / 'nats'}"
+                f"{'; per-service users in ' + str(s.data_dir / 'nats-auth') if s.nats_auth else ''})\n"
                 f"  data     {s.data_dir}  logs {self.log_dir}\n"
                 f"  services {', '.join(SERVICES)}; stop with Ctrl-C")
 
@@ -107,6 +118,15 @@ class Supervisor:
                 proc.wait()
         if self.nats:
             terminate(self.nats, grace=5)
+
+
+async def create_streams(url: str) -> None:
+    """Create every Bulwark stream as the admin user."""
+    nc = await connect(url, "bulwark-up")
+    try:
+        await ensure_streams(nc.jetstream())
+    finally:
+        await nc.close()
 
 
 def run_up(settings: Settings) -> int:

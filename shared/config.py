@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     nats_url: str = "nats://127.0.0.1:4222"
     nats_port: int = 4222
+    nats_auth: bool = False
     node_name: str = Field(default_factory=socket.gethostname)
     cluster_name: str = "default"
     rest_host: str = "127.0.0.1"

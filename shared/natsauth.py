@@ -1,0 +1,107 @@
+"""NATS users and subject permissions for Bulwark's services: one table, rendered into nats.conf.
+
+Each service gets its own user with only the subjects it needs; node agents get one user per node,
+so a node's monitor may publish only that node's raw events (``bulwark.raw.<node>``). nats-server's
+static configuration has no per-user templates, so per-node rights mean one user per node.
+JetStream access is granted per stream: reading a stream means creating consumers on it, fetching
+and acknowledging; only the ``admin`` user (``bulwark up`` itself) may create streams.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from shared.subjects import (
+    ALERTS, DEAD_LETTER, DEAD_LETTERS, IDENTITY, IDENTITY_API, LOGS, POLICIES, POLICY_API, POLICY_EVENTS,
+    RAW, RULES, StreamSpec, enforcer_await, raw_events, rules_for_node, subject_token,
+)
+
+__all__ = ["Permissions", "CLUSTER_ROLES", "NODE_ROLES", "permissions_for", "user_name", "render_authorization",
+           "new_password"]
+
+CLUSTER_ROLES = ("admin", "identity", "policy", "feeder", "launcher")
+NODE_ROLES = ("monitor", "enforcer")
+
+
+@dataclass
+class Permissions:
+    """What one user may publish and subscribe to, and whether it may answer requests."""
+
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+    responses: bool = False
+
+
+def _reads(*streams: StreamSpec) -> list[str]:
+    """Publish rights to consume ``streams``: consumers, fetch, acks, flow control, last-message gets."""
+    out: list[str] = []
+    for s in streams:
+        n = s.name
+        out += [f"$JS.API.CONSUMER.CREATE.{n}", f"$JS.API.CONSUMER.CREATE.{n}.>",
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{n}.>", f"$JS.API.CONSUMER.INFO.{n}.>",
+                f"$JS.API.CONSUMER.DELETE.{n}.>", f"$JS.API.CONSUMER.MSG.NEXT.{n}.>",
+                f"$JS.API.STREAM.MSG.GET.{n}", f"$JS.API.DIRECT.GET.{n}", f"$JS.API.DIRECT.GET.{n}.>",
+                f"$JS.ACK.{n}.>", f"$JS.FC.{n}.>"]
+    return out
+
+
+def _common(role: str, node: str) -> Permissions:
+    where = subject_token(node) if node else "*"  # cluster services beat under the node they run on
+    return Permissions(publish=["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.NAMES", f"bulwark.health.{role}.{where}"],
+                       subscribe=["_INBOX.>"])
+
+
+def permissions_for(role: str, node: str = "") -> Permissions:
+    """The permissions of ``role`` (for node roles, on ``node``)."""
+    if role == "admin":
+        return Permissions(publish=[">"], subscribe=[">"], responses=True)
+    p = _common(role, node)
+    if role == "monitor":
+        p.publish += [raw_events(node), *_reads(RULES, IDENTITY)]
+    elif role == "enforcer":
+        p.publish += [raw_events(node), *_reads(RULES)]
+        p.subscribe += [enforcer_await(node)]
+        p.responses = True
+    elif role == "identity":
+        p.publish += ["bulwark.identity.events.>", POLICY_API, *_reads(IDENTITY)]
+        p.subscribe += [IDENTITY_API]
+        p.responses = True
+    elif role == "policy":
+        p.publish += [POLICY_EVENTS, "bulwark.rules.>", *_reads(POLICIES, IDENTITY, RULES)]
+        p.subscribe += [POLICY_API]
+        p.responses = True
+    elif role == "feeder":
+        p.publish += ["bulwark.alerts.>", "bulwark.logs.>", DEAD_LETTER, POLICY_API,
+                      *_reads(RAW, IDENTITY, RULES, ALERTS, LOGS, DEAD_LETTERS)]
+        p.subscribe += ["bulwark.health.>"]
+    elif role == "launcher":
+        p.publish = [IDENTITY_API, "bulwark.api.enforcer.*.await"]
+    else:
+        raise ValueError(f"unknown NATS role {role!r}")
+    return p
+
+
+def user_name(role: str, node: str = "") -> str:
+    """The NATS user of ``role`` (node roles carry the node: ``monitor-<node>``)."""
+    return f"{role}-{subject_token(node)}" if role in NODE_ROLES else role
+
+
+def new_password() -> str:
+    """A random password for one user."""
+    return secrets.token_urlsafe(24)
+
+
+def render_authorization(passwords: dict[str, str], nodes: list[str]) -> str:
+    """The ``authorization { users = [...] }`` block for every cluster role and every node's agents."""
+    entries = []
+    roles = [(r, "") for r in CLUSTER_ROLES] + [(r, n) for n in nodes for r in NODE_ROLES]
+    for role, node in roles:
+        name = user_name(role, node)
+        perms = permissions_for(role, node)
+        block = {"publish": {"allow": perms.publish}, "subscribe": {"allow": perms.subscribe}}
+        if perms.responses:
+            block["allow_responses"] = True  # type: ignore[assignment]
+        entries.append(f"    {{user: {json.dumps(name)}, password: {json.dumps(passwords[name])}, "
+                       f"permissions: {json.dumps(block)}}}")
+    return "authorization {\n  users = [\n" + "\n".join(entries) + "\n  ]\n}\n"
