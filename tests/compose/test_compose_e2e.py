@@ -24,6 +24,7 @@ import pytest
 
 from bulwark.natsd import free_port
 from tests.docker.engine import PrivateDocker
+from tests.e2e.stack import wait_for_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,22 +117,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
             engine.stop()  # every container, image and volume goes with the engine's data root
 
 
-def _exec_until_refused(engine: PrivateDocker, name: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        done = engine.cli("exec", name, "/bin/sleep", "0", check=False)
-        if done.returncode != 0 or time.monotonic() > deadline:
-            return done
-        time.sleep(0.3)
 
 
-def _alerts(stack: ComposeStack, timeout: float = 5, **params: object) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = httpx.get(f"{stack.rest_url}/api/v1/alerts", params=params, timeout=5).json()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
 
 
 def test_compose_stack_services_run_with_named_capabilities_not_privileged(stack: ComposeStack) -> None:
@@ -166,16 +153,16 @@ def test_compose_stack_blocks_exec_in_labelled_container(stack: ComposeStack, tm
     applied = stack.cli("apply", "-f", str(path))
     assert applied.returncode == 0, applied.stderr
 
-    blocked = _exec_until_refused(engine, "compose-guarded")
+    blocked = engine.exec_until_refused("compose-guarded")
     assert blocked.returncode != 0, f"exec was never refused\n{stack.logs()}"
     assert "operation not permitted" in (blocked.stderr + blocked.stdout).lower(), blocked
     assert engine.cli("exec", "compose-free", "/bin/sleep", "0", check=False).returncode == 0
     assert engine.cli("exec", "compose-guarded", "/bin/true", check=False).returncode == 0
 
-    alerts = _alerts(stack, namespace=NS, policy="compose-block-sleep")
+    alerts = wait_for_alerts(stack.rest_url, 1, namespace=NS, policy="compose-block-sleep")
     if not alerts:  # the monitor's kernel filter may trail the enforcer by a moment: refuse once more
         assert engine.cli("exec", "compose-guarded", "/bin/sleep", "0", check=False).returncode != 0
-        alerts = _alerts(stack, timeout=10, namespace=NS, policy="compose-block-sleep")
+        alerts = wait_for_alerts(stack.rest_url, 1, timeout=10, namespace=NS, policy="compose-block-sleep")
     assert alerts, f"no alert\n{stack.logs()}"
     alert = alerts[0]
     assert alert["ContainerID"] == guarded and alert["ContainerName"] == "compose-guarded"

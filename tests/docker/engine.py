@@ -80,6 +80,15 @@ class PrivateDocker:
         """The end of dockerd's log."""
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
+    def exec_until_refused(self, name: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """`docker exec NAME CMD` until it fails (rules reach the enforcer asynchronously) or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.cli("exec", name, *(cmd or ("/bin/sleep", "0")), check=False)
+            if done.returncode != 0 or time.monotonic() > deadline:
+                return done
+            time.sleep(0.3)
+
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI against this engine only."""
         env = {**os.environ, "DOCKER_HOST": self.host, "DOCKER_CONFIG": str(self.root / "cli")}

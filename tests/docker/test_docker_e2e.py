@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.docker.engine import PrivateDocker
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack, start_stack, wait_for_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 NS = "docker"
@@ -50,23 +50,8 @@ def docker_stack(dockerd: PrivateDocker, busybox_image: str,
         assert code == 0, f"bulwark up exited with {code}\n{stack.logs()}"
 
 
-def _exec_until_refused(dockerd: PrivateDocker, name: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """`docker exec NAME /bin/sleep 0` until refused (rules reach the enforcer asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done = dockerd.cli("exec", name, "/bin/sleep", "0", check=False)
-        if done.returncode != 0 or time.monotonic() > deadline:
-            return done
-        time.sleep(0.3)
 
 
-def _alerts(stack: Stack, timeout: float = 5, **params: object) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = httpx.get(f"{stack.rest_url}/api/v1/alerts", params=params, timeout=5).json()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
 
 
 def test_label_policy_blocks_exec_in_one_docker_container_not_the_other(
@@ -78,17 +63,17 @@ def test_label_policy_blocks_exec_in_one_docker_container_not_the_other(
     applied = stack.cli("apply", "-f", str(path))
     assert applied.returncode == 0, applied.stderr
 
-    blocked = _exec_until_refused(dockerd, "web-guarded")
+    blocked = dockerd.exec_until_refused("web-guarded")
     assert blocked.returncode != 0, f"exec was never refused\n{stack.logs()}"
     assert "operation not permitted" in (blocked.stderr + blocked.stdout).lower(), blocked
     free = dockerd.cli("exec", "web-free", "/bin/sleep", "0", check=False)
     assert free.returncode == 0, free.stderr
     assert dockerd.cli("exec", "web-guarded", "/bin/true", check=False).returncode == 0  # only /bin/sleep
 
-    alerts = _alerts(stack, namespace=NS, policy="block-sleep-guarded")
+    alerts = wait_for_alerts(stack.rest_url, 1, namespace=NS, policy="block-sleep-guarded")
     if not alerts:  # the monitor's kernel filter may trail the enforcer by a moment: refuse once more
         assert dockerd.cli("exec", "web-guarded", "/bin/sleep", "0", check=False).returncode != 0
-        alerts = _alerts(stack, namespace=NS, policy="block-sleep-guarded")
+        alerts = wait_for_alerts(stack.rest_url, 1, namespace=NS, policy="block-sleep-guarded")
     assert alerts, f"no alert\n{stack.logs()}"
     alert = alerts[0]
     assert alert["ContainerID"] == ids["guarded"] and len(alert["ContainerID"]) == 64
@@ -98,16 +83,17 @@ def test_label_policy_blocks_exec_in_one_docker_container_not_the_other(
     assert alert["NamespaceName"] == NS
     assert (alert["Action"], alert["Result"], alert["Resource"]) == ("Block", "Operation not permitted", "/bin/sleep")
     assert alert["Enforcer"] == "Fanotify"
-    assert not [a for a in _alerts(stack, timeout=0.5, namespace=NS) if a["ContainerName"] == "web-free"]
+    seen = wait_for_alerts(stack.rest_url, 1, timeout=0.5, namespace=NS)
+    assert not [a for a in seen if a["ContainerName"] == "web-free"]
 
     # A container started while Bulwark runs is covered too (docker events).
     late = dockerd.run("web-late", busybox_image, {"app": "guarded"})
-    refused = _exec_until_refused(dockerd, "web-late")
+    refused = dockerd.exec_until_refused("web-late")
     assert refused.returncode != 0, f"late container not covered\n{stack.logs()}"
     deadline, late_alerts = time.monotonic() + 10, []
     while not late_alerts and time.monotonic() < deadline:
-        late_alerts = [a for a in _alerts(stack, timeout=1, namespace=NS, policy="block-sleep-guarded")
-                       if a["ContainerID"] == late]
+        found = wait_for_alerts(stack.rest_url, 1, timeout=1, namespace=NS, policy="block-sleep-guarded")
+        late_alerts = [a for a in found if a["ContainerID"] == late]
         if not late_alerts:
             dockerd.cli("exec", "web-late", "/bin/sleep", "0", check=False)
     assert late_alerts and late_alerts[0]["ContainerName"] == "web-late"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,3 +62,16 @@ def start_stack(data_dir: Path, node: str = "e2e-node", btf_tree: Path | None = 
     proc = subprocess.Popen([str(BIN / "bulwark"), "up"], env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     return Stack(proc, data_dir, rest, grpc, nats, node, env)
+
+
+def wait_for_alerts(rest_url: str, count: int = 1, timeout: float = 5.0, interval: float = 0.1,
+                    **params: object) -> list[dict]:
+    """GET /api/v1/alerts with ``params`` until at least ``count`` arrive or ``timeout`` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = httpx.get(f"{rest_url}/api/v1/alerts", params=params, timeout=5).json()
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(interval)

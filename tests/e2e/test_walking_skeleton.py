@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import require_root
 from tests.e2e.collectors import GrpcAlertCollector, WebsocketCollector
-from tests.e2e.stack import Stack, start_stack
+from tests.e2e.stack import Stack, start_stack, wait_for_alerts
 
 POLICIES = Path(__file__).parent / "policies"
 pytestmark = pytest.mark.e2e
@@ -51,13 +51,6 @@ def _alerts(stack: Stack, **params: object) -> list[dict]:
     return resp.json()
 
 
-def _wait_alerts(stack: Stack, count: int, timeout: float = 2.0, **params: object) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = _alerts(stack, **params)
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
 
 
 def test_block_exec_inline_in_selected_workload_and_alert_everywhere(stack: Stack) -> None:
@@ -77,7 +70,7 @@ def test_block_exec_inline_in_selected_workload_and_alert_everywhere(stack: Stac
         assert other.returncode == 0, other.stderr
         assert subprocess.run(["/usr/bin/sleep", "0.1"]).returncode == 0
 
-        alerts = _wait_alerts(stack, 1, namespace="demo", policy="block-sleep")
+        alerts = wait_for_alerts(stack.rest_url, 1, timeout=2.0, interval=0.05, namespace="demo", policy="block-sleep")
         time.sleep(0.5)  # anything doubled would have arrived by now
         alerts = _alerts(stack, namespace="demo", policy="block-sleep")
         assert len(alerts) == 1, alerts
@@ -115,7 +108,7 @@ def test_audit_policy_lets_it_run_and_alerts(stack: Stack) -> None:
     assert stack.cli("apply", "-f", str(POLICIES / "audit-true.yaml")).returncode == 0
     ran = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--", "/usr/bin/true")
     assert ran.returncode == 0, ran.stderr
-    alerts = _wait_alerts(stack, 1, namespace="demo", policy="audit-true")
+    alerts = wait_for_alerts(stack.rest_url, 1, timeout=2.0, interval=0.05, namespace="demo", policy="audit-true")
     assert len(alerts) == 1, alerts
     assert (alerts[0]["Action"], alerts[0]["Result"], alerts[0]["Severity"]) == ("Audit", "Passed", "2")
 
