@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
-from shared.codec import pack, unpack
-from shared.errors import ServiceUnavailable
+from shared.codec import pack, unpack, unpack_map
+from shared.errors import DecodeError, ServiceUnavailable
+from shared.lifecycle import Counters
 from shared.subjects import STREAMS, StreamSpec
 
-__all__ = ["connect", "ensure_streams", "ensure_stream", "request", "stream_last_seq"]
+__all__ = ["connect", "ensure_streams", "ensure_stream", "request", "stream_last_seq", "replay_stream"]
 
 log = logging.getLogger("bulwark.bus")
 
@@ -82,3 +84,29 @@ async def request(nc: Client, subject: str, payload: Any, timeout: float = 5.0) 
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise ServiceUnavailable(f"no answer on {subject}: {type(exc).__name__}") from exc
     return unpack(msg.data)
+
+
+async def replay_stream(js: JetStreamContext, spec: StreamSpec, handle: Callable[[dict[str, Any], int], None],
+                        counters: Counters, *, timeout: float = 5.0) -> int:
+    """Feed every message of ``spec``'s stream, oldest first, to ``handle(map, seq)``; returns the last seq.
+
+    A message that does not decode (or that ``handle`` refuses with DecodeError) is counted and skipped.
+    """
+    info = await js.stream_info(spec.name)
+    last = int(info.state.last_seq or 0)
+    if not last or not info.state.messages:
+        return last
+    sub = await js.subscribe(spec.subjects[0], ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        seq = 0
+        while seq < last:
+            msg = await sub.next_msg(timeout=timeout)
+            seq = msg.metadata.sequence.stream
+            try:
+                handle(unpack_map(msg.data), seq)
+            except DecodeError as exc:
+                counters.inc("decode_errors")
+                log.warning("skipped a bad message", extra={"stream": spec.name, "seq": seq, "error": str(exc)})
+    finally:
+        await sub.unsubscribe()
+    return last

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from shared.subjects import (
     ALERTS, DEAD_LETTER, DEAD_LETTERS, IDENTITY, IDENTITY_API, LOGS, POLICIES, POLICY_API, POLICY_EVENTS,
-    RAW, RULES, StreamSpec, enforcer_await, raw_events, rules_for_node, subject_token,
+    RAW, RULES, StreamSpec, enforcer_await, raw_events, subject_token,
 )
 
 __all__ = ["Permissions", "CLUSTER_ROLES", "NODE_ROLES", "permissions_for", "user_name", "render_authorization",

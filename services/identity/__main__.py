@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nats.js.api import DeliverPolicy
 
-from shared.bus import connect, ensure_streams
+from shared.bus import connect, ensure_streams, replay_stream
 from shared.codec import pack, unpack
 from shared.errors import DecodeError
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
@@ -25,25 +24,6 @@ from services.identity.registry import Registry
 from services.identity.settings import load_identity_settings
 
 log = logging.getLogger("bulwark.identity")
-
-
-async def replay(js, registry: Registry, counters: Counters) -> None:
-    """Rebuild the registry from the whole identity stream."""
-    info = await js.stream_info(IDENTITY.name)
-    last = int(info.state.last_seq or 0)
-    if not last:
-        return
-    sub = await js.subscribe(IDENTITY.subjects[0], ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while registry.last_seq < last:
-            msg = await sub.next_msg(timeout=5)
-            try:
-                registry.apply(IdentityEvent.from_wire(unpack(msg.data)), msg.metadata.sequence.stream)
-            except DecodeError:
-                counters.inc("decode_errors")
-                registry.last_seq = msg.metadata.sequence.stream
-    finally:
-        await sub.unsubscribe()
 
 
 async def reap_loop(api: IdentityApi, node: str, stop: asyncio.Event) -> None:
@@ -68,7 +48,7 @@ async def main() -> None:
     await ensure_streams(js)
     counters = Counters()
     registry = Registry()
-    await replay(js, registry, counters)
+    await replay_stream(js, IDENTITY, lambda m, seq: registry.apply(IdentityEvent.from_wire(m), seq), counters)
     api = IdentityApi(js, registry, counters)
 
     host = host_workload(settings.node_name)

@@ -7,7 +7,7 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared.bus import connect, ensure_streams
+from shared.bus import connect, ensure_streams, replay_stream
 from shared.codec import pack, unpack, unpack_map
 from shared.config import load_settings
 from shared.errors import DecodeError
@@ -19,7 +19,7 @@ from services.policy.api import PolicyApi, error_reply
 from services.policy.posture import posture_from_settings
 from services.policy.rulesets import RulePublisher
 from services.policy.schema import load_crd_schemas
-from services.policy.store import PolicyStore, Workloads, replay_stream
+from services.policy.store import PolicyStore, Workloads
 
 log = logging.getLogger("bulwark.policy")
 

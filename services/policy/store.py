@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
-from shared.codec import pack, unpack_map
+from shared.codec import pack
 from shared.errors import DecodeError, ValidationFailed
-from shared.lifecycle import Counters
 from shared.schemas.identity import IdentityEvent, Workload
-from shared.subjects import POLICY_EVENTS, StreamSpec
+from shared.subjects import POLICY_EVENTS
 from services.policy.model import Policy, to_policy
 from services.policy.validate import admit
 
 __all__ = ["EVENT_TYPES", "Key", "StoredPolicy", "PolicyStore", "Workloads", "policy_event",
-           "publish_policy_event", "replay_stream"]
+           "publish_policy_event"]
 
 log = logging.getLogger("bulwark.policy.store")
 
@@ -155,29 +152,3 @@ async def publish_policy_event(js: JetStreamContext, kind: str, doc: dict[str, A
     """Append one event to the policy log; returns its stream sequence."""
     ack = await js.publish(POLICY_EVENTS, pack(policy_event(kind, doc)))
     return int(ack.seq)
-
-
-async def replay_stream(js: JetStreamContext, spec: StreamSpec, handle: Callable[[dict[str, Any], int], None],
-                        counters: Counters, *, timeout: float = 5.0) -> int:
-    """Feed every message of ``spec``'s stream, oldest first, to ``handle(map, seq)``; returns the last seq.
-
-    A message that does not decode (or that ``handle`` refuses with DecodeError) is counted and skipped.
-    """
-    info = await js.stream_info(spec.name)
-    last = int(info.state.last_seq or 0)
-    if not last or not info.state.messages:
-        return last
-    sub = await js.subscribe(spec.subjects[0], ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        seq = 0
-        while seq < last:
-            msg = await sub.next_msg(timeout=timeout)
-            seq = msg.metadata.sequence.stream
-            try:
-                handle(unpack_map(msg.data), seq)
-            except DecodeError as exc:
-                counters.inc("decode_errors")
-                log.warning("skipped a bad message", extra={"stream": spec.name, "seq": seq, "error": str(exc)})
-    finally:
-        await sub.unsubscribe()
-    return last

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 from services.identity.host import host_namespaces
 from shared.bus import connect, request

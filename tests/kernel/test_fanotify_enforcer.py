@@ -21,7 +21,6 @@ from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
 from shared.subjects import enforcer_await, health, rules_for_node
 from services.enforcer.bpflsm import btf_func_id
-from services.enforcer.fanotify import FanotifyEnforcer
 from services.enforcer.select import choose, probe_all
 from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell, block_exec, host_run, private_copy, ruleset

@@ -17,9 +17,8 @@ import pytest
 import services.enforcer.fanotify as fan_mod
 from shared.matcher import Access, Decision
 from shared.schemas.rules import Rule
-from services.enforcer.fanotify import FanotifyEnforcer
 from tests.conftest import require_root
-from tests.kernel.nsutil import NsShell, host_run, private_copy, ruleset
+from tests.kernel.nsutil import host_run, private_copy, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
 DENIED = "Operation not permitted"

@@ -85,7 +85,6 @@ async def monitor(nats_server: NatsServer, tmp_path: Path, request: Any) -> Asyn
     require_root()
     callspec = getattr(request.node, "callspec", None)
     extra_env = callspec.params.get("monitor_env", {}) if callspec is not None else {}
-    before = {p["id"] for p in our_programs()}
     nc = await connect(nats_server.url, "test")
     beats = await nc.subscribe(health("monitor", NODE))
     raw_sub = await nc.subscribe(raw_events(NODE))

@@ -25,7 +25,7 @@ from shared.subjects import raw_events, rules_for_node
 from services.enforcer.signal import SignalEnforcer
 from services.enforcer.sigreport import to_raw_event
 from tests.conftest import require_root
-from tests.kernel.nsutil import NsShell, host_run, ruleset
+from tests.kernel.nsutil import host_run, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 REPO = Path(__file__).resolve().parents[2]
