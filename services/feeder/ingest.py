@@ -33,6 +33,7 @@ from shared.lifecycle import Counters
 from shared.matcher import decide
 from shared.schemas.events import RawBatch, RawEvent
 from shared.schemas.identity import Workload
+from shared.schemas.rules import WorkloadRules
 from shared.subjects import DEAD_LETTER, RAW
 from shared.visibility import visible
 
@@ -179,18 +180,16 @@ class Ingestor:
         if access is None:
             self.counters.inc("skipped_kind")
             return caught_up
-        workload, rules = self._lookup(ev)
-        if rules is None and not caught_up and self._worth_waiting(ev):
+        workload, compiled, known = self._lookup(ev)
+        if compiled is None and not caught_up and self._worth_waiting(ev):
             caught_up = True
             await self.follower.wait_caught_up(CATCH_UP_SECONDS)
-            workload, rules = self._lookup(ev)
-            if rules is None:
+            workload, compiled, known = self._lookup(ev)
+            if compiled is None:
                 self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
-        if self.state.workload(ev.node, ev.mntns) is None:
+        if not known:
             self.counters.inc("host_fallback")
-        ruleset = self.state.rulesets.get(ev.node)  # the compiled entry carries postures
-        compiled = ruleset.workloads.get(workload.id) if ruleset is not None else None
-        decision = decide(compiled if compiled is not None else (rules or []), access)
+        decision = decide(compiled if compiled is not None else [], access)  # the entry carries postures
         now_ns = time.time_ns()
         if decision is None or decision.action == "Allow":
             if visible(workload, access.operation, self.visibility):
@@ -207,11 +206,11 @@ class Ingestor:
         alerts.append(alert)
         return caught_up
 
-    def _lookup(self, ev: RawEvent) -> tuple[Workload, list[Any] | None]:
-        workload = self.state.workload(ev.node, ev.mntns, ev.ts_ns)
-        if workload is None:
-            workload = self.state.host_workload(ev.node)
-        return workload, self.state.rules_for(ev.node, workload.id)
+    def _lookup(self, ev: RawEvent) -> tuple[Workload, WorkloadRules | None, bool]:
+        """The event's workload (the node's host when unknown), its compiled entry, and whether it was known."""
+        known = self.state.workload(ev.node, ev.mntns, ev.ts_ns)
+        workload = known or self.state.host_workload(ev.node)
+        return workload, self.state.compiled_for(ev.node, workload.id), known is not None
 
     def _worth_waiting(self, ev: RawEvent) -> bool:
         key = (ev.node, ev.mntns)

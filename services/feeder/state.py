@@ -28,7 +28,7 @@ from shared.bus import stream_last_seq
 from shared.codec import unpack
 from shared.errors import DecodeError
 from shared.schemas.identity import IdentityEvent, Workload
-from shared.schemas.rules import Rule, RuleSet
+from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 from shared.subjects import HEALTH_ALL, IDENTITY, RULES, StreamSpec
 
 __all__ = ["FeederState", "StateFollower", "HealthEntry", "MAX_STOPPED"]
@@ -63,7 +63,7 @@ class FeederState:
         self._stopped: OrderedDict[tuple[str, int], str] = OrderedDict()
         # Rules of workloads a newer RuleSet no longer lists (they stopped): an event they caused
         # may still be on its way, and must be judged by the rules that held when it happened.
-        self.retired_rules: OrderedDict[tuple[str, str], list[Rule]] = OrderedDict()
+        self.retired_rules: OrderedDict[tuple[str, str], WorkloadRules] = OrderedDict()
         # Workloads whose mount namespace id the kernel has since given to a newer workload.
         self.replaced: OrderedDict[tuple[str, int], list[Workload]] = OrderedDict()
 
@@ -101,7 +101,7 @@ class FeederState:
         if cur is not None:
             for wid, wr in cur.workloads.items():
                 if wid not in rs.workloads:
-                    self.retired_rules[(rs.node, wid)] = wr.rules
+                    self.retired_rules[(rs.node, wid)] = wr
                     self.retired_rules.move_to_end((rs.node, wid))
             while len(self.retired_rules) > MAX_STOPPED:
                 self.retired_rules.popitem(last=False)
@@ -149,13 +149,17 @@ class FeederState:
         return Workload(id=f"host-{node}", name=node, namespace="", kind="host", node=node, mntns=0, pidns=0,
                         source="host")
 
-    def rules_for(self, node: str, workload_id: str) -> list[Rule] | None:
-        """The workload's compiled rules (the last ones it had, if it has stopped since); None when unknown."""
+    def compiled_for(self, node: str, workload_id: str) -> WorkloadRules | None:
+        """The workload's compiled entry (rules and postures; the last one it had, if it has stopped
+        since); None when unknown."""
         rs = self.rulesets.get(node)
         wr = rs.workloads.get(workload_id) if rs is not None else None
-        if wr is not None:
-            return wr.rules
-        return self.retired_rules.get((node, workload_id))
+        return wr if wr is not None else self.retired_rules.get((node, workload_id))
+
+    def rules_for(self, node: str, workload_id: str) -> list[Rule] | None:
+        """The workload's compiled rules (see :meth:`compiled_for`); None when unknown."""
+        wr = self.compiled_for(node, workload_id)
+        return None if wr is None else wr.rules
 
     def enforcer_name(self, node: str, operation: str = "") -> str:
         """The enforcer the node reported for ``operation`` (else its primary one; "" when none yet)."""

@@ -79,6 +79,7 @@ def test_rules_of_a_workload_that_left_the_ruleset_still_judge_its_late_events()
     state.apply_rules(RuleSet("n1", 1, 1, 1, {"w": WorkloadRules("w", 10, 11, [block])}))
     state.apply_rules(RuleSet("n1", 2, 1, 2, {}))
     assert state.rules_for("n1", "w") == [block]
+    assert state.compiled_for("n1", "w").workload_id == "w"  # the whole entry, postures included
     state.apply_rules(RuleSet("n1", 3, 2, 3, {"w": WorkloadRules("w", 10, 11, [])}))
     assert state.rules_for("n1", "w") == [] and state.retired_rules == {}
     assert state.rules_for("n1", "unknown") is None
