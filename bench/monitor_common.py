@@ -3,6 +3,7 @@ and the monitor's heartbeat counters. Not a benchmark itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,21 @@ def build_loadgen(workdir: Path) -> str:
     src.write_text(LOADGEN_C)
     subprocess.run([cc, "-O2", "-o", str(out), str(src)], check=True)
     return str(out)
+
+
+@contextlib.contextmanager
+def loadgen_workspace(prefix: str) -> Iterator[tuple[str, str]]:
+    """A temporary folder with the compiled load generator and a file to open: (binary, target).
+
+    The folder is removed afterwards, whatever happened.
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        target = work / "target"
+        target.write_text("x")
+        yield build_loadgen(work), str(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_loadgen(binary: str, *args: str, mount_ns: bool = True) -> float:

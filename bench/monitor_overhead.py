@@ -14,10 +14,8 @@ import argparse
 import asyncio
 import os
 import statistics
-import tempfile
-from pathlib import Path
 
-from monitor_common import MonitorStack, build_loadgen, run_loadgen
+from monitor_common import MonitorStack, loadgen_workspace, run_loadgen
 
 from shared.codec import pack
 from shared.schemas.rules import RuleSet
@@ -74,17 +72,14 @@ def main() -> int:
     parser.add_argument("--execs", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bw-overhead-"))
-    binary = build_loadgen(work)
-    target = str(work / "target")
-    Path(target).write_text("x")
-    base1 = measure(binary, target, args.opens, args.execs, args.reps)
-    on = asyncio.run(monitored(binary, target, args, filtered=False))   # builds the BTF tree too
-    base2 = measure(binary, target, args.opens, args.execs, args.reps)
-    empty = floor(binary, target, args)
-    base3 = measure(binary, target, args.opens, args.execs, args.reps)
-    filt = asyncio.run(monitored(binary, target, args, filtered=True))
-    base4 = measure(binary, target, args.opens, args.execs, args.reps)
+    with loadgen_workspace("bw-overhead-") as (binary, target):
+        base1 = measure(binary, target, args.opens, args.execs, args.reps)
+        on = asyncio.run(monitored(binary, target, args, filtered=False))   # builds the BTF tree too
+        base2 = measure(binary, target, args.opens, args.execs, args.reps)
+        empty = floor(binary, target, args)
+        base3 = measure(binary, target, args.opens, args.execs, args.reps)
+        filt = asyncio.run(monitored(binary, target, args, filtered=True))
+        base4 = measure(binary, target, args.opens, args.execs, args.reps)
     bases = [base1, base2, base3, base4]
     oc_base = statistics.mean(b[0] for b in bases)
     ex_base = statistics.mean(b[1] for b in bases)

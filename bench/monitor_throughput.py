@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from monitor_common import MonitorStack, build_loadgen
+from monitor_common import MonitorStack, loadgen_workspace
 
 from shared.codec import pack, unpack
 from shared.schemas.rules import RuleSet
@@ -139,12 +137,9 @@ def main() -> int:
     parser.add_argument("--rates", default="100000,150000,200000,250000,300000")
     parser.add_argument("--overload-ops", type=int, default=500_000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bw-throughput-"))
-    binary = build_loadgen(work)
-    target = str(work / "target")
-    Path(target).write_text("x")
-    asyncio.run(zero_loss(binary, target, [int(r) for r in args.rates.split(",")], args.seconds))
-    asyncio.run(overload(binary, target, args.overload_ops))
+    with loadgen_workspace("bw-throughput-") as (binary, target):
+        asyncio.run(zero_loss(binary, target, [int(r) for r in args.rates.split(",")], args.seconds))
+        asyncio.run(overload(binary, target, args.overload_ops))
     return 0
 
 
