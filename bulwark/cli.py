@@ -1,4 +1,4 @@
-"""The ``bulwark`` command: up, status, apply, delete, get, run, alerts."""
+"""The ``bulwark`` command: up, status, apply, delete, get, run, probe, policy, logs, summary, nats-auth."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from shared.config import Settings, load_settings
 from bulwark.client import Api, ApiError
+from shared.config import Settings, load_settings
 
 __all__ = ["main", "build_parser"]
 
@@ -262,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     from bulwark.logs_cmd import add_logs_parser
+    from bulwark.natsauth_cmd import add_nats_auth_parser
     from bulwark.summary_cmd import add_summary_parser
 
     add_logs_parser(sub)
     add_summary_parser(sub)
+    add_nats_auth_parser(sub)
     return parser
 
 

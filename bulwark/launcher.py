@@ -9,13 +9,14 @@ import signal
 import sys
 import time
 
+from bulwark.cgroups import create_workload_cgroup, remove_cgroup
+from bulwark.sandbox import GATE_REFUSED, Sandbox, start_sandbox
 from shared.bus import connect, request
 from shared.config import Settings
 from shared.errors import BulwarkError
+from shared.natscreds import credentials_for
 from shared.schemas.identity import Workload
 from shared.subjects import IDENTITY_API, enforcer_await
-from bulwark.cgroups import create_workload_cgroup, remove_cgroup
-from bulwark.sandbox import GATE_REFUSED, Sandbox, start_sandbox
 
 __all__ = ["run_workload", "LaunchError"]
 
@@ -36,7 +37,7 @@ def _landlock_spec(covered: dict) -> bytes:
 
 
 async def _register_and_cover(settings: Settings, wl: Workload, enforce_timeout: float) -> dict:
-    nc = await connect(settings.nats_url, "bulwark-run")
+    nc = await connect(settings.nats_url, "bulwark-run", credentials=credentials_for(settings, "launcher"))
     try:
         reply = await request(nc, IDENTITY_API, {"op": "register", "workload": wl.to_wire()})
         if not reply.get("ok"):
@@ -52,7 +53,8 @@ async def _register_and_cover(settings: Settings, wl: Workload, enforce_timeout:
 
 async def _stop(settings: Settings, workload_id: str) -> None:
     try:
-        nc = await connect(settings.nats_url, "bulwark-run", connect_timeout=2)
+        nc = await connect(settings.nats_url, "bulwark-run", connect_timeout=2,
+                           credentials=credentials_for(settings, "launcher"))
         try:
             await request(nc, IDENTITY_API, {"op": "stop", "id": workload_id}, timeout=2)
         finally:

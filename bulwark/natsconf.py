@@ -1,15 +1,19 @@
-"""``bulwark up --nats-auth``: per-service NATS users, kept in the data directory, and the nats.conf."""
+"""Per-service NATS users: passwords kept in a directory, ``bulwark up --nats-auth``'s nats.conf, stream creation."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from shared.bus import connect, ensure_streams
 from shared.natsauth import CLUSTER_ROLES, NODE_ROLES, new_password, render_authorization, user_name
+from shared.natscreds import NatsCredentials
 
-__all__ = ["AuthFiles", "prepare_auth", "launcher_url"]
+__all__ = ["AuthFiles", "prepare_auth", "launcher_url", "load_passwords", "node_users", "create_streams"]
 
 AUTH_DIR = "nats-auth"
 
@@ -32,16 +36,29 @@ def _url(user: str, password: str, port: int) -> str:
     return f"nats://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}"
 
 
+def load_passwords(folder: Path, users: list[str]) -> dict[str, str]:
+    """The passwords kept in ``folder/passwords.json``, with new ones made for ``users`` that lack one.
+
+    Re-rendering keeps every existing password, so adding a node does not log the others out.
+    """
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / "passwords.json"
+    passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    for user in users:
+        passwords.setdefault(user, new_password())
+    _write_private(path, json.dumps(passwords, indent=2))
+    return passwords
+
+
+def node_users(nodes: list[str]) -> list[str]:
+    """Every cluster user plus each node's monitor and enforcer users."""
+    return [user_name(r) for r in CLUSTER_ROLES] + [user_name(r, n) for n in nodes for r in NODE_ROLES]
+
+
 def prepare_auth(data_dir: Path, node: str, port: int) -> AuthFiles:
     """Create (or reuse) the users' passwords and render nats.conf for ``node``; files are 0600."""
     folder = data_dir / AUTH_DIR
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    creds_path = folder / "passwords.json"
-    passwords: dict[str, str] = json.loads(creds_path.read_text()) if creds_path.exists() else {}
-    users = [user_name(r) for r in CLUSTER_ROLES] + [user_name(r, node) for r in NODE_ROLES]
-    for user in users:
-        passwords.setdefault(user, new_password())
-    _write_private(creds_path, json.dumps(passwords, indent=2))
+    passwords = load_passwords(folder, node_users([node]))
     store = data_dir / "nats"
     config = folder / "nats.conf"
     _write_private(config, f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: {json.dumps(str(store))} }}\n'
@@ -56,3 +73,20 @@ def launcher_url(data_dir: Path) -> str | None:
     """The launcher's NATS URL written by ``bulwark up --nats-auth``, if there is one."""
     path = data_dir / AUTH_DIR / "launcher.url"
     return path.read_text().strip() if path.exists() else None
+
+
+async def create_streams(url: str, credentials: NatsCredentials | None = None, wait: float = 0.0) -> None:
+    """Create every Bulwark stream as the admin user, trying to reach NATS for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            nc = await connect(url, "bulwark-streams", credentials=credentials)
+            break
+        except Exception:  # NATS not up yet (a Kubernetes init container may start first)
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(1.0)
+    try:
+        await ensure_streams(nc.jetstream())
+    finally:
+        await nc.close()

@@ -9,11 +9,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from shared.bus import connect, ensure_streams
-from shared.config import Settings
-from bulwark.natsconf import prepare_auth
+from bulwark.natsconf import create_streams, prepare_auth
 from bulwark.natsd import start_nats_server
 from bulwark.procs import terminate
+from shared.config import Settings
 
 __all__ = ["SERVICES", "Supervisor"]
 
@@ -118,15 +117,6 @@ class Supervisor:
                 proc.wait()
         if self.nats:
             terminate(self.nats, grace=5)
-
-
-async def create_streams(url: str) -> None:
-    """Create every Bulwark stream as the admin user."""
-    nc = await connect(url, "bulwark-up")
-    try:
-        await ensure_streams(nc.jetstream())
-    finally:
-        await nc.close()
 
 
 def run_up(settings: Settings) -> int:

@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 from shared.codec import pack, unpack, unpack_map
 from shared.errors import DecodeError, ServiceUnavailable
 from shared.lifecycle import Counters
+from shared.natscreds import NatsCredentials
 from shared.subjects import STREAMS, StreamSpec
 
 __all__ = ["connect", "ensure_streams", "ensure_stream", "request", "stream_last_seq", "replay_stream"]
@@ -21,8 +22,12 @@ __all__ = ["connect", "ensure_streams", "ensure_stream", "request", "stream_last
 log = logging.getLogger("bulwark.bus")
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Client:
-    """Connect to NATS with logged error/disconnect/reconnect/close callbacks and endless reconnects."""
+async def connect(url: str, name: str, *, credentials: NatsCredentials | None = None,
+                  connect_timeout: float = 5.0) -> Client:
+    """Connect to NATS with logged error/disconnect/reconnect/close callbacks and endless reconnects.
+
+    ``credentials`` (a user and password) are for URLs that carry none (see shared.natscreds).
+    """
 
     async def error_cb(exc: Exception) -> None:
         log.warning("nats error", extra={"client": name, "error": repr(exc)})
@@ -36,8 +41,9 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Clien
     async def closed_cb() -> None:
         log.info("nats closed", extra={"client": name})
 
+    login = {"user": credentials.user, "password": credentials.password} if credentials else {}
     return await nats.connect(
-        url, name=name, connect_timeout=connect_timeout, max_reconnect_attempts=-1,
+        url, name=name, connect_timeout=connect_timeout, **login, max_reconnect_attempts=-1,
         reconnect_time_wait=0.5, error_cb=error_cb, disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb, closed_cb=closed_cb,
     )

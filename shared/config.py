@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "load_settings", "DEFAULT_DATA_DIR"]
@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_port: int = 4222
     nats_auth: bool = False
+    # Credentials when the URL carries none: a user and password (Compose env files, Kubernetes
+    # secretKeyRef), or a directory with one password file per user (the node agents' Secret).
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_credentials_dir: Path | None = None
     node_name: str = Field(default_factory=socket.gethostname)
     cluster_name: str = "default"
     rest_host: str = "127.0.0.1"

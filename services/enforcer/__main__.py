@@ -14,18 +14,18 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from services.enforcer.reports import report_loop
+from services.enforcer.select import choose
+from services.enforcer.state import AppliedRules
 from shared.bus import connect, ensure_streams
 from shared.codec import pack, unpack_map
 from shared.config import load_settings
 from shared.errors import DecodeError
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
 from shared.logs import setup_logging
+from shared.natscreds import credentials_for
 from shared.schemas.rules import RuleSet
 from shared.subjects import RULES, enforcer_await, rules_for_node
-
-from services.enforcer.reports import report_loop
-from services.enforcer.select import choose
-from services.enforcer.state import AppliedRules
 
 log = logging.getLogger("bulwark.enforcer")
 
@@ -83,7 +83,7 @@ async def main() -> None:
     background: list[asyncio.Task[None]] = []
     nc = None
     try:
-        nc = await connect(settings.nats_url, f"enforcer-{node}")
+        nc = await connect(settings.nats_url, f"enforcer-{node}", credentials=credentials_for(settings, "enforcer"))
         js = nc.jetstream()
         await ensure_streams(js)
 

@@ -22,8 +22,14 @@ from services.feeder.state import FeederState, StateFollower
 from services.feeder.store import RecordStore, make_engine
 from services.feeder.throttle import Throttler
 from shared.bus import connect, ensure_streams
-from shared.lifecycle import Counters, heartbeat_loop, run_service, stop_event_on_signals
+from shared.lifecycle import (
+    Counters,
+    heartbeat_loop,
+    run_service,
+    stop_event_on_signals,
+)
 from shared.logs import setup_logging
+from shared.natscreds import credentials_for
 
 log = logging.getLogger("bulwark.feeder")
 
@@ -45,7 +51,8 @@ async def main() -> None:
     stop = stop_event_on_signals()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = await asyncio.to_thread(make_engine, settings.database_url)  # runs the migrations
-    nc = await connect(settings.nats_url, f"feeder@{settings.node_name}")
+    nc = await connect(settings.nats_url, f"feeder@{settings.node_name}",
+                       credentials=credentials_for(settings, "feeder"))
     js = nc.jetstream()
     await ensure_streams(js)
     counters = Counters({k: 0 for k in _REPORTED})

@@ -5,14 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-
-from shared.bus import connect, ensure_streams, replay_stream
-from shared.codec import pack, unpack
-from shared.errors import DecodeError
-from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
-from shared.logs import setup_logging
-from shared.schemas.identity import IdentityEvent
-from shared.subjects import IDENTITY, IDENTITY_API
 from services.identity.api import IdentityApi
 from services.identity.composer import Composer
 from services.identity.host import host_workload
@@ -22,6 +14,14 @@ from services.identity.providers import Providers
 from services.identity.reaper import is_gone
 from services.identity.registry import Registry
 from services.identity.settings import load_identity_settings
+from shared.bus import connect, ensure_streams, replay_stream
+from shared.codec import pack, unpack
+from shared.errors import DecodeError
+from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
+from shared.logs import setup_logging
+from shared.natscreds import credentials_for
+from shared.schemas.identity import IdentityEvent
+from shared.subjects import IDENTITY, IDENTITY_API
 
 log = logging.getLogger("bulwark.identity")
 
@@ -43,7 +43,7 @@ async def main() -> None:
     settings = load_identity_settings()
     setup_logging("identity", settings.log_level)
     stop = stop_event_on_signals()
-    nc = await connect(settings.nats_url, "identity")
+    nc = await connect(settings.nats_url, "identity", credentials=credentials_for(settings, "identity"))
     js = nc.jetstream()
     await ensure_streams(js)
     counters = Counters()

@@ -14,6 +14,7 @@ from shared.config import Settings, load_settings
 from shared.errors import DecodeError
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
 from shared.logs import setup_logging
+from shared.natscreds import credentials_for
 from shared.subjects import raw_events
 from services.monitor.batcher import Batcher
 from services.monitor.btf import Btf
@@ -50,7 +51,8 @@ async def run(settings: Settings) -> int:
     except SelfCheckFailed as exc:
         log.error("refusing to run", extra={"reason": str(exc)})
         return 2
-    nc = await connect(settings.nats_url, f"{SERVICE}-{settings.node_name}")
+    nc = await connect(settings.nats_url, f"{SERVICE}-{settings.node_name}",
+                       credentials=credentials_for(settings, SERVICE))
     js = nc.jetstream()
     await ensure_streams(js)
     boot_id = read_boot_id()

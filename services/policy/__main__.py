@@ -7,19 +7,20 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from services.policy.api import PolicyApi, error_reply
+from services.policy.posture import posture_from_settings
+from services.policy.rulesets import RulePublisher
+from services.policy.schema import load_crd_schemas
+from services.policy.store import PolicyStore, Workloads
 from shared.bus import connect, ensure_streams, replay_stream
 from shared.codec import pack, unpack, unpack_map
 from shared.config import load_settings
 from shared.errors import DecodeError
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
 from shared.logs import setup_logging
+from shared.natscreds import credentials_for
 from shared.schemas.identity import IdentityEvent
 from shared.subjects import IDENTITY, POLICIES, POLICY_API
-from services.policy.api import PolicyApi, error_reply
-from services.policy.posture import posture_from_settings
-from services.policy.rulesets import RulePublisher
-from services.policy.schema import load_crd_schemas
-from services.policy.store import PolicyStore, Workloads
 
 log = logging.getLogger("bulwark.policy")
 
@@ -30,7 +31,7 @@ async def main() -> None:
     setup_logging("policy", settings.log_level)
     stop = stop_event_on_signals()
     load_crd_schemas()  # fail early if the CRDs we ship are missing
-    nc = await connect(settings.nats_url, "policy")
+    nc = await connect(settings.nats_url, "policy", credentials=credentials_for(settings, "policy"))
     js = nc.jetstream()
     await ensure_streams(js)
     counters = Counters()

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from bulwark.natsd import free_port
+from shared.natscreds import NatsCredentials
+from shared.subjects import raw_events
 from tests.docker.engine import PrivateDocker
 from tests.e2e.stack import wait_for_alerts
 
@@ -86,16 +88,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
         pytest.skip(why)
     engine = PrivateDocker()
     ports = {name: free_port() for name in ("nats", "nats_mon", "rest", "grpc", "pg")}
+    auth_dir = tmp_path_factory.mktemp("compose-auth") / "nats-users"
     env = {**os.environ, "DOCKER_HOST": engine.host, "DOCKER_CONFIG": str(engine.root / "cli"),
            "COMPOSE_PROJECT_NAME": f"bkcompose{os.getpid()}",
            "BULWARK_DOCKER_SOCKET": str(engine.socket), "BULWARK_NODE_NAME": "compose-e2e",
            "BULWARK_COMPOSE_NATS_PORT": str(ports["nats"]), "BULWARK_COMPOSE_NATS_MONITOR_PORT": str(ports["nats_mon"]),
            "BULWARK_COMPOSE_REST_PORT": str(ports["rest"]), "BULWARK_COMPOSE_GRPC_PORT": str(ports["grpc"]),
            "BULWARK_COMPOSE_PG_PORT": str(ports["pg"]), "BULWARK_POSTGRES_PASSWORD": PG_PASSWORD,
+           "BULWARK_COMPOSE_AUTH_DIR": str(auth_dir),
            # for the host's CLI
            "BULWARK_REST_PORT": str(ports["rest"]), "BULWARK_NATS_URL": f"nats://127.0.0.1:{ports['nats']}"}
     up = None
     try:
+        rendered = subprocess.run([str(BIN / "bulwark"), "nats-auth", "compose", "--dir", str(auth_dir),
+                                   "--node", env["BULWARK_NODE_NAME"]], capture_output=True, text=True, timeout=60)
+        assert rendered.returncode == 0, rendered.stderr
         engine.start()
         started = time.monotonic()
         build = subprocess.run(["bash", str(ROOT / "scripts/build-images.sh")], env=env, capture_output=True,
@@ -122,12 +129,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
 
 def test_compose_stack_services_run_with_named_capabilities_not_privileged(stack: ComposeStack) -> None:
     ps = stack.compose("ps", "-q").stdout.split()
-    assert len(ps) == 7, stack.compose("ps").stdout
+    assert len(ps) == 8, stack.compose("ps").stdout
     for cid in ps:
         info = json.loads(stack.engine.cli("inspect", cid).stdout)[0]
         service = info["Config"]["Labels"]["com.docker.compose.service"]
         host = info["HostConfig"]
-        assert info["State"]["Running"], (service, info["State"])
+        if service == "streams":  # one-shot: created the streams as admin, then exited
+            assert not info["State"]["Running"] and info["State"]["ExitCode"] == 0, info["State"]
+        else:
+            assert info["State"]["Running"], (service, info["State"])
         assert host["Privileged"] is False, service
         assert host["NetworkMode"] == "host", service
         if service in ("monitor", "enforcer"):
@@ -135,7 +145,7 @@ def test_compose_stack_services_run_with_named_capabilities_not_privileged(stack
             assert "CAP_SYS_ADMIN" in host["CapAdd"] or "SYS_ADMIN" in host["CapAdd"]
             binds = {b.split(":")[0]: b for b in host["Binds"]}
             assert binds["/sys/fs/cgroup"].endswith(":ro") and "/sys/kernel" in binds
-        elif service in ("nats", "postgres", "policy", "feeder"):
+        elif service in ("nats", "postgres", "policy", "feeder", "streams"):
             assert not host["CapAdd"] and host["PidMode"] == "", service
     for name, user in (("nats", "nobody"), ("postgres", "postgres")):
         assert stack.compose("exec", "-T", name, "id", "-un").stdout.strip() == user
@@ -176,10 +186,59 @@ def test_compose_stack_blocks_exec_in_labelled_container(stack: ComposeStack, tm
     assert rows.returncode == 0 and int(rows.stdout.strip() or 0) >= 1, (rows.stdout, rows.stderr)
 
 
-async def _stream_messages(url: str, stream: str) -> int:
+def _credentials(stack: ComposeStack, role: str) -> NatsCredentials:
+    """A service's NATS user, from the env file docker-compose gives it."""
+    env = dict(line.split("=", 1) for line in
+               (Path(stack.env["BULWARK_COMPOSE_AUTH_DIR"]) / f"{role}.env").read_text().splitlines() if line)
+    return NatsCredentials(env["BULWARK_NATS_USER"], env["BULWARK_NATS_PASSWORD"])
+
+
+def test_compose_services_log_in_as_their_own_nats_users(stack: ComposeStack) -> None:
+    import asyncio
+    import urllib.request
+
+    # After the blocked exec above: every service did its work within its own rights.
+    nats_log = stack.compose("logs", "--no-color", "nats", check=False).stdout
+    assert "Permissions Violation" not in nats_log, nats_log[-4000:]
+    monitor_port = stack.env["BULWARK_COMPOSE_NATS_MONITOR_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/connz?auth=true&limit=1000", timeout=5) as r:
+        conns = json.load(r)["connections"]
+    users = {c.get("name", ""): c.get("authorized_user", "") for c in conns}
+    node = stack.env["BULWARK_NODE_NAME"]
+    expected = {f"monitor-{node}": f"monitor-{node}", f"enforcer-{node}": f"enforcer-{node}",
+                "identity": "identity", "policy": "policy", f"feeder@{node}": "feeder"}
+    assert {name: users.get(name) for name in expected} == expected, users
+    assert "admin" not in users.values()  # the one-shot streams service has logged out
+
+    url = stack.env["BULWARK_NATS_URL"]
+    assert asyncio.run(_refused(url, None, raw_events(node)))                     # anonymous
+    assert asyncio.run(_refused(url, _credentials(stack, "monitor"), raw_events("another-node")))
+    assert asyncio.run(_refused(url, _credentials(stack, "feeder"), raw_events(node)))
+
+
+async def _refused(url: str, creds: NatsCredentials | None, subject: str) -> bool:
+    """Whether ``creds`` cannot connect, or cannot publish to ``subject`` (the stream acks nothing)."""
     import nats
 
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        login = {"user": creds.user, "password": creds.password} if creds else {}
+        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0, **login)
+    except Exception:
+        return True
+    try:
+        await nc.jetstream().publish(subject, b"{}", timeout=1.0)
+        return False
+    except Exception:
+        return True
+    finally:
+        await nc.close()
+
+
+async def _stream_messages(url: str, stream: str, creds: NatsCredentials) -> int:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, user=creds.user,
+                            password=creds.password)
     try:
         return (await nc.jetstream().stream_info(stream)).state.messages
     finally:
@@ -190,14 +249,15 @@ def test_compose_nats_keeps_jetstream_on_its_volume(stack: ComposeStack) -> None
     import asyncio
 
     url = stack.env["BULWARK_NATS_URL"]
-    before = asyncio.run(_stream_messages(url, "BULWARK_POLICIES"))
+    feeder = _credentials(stack, "feeder")  # may read every stream, create none
+    before = asyncio.run(_stream_messages(url, "BULWARK_POLICIES", feeder))
     assert before >= 1  # the policy applied above
     stack.compose("rm", "-s", "-f", "nats", timeout=120)  # the container goes; the named volume stays
     stack.compose("up", "-d", "nats", timeout=120)
     deadline = time.monotonic() + 60
     while True:
         try:
-            after = asyncio.run(_stream_messages(url, "BULWARK_POLICIES"))
+            after = asyncio.run(_stream_messages(url, "BULWARK_POLICIES", feeder))
             break
         except Exception:
             if time.monotonic() > deadline:

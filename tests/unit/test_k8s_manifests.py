@@ -89,3 +89,58 @@ def test_example_policies_pass_our_crd_validation() -> None:
     for path in (examples / "block-sleep.yaml", examples / "audit-true.yaml"):
         for label, doc in parse_documents(path.read_text(), str(path)):
             assert validate(doc, label) == []
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_generated_nats_secrets_are_valid_for_the_kubernetes_api(tmp_path: Path) -> None:
+    from bulwark.natsdeploy import render_kubernetes
+
+    docs = [d for d in yaml.safe_load_all(render_kubernetes(tmp_path, ["node-a", "node-b"]).read_text()) if d]
+    assert {d["kind"] for d in docs} == {"Secret"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, VERSION, strict=True)
+
+
+def test_each_cluster_service_gets_only_its_own_nats_user() -> None:
+    from bulwark.natsdeploy import SECRET_USERS
+
+    seen = {}
+    for d in _by_kind("Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            env = _env(c)
+            ref = env["BULWARK_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == SECRET_USERS and ref["key"] == env["BULWARK_NATS_USER"]["value"]
+            seen[c["name"]] = ref["key"]
+    # admin (which may create streams) only in the policy Deployment's init container
+    assert seen == {"identity": "identity", "policy": "policy", "feeder": "feeder", "streams": "admin"}
+
+
+def test_node_agents_read_their_nats_users_by_node_name() -> None:
+    from bulwark.natsdeploy import SECRET_NODE_USERS
+
+    (ds,) = _by_kind("DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["nats-users"]["secret"]["secretName"] == SECRET_NODE_USERS
+    for c in pod["containers"]:
+        env = _env(c)
+        assert env["BULWARK_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "nats-users")
+        assert env["BULWARK_NATS_CREDENTIALS_DIR"]["value"] == mount["mountPath"] and mount["readOnly"]
+        assert "BULWARK_NATS_PASSWORD" not in env
+
+
+def test_nats_reads_the_generated_authorization() -> None:
+    from bulwark.natsdeploy import SECRET_AUTH
+
+    (sts,) = [d for d in _by_kind("StatefulSet") if d["metadata"]["name"] == "bulwark-nats"]
+    pod = sts["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["auth"]["secret"]["secretName"] == SECRET_AUTH
+    (conf,) = [d["data"]["nats.conf"] for d in _by_kind("ConfigMap") if d["metadata"]["name"] == "bulwark-nats-config"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "include ../auth/auth.conf" in conf and Path(mounts["config"]).parent / "auth" == Path(mounts["auth"])
