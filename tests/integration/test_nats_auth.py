@@ -9,9 +9,9 @@ import pytest
 from bulwark.natsd import free_port, start_nats_server
 from bulwark.procs import terminate
 from shared.bus import connect, ensure_streams
-from shared.codec import pack
 from shared.natsauth import CLUSTER_ROLES, NODE_ROLES, render_authorization, user_name
 from shared.subjects import POLICY_EVENTS, raw_events
+from tests.natsperm import publish_ok
 
 NODES = ["node-a", "node-b"]
 
@@ -32,27 +32,16 @@ def secured(tmp_path: Path):
         terminate(proc, grace=5)
 
 
-async def _publish_ok(url: str, subject: str) -> bool:
-    nc = await connect(url, "t")
-    try:
-        await nc.jetstream().publish(subject, pack({"x": 1}), timeout=1.0)
-        return True
-    except Exception:
-        return False
-    finally:
-        await nc.close()
-
-
 async def test_a_nodes_monitor_publishes_only_its_own_raw_events(secured) -> None:
     url, log = secured
     admin = await connect(url("admin"), "admin")
     await ensure_streams(admin.jetstream())
     await admin.close()
-    assert await _publish_ok(url("monitor-node-a"), raw_events("node-a"))
-    assert not await _publish_ok(url("monitor-node-a"), raw_events("node-b"))
-    assert not await _publish_ok(url("feeder"), raw_events("node-a"))
-    assert not await _publish_ok(url("launcher"), POLICY_EVENTS)
-    assert await _publish_ok(url("policy"), POLICY_EVENTS)
+    assert await publish_ok(url("monitor-node-a"), raw_events("node-a"))
+    assert not await publish_ok(url("monitor-node-a"), raw_events("node-b"))
+    assert not await publish_ok(url("feeder"), raw_events("node-a"))
+    assert not await publish_ok(url("launcher"), POLICY_EVENTS)
+    assert await publish_ok(url("policy"), POLICY_EVENTS)
     assert "Permissions Violation" in log.read_text() or "Violation" in log.read_text()
 
 

@@ -10,45 +10,29 @@ import re
 import subprocess
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 
 from bulwark.natsconf import create_streams
 from bulwark.natsd import free_port, nats_server_binary, wait_for_port
-from bulwark.natsdeploy import SECRET_AUTH, SECRET_NODE_USERS, SECRET_USERS, render_compose, render_kubernetes
+from bulwark.natsdeploy import (
+    SECRET_AUTH,
+    SECRET_NODE_USERS,
+    SECRET_USERS,
+    render_compose,
+    render_kubernetes,
+)
 from bulwark.procs import terminate
-from shared.bus import connect
-from shared.codec import pack
 from shared.config import Settings
 from shared.natscreds import NatsCredentials, credentials_for
 from shared.subjects import POLICY_EVENTS, raw_events
+from tests.natsperm import anonymous_refused, publish_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
-
-
-async def _publish_ok(url: str, creds: NatsCredentials | None, subject: str) -> bool:
-    nc = await connect(url, "t", credentials=creds)
-    try:
-        await nc.jetstream().publish(subject, pack({"x": 1}), timeout=1.0)
-        return True
-    except Exception:
-        return False
-    finally:
-        await nc.close()
-
-
-async def _anonymous_refused(url: str) -> bool:
-    try:
-        nc = await nats.connect(url, connect_timeout=1.0, allow_reconnect=False, max_reconnect_attempts=0)
-    except Exception:
-        return True
-    await nc.close()
-    return False
 
 
 def _start(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -80,12 +64,12 @@ async def test_compose_users_from_env_files(tmp_path: Path) -> None:
             return credentials_for(settings, role)
 
         await create_streams(url, creds("admin"))
-        assert await _publish_ok(url, creds("monitor"), raw_events("compose-a"))
-        assert await _publish_ok(url, creds("enforcer"), raw_events("compose-a"))
-        assert not await _publish_ok(url, creds("monitor"), raw_events("compose-b"))
-        assert not await _publish_ok(url, creds("feeder"), raw_events("compose-a"))
-        assert await _publish_ok(url, creds("policy"), POLICY_EVENTS)
-        assert await _anonymous_refused(url)
+        assert await publish_ok(url, raw_events("compose-a"), creds("monitor"))
+        assert await publish_ok(url, raw_events("compose-a"), creds("enforcer"))
+        assert not await publish_ok(url, raw_events("compose-b"), creds("monitor"))
+        assert not await publish_ok(url, raw_events("compose-a"), creds("feeder"))
+        assert await publish_ok(url, POLICY_EVENTS, creds("policy"))
+        assert await anonymous_refused(url)
     finally:
         terminate(proc, grace=5)
 
@@ -128,12 +112,12 @@ async def test_kubernetes_users_from_the_rendered_secrets(tmp_path: Path) -> Non
             return credentials_for(Settings(nats_user=role, nats_password=users[role]), role)
 
         await create_streams(url, cluster("admin"))
-        assert await _publish_ok(url, agent("monitor", "node-a"), raw_events("node-a"))
-        assert await _publish_ok(url, agent("enforcer", "node-b.example"), raw_events("node-b.example"))
-        assert not await _publish_ok(url, agent("monitor", "node-a"), raw_events("node-b.example"))
-        assert not await _publish_ok(url, cluster("feeder"), raw_events("node-a"))
-        assert await _publish_ok(url, cluster("policy"), POLICY_EVENTS)
-        assert await _anonymous_refused(url)
+        assert await publish_ok(url, raw_events("node-a"), agent("monitor", "node-a"))
+        assert await publish_ok(url, raw_events("node-b.example"), agent("enforcer", "node-b.example"))
+        assert not await publish_ok(url, raw_events("node-b.example"), agent("monitor", "node-a"))
+        assert not await publish_ok(url, raw_events("node-a"), cluster("feeder"))
+        assert await publish_ok(url, POLICY_EVENTS, cluster("policy"))
+        assert await anonymous_refused(url)
     finally:
         terminate(proc, grace=5)
 
