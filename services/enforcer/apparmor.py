@@ -4,7 +4,8 @@ AppArmor is not active on the development VM, so no profile is loaded: ``compile
 ``apparmor_parser -Q -K -o OUT`` (parse and compile to a binary policy, skip the kernel load and the
 cache), which proves the profile is valid. Mapping (as KubeArmor's AppArmor enforcer does):
 
-- Block: ``deny`` rules (Process -> ``x``; File -> ``rwkl``); readOnly Block -> ``deny PATH w,``
+- Block: ``deny`` rules (Process -> ``mx``: ``m`` also refuses the executable mapping that the loader run
+  as a program, ``ld.so PATH``, needs; File -> ``rwkl``); readOnly Block -> ``deny PATH w,``
   (reads stay allowed); ownerOnly Block -> ``deny other PATH rw,`` (the owner keeps access)
 - Audit: ``audit`` allow rules (the access is logged, not refused)
 - Allow with the posture ``block`` (allow-lists): no catch-all ``file,`` (or ``network,`` /
@@ -53,8 +54,8 @@ def _file_line(rule: Rule, target: str) -> str:
         if rule.operation == "File" and rule.read_only:
             return f"deny {_quote(target)} w,"
         if rule.owner_only:
-            return f"deny other {_quote(target)} {'x' if rule.operation == 'Process' else 'rw'},"
-        return f"deny {_quote(target)} {'x' if rule.operation == 'Process' else perms},"
+            return f"deny other {_quote(target)} {'mx' if rule.operation == 'Process' else 'rw'},"
+        return f"deny {_quote(target)} {'mx' if rule.operation == 'Process' else perms},"
     prefix = "audit " if rule.action == "Audit" else ""
     owner = "owner " if rule.owner_only else ""
     if rule.operation == "File" and rule.read_only:

@@ -22,7 +22,8 @@ import threading
 import time
 
 from shared.lifecycle import Counters
-from shared.matcher import Access, decide
+from shared.loaders import decide_access
+from shared.matcher import Access
 from shared.schemas.rules import RuleSet
 
 from services.enforcer import _fansys as fs
@@ -211,27 +212,27 @@ class FanotifyEnforcer:
                 resources.append(seen)
         if not resources:
             return False
-        operation = "Process" if mask & fs.FAN_OPEN_EXEC_PERM else "File"
-        if operation == "Process":
-            access = "exec"
+        source = exe_of(tid)
+        if mask & fs.FAN_OPEN_EXEC_PERM:
+            operation, access = "Process", "exec"
             target = exec_target(tid)
             if target is not None and target != (st.st_dev, st.st_ino) and is_elf_interpreter(efd):
                 return False  # the ELF interpreter (ld.so) the kernel opens for the program: no exec
         else:
-            access = open_access(tid)
+            operation, access = "File", open_access(tid)
             if not access:  # unknown flags: judged as a write (read-only rules then deny)
                 self.counters.inc("mode_unknown")
                 access = "write"
         uid = fs_uid(tid) if mntns in tables.owner_ns else -1
-        source = exe_of(tid)
         posture = tables.posture.get(mntns)
         for resource in resources:
-            decision = decide(rules, Access(operation=operation, resource=resource, source=source,
-                                            access=access, uid=uid, resource_owner_uid=st.st_uid), posture)
+            asked = Access(operation=operation, resource=resource, source=source, access=access, uid=uid,
+                           resource_owner_uid=st.st_uid)
+            decision = decide_access(rules, asked, posture)  # `ld.so FILE` is an exec of FILE too
             if decision is not None and decision.action == "Block":
-                log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": operation,
-                                                 "path": resource, "access": access, "source": source,
-                                                 "policy": decision.policy})
+                log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": decision.rule.operation
+                                                 if decision.rule else operation, "path": resource,
+                                                 "access": access, "source": source, "policy": decision.policy})
                 return True
         return False
 

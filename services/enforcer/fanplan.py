@@ -2,7 +2,9 @@
 
 Only the files and directories Block rules name are marked:
 
-- Process rule, ``path``      -> FAN_OPEN_EXEC_PERM on that file
+- Process rule, ``path``      -> FAN_OPEN_EXEC_PERM on that file, and FAN_OPEN_PERM so that the dynamic
+  loader run as a program (``ld.so PATH``, which opens PATH instead of exec'ing it) is judged too
+  (``shared.loaders``); an exec of a marked file then costs two verdicts
 - File rule, ``path``         -> FAN_OPEN_PERM on that file (reads and writes; the decision tells them apart)
 - ``dir`` (matchDirectories)  -> the same mask plus FAN_EVENT_ON_CHILD on the directory (its direct
   children); with ``recursive`` every subdirectory found at apply time is marked the same way
@@ -37,6 +39,7 @@ __all__ = ["Target", "NsPlan", "plan", "OPERATIONS"]
 OPERATIONS = frozenset({"Process", "File"})
 _NEVER_MARKED = ("/proc/", "/sys/")
 _MASK = {"Process": fs.FAN_OPEN_EXEC_PERM, "File": fs.FAN_OPEN_PERM}
+_BLOCK_MASK = {"Process": fs.FAN_OPEN_EXEC_PERM | fs.FAN_OPEN_PERM, "File": fs.FAN_OPEN_PERM}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,7 @@ def plan(ruleset: RuleSet, host_mntns: int = 0) -> dict[int, NsPlan]:
             if target is None:
                 ns.unmarkable += 1
                 continue
-            mask = _MASK[rule.operation] | (fs.FAN_EVENT_ON_CHILD if target.kind != "file" else 0)
+            mask = _BLOCK_MASK[rule.operation] | (fs.FAN_EVENT_ON_CHILD if target.kind != "file" else 0)
             ns.targets[target] = ns.targets.get(target, 0) | mask
         if ns.targets or ns.unmarkable or ns.mount_mask or ns.posture_unenforced:
             out[mntns] = ns

@@ -30,7 +30,7 @@ from services.feeder.throttle import Throttler
 from shared.codec import pack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
-from shared.matcher import decide
+from shared.loaders import decide_access
 from shared.schemas.events import RawBatch, RawEvent
 from shared.schemas.identity import Workload
 from shared.schemas.rules import WorkloadRules
@@ -189,7 +189,8 @@ class Ingestor:
                 self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
         if not known:
             self.counters.inc("host_fallback")
-        decision = decide(compiled if compiled is not None else [], access)  # the entry carries postures
+        # the entry carries postures; `ld.so FILE` is judged as an exec of FILE too (shared.loaders)
+        decision = decide_access(compiled if compiled is not None else [], access)
         now_ns = time.time_ns()
         if decision is None or decision.action == "Allow":
             if visible(workload, access.operation, self.visibility):
@@ -197,8 +198,11 @@ class Ingestor:
             else:
                 self.counters.inc("not_visible")
             return caught_up
+        operation = decision.rule.operation if decision.rule is not None else access.operation
         alert = build_alert(ev, workload, decision, cluster=self.cluster,
-                            enforcer_name=self.state.enforcer_name(ev.node, access.operation), now_ns=now_ns)
+                            enforcer_name=self.state.enforcer_name(ev.node, operation), now_ns=now_ns)
+        if operation != access.operation:  # a loader's open judged as the exec it stands for
+            alert["Operation"] = operation
         throttled, notices = self.throttler.check(alert, alert_time_ns(alert))
         if throttled:
             alert["Throttled"] = True

@@ -45,10 +45,16 @@ def bits_of(words: frozenset[str]) -> int:
     return out
 
 
-def _rule_bits(rules: list[Rule]) -> int:
+def _rule_bits(rules: list[Rule], host: bool = False) -> int:
+    """The kinds ``rules`` judge. A Process Block also needs file opens in a workload: the loader run as
+    a program (``ld.so PROGRAM``) opens PROGRAM instead of exec'ing it (shared.loaders). Not on the host,
+    where that would emit every open of the node; there such a refusal has no alert unless file events
+    are visible."""
     out = 0
     for rule in rules:
         out |= OPERATION_BITS.get(rule.operation, 0)
+        if rule.operation == "Process" and rule.action == "Block" and not host:
+            out |= OPERATION_BITS["File"]
     return out
 
 
@@ -71,7 +77,7 @@ def visibility_masks(ruleset: RuleSet | None, workloads: dict[str, Workload], ho
     running = ruleset.running()
     union = 0
     for wr in running:
-        union |= _rule_bits(wr.rules)
+        union |= _rule_bits(wr.rules, wr.mntns == host_mntns)
     out = {0: bits_of(parse_visibility(containers)) | union}
     host_listed = False
     for wr in running:
@@ -80,7 +86,7 @@ def visibility_masks(ruleset: RuleSet | None, workloads: dict[str, Workload], ho
         host = wr.mntns == host_mntns
         host_listed |= host
         mask = _workload_bits(workloads.get(wr.workload_id), host, containers, hosts)
-        out[wr.mntns] = out.get(wr.mntns, 0) | mask | _rule_bits(wr.rules)
+        out[wr.mntns] = out.get(wr.mntns, 0) | mask | _rule_bits(wr.rules, host)
     if not host_listed and host_mntns:
         out[host_mntns] = bits_of(parse_visibility(hosts))
     return out

@@ -104,6 +104,25 @@ def test_block_exec_inline_in_selected_workload_and_alert_everywhere(stack: Stac
         grpc_feed.stop()
 
 
+def test_running_sleep_through_the_loader_is_blocked_and_alerted_as_an_exec(stack: Stack) -> None:
+    """`ld.so /usr/bin/sleep` opens sleep instead of exec'ing it: still a Process Block (shared.loaders)."""
+    loader = "/lib64/ld-linux-x86-64.so.2"
+    ran = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--name", "loader-wl", "--",
+                    loader, "/usr/bin/sleep", "0.1")
+    assert ran.returncode != 0 and "not permitted" in ran.stderr.lower(), ran.stderr
+    other = stack.cli("run", "--namespace", "demo", "--label", "app=other", "--", loader, "/usr/bin/sleep", "0.1")
+    assert other.returncode == 0, other.stderr
+    deadline = time.monotonic() + 5
+    mine: list[dict] = []
+    while time.monotonic() < deadline and not mine:
+        mine = [a for a in _alerts(stack, namespace="demo", policy="block-sleep") if a["ContainerName"] == "loader-wl"]
+        time.sleep(0.1)
+    assert len(mine) == 1, mine
+    alert = mine[0]
+    assert (alert["Operation"], alert["Resource"], alert["Action"]) == ("Process", "/usr/bin/sleep", "Block")
+    assert "ld-linux" in alert["Source"] and alert["Enforcer"] == "Fanotify"
+
+
 def test_audit_policy_lets_it_run_and_alerts(stack: Stack) -> None:
     assert stack.cli("apply", "-f", str(POLICIES / "audit-true.yaml")).returncode == 0
     ran = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--", "/usr/bin/true")

@@ -81,7 +81,23 @@ def test_blocks_only_the_selected_namespace(enforcer, copy, ns_a, ns_b) -> None:
     assert host_run(copy) == (0, "")
     assert ns_a.run("/usr/bin/true") == (0, "")  # the original binary is another inode
     stats = enforcer.stats()
-    assert stats["denied"] == 1 and stats["allowed"] == 2 and stats["errors"] == 0 and stats["marks"] == 1
+    # an allowed exec of a marked file gets two verdicts: the exec, and the open (see fanplan: ld.so)
+    assert stats["denied"] == 1 and stats["allowed"] == 4 and stats["errors"] == 0 and stats["marks"] == 1
+
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+def test_running_the_program_through_the_loader_is_refused_too(enforcer, copy, ns_a, ns_b) -> None:
+    """`ld.so FILE` opens FILE (no exec of it): an open by a loader is judged as an exec of FILE."""
+    enforcer.apply(ruleset(1, a=(ns_a.mntns, [block_exec(copy)]), b=(ns_b.mntns, [])))
+    rc, out = ns_a.run(f"{LOADER} {copy}")
+    assert rc != 0 and "Operation not permitted" in out, out
+    assert ns_b.run(f"{LOADER} {copy}") == (0, "")   # the sibling and the host run it
+    assert host_run(f"{LOADER} {copy}") == (0, "")
+    assert ns_a.run(f"cat {copy} > /dev/null") == (0, "")  # reading the file is no exec
+    assert ns_a.run(f"{LOADER} /usr/bin/true") == (0, "")  # nor is loading an unmarked program
+    assert enforcer.stats()["errors"] == 0
 
 
 def test_close_releases_every_mark(enforcer, copy, ns_a) -> None:
@@ -104,7 +120,7 @@ def test_path_is_resolved_as_the_workload_sees_it(enforcer, copy, tmp_path, ns_a
     assert rc == EPERM_RC and "Operation not permitted" in out
     assert host_run(copy) == (0, "")   # the host's file at that path is not even marked
     assert host_run(inner) == (0, "")  # the marked inode, but the host is not selected
-    assert enforcer.stats()["denied"] == 1 and enforcer.stats()["allowed"] == 1
+    assert enforcer.stats()["denied"] == 1 and enforcer.stats()["allowed"] == 2  # exec + open verdicts
 
 
 def test_workloads_sharing_a_namespace_share_rules(enforcer, copy, ns_a) -> None:
@@ -153,7 +169,7 @@ def test_measure_exec_cost(enforcer, copy, ns_a) -> None:
     enforcer.apply(ruleset(1, a=(ns_a.mntns, [block_exec(copy)])))
     denied, allowed_host = per_exec_ms(ns_a.run), per_exec_ms(host_run)
     stats = enforcer.stats()
-    assert stats["denied"] == n and stats["allowed"] == n
+    assert stats["denied"] == n and stats["allowed"] == 2 * n  # each allowed exec: exec + open verdicts
     per_event_us = stats["handle_ns"] / stats["events"] / 1000
     print(f"\nexec ms: unmarked ns={base_ns:.3f} host={base_host:.3f}; marked: denied in ns={denied:.3f} "
           f"allowed on host={allowed_host:.3f}; decision {per_event_us:.1f} us/event")

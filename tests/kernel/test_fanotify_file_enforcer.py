@@ -120,7 +120,7 @@ class Spy:
 def test_read_only_asks_the_matcher_read_or_write(enforcer, tree, shells, monkeypatch) -> None:
     a, _ = shells
     spy = Spy(lambda acc: acc.access == "write")
-    monkeypatch.setattr(fan_mod, "decide", spy)
+    monkeypatch.setattr(fan_mod, "decide_access", spy)
     secret = tree / "d/secret"
     enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(path=str(secret), read_only=True)])))
     assert a.run(f"cat {secret}") == (0, "data")
@@ -136,7 +136,7 @@ def test_read_only_asks_the_matcher_read_or_write(enforcer, tree, shells, monkey
 def test_owner_only_gets_uid_and_file_owner(enforcer, tree, shells, monkeypatch) -> None:
     a, _ = shells
     spy = Spy(lambda acc: acc.uid != acc.resource_owner_uid)
-    monkeypatch.setattr(fan_mod, "decide", spy)
+    monkeypatch.setattr(fan_mod, "decide_access", spy)
     secret = tree / "d/secret"
     os.chown(secret, 4321, 4321)
     enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(path=str(secret), owner_only=True)])))

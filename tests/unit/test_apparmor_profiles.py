@@ -33,7 +33,7 @@ RULES = [
 def test_profile_lines() -> None:
     text = generate_profile("wl/1 x", RULES)
     assert f"profile {profile_name('wl/1 x')} " in text and "bulwark-wl_1_x" in text
-    for line in ("file,", "network,", "capability,", "deny /usr/bin/sleep x,", "audit /usr/sbin/** ix,",
+    for line in ("file,", "network,", "capability,", "deny /usr/bin/sleep mx,", "audit /usr/sbin/** ix,",
                  "deny /etc/shadow rwkl,", "deny /etc/hosts w,", "deny other /home/u/.ssh/id_rsa rw,",
                  "audit /var/log/* rwkl,", "deny network inet udp,", "deny network raw,",
                  "deny capability net_raw,", "audit capability sys_admin,"):

@@ -118,6 +118,11 @@ def test_visibility_masks_never_hide_what_rules_need() -> None:
     assert masks[1] == 8                  # host default none, plus its Capabilities rule
     assert masks[0] == 15 | 4 | 8 and 70 not in masks   # unknown mntns: default | every rule's kind
     assert visibility_masks(rs, {}, 1, containers="process", hosts="file")[60] == 1
+    # A Process Block in a workload also needs its opens (`ld.so PROGRAM`: shared.loaders); not on the host.
+    rs = _rs(WorkloadRules("w1", 50, 51, [_r("Process", path="/bin/sleep")]),
+             WorkloadRules("host", 1, 2, [_r("Process", path="/bin/sleep")]))
+    masks = visibility_masks(rs, {"w1": quiet}, host_mntns=1)
+    assert masks[50] == 1 | 2 and masks[1] == 1
 
 
 def test_wanted_syscalls() -> None:
