@@ -26,11 +26,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
 def cmd_kubernetes(args: argparse.Namespace) -> int:
     from bulwark.natsdeploy import render_kubernetes
 
-    nodes = [n.strip().removeprefix("node/") for n in args.nodes.split(",") if n.strip()]
-    try:
-        print(render_kubernetes(args.dir, nodes, args.namespace))
-    except ValueError as exc:
-        raise SystemExit(f"bulwark nats-auth kubernetes: {exc}") from None
+    print(render_kubernetes(args.dir, args.namespace))
     return 0
 
 
@@ -57,8 +53,8 @@ def add_nats_auth_parser(sub: Any) -> argparse.ArgumentParser:
                          help="output directory, as BULWARK_COMPOSE_AUTH_DIR (default ./.bulwark-compose)")
     compose.add_argument("--node", default="compose-node", help="BULWARK_NODE_NAME of the stack (default compose-node)")
     compose.set_defaults(func=cmd_compose)
-    k8s = inner.add_parser("kubernetes", help="write nats-auth.yaml: the Secrets deploy/k8s expects")
-    k8s.add_argument("--nodes", required=True, help="comma-separated node names (kubectl get nodes -o name)")
+    k8s = inner.add_parser("kubernetes", help="write nats-auth.yaml: the Secrets deploy/k8s expects (node agents "
+                                              "log in with their ServiceAccount token: no node list)")
     k8s.add_argument("--dir", type=Path, default=Path(".bulwark-k8s"), help="output directory (passwords kept there)")
     k8s.add_argument("--namespace", default="bulwark")
     k8s.set_defaults(func=cmd_kubernetes)

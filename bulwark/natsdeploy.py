@@ -4,12 +4,12 @@ Compose (``render_compose``): a directory with ``nats-auth.conf`` (the server's 
 mounted into the NATS container) and one ``<role>.env`` per service (``BULWARK_NATS_USER`` and
 ``BULWARK_NATS_PASSWORD``), each read only by that service's ``env_file``.
 
-Kubernetes (``render_kubernetes``): three Secrets in one manifest:
-- ``bulwark-nats-auth``: ``auth.conf`` for the NATS StatefulSet (every user, every node);
-- ``bulwark-nats-users``: one key per cluster user; each Deployment takes only its own key;
-- ``bulwark-nats-node-users``: one key per node agent user (``monitor-<node>``); the DaemonSet mounts it and
-  each pod logs in as its own node's users (shared.natscreds). Every node pod can read the other nodes'
-  files: a static Secret cannot be split per node (see README, "NATS users").
+Kubernetes (``render_kubernetes``): two Secrets in one manifest:
+- ``bulwark-nats-auth``: ``auth.conf`` for the NATS StatefulSet: the cluster users, and the auth callout
+  that every other login (the node agents') goes to;
+- ``bulwark-nats-users``: one key per cluster user, each Deployment taking only its own key, plus the
+  callout issuer's seed (identity only). Node agents hold no NATS secret at all: they log in with their
+  projected ServiceAccount token, and identity's callout grants them their own node's rights.
 """
 from __future__ import annotations
 
@@ -19,16 +19,19 @@ from pathlib import Path
 import yaml
 
 from bulwark.natsconf import load_passwords, node_users
-from shared.natsauth import CLUSTER_ROLES, NODE_ROLES, render_authorization, user_name
+from shared.natsauth import NODE_ROLES, render_authorization, user_name
+from shared.natsjwt import new_account_seed, public_key
 
-__all__ = ["render_compose", "render_kubernetes", "COMPOSE_ROLES", "SECRET_AUTH", "SECRET_USERS",
-           "SECRET_NODE_USERS"]
+__all__ = ["render_compose", "render_kubernetes", "kubernetes_secrets", "COMPOSE_ROLES", "KUBERNETES_ROLES",
+           "SECRET_AUTH", "SECRET_USERS", "CALLOUT_SEED_KEY"]
 
 # The roles of the Compose stack: admin creates the streams (a one-shot service), no launcher.
 COMPOSE_ROLES = ("admin", "identity", "policy", "feeder", "monitor", "enforcer")
 SECRET_AUTH = "bulwark-nats-auth"
 SECRET_USERS = "bulwark-nats-users"
-SECRET_NODE_USERS = "bulwark-nats-node-users"
+CALLOUT_SEED_KEY = "callout-issuer-seed"
+# Static users on Kubernetes: the cluster services (node agents come through the callout; no launcher).
+KUBERNETES_ROLES = ("admin", "identity", "policy", "feeder")
 
 
 def _write(path: Path, text: str, mode: int) -> None:
@@ -65,13 +68,20 @@ def _secret(name: str, namespace: str, data: dict[str, str]) -> dict:
             "stringData": data}
 
 
-def kubernetes_secrets(passwords: dict[str, str], nodes: list[str], namespace: str) -> list[dict]:
-    """The three Secrets (see the module docstring) for ``nodes``."""
-    cluster = {user_name(r): passwords[user_name(r)] for r in CLUSTER_ROLES if r != "launcher"}
-    agents = {user_name(r, n): passwords[user_name(r, n)] for n in nodes for r in NODE_ROLES}
-    return [_secret(SECRET_AUTH, namespace, {"auth.conf": render_authorization(passwords, nodes)}),
-            _secret(SECRET_USERS, namespace, cluster),
-            _secret(SECRET_NODE_USERS, namespace, agents)]
+def kubernetes_secrets(passwords: dict[str, str], callout_seed: str, namespace: str) -> list[dict]:
+    """The two Secrets (see the module docstring)."""
+    conf = render_authorization(passwords, [], roles=KUBERNETES_ROLES, callout_issuer=public_key(callout_seed))
+    users = {user_name(r): passwords[user_name(r)] for r in KUBERNETES_ROLES}
+    return [_secret(SECRET_AUTH, namespace, {"auth.conf": conf}),
+            _secret(SECRET_USERS, namespace, {**users, CALLOUT_SEED_KEY: callout_seed})]
+
+
+def _callout_seed(folder: Path) -> str:
+    """The auth callout issuer's seed kept in ``folder`` (made once: users' JWTs are checked against it)."""
+    path = folder / "callout-issuer.seed"
+    if not path.exists():
+        _write(path, new_account_seed() + "\n", 0o600)
+    return path.read_text().strip()
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -85,13 +95,11 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockDumper.add_representer(str, _str)
 
 
-def render_kubernetes(folder: Path, nodes: list[str], namespace: str = "bulwark") -> Path:
-    """Write ``folder/nats-auth.yaml`` (0600) with the Secrets for ``nodes``; passwords kept in ``folder``."""
-    if not nodes:
-        raise ValueError("--nodes: at least one node name is needed (kubectl get nodes -o name)")
-    passwords = load_passwords(folder, node_users(nodes))
+def render_kubernetes(folder: Path, namespace: str = "bulwark") -> Path:
+    """Write ``folder/nats-auth.yaml`` (0600) with the Secrets; passwords and the seed are kept in ``folder``."""
+    passwords = load_passwords(folder, [user_name(r) for r in KUBERNETES_ROLES])
+    docs = kubernetes_secrets(passwords, _callout_seed(folder), namespace)
     out = folder / "nats-auth.yaml"
-    docs = kubernetes_secrets(passwords, nodes, namespace)
     _write(out, "# Generated by `bulwark nats-auth kubernetes`: NATS users for Bulwark. Keep it secret.\n"
            + yaml.dump_all(docs, Dumper=_BlockDumper, sort_keys=False, width=10_000), 0o600)
     return out

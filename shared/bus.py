@@ -28,12 +28,23 @@ async def connect(url: str, name: str, *, credentials: NatsCredentials | None = 
 
     ``credentials`` (a user and password) are for URLs that carry none (see shared.natscreds).
     """
+    nc: Client | None = None
+
+    def refresh_password() -> None:
+        """A rotating password (a token file) is read again before the client logs in again."""
+        if nc is not None and credentials is not None and credentials.refresh is not None:
+            try:
+                nc.options["password"] = credentials.refresh()
+            except Exception as exc:
+                log.warning("nats credentials not refreshed", extra={"client": name, "error": str(exc)})
 
     async def error_cb(exc: Exception) -> None:
         log.warning("nats error", extra={"client": name, "error": repr(exc)})
+        refresh_password()
 
     async def disconnected_cb() -> None:
         log.warning("nats disconnected", extra={"client": name})
+        refresh_password()
 
     async def reconnected_cb() -> None:
         log.info("nats reconnected", extra={"client": name})
@@ -42,11 +53,12 @@ async def connect(url: str, name: str, *, credentials: NatsCredentials | None = 
         log.info("nats closed", extra={"client": name})
 
     login = {"user": credentials.user, "password": credentials.password} if credentials else {}
-    return await nats.connect(
+    nc = await nats.connect(
         url, name=name, connect_timeout=connect_timeout, **login, max_reconnect_attempts=-1,
         reconnect_time_wait=0.5, error_cb=error_cb, disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb, closed_cb=closed_cb,
     )
+    return nc
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:

@@ -25,10 +25,10 @@ class Settings(BaseSettings):
     nats_port: int = 4222
     nats_auth: bool = False
     # Credentials when the URL carries none: a user and password (Compose env files, Kubernetes
-    # secretKeyRef), or a directory with one password file per user (the node agents' Secret).
+    # secretKeyRef), or a node agent's Kubernetes ServiceAccount token file (auth callout).
     nats_user: str | None = None
     nats_password: SecretStr | None = None
-    nats_credentials_dir: Path | None = None
+    nats_token_file: Path | None = None
     node_name: str = Field(default_factory=socket.gethostname)
     cluster_name: str = "default"
     rest_host: str = "127.0.0.1"

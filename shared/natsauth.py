@@ -17,10 +17,12 @@ from shared.subjects import (
     RAW, RULES, StreamSpec, enforcer_await, raw_events, subject_token,
 )
 
-__all__ = ["Permissions", "CLUSTER_ROLES", "NODE_ROLES", "permissions_for", "user_name", "render_authorization",
-           "new_password"]
+__all__ = ["Permissions", "CLUSTER_ROLES", "NODE_ROLES", "AUTH_CALLOUT_SUBJECT", "permissions_for", "user_name",
+           "render_authorization", "new_password"]
 
 CLUSTER_ROLES = ("admin", "identity", "policy", "feeder", "launcher")
+# Where nats-server asks who a login is when no static user matches (auth callout: identity answers).
+AUTH_CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
 NODE_ROLES = ("monitor", "enforcer")
 
 
@@ -92,16 +94,29 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def render_authorization(passwords: dict[str, str], nodes: list[str]) -> str:
-    """The ``authorization { users = [...] }`` block for every cluster role and every node's agents."""
-    entries = []
-    roles = [(r, "") for r in CLUSTER_ROLES] + [(r, n) for n in nodes for r in NODE_ROLES]
-    for role, node in roles:
+def render_authorization(passwords: dict[str, str], nodes: list[str], *, roles: tuple[str, ...] = CLUSTER_ROLES,
+                         callout_issuer: str | None = None) -> str:
+    """The ``authorization { users = [...] }`` block for ``roles`` and every node's agents.
+
+    With ``callout_issuer`` (an account public nkey) node agents have no static users: every login that
+    matches none goes to identity's auth callout (services/identity/natscallout.py), which may answer
+    on the callout subject; the static users bypass it.
+    """
+    entries, names = [], []
+    listed = [(r, "") for r in roles] + [(r, n) for n in nodes for r in NODE_ROLES]
+    for role, node in listed:
         name = user_name(role, node)
         perms = permissions_for(role, node)
+        if callout_issuer and role == "identity":
+            perms.subscribe.append(AUTH_CALLOUT_SUBJECT)
         block = {"publish": {"allow": perms.publish}, "subscribe": {"allow": perms.subscribe}}
         if perms.responses:
             block["allow_responses"] = True  # type: ignore[assignment]
         entries.append(f"    {{user: {json.dumps(name)}, password: {json.dumps(passwords[name])}, "
                        f"permissions: {json.dumps(block)}}}")
-    return "authorization {\n  users = [\n" + "\n".join(entries) + "\n  ]\n}\n"
+        names.append(name)
+    out = "authorization {\n  users = [\n" + "\n".join(entries) + "\n  ]\n"
+    if callout_issuer:
+        out += (f"  auth_callout {{\n    issuer: {json.dumps(callout_issuer)}\n"
+                f"    auth_users: {json.dumps(names)}\n  }}\n")
+    return out + "}\n"

@@ -1,14 +1,18 @@
-"""Which NATS user a service logs in as, and with which password, from its settings.
+"""Which NATS user a service logs in as, and with what, from its settings.
 
 Three sources, first match wins:
 - the URL itself (``nats://user:pass@host``, what ``bulwark up --nats-auth`` hands its children): nothing here;
 - ``BULWARK_NATS_USER`` + ``BULWARK_NATS_PASSWORD`` (a Compose env file, a Kubernetes secretKeyRef);
-- ``BULWARK_NATS_CREDENTIALS_DIR``: one file per user name holding its password (a mounted Secret). The
-  user is the role's name on this node (``monitor-<node>``), so a DaemonSet needs no per-node manifest.
+- ``BULWARK_NATS_TOKEN_FILE`` (node agents on Kubernetes): the user is the role (``monitor``), the password
+  the projected ServiceAccount token in that file. Identity's auth callout checks the token and grants that
+  role's rights on the token's own node (services/identity/natscallout.py). The kubelet rotates the file, so
+  it is read again before every reconnect.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import BulwarkError
@@ -21,18 +25,29 @@ __all__ = ["NatsCredentials", "CredentialsError", "credentials_for"]
 
 
 class CredentialsError(BulwarkError):
-    """The configured NATS credentials cannot be used (missing or empty password)."""
+    """The configured NATS credentials cannot be used (missing or empty password or token)."""
 
 
 @dataclass(frozen=True)
 class NatsCredentials:
-    """A NATS user and its password."""
+    """A NATS user and its password; ``refresh`` re-reads a password that rotates (a token file)."""
 
     user: str
     password: str
+    refresh: Callable[[], str] | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:  # never log a password
         return f"NatsCredentials(user={self.user!r})"
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise CredentialsError(f"BULWARK_NATS_TOKEN_FILE: cannot read {path}: {exc.strerror}") from None
+    if not token:
+        raise CredentialsError(f"BULWARK_NATS_TOKEN_FILE: {path} is empty")
+    return token
 
 
 def credentials_for(settings: Settings, role: str) -> NatsCredentials | None:
@@ -46,16 +61,9 @@ def credentials_for(settings: Settings, role: str) -> NatsCredentials | None:
                                    f"{settings.node_name!r} (BULWARK_NODE_NAME): expected "
                                    f"{user_name(role, settings.node_name)!r}")
         return NatsCredentials(settings.nats_user, settings.nats_password.get_secret_value())
-    folder = settings.nats_credentials_dir
-    if folder is None:
+    path = settings.nats_token_file
+    if path is None:
         return None
-    user = user_name(role, settings.node_name)
-    path = folder / user
-    try:
-        password = path.read_text().strip()
-    except OSError as exc:
-        raise CredentialsError(f"BULWARK_NATS_CREDENTIALS_DIR: no password for NATS user {user!r} at {path}: "
-                               f"{exc.strerror}") from None
-    if not password:
-        raise CredentialsError(f"BULWARK_NATS_CREDENTIALS_DIR: {path} is empty")
-    return NatsCredentials(user, password)
+    if role not in NODE_ROLES:
+        raise CredentialsError(f"BULWARK_NATS_TOKEN_FILE is for node agents ({', '.join(NODE_ROLES)}), not {role}")
+    return NatsCredentials(role, _read_token(path), refresh=lambda: _read_token(path))

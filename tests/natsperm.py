@@ -1,7 +1,13 @@
-"""Probing what a NATS user may do on a real server: publish into a stream, connect at all."""
+"""A real nats-server with a given configuration, and probes of what a NATS user may do on it."""
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import nats
+
+from bulwark.natsd import nats_server_binary, wait_for_port
+from bulwark.procs import terminate
 
 from shared.bus import connect
 from shared.codec import pack
@@ -28,3 +34,15 @@ async def anonymous_refused(url: str) -> bool:
         return True
     await nc.close()
     return False
+
+
+def start_nats(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """nats-server with ``args`` (which make it listen on ``port``), logging to ``log``; ready when it returns."""
+    proc = subprocess.Popen([nats_server_binary(), *args], stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        terminate(proc, grace=2)
+        raise AssertionError(f"nats-server did not start: {log.read_text()[-2000:]}") from None
+    return proc

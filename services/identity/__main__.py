@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client
+
 from services.identity.api import IdentityApi
 from services.identity.composer import Composer
 from services.identity.host import host_workload
@@ -13,7 +15,7 @@ from services.identity.policy_sink import PolicySink
 from services.identity.providers import Providers
 from services.identity.reaper import is_gone
 from services.identity.registry import Registry
-from services.identity.settings import load_identity_settings
+from services.identity.settings import IdentitySettings, load_identity_settings
 from shared.bus import connect, ensure_streams, replay_stream
 from shared.codec import pack, unpack
 from shared.errors import DecodeError
@@ -36,6 +38,19 @@ async def reap_loop(api: IdentityApi, node: str, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         except asyncio.TimeoutError:
             pass
+
+
+async def start_callout(nc: Client, settings: IdentitySettings, counters: Counters) -> None:
+    """Answer NATS logins of node agents, which present a Kubernetes ServiceAccount token."""
+    from services.identity.kube_provider import kube_api_client
+    from services.identity.natscallout import AuthCallout
+    from services.identity.tokenreview import TokenReviewVerifier
+
+    verifier = TokenReviewVerifier(kube_api_client(settings.kubeconfig), settings.nats_callout_audience,
+                                   settings.nats_callout_service_account)
+    seed = settings.nats_callout_seed.get_secret_value() if settings.nats_callout_seed else ""
+    await AuthCallout(seed, verifier, counters, ttl_seconds=settings.nats_callout_ttl_seconds).start(nc)
+    log.info("nats auth callout serving node agents", extra={"audience": settings.nats_callout_audience})
 
 
 async def main() -> None:
@@ -68,6 +83,8 @@ async def main() -> None:
         await msg.respond(pack(reply))
 
     await nc.subscribe(IDENTITY_API, queue="identity", cb=on_request)
+    if settings.nats_callout_seed is not None:
+        await start_callout(nc, settings, counters)
     composer = Composer(settings.node_name, registry, settings.docker_namespace, settings.docker_compose_namespace,
                         kube=kube_configured(settings.kubeconfig))
     sink = PolicySink(nc, counters) if kube_configured(settings.kubeconfig) else None

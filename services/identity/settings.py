@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 
 from shared.config import Settings
 
@@ -27,6 +27,12 @@ class IdentitySettings(Settings):
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
     cri_scan_seconds: float = 2.0
+    # NATS auth callout for node agents (Kubernetes): the issuer's account nkey seed turns it on; node
+    # agents present a projected ServiceAccount token for this audience, of this ServiceAccount.
+    nats_callout_seed: SecretStr | None = None
+    nats_callout_audience: str = "bulwark-nats"
+    nats_callout_service_account: str = "system:serviceaccount:bulwark:bulwark-node"
+    nats_callout_ttl_seconds: int = 3600
 
     @field_validator("docker_namespace")
     @classmethod

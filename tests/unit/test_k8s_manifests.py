@@ -52,6 +52,9 @@ def test_crds_cover_the_policy_kinds() -> None:
 def test_identity_may_only_read_and_nobody_else_talks_to_the_api() -> None:
     (role,) = _by_kind("ClusterRole")
     for rule in role["rules"]:
+        if rule["resources"] == ["tokenreviews"]:  # asking whose token a node agent shows NATS
+            assert rule["apiGroups"] == ["authentication.k8s.io"] and rule["verbs"] == ["create"]
+            continue
         assert set(rule["verbs"]) <= {"get", "list", "watch"}
     bound = {s["name"] for b in _by_kind("ClusterRoleBinding") + _by_kind("RoleBinding") for s in b["subjects"]}
     assert bound == {"bulwark-identity"}
@@ -98,14 +101,14 @@ def _env(container: dict) -> dict[str, dict]:
 def test_generated_nats_secrets_are_valid_for_the_kubernetes_api(tmp_path: Path) -> None:
     from bulwark.natsdeploy import render_kubernetes
 
-    docs = [d for d in yaml.safe_load_all(render_kubernetes(tmp_path, ["node-a", "node-b"]).read_text()) if d]
+    docs = [d for d in yaml.safe_load_all(render_kubernetes(tmp_path).read_text()) if d]
     assert {d["kind"] for d in docs} == {"Secret"}
     for doc in docs:
         kubernetes_validate.validate(doc, VERSION, strict=True)
 
 
 def test_each_cluster_service_gets_only_its_own_nats_user() -> None:
-    from bulwark.natsdeploy import SECRET_USERS
+    from bulwark.natsdeploy import CALLOUT_SEED_KEY, SECRET_USERS
 
     seen = {}
     for d in _by_kind("Deployment"):
@@ -117,21 +120,25 @@ def test_each_cluster_service_gets_only_its_own_nats_user() -> None:
             seen[c["name"]] = ref["key"]
     # admin (which may create streams) only in the policy Deployment's init container
     assert seen == {"identity": "identity", "policy": "policy", "feeder": "feeder", "streams": "admin"}
+    seeds = [(d["metadata"]["name"], e["name"]) for d in _by_kind("Deployment")
+             for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])
+             if e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == CALLOUT_SEED_KEY]
+    assert seeds == [("bulwark-identity", "BULWARK_NATS_CALLOUT_SEED")]  # only identity signs node agents' users
 
 
-def test_node_agents_read_their_nats_users_by_node_name() -> None:
-    from bulwark.natsdeploy import SECRET_NODE_USERS
-
+def test_node_agents_log_in_with_a_projected_serviceaccount_token_and_hold_no_secret() -> None:
     (ds,) = _by_kind("DaemonSet")
     pod = ds["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["nats-users"]["secret"]["secretName"] == SECRET_NODE_USERS
+    (source,) = volumes["nats-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "bulwark-nats"
+    assert not any("secret" in v for v in pod["volumes"])
     for c in pod["containers"]:
         env = _env(c)
-        assert env["BULWARK_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-        mount = next(m for m in c["volumeMounts"] if m["name"] == "nats-users")
-        assert env["BULWARK_NATS_CREDENTIALS_DIR"]["value"] == mount["mountPath"] and mount["readOnly"]
-        assert "BULWARK_NATS_PASSWORD" not in env
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "nats-token")
+        token_file = f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+        assert env["BULWARK_NATS_TOKEN_FILE"]["value"] == token_file and mount["readOnly"]
+        assert "BULWARK_NATS_PASSWORD" not in env and "BULWARK_NATS_USER" not in env
 
 
 def test_nats_reads_the_generated_authorization() -> None:

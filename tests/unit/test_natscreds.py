@@ -1,4 +1,4 @@
-"""Which NATS user a service logs in as: URL, user + password, or a directory of password files."""
+"""Which NATS user a service logs in as: URL, user + password, or a node agent's token file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,17 +32,22 @@ def test_a_node_agent_refuses_another_nodes_user() -> None:
         credentials_for(settings, "monitor")
 
 
-def test_the_credentials_directory_is_looked_up_by_role_and_node(tmp_path: Path) -> None:
-    (tmp_path / "enforcer-ip-10-0-0-7_ec2_internal").write_text("pw-7\n")
-    settings = Settings(nats_credentials_dir=tmp_path, node_name="ip-10-0-0-7.ec2.internal")
-    creds = credentials_for(settings, "enforcer")
-    assert creds is not None and (creds.user, creds.password) == ("enforcer-ip-10-0-0-7_ec2_internal", "pw-7")
+def test_a_node_agent_logs_in_with_its_token_file_read_again_on_refresh(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("token-1\n")
+    creds = credentials_for(Settings(nats_token_file=token, node_name="node-a"), "enforcer")
+    assert creds is not None and (creds.user, creds.password) == ("enforcer", "token-1")
+    token.write_text("token-2")  # the kubelet rotated it
+    assert creds.refresh is not None and creds.refresh() == "token-2"
+    assert "token" not in repr(creds).replace("NatsCredentials", "")
 
 
-def test_a_missing_password_file_is_named(tmp_path: Path) -> None:
-    settings = Settings(nats_credentials_dir=tmp_path, node_name="node-z")
-    with pytest.raises(CredentialsError, match=str(tmp_path / "monitor-node-z")):
-        credentials_for(settings, "monitor")
-    (tmp_path / "monitor-node-z").write_text("  \n")
+def test_token_file_errors_name_the_file_and_the_role(tmp_path: Path) -> None:
+    missing = tmp_path / "none"
+    with pytest.raises(CredentialsError, match=str(missing)):
+        credentials_for(Settings(nats_token_file=missing), "monitor")
+    (tmp_path / "empty").write_text(" \n")
     with pytest.raises(CredentialsError, match="is empty"):
-        credentials_for(settings, "monitor")
+        credentials_for(Settings(nats_token_file=tmp_path / "empty"), "monitor")
+    with pytest.raises(CredentialsError, match="not feeder"):
+        credentials_for(Settings(nats_token_file=missing), "feeder")
