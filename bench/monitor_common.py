@@ -11,11 +11,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+BTF_TREE = "/tmp/bw-bench-btf"  # the BTF-built header tree bcc compiles against, shared by the benches
 
 from bulwark.natsd import free_port, start_nats_server  # noqa: E402
 from bulwark.procs import terminate  # noqa: E402
@@ -89,6 +90,45 @@ def run_loadgen(binary: str, *args: str, mount_ns: bool = True) -> float:
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
 
 
+@contextlib.contextmanager
+def enforcers_holding_100_rules() -> Iterator[Callable[[str, str, int, int], float]]:
+    """The Fanotify and eBPF-signal enforcers, in this process, holding bench/enforcer_overhead.py's
+    100 rules for a workload (a shell in its own mount namespace). Yields ``openclose(binary,
+    target, opens, reps)``: the best ns per open/close pair of the load generator in that workload
+    (opens of an unmarked file, as almost all are). Everything is released afterwards."""
+    from enforcer_overhead import setup
+    from services.enforcer.fanotify import FanotifyEnforcer
+    from services.enforcer.signal import SignalEnforcer
+    from tests.kernel.nsutil import NsShell, ruleset
+
+    root = Path(tempfile.mkdtemp(prefix="bw-bench-rules-"))
+    root.chmod(0o755)
+    ns = NsShell()
+    enforcers: list[Any] = []
+
+    def openclose(binary: str, target: str, opens: int, reps: int) -> float:
+        runs = []
+        for _ in range(reps):
+            rc, out = ns.run(f"{binary} openclose {opens} {target}", timeout=300)
+            if rc != 0:
+                raise RuntimeError(f"load generator failed in the workload: {out}")
+            runs.append(float(out.strip().splitlines()[-1]))
+        return min(runs)
+
+    try:
+        rules, _paths = setup(root)
+        enforcers[:] = [FanotifyEnforcer(), SignalEnforcer(btf_tree=Path(BTF_TREE))]
+        held = ruleset(1, w=(ns.mntns, rules))
+        for enforcer in enforcers:
+            enforcer.apply(held)
+        yield openclose
+    finally:
+        for enforcer in enforcers:
+            enforcer.close()
+        ns.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 class MonitorStack:
     """A private nats-server and ``python -m services.monitor`` with the given extra environment."""
 
@@ -106,7 +146,7 @@ class MonitorStack:
 
         self.nats = start_nats_server(self.port, self.dir / "js")
         env = {**os.environ, "BULWARK_NATS_URL": self.url, "BULWARK_NODE_NAME": "bench",
-               "BULWARK_DATA_DIR": str(self.dir / "data"), "BULWARK_BTF_TREE_DIR": "/tmp/bw-bench-btf",
+               "BULWARK_DATA_DIR": str(self.dir / "data"), "BULWARK_BTF_TREE_DIR": BTF_TREE,
                "BULWARK_HEARTBEAT_SECONDS": "0.5", **self.env}
         log = open(self.dir / "monitor.log", "wb")
         self.monitor = subprocess.Popen([sys.executable, "-m", "services.monitor"], cwd=REPO, env=env,

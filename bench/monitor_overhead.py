@@ -1,11 +1,13 @@
 """What the monitor costs the processes it watches: open/close pairs and fork+exec, in the same run.
 
 Runs a C load generator in its own mount namespace (a "container"), interleaved with baseline runs:
-without the monitor; with EMPTY programs on the same open/exec tracepoints (the floor any
-tracepoint-based monitor pays here); with the monitor service running and every open emitted to
-NATS (default visibility, no rule set); and with the monitor but file events filtered in the
-kernel (visibility "none" and an empty rule set). Prints ns per operation (best of --reps runs)
-and ratios to the mean baseline. Target: open/close well under 1.3x.
+without the monitor; with EMPTY programs on the tracepoints the monitor uses for these calls (opens
+at exit only; the floor any tracepoint-based monitor pays here); with the monitor service running
+and every open emitted to NATS (default visibility, no rule set); with the monitor but file events
+filtered in the kernel (visibility "none" and an empty rule set); and open/close in a workload for
+which the enforcers hold 100 rules (bench/enforcer_overhead.py's), alone and next to that filtered
+monitor. Prints ns per operation (best of --reps runs) and ratios to the mean baseline.
+Target: monitor + enforcer open/close under 1.3x.
 Run as root: ``.venv/bin/python bench/monitor_overhead.py [--opens 300000] [--execs 1000]``.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import os
 import statistics
 
-from monitor_common import MonitorStack, loadgen_workspace, run_loadgen
+from monitor_common import BTF_TREE, MonitorStack, enforcers_holding_100_rules, loadgen_workspace, run_loadgen
 
 from shared.codec import pack
 from shared.schemas.rules import RuleSet
@@ -29,8 +31,17 @@ def measure(binary: str, target: str, opens: int, execs: int, reps: int) -> tupl
     return oc, ex
 
 
-async def monitored(binary: str, target: str, args: argparse.Namespace, filtered: bool) -> tuple[float, float, dict]:
+def enforced(binary: str, target: str, args: argparse.Namespace) -> float:
+    """Best ns per open/close pair in a workload for which the enforcers hold 100 rules."""
+    with enforcers_holding_100_rules() as openclose:
+        return openclose(binary, target, args.opens, args.reps)
+
+
+async def monitored(binary: str, target: str, args: argparse.Namespace,
+                    filtered: bool) -> tuple[float, float, dict, float | None]:
+    """(open/close ns, exec ns, last heartbeat, open/close ns with the enforcers too when filtered)."""
     stack = MonitorStack({"BULWARK_VISIBILITY_CONTAINERS": "none"} if filtered else {})
+    with_enforcers = None
     try:
         await stack.start()
         if filtered:
@@ -40,21 +51,23 @@ async def monitored(binary: str, target: str, args: argparse.Namespace, filtered
             while (await stack.heartbeat()).get("rules_version") != 1:
                 pass
         oc, ex = measure(binary, target, args.opens, args.execs, args.reps)
+        if filtered:
+            with_enforcers = enforced(binary, target, args)
         beat = await stack.settle()
     finally:
         rc = await stack.stop()
     beat["exit_code"] = rc
-    return oc, ex, beat
+    return oc, ex, beat, with_enforcers
 
 
 _EMPTY = "int bw_empty(void *ctx) { return 0; }"
-_FLOOR_TPS = ("syscalls:sys_enter_openat", "syscalls:sys_exit_openat", "syscalls:sys_enter_execve",
-              "syscalls:sys_exit_execve", "sched:sched_process_exec")
+_FLOOR_TPS = ("syscalls:sys_exit_openat", "syscalls:sys_enter_execve", "syscalls:sys_exit_execve",
+              "sched:sched_process_exec")
 
 
 def floor(binary: str, target: str, args: argparse.Namespace) -> tuple[float, float]:
     """The generator with do-nothing programs on the tracepoints the monitor uses for these calls."""
-    os.environ.setdefault("BCC_KERNEL_SOURCE", "/tmp/bw-bench-btf")
+    os.environ.setdefault("BCC_KERNEL_SOURCE", BTF_TREE)
     from bcc import BPF
 
     bpf = BPF(text=_EMPTY)
@@ -80,18 +93,24 @@ def main() -> int:
         base3 = measure(binary, target, args.opens, args.execs, args.reps)
         filt = asyncio.run(monitored(binary, target, args, filtered=True))
         base4 = measure(binary, target, args.opens, args.execs, args.reps)
-    bases = [base1, base2, base3, base4]
+        enf = enforced(binary, target, args)
+        base5 = measure(binary, target, args.opens, args.execs, args.reps)
+    bases = [base1, base2, base3, base4, base5]
     oc_base = statistics.mean(b[0] for b in bases)
     ex_base = statistics.mean(b[1] for b in bases)
     print(f"baseline          open+close {oc_base:8.1f} ns   fork+exec {ex_base / 1000:8.1f} us"
           f"   (runs: {'/'.join(f'{b[0]:.0f}' for b in bases)} ns)")
     print(f"empty programs    open+close {empty[0]:8.1f} ns   fork+exec {empty[1] / 1000:8.1f} us   "
           f"ratios {empty[0] / oc_base:.2f}x / {empty[1] / ex_base:.2f}x   (the tracepoint floor)")
-    for name, (oc, ex, beat) in (("monitor, emitted", on), ("monitor, filtered", filt)):
+    for name, (oc, ex, beat, _) in (("monitor, emitted", on), ("monitor, filtered", filt)):
         losses = {k: v for k, v in beat.items() if k.startswith("lost") and v}
         print(f"{name:17s} open+close {oc:8.1f} ns   fork+exec {ex / 1000:8.1f} us   "
               f"ratios {oc / oc_base:.2f}x / {ex / ex_base:.2f}x   events={beat.get('events')} "
               f"filtered_kernel={beat.get('filtered_kernel')} losses={losses or 0} exit={beat['exit_code']}")
+    print(f"enforcer holding 100 rules            open+close {enf:8.1f} ns   ratio {enf / oc_base:.2f}x")
+    both = filt[3]
+    print(f"monitor + enforcer holding 100 rules  open+close {both:8.1f} ns   ratio {both / oc_base:.2f}x"
+          "   (the monitor filtered, as above)")
     return 0
 
 

@@ -5,7 +5,7 @@
 
 int bwmon_capable(struct bw_tp_cap_capable *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	struct bw_sys_event *e = bw_sys_begin(BW_OP_CAP, BW_VIS_CAPABILITIES, -1, task);
 
 	if (!e)

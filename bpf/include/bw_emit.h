@@ -9,21 +9,29 @@
 #include "bw_path.h"
 #include "bw_files.h"
 
-/* Whether `bit` is emitted for `mntns` (its own entry, else the default entry 0). The monitor's own
- * process (BW_MONITOR_TGID) is never traced: its reads would feed back into the stream. */
-static __always_inline int bw_visible(__u32 mntns, __u32 bit)
+/* Whether `bit` is emitted for `mntns`: its own entry in bw_visibility, else the default entry.
+ * bw_vis_default is an array (its lookups are inlined) holding the default and the union of all
+ * entries: a kind no mount namespace wants is refused without any hash lookup, others cost one.
+ * The monitor's own process (BW_MONITOR_TGID) is never traced: its reads would feed back into the
+ * stream. `cur` is bw_current(). */
+static __always_inline int bw_visible(struct task_struct *cur, __u32 mntns, __u32 bit)
 {
-	__u32 zero = 0, *mask;
+	__u32 key = BW_VIS_ANY, *mask;
 
 #ifdef BW_MONITOR_TGID
-	if ((bpf_get_current_pid_tgid() >> 32) == BW_MONITOR_TGID)
+	if (cur->tgid == BW_MONITOR_TGID)
 		return 0;
 #endif
-	mask = bw_visibility.lookup(&mntns);
-	if (!mask)
-		mask = bw_visibility.lookup(&zero);
-	if (mask && (*mask & bit))
-		return 1;
+	mask = bw_vis_default.lookup(&key);
+	if (mask && (*mask & bit)) {
+		mask = bw_visibility.lookup(&mntns);
+		if (!mask) {
+			key = BW_VIS_DEFAULT;
+			mask = bw_vis_default.lookup(&key);
+		}
+		if (mask && (*mask & bit))
+			return 1;
+	}
 	bw_stat(BW_STAT_FILTERED);
 	return 0;
 }
@@ -49,29 +57,29 @@ static __always_inline int bw_announce(struct bw_task_info *t, struct task_struc
 	return 0;
 }
 
-/* Fill the identity of the current task; namespaced ids come from the per-process cache (walked
- * again only when the parent changed), and a process seen for the first time is announced. */
+/* Fill the identity of the current task (`task` = bw_current(): ids, credentials, cgroup and comm
+ * are plain loads, each helper call they replace costs more here); namespaced ids come from the
+ * per-process cache (walked again only when the parent changed), and a process seen for the first
+ * time is announced. */
 static __always_inline void bw_task_fill(struct bw_task_info *t, struct task_struct *task, __u32 mntns)
 {
-	__u64 id = bpf_get_current_pid_tgid(), ugid = bpf_get_current_uid_gid();
-	__u32 tgid = id >> 32;
-	struct task_struct *parent = NULL;
+	__u32 tgid = task->tgid;
 	struct bw_proc *p = bw_procs.lookup(&tgid);
 	struct bw_ids ids = {};
-	int ptgid = 0;
+	int ptgid = task->real_parent->tgid;
+	const struct cred *cred = task->cred;
+	const __u64 *comm = (const __u64 *)task->comm;
 
 	t->pid = tgid;
-	t->tid = (__u32)id;
-	t->uid = (__u32)ugid;
-	t->gid = ugid >> 32;
-	t->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(t->comm, sizeof(t->comm));
+	t->tid = task->pid;
+	t->uid = cred->uid.val;                  /* = bpf_get_current_uid_gid(), without its call */
+	t->gid = cred->gid.val;
+	t->cgroup_id = task->cgroups->dfl_cgrp->kn->id;   /* = bpf_get_current_cgroup_id() */
+	__builtin_memcpy(t->comm, &comm[0], 8);  /* comm is NUL-padded: = bpf_get_current_comm() */
+	__builtin_memcpy(t->comm + 8, &comm[1], 8);
 	if (p && !mntns)
 		mntns = p->mntns;                    /* exiting: nsproxy already released */
 	t->mntns = mntns;
-	BW_READ(parent, task, real_parent);
-	if (parent)
-		BW_READ(ptgid, parent, tgid);
 	if (p && p->ppid == (__u32)ptgid) {
 		t->ppid = p->ppid;
 		t->ns_pid = p->ns_pid;
@@ -113,14 +121,15 @@ static __always_inline void bw_sys_reset(struct bw_sys_event *e, __u32 op, __s32
 	e->name[0] = 0;
 }
 
-/* A record in this CPU's scratch, or NULL when `vis` is not emitted for the caller's mntns. */
+/* A record in this CPU's scratch, or NULL when `vis` is not emitted for the caller's mntns.
+ * `task` is bw_current(), here and in every function below that takes a task. */
 static __always_inline struct bw_sys_event *bw_sys_begin(__u32 op, __u32 vis, __s32 nr,
 							 struct task_struct *task)
 {
-	__u32 zero = 0, mntns = bw_task_mntns(task);
+	__u32 zero = 0, mntns = bw_current_mntns(task);
 	struct bw_sys_event *e;
 
-	if (!bw_visible(mntns, vis))
+	if (!bw_visible(task, mntns, vis))
 		return NULL;
 	e = bw_sys_scratch.lookup(&zero);
 	if (e)
@@ -133,10 +142,10 @@ static __always_inline struct bw_sys_event *bw_sys_begin(__u32 op, __u32 vis, __
 static __always_inline struct bw_sys_event *bw_sys_enter_begin(__u32 op, __u32 vis, __s32 nr,
 							       struct task_struct *task)
 {
-	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid(), mntns = bw_task_mntns(task);
+	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid(), mntns = bw_current_mntns(task);
 	struct bw_sys_event *e;
 
-	if (!bw_visible(mntns, vis))
+	if (!bw_visible(task, mntns, vis))
 		return NULL;
 	e = bw_sys_stash.lookup(&tid);
 	if (!e) {
@@ -227,12 +236,10 @@ static __always_inline int bw_sys_exit_common(long ret, __s32 nr)
 		return 0;                            /* not armed: the kind was not visible */
 	e->pad[0] = 0;
 	if (e->syscall == (__u32)nr) {
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct task_struct *task = bw_current();
 
 		e->ret = ret;
 		bw_sys_name_retry(e, task);
-		if ((e->flags & BW_SYS_F_OPEN) && ret >= 0 && bw_want(BW_CFG_OWNER))
-			bw_sys_owner(e, task, ret);
 		bw_sys_finish(e, task);
 	} else {
 		bw_stat(BW_STAT_STALE_STASH);
@@ -263,9 +270,8 @@ static __always_inline void bw_sys_dir(struct bw_sys_event *e, struct task_struc
 	if ((e->flags & BW_SYS_F_NAME_FAULT) || (e->name_len > 1 && e->name[0] == '/'))
 		return;
 	if (dirfd == BW_AT_FDCWD) {
-		struct fs_struct *fs = NULL;
+		struct fs_struct *fs = task->fs;     /* task is bw_current(): a direct load */
 
-		BW_READ(fs, task, fs);
 		if (!fs)
 			return;
 		where = &fs->pwd;

@@ -43,7 +43,19 @@
 	X(mount, mnt_mountpoint) \
 	X(mount, mnt) \
 	X(dentry, d_parent) \
-	X(dentry, d_name.name)
+	X(dentry, d_name.name) \
+	X(pt_regs, di) \
+	X(pt_regs, si) \
+	X(pt_regs, dx) \
+	X(pt_regs, r10) \
+	X(task_struct, cred) \
+	X(cred, uid) \
+	X(cred, gid) \
+	X(task_struct, cgroups) \
+	X(css_set, dfl_cgrp) \
+	X(cgroup, kn) \
+	X(kernfs_node, id) \
+	X(task_struct, comm)
 
 #define BW_SIZES(X) \
 	X(upid) \

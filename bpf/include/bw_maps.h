@@ -36,7 +36,11 @@ struct bw_proc {
 
 BPF_RINGBUF_OUTPUT(bw_events, BW_RB_PAGES);
 BPF_PERCPU_ARRAY(bw_stats, __u64, BW_STAT_N);
-BPF_HASH(bw_visibility, __u32, __u32, 16384);     /* mntns (0 = any other) -> BW_VIS_* */
+BPF_HASH(bw_visibility, __u32, __u32, 16384);     /* mntns -> BW_VIS_* */
+/* [BW_VIS_DEFAULT]: BW_VIS_* of any mntns not in bw_visibility; [BW_VIS_ANY]: union of all entries */
+#define BW_VIS_DEFAULT 0
+#define BW_VIS_ANY 1
+BPF_ARRAY(bw_vis_default, __u32, 2);
 BPF_TABLE("lru_hash", __u32, struct bw_proc, bw_procs, 65536);
 BPF_TABLE("lru_hash", __u32, struct bw_sys_event, bw_sys_stash, 16384);   /* per thread */
 BPF_TABLE("lru_hash", __u32, struct bw_sys_event, bw_raw_stash, 4096);

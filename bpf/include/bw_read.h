@@ -1,5 +1,7 @@
-/* Explicit kernel reads: every kernel pointer is followed with bpf_probe_read_kernel, so the code
- * does not depend on bcc's rewriter and a NULL anywhere only yields zeros. */
+/* Explicit kernel reads: a kernel pointer of unknown type is followed with bpf_probe_read_kernel, so
+ * the code does not depend on bcc's rewriter and a NULL anywhere only yields zeros. The exception is
+ * the current task from bw_current() (bw_task.h) and the BTF-typed pointers loaded from it: the
+ * verifier knows their types, so plain loads (fault-safe, no helper call) read them. */
 #ifndef BW_READ_H
 #define BW_READ_H
 

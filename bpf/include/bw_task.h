@@ -4,6 +4,25 @@
 
 #include "bw_read.h"
 
+/* The current task as a BTF pointer: its members are read with plain loads that the verifier turns
+ * into fault-safe PROBE_MEM loads (a few instructions each, no helper call; bcc leaves them alone).
+ * Only ever dereference it directly: a task pointer of any other origin goes through BW_READ. */
+static __always_inline struct task_struct *bw_current(void)
+{
+	return bpf_get_current_task_btf();
+}
+
+/* Mount namespace of bw_current() (0 once nsproxy is released, at exit). */
+static __always_inline __u32 bw_current_mntns(struct task_struct *cur)
+{
+	struct nsproxy *nsp = cur->nsproxy;
+
+	if (!nsp)
+		return 0;
+	return nsp->mnt_ns->ns.inum;
+}
+
+/* The same for a task of any origin, with explicit reads. */
 static __always_inline __u32 bw_task_mntns(struct task_struct *task)
 {
 	struct nsproxy *nsp = NULL;

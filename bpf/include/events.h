@@ -20,7 +20,7 @@ enum bw_op {
 	BW_OP_SYSCALL = 8,                       /* setuid family, ptrace, mount, and wanted raw syscalls */
 };
 
-/* Visibility bits: bw_visibility maps mntns (0: any mntns not in the map) to the kinds emitted. */
+/* Visibility bits: bw_visibility maps mntns to the kinds emitted (bw_vis_default: any other mntns). */
 #define BW_VIS_PROCESS 1
 #define BW_VIS_FILE 2
 #define BW_VIS_NETWORK 4

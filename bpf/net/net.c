@@ -7,7 +7,7 @@
 
 static __always_inline struct bw_sys_event *bw_net_begin(struct bw_tp_sys_enter *ctx, long fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	struct bw_sys_event *e = bw_sys_enter_begin(BW_OP_NET, BW_VIS_NETWORK, ctx->syscall_nr, task);
 
 	if (!e)

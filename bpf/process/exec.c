@@ -11,13 +11,13 @@ static __always_inline int bw_exec_enter(const char *filename, __u32 syscall, __
 {
 	__u64 id = bpf_get_current_pid_tgid(), ugid = bpf_get_current_uid_gid();
 	__u32 tid = (__u32)id, zero_key = 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	struct bw_exec_event *zero = bw_exec_zero.lookup(&zero_key), *e;
 	struct task_struct *parent = NULL;
 	struct bw_ids ids = {};
-	__u32 mntns = bw_task_mntns(task);
+	__u32 mntns = bw_current_mntns(task);
 
-	if (!bw_visible(mntns, BW_VIS_PROCESS))
+	if (!bw_visible(task, mntns, BW_VIS_PROCESS))
 		return 0;
 	if (!zero || bw_exec_stash.update(&tid, zero)) {
 		bw_stat(BW_STAT_STASH_FULL);

@@ -8,7 +8,7 @@
 int bwmon_fork(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct task_struct *child = (struct task_struct *)ctx->args[1];
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	struct bw_sys_event *e;
 	struct bw_ids ids = {};
 	int pid = 0, tgid = 0;
@@ -30,7 +30,7 @@ int bwmon_fork(struct bpf_raw_tracepoint_args *ctx)
 
 int bwmon_exit(struct bw_tp_sched_process_exit *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct bw_sys_event *e;

@@ -2,7 +2,8 @@
  *  - the offset of every kernel member in bw_fields.h, both as offsetof() and as a member access,
  *    for user space to compare with BTF;
  *  - the layout of struct bw_exec_event, for user space to compare with its decoder;
- *  - this process's identity as the exec programs' helpers see it (mntns, pidns, exe, cwd). */
+ *  - this process's identity as the exec programs' helpers see it (mntns, also through the BTF
+ *    task pointer the other programs use; pidns, exe, cwd). */
 #include "events.h"
 #include "bw_task.h"
 #include "bw_path.h"
@@ -16,7 +17,7 @@ struct bw_self_report {
 	__u32 mntns;
 	__u32 pidns;
 	__u32 ns_pid;
-	__u32 pad;
+	__u32 mntns_btf;                        /* the same through bw_current()'s direct loads */
 	struct bw_path exe;
 	struct bw_path cwd;
 };
@@ -77,6 +78,7 @@ int bwmon_selfchk(void *ctx)
 	bw_task_ids(task, &ids);
 	r->tgid = bpf_get_current_pid_tgid() >> 32;
 	r->mntns = bw_task_mntns(task);
+	r->mntns_btf = bw_current_mntns(bw_current());
 	r->pidns = ids.pidns;
 	r->ns_pid = ids.ns_pid;
 	bw_task_exe(&r->exe, task);

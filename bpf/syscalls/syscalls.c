@@ -10,7 +10,7 @@
  * record (the attach fails), so there is one entry point per argument count. */
 static __always_inline int bw_setid(struct bw_tp_sys_enter *ctx, int nargs)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	struct bw_sys_event *e = bw_sys_enter_begin(BW_OP_SYSCALL, BW_VIS_PROC_OR_SYS, ctx->syscall_nr, task);
 
 	if (!e)
@@ -31,7 +31,7 @@ int bwmon_setid3_e(struct bw_tp_sys_enter *ctx) { return bw_setid(ctx, 3); }  /*
 /* mount(dev_name, dir_name, type, flags, data): name = target, aux = source \0 fstype */
 int bwmon_mount_e(struct bw_tp_sys_enter *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	struct bw_sys_event *e = bw_sys_enter_begin(BW_OP_SYSCALL, BW_VIS_PROC_OR_SYS, ctx->syscall_nr, task);
 
 	if (!e)
@@ -51,7 +51,7 @@ int bwmon_mount_e(struct bw_tp_sys_enter *ctx)
 
 int bwmon_umount_e(struct bw_tp_sys_enter *ctx)   /* umount2(target, flags) */
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bw_current();
 	struct bw_sys_event *e = bw_sys_enter_begin(BW_OP_SYSCALL, BW_VIS_PROC_OR_SYS, ctx->syscall_nr, task);
 
 	if (!e)
@@ -78,7 +78,7 @@ int bwmon_raw_e(struct bw_tp_raw_sys_enter *ctx)
 	if (!want || !*want)
 		return 0;
 	__u8 w = *want;
-	task = (struct task_struct *)bpf_get_current_task();
+	task = bw_current();
 	e = bw_sys_begin(BW_OP_SYSCALL, BW_VIS_SYSCALL, nr, task);
 	if (!e)
 		return 0;
@@ -114,7 +114,7 @@ int bwmon_raw_x(struct bw_tp_raw_sys_exit *ctx)
 	if (!e)
 		return 0;
 	if (e->syscall == (__u32)ctx->id) {
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct task_struct *task = bw_current();
 
 		e->ret = ctx->ret;
 		bw_sys_name_retry(e, task);

@@ -39,7 +39,6 @@ ATTACHMENTS: tuple[tuple[str, str], ...] = (
     ("sched:sched_process_exit", "bwmon_exit"),
     ("capability:cap_capable", "bwmon_capable"),
     *((_SYS.format("enter", name), prog) for name, prog in (
-        ("open", "bwmon_open_e"), ("openat", "bwmon_openat_e"), ("openat2", "bwmon_opat2_e"),
         ("unlink", "bwmon_unlink_e"), ("rmdir", "bwmon_unlink_e"), ("unlinkat", "bwmon_unlnkat_e"),
         ("chown", "bwmon_chown_e"), ("lchown", "bwmon_chown_e"), ("fchown", "bwmon_fchown_e"),
         ("fchownat", "bwmon_fchowat_e"),
@@ -49,8 +48,10 @@ ATTACHMENTS: tuple[tuple[str, str], ...] = (
         ("setregid", "bwmon_setid2_e"), ("setresuid", "bwmon_setid3_e"), ("setresgid", "bwmon_setid3_e"),
         ("ptrace", "bwmon_setid2_e"), ("mount", "bwmon_mount_e"), ("umount", "bwmon_umount_e"),
     )),
+    # opens are handled at exit only (arguments from the saved registers): no enter program
+    *((_SYS.format("exit", name), "bwmon_open_x") for name in ("open", "openat", "openat2")),
     *((_SYS.format("exit", name), "bwmon_sys_x") for name in (
-        "open", "openat", "openat2", "unlink", "rmdir", "unlinkat", "chown", "lchown", "fchown",
+        "unlink", "rmdir", "unlinkat", "chown", "lchown", "fchown",
         "fchownat", "socket", "connect", "bind", "listen", "setuid", "setgid", "setreuid", "setregid",
         "setresuid", "setresgid", "ptrace", "mount", "umount")),
     (_SYS.format("exit", "accept"), "bwmon_accept_x"),
@@ -145,13 +146,25 @@ class Probes:
         self.attached += 1
 
     def set_visibility(self, masks: dict[int, int]) -> None:
-        """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits."""
+        """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits.
+
+        Entry 0 lives in a small array with the union of all entries next to it (bw_vis_default):
+        the programs read both without a hash lookup, and skip it for kinds nobody wants. While the
+        entries change, the union covers the old and the new ones (never filter what either wants)."""
         table = self._bpf[b"bw_visibility"]
+        defaults = self._bpf[b"bw_vis_default"]
+        union = 0
+        for mask in masks.values():
+            union |= mask
+        defaults[ct.c_int(1)] = ct.c_uint(union | int(defaults[ct.c_int(1)].value))
         for key in list(table.keys()):
             if int(key.value) not in masks:
                 del table[key]
         for mntns, mask in masks.items():
-            table[ct.c_uint(mntns)] = ct.c_uint(mask)
+            if mntns:
+                table[ct.c_uint(mntns)] = ct.c_uint(mask)
+        defaults[ct.c_int(0)] = ct.c_uint(masks.get(0, 0))
+        defaults[ct.c_int(1)] = ct.c_uint(union)
 
     def set_config(self, owner: bool) -> None:
         """Kernel options: ``owner`` = read the owner uid of every opened file (ownerOnly rules)."""

@@ -163,13 +163,15 @@ def run_selfcheck(bpf_dir: Path, btf: Btf) -> SelfReport:
     for (name, want), got in zip([*EXEC_LAYOUT.items(), *SYS_LAYOUT.items()], layout, strict=True):
         if got != want:
             problems.append(f"layout {name}: compiled {got}, decoder expects {want}")
-    seen, tgid, mntns, pidns, ns_pid, _ = _REPORT_HEAD.unpack_from(raw, 0)
+    seen, tgid, mntns, pidns, ns_pid, mntns_btf = _REPORT_HEAD.unpack_from(raw, 0)
     base = _REPORT_HEAD.size
     if not seen:
         raise SelfCheckFailed("self-check program did not run (tracepoint syscalls:sys_enter_getppid)")
     report = SelfReport(tgid, mntns, pidns, ns_pid, decode_path(raw[base:base + _PATH_SIZE])[0],
                         decode_path(raw[base + _PATH_SIZE:base + 2 * _PATH_SIZE])[0])
     problems += _runtime_problems(report)
+    if mntns_btf != mntns:
+        problems.append(f"own mntns through the BTF task pointer: {mntns_btf}, explicit reads: {mntns}")
     if problems:
         raise SelfCheckFailed("BPF self-check failed: " + "; ".join(problems))
     log.info("self-check passed", extra={"fields": len(fields), "mntns": mntns, "pidns": pidns,

@@ -1,0 +1,81 @@
+"""The in-kernel visibility filter through Probes.set_visibility: a mount namespace's own entry, the
+default entry for every other one, and the union of all entries that lets the programs refuse a kind
+nobody wants before any hash lookup. The probe: two namespace shells open a marker file."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.monitor.btf import Btf
+from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
+from services.monitor.loader import Probes
+from services.monitor.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.visibility import KIND_BITS
+from tests.conftest import require_root
+from tests.kernel.nsutil import NsShell
+
+pytestmark = pytest.mark.kernel
+
+FILE = KIND_BITS["file"]
+OP_FILE = 5
+_MNTNS = 10  # index of bw_task_info.mntns in SYS_HEAD's fields
+
+
+@pytest.fixture
+def probes(tmp_path: Path) -> Iterator[tuple[Probes, list[bytes]]]:
+    """The monitor's programs in this process, detached afterwards."""
+    require_root()
+    old = os.environ.get("BCC_KERNEL_SOURCE")
+    use_btf_tree(ensure_btf_tree(tmp_path / "bcc-btf", btf=Btf.load()))
+    records: list[bytes] = []
+    probes = Probes()
+    try:
+        probes.open(lambda data: records.append(bytes(data)))
+        yield probes, records
+    finally:
+        probes.cleanup()
+        if old is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = old
+
+
+def _emitted_for(probes: Probes, records: list[bytes], shells: tuple[NsShell, ...], marker: Path) -> set[int]:
+    """Mount namespaces whose open of ``marker`` was emitted, after each shell opened it once."""
+    records.clear()
+    for shell in shells:
+        assert shell.run(f"cat {marker} >/dev/null")[0] == 0
+    probes.drain()
+    want, found = str(marker).encode() + b"\0", set()
+    for rec in records:
+        head = SYS_HEAD.unpack_from(rec)
+        if head[0] != OP_FILE:
+            continue
+        name_len = head[-2]
+        if rec[SYS_LAYOUT["name"]:SYS_LAYOUT["name"] + name_len] == want:
+            found.add(head[_MNTNS])
+    return found
+
+
+def test_own_entry_default_entry_and_nobody(probes: tuple[Probes, list[bytes]], tmp_path: Path) -> None:
+    mon, records = probes
+    marker = tmp_path / "marker"
+    marker.write_text("x")
+    a, b = NsShell(), NsShell()
+    try:
+        mon.set_visibility({0: 0, a.mntns: FILE})           # only a's own entry wants files
+        assert _emitted_for(mon, records, (a, b), marker) == {a.mntns}
+        mon.set_visibility({0: FILE})                       # the default entry covers both
+        assert _emitted_for(mon, records, (a, b), marker) == {a.mntns, b.mntns}
+        mon.set_visibility({0: FILE, a.mntns: 0})           # an own entry beats the default
+        assert _emitted_for(mon, records, (a, b), marker) == {b.mntns}
+        before = mon.kernel_stats()["filtered_kernel"]
+        mon.set_visibility({0: KIND_BITS["network"]})       # nobody wants files: refused at once
+        assert _emitted_for(mon, records, (a, b), marker) == set()
+        assert mon.kernel_stats()["filtered_kernel"] >= before + 2
+    finally:
+        a.close()
+        b.close()
