@@ -37,7 +37,7 @@ async def quiet_host(stack: MonitorStack) -> None:
 
 
 async def watch_until_idle(stack: MonitorStack, started: float, gen: subprocess.Popen[str],
-                          idle: float = 1.0) -> tuple[dict, float]:
+                          idle: float = 1.0, beat_s: float = 0.2) -> tuple[dict, float]:
     """Heartbeats until the generator ended and ``events`` stopped growing (or grows only by the
     trickle of other processes); (last beat, time of the last big growth - start)."""
     last, last_change, beat = -1, time.monotonic(), {}
@@ -46,7 +46,7 @@ async def watch_until_idle(stack: MonitorStack, started: float, gen: subprocess.
         if last < 0 or beat.get("events", 0) - last > 500 or beat.get("queued"):
             last_change = time.monotonic()
         last = beat.get("events", 0)
-    return beat, last_change - idle / 2 - started   # a change is seen up to one beat (0.2 s) late
+    return beat, last_change - beat_s / 2 - started   # a change is seen up to one beat late
 
 
 async def stream_events(stack: MonitorStack) -> tuple[int, int]:
@@ -91,7 +91,7 @@ async def zero_loss(binary: str, target: str, rates: list[int], seconds: float) 
                   f"{lost or 0}   ({beat['emitted_kernel'] - prev['emitted_kernel']:,}, "
                   f"{beat.get('publish_errors', 0) - prev.get('publish_errors', 0)})")
             prev = beat
-        final = await stack.settle()
+        final = await stack.settle(limit_s=60)   # a backlog from an overloaded rate is still sent
         batches, events = await stream_events(stack)
         print(f"stream holds {batches} batches / {events:,} events; monitor published {final['batches']} batches"
               f" / {final['events'] - final.get('lost_publish', 0):,} events")

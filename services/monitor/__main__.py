@@ -9,22 +9,22 @@ import sys
 import time
 from typing import Any
 
-from shared.bus import connect, ensure_streams
-from shared.config import Settings, load_settings
-from shared.errors import DecodeError
-from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
-from shared.logs import setup_logging
-from shared.natscreds import credentials_for
-from shared.subjects import raw_events
 from services.monitor.batcher import Batcher
 from services.monitor.btf import Btf
 from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.decoder import DecodeContext, boot_offset_ns
 from services.monitor.follow import FilterFollower
-from services.monitor.loader import DEFAULT_BPF_DIR, Probes, drain_loop, read_boot_id
+from services.monitor.loader import DEFAULT_BPF_DIR, read_boot_id
+from services.monitor.pump import ChunkProbes, Pump, tune_gc
 from services.monitor.records import RecordDecoder
-from services.monitor.visibility import ALL
 from services.monitor.selfcheck import SelfCheckFailed, run_selfcheck
+from services.monitor.visibility import ALL
+from shared.bus import connect, ensure_streams
+from shared.config import Settings, load_settings
+from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
+from shared.logs import setup_logging
+from shared.natscreds import credentials_for
+from shared.subjects import raw_events
 
 log = logging.getLogger("bulwark.monitor")
 
@@ -68,25 +68,14 @@ async def run(settings: Settings) -> int:
                       msg_id_prefix=f"{settings.node_name}:{boot_id}:{time.time_ns()}")
 
     decoder = RecordDecoder(ctx)
-    feed, offer = decoder.feed, batcher.offer
-
-    def on_record(data: bytes) -> None:
-        try:
-            event = feed(data)
-        except DecodeError as exc:
-            counters.inc("decode_errors")
-            log.warning("undecodable record", extra={"error": str(exc)})
-            return
-        if event is not None:
-            offer(event)
-
     def details() -> dict[str, Any]:
         counters["exe_from_proc"] = decoder.procs.misses
         counters["proc_records"] = decoder.procs.records
         counters["queued"] = batcher.queued()
         return {"status": "ok", "missing_tracepoints": probes.missing, **counters}
 
-    probes = Probes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")))
+    probes = ChunkProbes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")))
+    pump = Pump(probes, decoder, batcher, counters)
 
     def apply_filters(masks: dict[int, int], wanted: dict[int, int], owner: bool) -> None:
         probes.set_visibility(masks)
@@ -101,15 +90,15 @@ async def run(settings: Settings) -> int:
     batch_task = asyncio.create_task(batcher.run(drain))
     beat_task: asyncio.Task[None] | None = None
     try:
-        probes.open(on_record)
+        probes.open(pump.record)
         probes.set_visibility({0: ALL})   # everything until the node's rule set says otherwise
         probes.set_config(owner=True)
         await follower.start(js)
+        tune_gc()
         beat_task = asyncio.create_task(
             heartbeat_loop(nc, SERVICE, settings.node_name, settings.heartbeat_seconds, details, stop))
         log.info("monitor running", extra={"node": settings.node_name})
-        await drain_loop(probes, stop, counters,
-                         hold=lambda: batcher.queued() > batcher.queue_size // 2)
+        await pump.run(stop, hold=lambda: batcher.queued() > batcher.queue_size // 2)
     finally:
         stop.set()
         await follower.stop()

@@ -1,7 +1,8 @@
 """Bounded queue -> batches -> JetStream, with every kind of loss counted.
 
-``offer`` never blocks (the ring-buffer drain calls it): a full queue drops and counts ``lost_queue``.
-Events are RawEvents or, on the fast path, their wire maps already (the decoder builds those).
+``offer``/``offer_many`` never block (the ring-buffer drain calls them): a full queue drops and counts
+``lost_queue``. Events are RawEvents or, on the fast path, their wire maps already (the decoder builds
+those); the queue holds wire maps only.
 ``run`` sends a batch when it holds ``max_events`` or its oldest event is ``max_delay`` old, retries a
 failed publish a bounded number of times (same message id, so JetStream drops duplicates), then
 counts the batch's events as ``lost_publish``.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,7 +44,7 @@ class Batcher:
         self.msg_id_prefix = msg_id_prefix or node
         self.max_bytes = max_bytes  # below NATS's default max_payload (1 MiB)
         self.queue_size = queue_size
-        self.queue: deque[RawEvent | dict[str, Any]] = deque()
+        self.queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._seq = 0
         for name in ("events", "batches", "lost_queue", "lost_publish", "publish_errors"):
@@ -52,14 +52,22 @@ class Batcher:
 
     def offer(self, event: RawEvent | dict[str, Any]) -> bool:
         """Queue an event without waiting; False (and counted) when the queue is full."""
-        if len(self.queue) >= self.queue_size:
-            self.counters["lost_queue"] += 1
-            return False
-        self.queue.append(event)
-        self.counters["events"] += 1
-        if len(self.queue) >= self.max_events or len(self.queue) == 1:
-            self._wake.set()
-        return True
+        return self.offer_many([event if isinstance(event, dict) else event.to_wire()]) == 1
+
+    def offer_many(self, events: list[dict[str, Any]]) -> int:
+        """Queue wire maps without waiting; those beyond the queue's room are dropped and counted.
+        Returns how many were queued."""
+        room = self.queue_size - len(self.queue)
+        if len(events) > room:
+            self.counters["lost_queue"] += len(events) - max(room, 0)
+            events = events[:max(room, 0)]
+        if events:
+            was = len(self.queue)
+            self.queue += events
+            self.counters["events"] += len(events)
+            if not was or len(self.queue) >= self.max_events:
+                self._wake.set()
+        return len(events)
 
     def queued(self) -> int:
         """Events waiting to be batched."""
@@ -68,15 +76,15 @@ class Batcher:
     async def run(self, drain: asyncio.Event) -> None:
         """Batch and publish until ``drain`` is set and everything queued has been sent."""
         loop = asyncio.get_running_loop()
-        pending: list[RawEvent | dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
         first_at = 0.0
         while True:
             if self.queue and len(pending) < self.max_events:
                 if not pending:
                     first_at = loop.time()
-                take = min(self.max_events - len(pending), len(self.queue))
-                popleft = self.queue.popleft
-                pending.extend(popleft() for _ in range(take))
+                take = self.max_events - len(pending)
+                pending += self.queue[:take]
+                del self.queue[:take]
             draining = drain.is_set()
             if pending and (len(pending) >= self.max_events or draining
                             or loop.time() - first_at >= self.max_delay):
@@ -93,8 +101,7 @@ class Batcher:
                 except asyncio.TimeoutError:
                     pass
 
-    async def _send(self, events: list[RawEvent | dict[str, Any]]) -> None:
-        wire = [e if isinstance(e, dict) else e.to_wire() for e in events]
+    async def _send(self, wire: list[dict[str, Any]]) -> None:
         payload = self._pack(wire, self._seq + 1)
         if len(payload) > self.max_bytes and len(wire) > 1:   # too big for one message: halves
             half = len(wire) // 2

@@ -74,3 +74,14 @@ async def test_publish_is_retried_with_the_same_id_then_counted_lost() -> None:
     js, counters = FakeJs(failures=10), Counters()
     await run_batcher(Batcher(js.publish, "s", "n", counters, retries=2, retry_delay=0.001), 3)
     assert counters["publish_errors"] == 3 and counters["lost_publish"] == 3 and not js.sent
+
+
+async def test_offer_many_queues_what_fits_and_counts_the_rest() -> None:
+    js, counters = FakeJs(), Counters()
+    b = Batcher(js.publish, "s", "n", counters, max_events=2, queue_size=5)
+    assert b.offer_many([event(i).to_wire() for i in range(3)]) == 3
+    assert b.offer_many([event(i).to_wire() for i in range(3, 7)]) == 2
+    assert counters["events"] == 5 and counters["lost_queue"] == 2 and b.queued() == 5
+    await run_batcher(b, 0)
+    assert [e["pid"] for _, batch, _ in js.sent for e in batch.events] == [0, 1, 2, 3, 4]
+    assert [len(batch.events) for _, batch, _ in js.sent] == [2, 2, 1]

@@ -131,3 +131,56 @@ def test_wanted_syscalls() -> None:
     assert wanted_syscalls(rs) == {263: 1 | 2 << 1 | 16, 84: 1 | 1 << 1, 39: 1}
     assert not needs_owner(rs) and needs_owner(None)
     assert needs_owner(_rs(WorkloadRules("w", 50, 51, [_r("File", path="/x", owner_only=True)])))
+
+
+def chunk_of(*recs: bytes) -> tuple[bytes, list[int]]:
+    """Records framed as RingBuffer.take returns them: 8-byte ring header, 8-byte aligned."""
+    chunk, offsets = b"", []
+    for rec in recs:
+        offsets.append(len(chunk))
+        chunk += struct.pack("<II", len(rec), 0) + rec + bytes(-len(rec) % 8)
+    return chunk, offsets
+
+
+def with_ktime(rec: bytes, ktime: int) -> bytes:
+    return rec[:8] + struct.pack("<Q", ktime) + rec[16:]
+
+
+def test_a_chunk_decodes_like_its_records_one_by_one_and_counts_every_bad_one() -> None:
+    good = [proc_rec(100, ["usr", "bin", "cat"]), sys_rec(5, 257, name="/a", ret=3),
+            sys_rec(6, 42, (3, 16, 0, 2, 1, 6), flags=32), sys_rec(4, -1, (0x100, 0, 0, 0, 0, 0))]
+    bad = [b"\x63\0\0\0" + bytes(20), sys_rec(5, 257, name="/x")[:200], struct.pack("<IIQ", 5, 10_000, 1)]
+    chunk, offsets = chunk_of(good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3])
+    events, errors = RecordDecoder(CTX).feed_chunk(chunk, offsets)
+    one = RecordDecoder(CTX)
+    assert events == [e for e in map(one.feed, good) if e is not None]
+    assert len(errors) == 3 and all(isinstance(e, DecodeError) for e in errors)
+
+
+def test_repeated_records_decode_exactly_like_new_ones() -> None:
+    dec = RecordDecoder(CTX)
+    rec = sys_rec(5, 257, (-100, 0, 0, 0, 0, 0), ret=3, flags=128, name="/etc/hosts")
+    first = dec.feed(rec)
+    for kt in (6_000, 7_000):
+        again = dec.feed(with_ktime(rec, kt))
+        assert again == RecordDecoder(CTX).feed(with_ktime(rec, kt))
+        assert again["event_id"] == f"n1:b:{kt}:101"
+        assert again["extra"] is not first["extra"]
+    assert first["ts_ns"] == 6_000
+
+
+def test_a_process_record_refreshes_what_repeats_would_reuse() -> None:
+    dec = RecordDecoder(CTX)
+    rec = sys_rec(5, 257, name="/etc/hosts")
+    dec.feed(proc_rec(100, ["bin", "sh"]))
+    assert dec.feed(rec)["exe"] == "/bin/sh"
+    dec.feed(proc_rec(100, ["usr", "bin", "python3"]))          # the process exec'd
+    assert dec.feed(with_ktime(rec, 9_000))["exe"] == "/usr/bin/python3"
+
+
+def test_records_that_never_repeat_still_decode_when_the_lookup_is_bypassed() -> None:
+    dec = RecordDecoder(CTX)
+    for i in range(5000):                                        # more than the remembered records
+        rec = sys_rec(5, 257, ret=i, name=f"/f{i}")
+        assert dec.feed(rec) == RecordDecoder(CTX).feed(rec)
+    assert dec._same_bypass > 0                                  # repeats were rare: not looked up
