@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,12 +90,36 @@ def run_loadgen(binary: str, *args: str, mount_ns: bool = True) -> float:
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
 
 
+class HeldRules:
+    """What enforcers_holding_100_rules yields: the workload's load generator runner and its rules."""
+
+    def __init__(self, ns: Any, rules: list[Any]) -> None:
+        self.ns, self.rules = ns, rules
+
+    def openclose(self, binary: str, target: str, opens: int, reps: int) -> float:
+        """The best ns per open/close pair of the load generator in the workload over ``reps`` runs."""
+        runs = []
+        for _ in range(reps):
+            rc, out = self.ns.run(f"{binary} openclose {opens} {target}", timeout=300)
+            if rc != 0:
+                raise RuntimeError(f"load generator failed in the workload: {out}")
+            runs.append(float(out.strip().splitlines()[-1]))
+        return min(runs)
+
+    def ruleset(self, node: str, version: int) -> Any:
+        """The same rules for the workload as a node's RuleSet (what the monitor is sent)."""
+        from shared.schemas.rules import RuleSet, WorkloadRules
+
+        return RuleSet(node=node, version=version, policy_seq=version, identity_seq=version,
+                       workloads={"bench": WorkloadRules("bench", self.ns.mntns, 0, list(self.rules))})
+
+
 @contextlib.contextmanager
-def enforcers_holding_100_rules() -> Iterator[Callable[[str, str, int, int], float]]:
+def enforcers_holding_100_rules() -> Iterator[HeldRules]:
     """The Fanotify and eBPF-signal enforcers, in this process, holding bench/enforcer_overhead.py's
-    100 rules for a workload (a shell in its own mount namespace). Yields ``openclose(binary,
-    target, opens, reps)``: the best ns per open/close pair of the load generator in that workload
-    (opens of an unmarked file, as almost all are). Everything is released afterwards."""
+    100 rules for a workload (a shell in its own mount namespace). Yields a HeldRules: its
+    ``openclose`` measures the load generator in that workload (opens of an unmarked file, as almost
+    all are), its ``ruleset`` gives the same rules to a monitor. Everything is released afterwards."""
     from enforcer_overhead import setup
     from services.enforcer.fanotify import FanotifyEnforcer
     from services.enforcer.signal import SignalEnforcer
@@ -105,23 +129,13 @@ def enforcers_holding_100_rules() -> Iterator[Callable[[str, str, int, int], flo
     root.chmod(0o755)
     ns = NsShell()
     enforcers: list[Any] = []
-
-    def openclose(binary: str, target: str, opens: int, reps: int) -> float:
-        runs = []
-        for _ in range(reps):
-            rc, out = ns.run(f"{binary} openclose {opens} {target}", timeout=300)
-            if rc != 0:
-                raise RuntimeError(f"load generator failed in the workload: {out}")
-            runs.append(float(out.strip().splitlines()[-1]))
-        return min(runs)
-
     try:
         rules, _paths = setup(root)
         enforcers[:] = [FanotifyEnforcer(), SignalEnforcer(btf_tree=Path(BTF_TREE))]
         held = ruleset(1, w=(ns.mntns, rules))
         for enforcer in enforcers:
             enforcer.apply(held)
-        yield openclose
+        yield HeldRules(ns, rules)
     finally:
         for enforcer in enforcers:
             enforcer.close()

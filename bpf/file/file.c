@@ -1,6 +1,8 @@
 /* File events: open/openat/openat2, unlink/unlinkat/rmdir, chown/lchown/fchown/fchownat. Opens are
  * handled at exit only (bwmon_open_x); for the others the path is read at enter (with the directory a
- * relative one is resolved against), the result at exit. */
+ * relative one is resolved against), the result at exit. A mount namespace may want only the paths
+ * its rules name (BW_VIS_FILE_PATHS): that is decided from the path argument first, before any
+ * record is built. */
 #include "events.h"
 #include "bw_tp.h"
 #include "bw_emit.h"
@@ -14,12 +16,29 @@ struct bw_open_how {                         /* uapi struct open_how */
 #define BW_NR_OPEN 2                         /* x86_64 */
 #define BW_NR_OPENAT2 437
 
+/* Whether the caller's file event with path argument `name` is emitted (non-zero: its visible
+ * file bits); its mntns into *mntns. */
+static __always_inline __u32 bw_file_gate(struct task_struct *task, __u32 *mntns, const char *name)
+{
+	__u32 bits;
+
+	*mntns = bw_current_mntns(task);
+	bits = bw_vis_bits(task, *mntns, BW_VIS_FILE | BW_VIS_FILE_PATHS);
+	if (!bits || !bw_file_wanted(bits, *mntns, name))
+		return 0;
+	return bits;
+}
+
 static __always_inline int bw_file_enter(struct bw_tp_sys_enter *ctx, long dirfd, const char *name,
 					 __s64 a1, __s64 a2, __s64 a3, __u16 flags)
 {
 	struct task_struct *task = bw_current();
-	struct bw_sys_event *e = bw_sys_enter_begin(BW_OP_FILE, BW_VIS_FILE, ctx->syscall_nr, task);
+	struct bw_sys_event *e;
+	__u32 mntns;
 
+	if (!bw_file_gate(task, &mntns, name))
+		return 0;
+	e = bw_sys_stash_begin(BW_OP_FILE, ctx->syscall_nr, mntns);
 	if (!e)
 		return 0;
 	e->args[0] = dirfd;
@@ -62,43 +81,61 @@ int bwmon_fchowat_e(struct bw_tp_sys_enter *ctx)  /* (dfd, filename, user, group
 			     (__u32)ctx->args[3], ctx->args[4], 0);
 }
 
-/* The open's arguments, from the caller's saved registers (x86_64: di, si, dx, r10): args[0..3] =
- * dirfd, flags, mode, resolve; returns the path argument. */
-static __always_inline const char *bw_open_args(struct bw_sys_event *e, struct pt_regs *regs, __s32 nr)
+/* The open's path argument, from the caller's saved registers (x86_64: di, si, dx, r10). */
+static __always_inline const char *bw_open_name(struct pt_regs *regs, __s32 nr)
 {
+	return (const char *)(nr == BW_NR_OPEN ? regs->di : regs->si);
+}
+
+/* The open's other arguments, from the same registers: args[0..3] = dirfd, flags, mode, resolve.
+ * The registers are loaded before any branch: a load merged from the stack (open_how) and from the
+ * registers would be one instruction with two pointer types, which the verifier refuses. */
+static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs *regs, __s32 nr)
+{
+	__u64 di = regs->di, si = regs->si, dx = regs->dx, r10 = regs->r10;
 	struct bw_open_how how = {};
 
 	if (nr == BW_NR_OPEN) {
 		e->args[0] = BW_AT_FDCWD;
-		e->args[1] = regs->si;
-		e->args[2] = regs->dx;
-		return (const char *)regs->di;
+		e->args[1] = si;
+		e->args[2] = dx;
+		return;
 	}
-	e->args[0] = (int)regs->di;
+	e->args[0] = (int)di;
 	if (nr == BW_NR_OPENAT2) {
-		bpf_probe_read_user(&how, sizeof(how), (void *)regs->dx);
+		bpf_probe_read_user(&how, sizeof(how), (void *)dx);
 		e->args[1] = how.flags;
 		e->args[2] = how.mode;
 		e->args[3] = how.resolve;
 	} else {
-		e->args[1] = regs->dx;
-		e->args[2] = regs->r10;
+		e->args[1] = dx;
+		e->args[2] = r10;
 	}
-	return (const char *)regs->si;
 }
 
 /* open, openat, openat2, at exit only: the syscall's arguments are still in the caller's saved
  * registers, and its path is in memory the kernel has just read (so it is paged in). No enter
- * program and no per-thread stash: an open that is not visible costs at most one hash lookup. */
+ * program and no per-thread stash: an open that is not visible costs at most one hash lookup, one
+ * whose path no rule of its mntns can name a user read and a trie lookup more. */
 int bwmon_open_x(struct bw_tp_sys_exit *ctx)
 {
 	struct task_struct *task = bw_current();
-	struct bw_sys_event *e = bw_sys_begin(BW_OP_FILE, BW_VIS_FILE, ctx->syscall_nr, task);
+	__u32 mntns = bw_current_mntns(task);
+	__u32 bits = bw_vis_bits(task, mntns, BW_VIS_FILE | BW_VIS_FILE_PATHS);
+	struct bw_sys_event *e;
+	struct pt_regs *regs;
 	const char *name;
 
+	if (!bits)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	name = bw_open_name(regs, ctx->syscall_nr);
+	if (!bw_file_wanted(bits, mntns, name))
+		return 0;
+	e = bw_sys_scratch_begin(BW_OP_FILE, ctx->syscall_nr, mntns);
 	if (!e)
 		return 0;
-	name = bw_open_args(e, (struct pt_regs *)bpf_task_pt_regs(task), ctx->syscall_nr);
+	bw_open_args(e, regs, ctx->syscall_nr);
 	e->ret = ctx->ret;
 	e->flags |= BW_SYS_F_OPEN;
 	bw_sys_name(e, name);

@@ -9,12 +9,12 @@
 #include "bw_path.h"
 #include "bw_files.h"
 
-/* Whether `bit` is emitted for `mntns`: its own entry in bw_visibility, else the default entry.
- * bw_vis_default is an array (its lookups are inlined) holding the default and the union of all
- * entries: a kind no mount namespace wants is refused without any hash lookup, others cost one.
- * The monitor's own process (BW_MONITOR_TGID) is never traced: its reads would feed back into the
- * stream. `cur` is bw_current(). */
-static __always_inline int bw_visible(struct task_struct *cur, __u32 mntns, __u32 bit)
+/* Which of `bits` are emitted for `mntns` (0: none, counted as filtered): its own entry in
+ * bw_visibility, else the default entry. bw_vis_default is an array (its lookups are inlined)
+ * holding the default and the union of all entries: a kind no mount namespace wants is refused
+ * without any hash lookup, others cost one. The monitor's own process (BW_MONITOR_TGID) is never
+ * traced: its reads would feed back into the stream. `cur` is bw_current(). */
+static __always_inline __u32 bw_vis_bits(struct task_struct *cur, __u32 mntns, __u32 bits)
 {
 	__u32 key = BW_VIS_ANY, *mask;
 
@@ -23,15 +23,50 @@ static __always_inline int bw_visible(struct task_struct *cur, __u32 mntns, __u3
 		return 0;
 #endif
 	mask = bw_vis_default.lookup(&key);
-	if (mask && (*mask & bit)) {
+	if (mask && (*mask & bits)) {
 		mask = bw_visibility.lookup(&mntns);
 		if (!mask) {
 			key = BW_VIS_DEFAULT;
 			mask = bw_vis_default.lookup(&key);
 		}
-		if (mask && (*mask & bit))
-			return 1;
+		if (mask && (*mask & bits))
+			return *mask & bits;
 	}
+	bw_stat(BW_STAT_FILTERED);
+	return 0;
+}
+
+static __always_inline int bw_visible(struct task_struct *cur, __u32 mntns, __u32 bit)
+{
+	return bw_vis_bits(cur, mntns, bit) != 0;
+}
+
+/* Whether the path argument `uname` starts with an entry of bw_file_paths for `mntns`. A name
+ * that cannot be read, or is not absolute (its directory would have to be walked), counts as
+ * listed: over-emitting is allowed, hiding an event a rule could match is not. */
+static __always_inline int bw_path_listed(__u32 mntns, const char *uname)
+{
+	__u32 zero = 0;
+	struct bw_path_key *k = bw_path_scratch.lookup(&zero);
+	long n;
+
+	if (!k || !uname)
+		return 1;
+	n = bpf_probe_read_user_str(k->path, sizeof(k->path), uname);
+	if (n <= 0 || k->path[0] != '/')
+		return 1;
+	k->mntns = mntns;
+	k->prefixlen = (sizeof(k->mntns) + n) * 8;   /* n counts the NUL: exact entries end with it */
+	return bw_file_paths.lookup(k) != NULL;
+}
+
+/* For a file event of `mntns` with `bits` = its BW_VIS_FILE | BW_VIS_FILE_PATHS bits (non-zero):
+ * whether the event for the path argument `uname` is emitted. Called before anything is built,
+ * so a filtered open costs the visibility lookups, one user read and one trie lookup. */
+static __always_inline int bw_file_wanted(__u32 bits, __u32 mntns, const char *uname)
+{
+	if ((bits & BW_VIS_FILE) || bw_path_listed(mntns, uname))
+		return 1;
 	bw_stat(BW_STAT_FILTERED);
 	return 0;
 }
@@ -121,33 +156,37 @@ static __always_inline void bw_sys_reset(struct bw_sys_event *e, __u32 op, __s32
 	e->name[0] = 0;
 }
 
-/* A record in this CPU's scratch, or NULL when `vis` is not emitted for the caller's mntns.
- * `task` is bw_current(), here and in every function below that takes a task. */
-static __always_inline struct bw_sys_event *bw_sys_begin(__u32 op, __u32 vis, __s32 nr,
-							 struct task_struct *task)
+/* A record in this CPU's scratch, reset for `op`, `nr` and `mntns` (visibility already decided). */
+static __always_inline struct bw_sys_event *bw_sys_scratch_begin(__u32 op, __s32 nr, __u32 mntns)
 {
-	__u32 zero = 0, mntns = bw_current_mntns(task);
-	struct bw_sys_event *e;
+	__u32 zero = 0;
+	struct bw_sys_event *e = bw_sys_scratch.lookup(&zero);
 
-	if (!bw_visible(task, mntns, vis))
-		return NULL;
-	e = bw_sys_scratch.lookup(&zero);
 	if (e)
 		bw_sys_reset(e, op, nr, mntns);
 	return e;
 }
 
-/* For a syscall's enter: the calling thread's own slot in bw_sys_stash, built in place (no copy of
- * the record into the map per call; the slot stays and is re-armed by the thread's next call). */
-static __always_inline struct bw_sys_event *bw_sys_enter_begin(__u32 op, __u32 vis, __s32 nr,
-							       struct task_struct *task)
+/* A record in this CPU's scratch, or NULL when `vis` is not emitted for the caller's mntns.
+ * `task` is bw_current(), here and in every function below that takes a task. */
+static __always_inline struct bw_sys_event *bw_sys_begin(__u32 op, __u32 vis, __s32 nr,
+							 struct task_struct *task)
 {
-	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid(), mntns = bw_current_mntns(task);
-	struct bw_sys_event *e;
+	__u32 mntns = bw_current_mntns(task);
 
 	if (!bw_visible(task, mntns, vis))
 		return NULL;
-	e = bw_sys_stash.lookup(&tid);
+	return bw_sys_scratch_begin(op, nr, mntns);
+}
+
+/* For a syscall's enter (visibility already decided): the calling thread's own slot in
+ * bw_sys_stash, built in place (no copy of the record into the map per call; the slot stays and is
+ * re-armed by the thread's next call). */
+static __always_inline struct bw_sys_event *bw_sys_stash_begin(__u32 op, __s32 nr, __u32 mntns)
+{
+	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	struct bw_sys_event *e = bw_sys_stash.lookup(&tid);
+
 	if (!e) {
 		struct bw_sys_event *init = bw_sys_scratch.lookup(&zero);
 
@@ -164,6 +203,17 @@ static __always_inline struct bw_sys_event *bw_sys_enter_begin(__u32 op, __u32 v
 	}
 	bw_sys_reset(e, op, nr, mntns);
 	return e;
+}
+
+/* bw_sys_stash_begin, or NULL when `vis` is not emitted for the caller's mntns. */
+static __always_inline struct bw_sys_event *bw_sys_enter_begin(__u32 op, __u32 vis, __s32 nr,
+							       struct task_struct *task)
+{
+	__u32 mntns = bw_current_mntns(task);
+
+	if (!bw_visible(task, mntns, vis))
+		return NULL;
+	return bw_sys_stash_begin(op, nr, mntns);
 }
 
 /* Write `e` to the ring buffer: cut after the name unless a dir path follows. */

@@ -41,6 +41,19 @@ BPF_HASH(bw_visibility, __u32, __u32, 16384);     /* mntns -> BW_VIS_* */
 #define BW_VIS_DEFAULT 0
 #define BW_VIS_ANY 1
 BPF_ARRAY(bw_vis_default, __u32, 2);
+/* A mntns whose mask has BW_VIS_FILE_PATHS but not BW_VIS_FILE emits only the file events whose
+ * absolute path starts with an entry of bw_file_paths for that mntns (its rules could match no
+ * other; relative and unreadable names are always emitted). Entries: an exact path with its NUL
+ * (so /a/b does not cover /a/bc), a directory as a prefix ending in '/'. */
+#define BW_VIS_FILE_PATHS 32
+#define BW_PATH_KEY_LEN 252                  /* 4 + 252 bytes: the LPM trie's 256-byte data limit */
+struct bw_path_key {
+	__u32 prefixlen;                         /* bits of mntns + path that must match */
+	__u32 mntns;                             /* always fully part of the prefix: byte order is free */
+	char path[BW_PATH_KEY_LEN];
+};
+BPF_LPM_TRIE(bw_file_paths, struct bw_path_key, __u8, 65536);
+BPF_PERCPU_ARRAY(bw_path_scratch, struct bw_path_key, 1);
 BPF_TABLE("lru_hash", __u32, struct bw_proc, bw_procs, 65536);
 BPF_TABLE("lru_hash", __u32, struct bw_sys_event, bw_sys_stash, 16384);   /* per thread */
 BPF_TABLE("lru_hash", __u32, struct bw_sys_event, bw_raw_stash, 4096);

@@ -1,5 +1,6 @@
 """Follow the node's RuleSet (RULES) and its workloads (IDENTITY) and keep the kernel's filters in
-step: visibility masks per mount namespace and the wanted syscall numbers."""
+step: visibility masks per mount namespace (with the path entries of namespaces that emit only the
+file events their rules can match) and the wanted syscall numbers."""
 from __future__ import annotations
 
 import logging
@@ -17,14 +18,15 @@ from shared.lifecycle import Counters
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.schemas.rules import RuleSet
 from shared.subjects import IDENTITY, RULES, identity_events, rules_for_node
-from services.monitor.visibility import needs_owner, visibility_masks, wanted_syscalls
+from services.monitor.visibility import Visibility, needs_owner, visibility_masks, wanted_syscalls
 
 __all__ = ["FilterFollower"]
 
 log = logging.getLogger("bulwark.monitor.follow")
 
-# apply(masks, wanted syscalls, read file owners)
-Apply = Callable[[dict[int, int], dict[int, int], bool], None]
+# apply(masks, wanted syscalls, read file owners); the masks are a Visibility: its ``paths`` travel
+# with them, so whoever sets the masks (Probes.set_visibility) sets the path trie in the same step.
+Apply = Callable[[Visibility, dict[int, int], bool], None]
 
 
 class FilterFollower:
@@ -37,7 +39,7 @@ class FilterFollower:
         self.host_mntns = host_mntns if host_mntns is not None else os.stat("/proc/self/ns/mnt").st_ino
         self.ruleset: RuleSet | None = None
         self.workloads: dict[str, Workload] = {}
-        self._applied: tuple[dict[int, int], dict[int, int], bool] | None = None
+        self._applied: tuple[Visibility, dict[int, int], bool] | None = None
         self._subs: list[Any] = []
 
     async def start(self, js: JetStreamContext) -> None:
@@ -80,7 +82,8 @@ class FilterFollower:
         self.refresh()
 
     def refresh(self) -> None:
-        """Compute the filters and hand them to the kernel when they changed."""
+        """Compute the filters and hand them to the kernel when they changed (a moved path too:
+        Visibility compares its paths)."""
         if self.ruleset is None:
             return  # everything stays visible until the first rule set
         wanted = (visibility_masks(self.ruleset, self.workloads, self.host_mntns,
@@ -96,5 +99,6 @@ class FilterFollower:
             return
         self._applied = wanted
         self.counters["rules_version"] = self.ruleset.version
-        log.info("kernel filters updated", extra={"namespaces": len(wanted[0]), "syscalls": len(wanted[1]),
+        log.info("kernel filters updated", extra={"namespaces": len(wanted[0]), "paths": len(wanted[0].paths),
+                                                  "syscalls": len(wanted[1]),
                                                   "version": self.ruleset.version})

@@ -115,6 +115,7 @@ class Probes:
         self._ring: RingBuffer | None = None
         self._on_record: Callable[[bytes], None] = lambda _data: None
         self._raw_attached = False
+        self._paths: set[tuple[int, bytes]] = set()  # entries in bw_file_paths
 
     def open(self, on_record: Callable[[bytes], None]) -> None:
         """Compile, attach every tracepoint and open the ring buffer (``on_record`` gets raw bytes)."""
@@ -146,11 +147,21 @@ class Probes:
         self.attached += 1
 
     def set_visibility(self, masks: dict[int, int]) -> None:
-        """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits.
+        """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits, and the path trie
+        with ``masks.paths`` when it has them (:class:`~services.monitor.visibility.Visibility`;
+        a plain dict empties the trie).
 
         Entry 0 lives in a small array with the union of all entries next to it (bw_vis_default):
         the programs read both without a hash lookup, and skip it for kinds nobody wants. While the
-        entries change, the union covers the old and the new ones (never filter what either wants)."""
+        entries change, the union covers the old and the new ones (never filter what either wants).
+        Likewise new path entries go in before the masks that rely on them, and old ones leave only
+        after the masks no longer do."""
+        paths = frozenset(getattr(masks, "paths", ()))
+        self._add_paths(paths - self._paths)
+        self._set_masks(masks)
+        self._remove_paths(frozenset(self._paths - paths))
+
+    def _set_masks(self, masks: dict[int, int]) -> None:
         table = self._bpf[b"bw_visibility"]
         defaults = self._bpf[b"bw_vis_default"]
         union = 0
@@ -165,6 +176,33 @@ class Probes:
                 table[ct.c_uint(mntns)] = ct.c_uint(mask)
         defaults[ct.c_int(0)] = ct.c_uint(masks.get(0, 0))
         defaults[ct.c_int(1)] = ct.c_uint(union)
+
+    def _path_key(self, mntns: int, prefix: bytes) -> Any:
+        """The bw_file_paths key for ``prefix`` (an exact path ends with its NUL) in ``mntns``."""
+        table = self._bpf[b"bw_file_paths"]
+        key = table.Key()
+        room = type(key).path.size
+        if len(prefix) > room:
+            raise ValueError(f"path entry of {len(prefix)} bytes: at most {room} fit a key")
+        key.prefixlen = (4 + len(prefix)) * 8
+        key.mntns = mntns
+        ct.memmove(ct.addressof(key) + type(key).path.offset, prefix, len(prefix))
+        return key
+
+    def _add_paths(self, entries: frozenset[tuple[int, bytes]]) -> None:
+        table = self._bpf[b"bw_file_paths"]
+        for mntns, prefix in sorted(entries):
+            table[self._path_key(mntns, prefix)] = ct.c_ubyte(1)
+            self._paths.add((mntns, prefix))
+
+    def _remove_paths(self, entries: frozenset[tuple[int, bytes]]) -> None:
+        table = self._bpf[b"bw_file_paths"]
+        for mntns, prefix in sorted(entries):
+            try:
+                del table[self._path_key(mntns, prefix)]
+            except KeyError:
+                pass  # already gone: the goal is its absence
+            self._paths.discard((mntns, prefix))
 
     def set_config(self, owner: bool) -> None:
         """Kernel options: ``owner`` = read the owner uid of every opened file (ownerOnly rules)."""

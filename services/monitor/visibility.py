@@ -6,20 +6,34 @@ Alerts must never be filtered: every kind a workload's rules name is OR-ed into 
 default entry (0: any mount namespace not listed, e.g. a workload identity has not reported yet)
 holds the container default plus every kind any rule on the node names. Before the first RuleSet
 everything is emitted.
+
+File events can be narrowed further, by path: when a workload's own visibility leaves files out and
+every rule that judges its file events names exact paths or directories, its mask gets FILE_PATHS
+instead of the file bit, and :func:`path_entries` lists the (mntns, prefix) entries of the kernel's
+path trie: only file events whose absolute path starts with one of them are emitted (relative and
+unreadable names always are). A rule the trie cannot express (a pattern, an exec name, an
+allow-list, whose posture judges every other path) keeps the whole file bit for the namespace.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from shared.matcher import ALLOWING, BLOCKING
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet
 from shared.visibility import VISIBILITY_ANNOTATION, parse_visibility
 from services.monitor.syscall_table import SYSCALL_NUMBERS
 
-__all__ = ["KIND_BITS", "OPERATION_BITS", "ALL", "bits_of", "visibility_masks", "wanted_syscalls",
-           "DEDICATED_SYSCALLS", "PATH_ARG", "needs_owner"]
+__all__ = ["KIND_BITS", "OPERATION_BITS", "ALL", "FILE_PATHS", "PATH_KEY_LEN", "Visibility", "bits_of",
+           "visibility_masks", "file_prefixes", "path_entries", "wanted_syscalls", "DEDICATED_SYSCALLS",
+           "PATH_ARG", "needs_owner"]
 
 KIND_BITS = {"process": 1, "file": 2, "network": 4, "capabilities": 8}
 OPERATION_BITS = {"Process": 1, "File": 2, "Network": 4, "Capabilities": 8, "Syscall": 16}
 ALL = 31
+FILE_PATHS = 32      # BW_VIS_FILE_PATHS: file events only for paths in the trie (bpf/include/bw_maps.h)
+PATH_KEY_LEN = 252   # BW_PATH_KEY_LEN: bytes of path in a trie key
+_FILE = OPERATION_BITS["File"]
 # syscalls with their own programs whose records are already of kind "syscall"
 DEDICATED_SYSCALLS = frozenset({"setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
                                 "ptrace", "mount", "umount2"})
@@ -46,15 +60,68 @@ def bits_of(words: frozenset[str]) -> int:
 
 
 def _rule_bits(rules: list[Rule], host: bool = False) -> int:
-    """The kinds ``rules`` judge. A Process Block also needs file opens in a workload: the loader run as
-    a program (``ld.so PROGRAM``) opens PROGRAM instead of exec'ing it (shared.loaders). Not on the host,
-    where that would emit every open of the node; there such a refusal has no alert unless file events
-    are visible."""
+    """The kinds ``rules`` judge, as the default entry (any unlisted mntns) must emit them. A Process
+    Block also needs file opens in a workload: the loader run as a program (``ld.so PROGRAM``) opens
+    PROGRAM instead of exec'ing it (shared.loaders). Not on the host, where that would emit every open
+    of the node."""
     out = 0
     for rule in rules:
         out |= OPERATION_BITS.get(rule.operation, 0)
-        if rule.operation == "Process" and rule.action == "Block" and not host:
-            out |= OPERATION_BITS["File"]
+        if rule.operation == "Process" and rule.action in BLOCKING and not host:
+            out |= _FILE
+    return out
+
+
+def _resource_prefixes(rule: Rule) -> list[bytes] | None:
+    """Trie entries covering every path ``rule`` names, or None when it names paths no prefix can
+    express (a pattern, an exec name, a relative or too long path). A directory covers itself too."""
+    if rule.path:
+        entries = [rule.path.encode() + b"\0"]
+    elif rule.dir and not rule.exec_name and not rule.pattern:
+        entries = [rule.dir.encode()]           # recursive or not: the kernel over-emits, never under
+        if rule.dir.endswith("/") and len(rule.dir) > 1:
+            entries.append(rule.dir[:-1].encode() + b"\0")
+    else:
+        return None
+    if any(not e.startswith(b"/") or len(e) > PATH_KEY_LEN for e in entries):
+        return None
+    return entries
+
+
+def file_prefixes(rules: list[Rule], host: bool = False) -> frozenset[bytes] | None:
+    """The path prefixes whose file events ``rules`` may judge, or None when they need every file
+    event. File rules judge their resources; an allow-list (a File Allow rule) judges every other
+    path too. Process rules judge the opens of their programs by a loader (shared.loaders), so their
+    paths are listed; a Process Block whose programs no prefix expresses needs every open in a
+    workload (not on the host, where that would emit every open of the node)."""
+    out: set[bytes] = set()
+    for rule in rules:
+        if rule.operation not in ("File", "Process"):
+            continue
+        if rule.operation == "File" and rule.action in ALLOWING:
+            return None
+        if rule.operation == "Process" and rule.action in ALLOWING:
+            continue                            # an allowed program's loader open raises nothing
+        entries = _resource_prefixes(rule)
+        if entries is not None:
+            out.update(entries)
+        elif rule.operation == "File" or (rule.action in BLOCKING and not host):
+            return None
+    return frozenset(out)
+
+
+def _own_rule_bits(rules: list[Rule], host: bool) -> int:
+    """A listed mntns's bits for its rules: as _rule_bits, with FILE_PATHS instead of the file bit
+    when the trie can hold every path they judge."""
+    out = 0
+    for rule in rules:
+        out |= OPERATION_BITS.get(rule.operation, 0)
+    out &= ~_FILE
+    prefixes = file_prefixes(rules, host)
+    if prefixes is None:
+        out |= _FILE
+    elif prefixes:
+        out |= FILE_PATHS
     return out
 
 
@@ -68,12 +135,45 @@ def _workload_bits(workload: Workload | None, host: bool, containers: str, hosts
     return bits_of(parse_visibility(hosts if host else containers))
 
 
+def path_entries(ruleset: RuleSet | None, host_mntns: int) -> frozenset[tuple[int, bytes]]:
+    """(mntns, prefix) entries of the kernel's path trie: every listed workload's file_prefixes.
+    Entries of a namespace that emits every file event anyway are harmless (never looked up)."""
+    out: set[tuple[int, bytes]] = set()
+    if ruleset is None:
+        return frozenset()
+    for wr in ruleset.running():
+        if not wr.mntns:
+            continue
+        prefixes = file_prefixes(wr.rules, wr.mntns == host_mntns)
+        out.update((wr.mntns, prefix) for prefix in prefixes or ())
+    return frozenset(out)
+
+
+class Visibility(dict[int, int]):
+    """mntns -> bits to emit (key 0: every mount namespace not listed), with ``paths``: the
+    (mntns, prefix) trie entries the FILE_PATHS bits rely on. Equal only with the same paths."""
+
+    def __init__(self, masks: dict[int, int] | Iterable[tuple[int, int]] = (),
+                 paths: Iterable[tuple[int, bytes]] = ()) -> None:
+        super().__init__(masks)
+        self.paths = frozenset(paths)
+
+    def __eq__(self, other: object) -> bool:
+        return dict.__eq__(self, other) is True and self.paths == getattr(other, "paths", frozenset())
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def visibility_masks(ruleset: RuleSet | None, workloads: dict[str, Workload], host_mntns: int, *,
                      containers: str = "process,file,network,capabilities",
-                     hosts: str = "none") -> dict[int, int]:
-    """mntns -> bits to emit; key 0 is the default for every mount namespace not listed."""
+                     hosts: str = "none") -> Visibility:
+    """mntns -> bits to emit; key 0 is the default for every mount namespace not listed. The
+    default keeps the whole kinds (an unlisted namespace has no trie entries)."""
     if ruleset is None:
-        return {0: ALL}
+        return Visibility({0: ALL})
     running = ruleset.running()
     union = 0
     for wr in running:
@@ -86,10 +186,13 @@ def visibility_masks(ruleset: RuleSet | None, workloads: dict[str, Workload], ho
         host = wr.mntns == host_mntns
         host_listed |= host
         mask = _workload_bits(workloads.get(wr.workload_id), host, containers, hosts)
-        out[wr.mntns] = out.get(wr.mntns, 0) | mask | _rule_bits(wr.rules, host)
+        out[wr.mntns] = out.get(wr.mntns, 0) | mask | _own_rule_bits(wr.rules, host)
     if not host_listed and host_mntns:
         out[host_mntns] = bits_of(parse_visibility(hosts))
-    return out
+    for mntns, mask in out.items():
+        if mask & _FILE:
+            out[mntns] = mask & ~FILE_PATHS     # every file event already
+    return Visibility(out, path_entries(ruleset, host_mntns))
 
 
 def needs_owner(ruleset: RuleSet | None) -> bool:

@@ -12,7 +12,7 @@ from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 from services.monitor.decoder import DecodeContext
 from services.monitor.kinds_kernel import protocol_name, sockaddr
 from services.monitor.records import PROC_SIZE, SYS_HEAD, SYS_LAYOUT, RecordDecoder
-from services.monitor.visibility import ALL, needs_owner, visibility_masks, wanted_syscalls
+from services.monitor.visibility import ALL, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
 
 CTX = DecodeContext(node="n1", boot_id="b", boot_offset_ns=1_000)
 PATH_BUF = 768
@@ -118,11 +118,14 @@ def test_visibility_masks_never_hide_what_rules_need() -> None:
     assert masks[1] == 8                  # host default none, plus its Capabilities rule
     assert masks[0] == 15 | 4 | 8 and 70 not in masks   # unknown mntns: default | every rule's kind
     assert visibility_masks(rs, {}, 1, containers="process", hosts="file")[60] == 1
-    # A Process Block in a workload also needs its opens (`ld.so PROGRAM`: shared.loaders); not on the host.
+    # A Process Block also needs the opens of its program (`ld.so PROGRAM`: shared.loaders): by path,
+    # in the workload and on the host (tests/unit/test_monitor_paths.py has the details).
     rs = _rs(WorkloadRules("w1", 50, 51, [_r("Process", path="/bin/sleep")]),
              WorkloadRules("host", 1, 2, [_r("Process", path="/bin/sleep")]))
     masks = visibility_masks(rs, {"w1": quiet}, host_mntns=1)
-    assert masks[50] == 1 | 2 and masks[1] == 1
+    assert masks[50] == 1 | FILE_PATHS and masks[1] == 1 | FILE_PATHS
+    assert masks.paths == {(50, b"/bin/sleep\0"), (1, b"/bin/sleep\0")}
+    assert masks[0] == 15 | 1 | 2          # unknown mntns: whole kinds, as before
 
 
 def test_wanted_syscalls() -> None:

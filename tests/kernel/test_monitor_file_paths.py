@@ -1,0 +1,139 @@
+"""The in-kernel path filter on the real kernel: a workload whose file visibility is off but whose
+rules name paths emits the file events of those paths (opens blocked by the fanotify enforcer too,
+files in a ruled directory, unlinks) and relative names, and nothing else; a rule change moves it.
+The masks and entries come from visibility_masks, as the monitor service computes them."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.enforcer.fanotify import FanotifyEnforcer
+from services.monitor.btf import Btf
+from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
+from services.monitor.loader import Probes
+from services.monitor.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.visibility import FILE_PATHS, visibility_masks
+from shared.schemas.identity import Workload
+from shared.schemas.rules import Rule
+from tests.conftest import require_root
+from tests.kernel.nsutil import NsShell, ruleset
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
+
+OP_FILE = 5
+_MNTNS, _RET = 10, 15  # indexes of bw_task_info.mntns and the record's ret in SYS_HEAD's fields
+DENIED = "Operation not permitted"
+
+
+@pytest.fixture
+def probes(tmp_path: Path) -> Iterator[tuple[Probes, list[bytes]]]:
+    """The monitor's programs in this process, detached afterwards."""
+    require_root()
+    old = os.environ.get("BCC_KERNEL_SOURCE")
+    use_btf_tree(ensure_btf_tree(tmp_path / "bcc-btf", btf=Btf.load()))
+    records: list[bytes] = []
+    probes = Probes()
+    try:
+        probes.open(lambda data: records.append(bytes(data)))
+        yield probes, records
+    finally:
+        probes.cleanup()
+        if old is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = old
+
+
+@pytest.fixture
+def tree() -> Iterator[Path]:
+    """A world-readable private tree: secret, other, dir/sub/deep, dir/gone."""
+    root = Path(tempfile.mkdtemp(prefix="bw-mon-paths-"))
+    try:
+        root.chmod(0o755)
+        (root / "dir/sub").mkdir(parents=True)
+        for rel in ("secret", "other", "dir/sub/deep", "dir/gone", "gone2"):
+            (root / rel).write_text("data\n")
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _rule(action: str = "Block", **kw: object) -> Rule:
+    return Rule(policy="paths", policy_kind="KubeArmorPolicy", policy_namespace="default",
+                operation="File", action=action, severity=5, **kw)  # type: ignore[arg-type]
+
+
+def _quiet(shell: NsShell) -> Workload:
+    return Workload(id="w", name="w", namespace="default", kind="container", node="n", mntns=shell.mntns,
+                    pidns=0, namespace_annotations={"kubearmor-visibility": "none"})
+
+
+def _file_events(probes: Probes, records: list[bytes]) -> dict[bytes, list[tuple[int, int]]]:
+    """Drained file records: name -> [(mntns, ret)]."""
+    probes.drain()
+    out: dict[bytes, list[tuple[int, int]]] = {}
+    for rec in records:
+        head = SYS_HEAD.unpack_from(rec)
+        if head[0] != OP_FILE:
+            continue
+        name = rec[SYS_LAYOUT["name"]:SYS_LAYOUT["name"] + head[-2]].rstrip(b"\0")
+        out.setdefault(name, []).append((head[_MNTNS], head[_RET]))
+    records.clear()
+    return out
+
+
+def test_only_ruled_paths_are_emitted(probes: tuple[Probes, list[bytes]], tree: Path) -> None:
+    mon, records = probes
+    secret, other = tree / "secret", tree / "other"
+    a, b = NsShell(), NsShell()
+    enforcer = FanotifyEnforcer()
+    try:
+        rules = [_rule(path=str(secret)), _rule("Audit", dir=f"{tree / 'dir'}/", recursive=True)]
+        rs = ruleset(1, w=(a.mntns, rules))
+        masks = visibility_masks(rs, {"w": _quiet(a)}, host_mntns=1, containers="none")
+        assert masks[a.mntns] == FILE_PATHS and b.mntns not in masks
+        enforcer.apply(rs)
+        mon.set_visibility(masks)
+        _file_events(mon, records)
+        filtered = mon.kernel_stats()["filtered_kernel"]
+
+        rc, out = a.run(f"cat {secret}")                       # blocked by the enforcer: still emitted
+        assert rc != 0 and DENIED in out
+        assert a.run(f"cat {other} {tree}/dir/sub/deep >/dev/null")[0] == 0
+        assert a.run(f"cat {tree}/secretx {tree}/dir2 2>/dev/null; true")[0] == 0   # near misses, absent
+        assert a.run(f"cd {tree} && cat other >/dev/null")[0] == 0              # relative: emitted
+        assert a.run(f"rm {tree}/dir/gone {tree}/gone2")[0] == 0                # unlinks, by path too
+        assert b.run(f"cat {other} >/dev/null")[0] == 0          # not listed: the default keeps files
+        seen = _file_events(mon, records)
+        assert seen[str(secret).encode()] == [(a.mntns, -1)]                    # -EPERM
+        assert [m for m, ret in seen[f"{tree}/dir/sub/deep".encode()] if ret >= 0] == [a.mntns]
+        assert seen[f"{tree}/dir/gone".encode()] == [(a.mntns, 0)]
+        assert [m for m, _ in seen[b"other"]] == [a.mntns]
+        assert [m for m, _ in seen[str(other).encode()]] == [b.mntns]          # a's open stayed in the kernel
+        for absent in (f"{tree}/secretx", f"{tree}/dir2", f"{tree}/gone2"):
+            assert absent.encode() not in seen
+        assert not [n for n, ev in seen.items() if n.startswith(b"/usr/lib") and any(m == a.mntns for m, _ in ev)]
+        assert mon.kernel_stats()["filtered_kernel"] > filtered
+
+        # the rule moves from secret to other: so does the filter
+        rs = ruleset(2, w=(a.mntns, [_rule(path=str(other))]))
+        mon.set_visibility(visibility_masks(rs, {"w": _quiet(a)}, host_mntns=1, containers="none"))
+        assert a.run(f"cat {other} >/dev/null; cat {tree}/dir/sub/deep >/dev/null")[0] == 0
+        seen = _file_events(mon, records)
+        assert [m for m, _ in seen[str(other).encode()]] == [a.mntns]
+        assert f"{tree}/dir/sub/deep".encode() not in seen
+        assert len(list(mon._bpf[b"bw_file_paths"].keys())) == 1   # the old entries are gone
+
+        # files visible again for the workload: every open, the trie no longer consulted
+        mon.set_visibility(visibility_masks(rs, {}, host_mntns=1))
+        assert a.run(f"cat {tree}/dir/sub/deep >/dev/null")[0] == 0
+        assert [m for m, _ in _file_events(mon, records)[f"{tree}/dir/sub/deep".encode()]] == [a.mntns]
+    finally:
+        enforcer.close()
+        a.close()
+        b.close()
