@@ -1,11 +1,17 @@
-"""Fixtures the kernel tests share: namespace shells and a fanotify enforcer, always released."""
+"""Fixtures the kernel tests share: namespace shells, a fanotify enforcer and the monitor's programs, always released."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from services.enforcer.fanotify import FanotifyEnforcer
+from services.monitor.btf import Btf
+from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
+from services.monitor.loader import Probes
+from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell
 
 
@@ -28,3 +34,22 @@ def enforcer() -> Iterator[FanotifyEnforcer]:
         yield enf
     finally:
         enf.close()
+
+
+@pytest.fixture
+def probes(tmp_path: Path) -> Iterator[tuple[Probes, list[bytes]]]:
+    """The monitor's programs in this process and the records they send, detached afterwards."""
+    require_root()
+    old = os.environ.get("BCC_KERNEL_SOURCE")
+    use_btf_tree(ensure_btf_tree(tmp_path / "bcc-btf", btf=Btf.load()))
+    records: list[bytes] = []
+    probes = Probes()
+    try:
+        probes.open(lambda data: records.append(bytes(data)))
+        yield probes, records
+    finally:
+        probes.cleanup()
+        if old is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = old

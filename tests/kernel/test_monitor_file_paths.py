@@ -4,7 +4,6 @@ files in a ruled directory, unlinks) and relative names, and nothing else; a rul
 The masks and entries come from visibility_masks, as the monitor service computes them."""
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,14 +12,11 @@ from pathlib import Path
 import pytest
 
 from services.enforcer.fanotify import FanotifyEnforcer
-from services.monitor.btf import Btf
-from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.loader import Probes
 from services.monitor.records import SYS_HEAD, SYS_LAYOUT
 from services.monitor.visibility import FILE_PATHS, visibility_masks
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule
-from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
@@ -28,25 +24,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
 OP_FILE = 5
 _MNTNS, _RET = 10, 15  # indexes of bw_task_info.mntns and the record's ret in SYS_HEAD's fields
 DENIED = "Operation not permitted"
-
-
-@pytest.fixture
-def probes(tmp_path: Path) -> Iterator[tuple[Probes, list[bytes]]]:
-    """The monitor's programs in this process, detached afterwards."""
-    require_root()
-    old = os.environ.get("BCC_KERNEL_SOURCE")
-    use_btf_tree(ensure_btf_tree(tmp_path / "bcc-btf", btf=Btf.load()))
-    records: list[bytes] = []
-    probes = Probes()
-    try:
-        probes.open(lambda data: records.append(bytes(data)))
-        yield probes, records
-    finally:
-        probes.cleanup()
-        if old is None:
-            os.environ.pop("BCC_KERNEL_SOURCE", None)
-        else:
-            os.environ["BCC_KERNEL_SOURCE"] = old
 
 
 @pytest.fixture

@@ -3,18 +3,13 @@ default entry for every other one, and the union of all entries that lets the pr
 nobody wants before any hash lookup. The probe: two namespace shells open a marker file."""
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from services.monitor.btf import Btf
-from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.loader import Probes
 from services.monitor.records import SYS_HEAD, SYS_LAYOUT
 from services.monitor.visibility import KIND_BITS
-from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell
 
 pytestmark = pytest.mark.kernel
@@ -22,25 +17,6 @@ pytestmark = pytest.mark.kernel
 FILE = KIND_BITS["file"]
 OP_FILE = 5
 _MNTNS = 10  # index of bw_task_info.mntns in SYS_HEAD's fields
-
-
-@pytest.fixture
-def probes(tmp_path: Path) -> Iterator[tuple[Probes, list[bytes]]]:
-    """The monitor's programs in this process, detached afterwards."""
-    require_root()
-    old = os.environ.get("BCC_KERNEL_SOURCE")
-    use_btf_tree(ensure_btf_tree(tmp_path / "bcc-btf", btf=Btf.load()))
-    records: list[bytes] = []
-    probes = Probes()
-    try:
-        probes.open(lambda data: records.append(bytes(data)))
-        yield probes, records
-    finally:
-        probes.cleanup()
-        if old is None:
-            os.environ.pop("BCC_KERNEL_SOURCE", None)
-        else:
-            os.environ["BCC_KERNEL_SOURCE"] = old
 
 
 def _emitted_for(probes: Probes, records: list[bytes], shells: tuple[NsShell, ...], marker: Path) -> set[int]:
