@@ -96,6 +96,12 @@ def block_exec(path: str, policy: str = "block-exec", action: str = "Block") -> 
                 operation="Process", action=action, severity=5, path=path)
 
 
+def file_rule(action: str = "Block", policy: str = "file-pol", **kw: object) -> Rule:
+    """A compiled File rule (``path=``, ``dir=``, ``read_only=``... as keywords)."""
+    return Rule(policy=policy, policy_kind="KubeArmorPolicy", policy_namespace="default",
+                operation="File", action=action, severity=5, **kw)  # type: ignore[arg-type]
+
+
 def ruleset(version: int, **workloads: tuple[int, list[Rule]]) -> RuleSet:
     """A RuleSet: workload id -> (mntns, rules)."""
     return RuleSet(node="test-node", version=version, policy_seq=version, identity_seq=version,

@@ -18,7 +18,7 @@ import services.enforcer.fanotify as fan_mod
 from shared.matcher import Access, Decision
 from shared.schemas.rules import Rule
 from tests.conftest import require_root
-from tests.kernel.nsutil import host_run, private_copy, ruleset
+from tests.kernel.nsutil import file_rule, host_run, private_copy, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
 DENIED = "Operation not permitted"
@@ -44,11 +44,6 @@ def tree() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def file_rule(action: str = "Block", **kw: object) -> Rule:
-    return Rule(policy="file-pol", policy_kind="KubeArmorPolicy", policy_namespace="default",
-                operation="File", action=action, severity=5, **kw)  # type: ignore[arg-type]
 
 
 def test_file_open_denied_only_in_the_selected_namespace(enforcer, tree, shells) -> None:

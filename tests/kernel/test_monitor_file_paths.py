@@ -17,7 +17,7 @@ from services.monitor.records import SYS_HEAD, SYS_LAYOUT
 from services.monitor.visibility import FILE_PATHS, visibility_masks
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule
-from tests.kernel.nsutil import NsShell, ruleset
+from tests.kernel.nsutil import NsShell, file_rule, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
 
@@ -41,8 +41,7 @@ def tree() -> Iterator[Path]:
 
 
 def _rule(action: str = "Block", **kw: object) -> Rule:
-    return Rule(policy="paths", policy_kind="KubeArmorPolicy", policy_namespace="default",
-                operation="File", action=action, severity=5, **kw)  # type: ignore[arg-type]
+    return file_rule(action, policy="paths", **kw)
 
 
 def _quiet(shell: NsShell) -> Workload:
