@@ -13,7 +13,8 @@ from shared.bus import connect, ensure_streams
 from shared.natsauth import CLUSTER_ROLES, NODE_ROLES, new_password, render_authorization, user_name
 from shared.natscreds import NatsCredentials
 
-__all__ = ["AuthFiles", "prepare_auth", "launcher_url", "load_passwords", "node_users", "create_streams"]
+__all__ = ["AuthFiles", "prepare_auth", "launcher_url", "load_passwords", "node_users", "create_streams",
+           "write_private"]
 
 AUTH_DIR = "nats-auth"
 
@@ -26,10 +27,12 @@ class AuthFiles:
     urls: dict[str, str]
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``path`` with ``mode`` from its creation on (never readable by others in between)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as out:
         out.write(text)
+    os.chmod(path, mode)  # an existing file keeps its old mode through O_CREAT
 
 
 def _url(user: str, password: str, port: int) -> str:
@@ -46,7 +49,7 @@ def load_passwords(folder: Path, users: list[str]) -> dict[str, str]:
     passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     for user in users:
         passwords.setdefault(user, new_password())
-    _write_private(path, json.dumps(passwords, indent=2))
+    write_private(path, json.dumps(passwords, indent=2))
     return passwords
 
 
@@ -61,11 +64,11 @@ def prepare_auth(data_dir: Path, node: str, port: int) -> AuthFiles:
     passwords = load_passwords(folder, node_users([node]))
     store = data_dir / "nats"
     config = folder / "nats.conf"
-    _write_private(config, f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: {json.dumps(str(store))} }}\n'
+    write_private(config, f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: {json.dumps(str(store))} }}\n'
                            + render_authorization(passwords, [node]))
     urls = {r: _url(user_name(r), passwords[user_name(r)], port) for r in CLUSTER_ROLES}
     urls.update({r: _url(user_name(r, node), passwords[user_name(r, node)], port) for r in NODE_ROLES})
-    _write_private(folder / "launcher.url", urls["launcher"])
+    write_private(folder / "launcher.url", urls["launcher"])
     return AuthFiles(config=config, urls=urls)
 
 

@@ -26,14 +26,26 @@ async def publish_ok(url: str, subject: str, creds: NatsCredentials | None = Non
         await nc.close()
 
 
-async def anonymous_refused(url: str) -> bool:
-    """Whether a client without credentials is turned away."""
+async def login_refused(url: str, user: str | None = None, password: str | None = None) -> bool:
+    """Whether a client logging in as ``user`` (none: anonymous) is turned away."""
     try:
-        nc = await nats.connect(url, connect_timeout=1.0, allow_reconnect=False, max_reconnect_attempts=0)
+        nc = await nats.connect(url, user=user, password=password, connect_timeout=3.0, allow_reconnect=False,
+                                max_reconnect_attempts=0)
     except Exception:
         return True
     await nc.close()
     return False
+
+
+async def anonymous_refused(url: str) -> bool:
+    """Whether a client without credentials is turned away."""
+    return await login_refused(url)
+
+
+def env_file_credentials(path: Path) -> NatsCredentials:
+    """The NATS user and password in a Compose env file (``bulwark nats-auth compose``)."""
+    env = dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+    return NatsCredentials(env["BULWARK_NATS_USER"], env["BULWARK_NATS_PASSWORD"])
 
 
 def start_nats(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -2,7 +2,7 @@
 
 nats-server sends each login that no static user matches to ``$SYS.REQ.USER.AUTH``. A node agent logs
 in as user ``monitor`` or ``enforcer`` with its projected token as the password; the verifier (a
-TokenReview) says which node issued pod it is, and the answer is a user JWT with that role's rights on
+TokenReview) says which node the token's pod runs on, and the answer is a user JWT with that role's rights on
 that node only (``shared.natsauth``). So a node's agents can publish only ``bulwark.raw.<their node>``,
 whatever they claim, and no node holds another node's credentials.
 """

@@ -26,6 +26,7 @@ from shared.natscreds import NatsCredentials
 from shared.subjects import raw_events
 from tests.docker.engine import PrivateDocker
 from tests.e2e.stack import wait_for_alerts
+from tests.natsperm import anonymous_refused, env_file_credentials, publish_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,9 +189,7 @@ def test_compose_stack_blocks_exec_in_labelled_container(stack: ComposeStack, tm
 
 def _credentials(stack: ComposeStack, role: str) -> NatsCredentials:
     """A service's NATS user, from the env file docker-compose gives it."""
-    env = dict(line.split("=", 1) for line in
-               (Path(stack.env["BULWARK_COMPOSE_AUTH_DIR"]) / f"{role}.env").read_text().splitlines() if line)
-    return NatsCredentials(env["BULWARK_NATS_USER"], env["BULWARK_NATS_PASSWORD"])
+    return env_file_credentials(Path(stack.env["BULWARK_COMPOSE_AUTH_DIR"]) / f"{role}.env")
 
 
 def test_compose_services_log_in_as_their_own_nats_users(stack: ComposeStack) -> None:
@@ -211,27 +210,9 @@ def test_compose_services_log_in_as_their_own_nats_users(stack: ComposeStack) ->
     assert "admin" not in users.values()  # the one-shot streams service has logged out
 
     url = stack.env["BULWARK_NATS_URL"]
-    assert asyncio.run(_refused(url, None, raw_events(node)))                     # anonymous
-    assert asyncio.run(_refused(url, _credentials(stack, "monitor"), raw_events("another-node")))
-    assert asyncio.run(_refused(url, _credentials(stack, "feeder"), raw_events(node)))
-
-
-async def _refused(url: str, creds: NatsCredentials | None, subject: str) -> bool:
-    """Whether ``creds`` cannot connect, or cannot publish to ``subject`` (the stream acks nothing)."""
-    import nats
-
-    try:
-        login = {"user": creds.user, "password": creds.password} if creds else {}
-        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0, **login)
-    except Exception:
-        return True
-    try:
-        await nc.jetstream().publish(subject, b"{}", timeout=1.0)
-        return False
-    except Exception:
-        return True
-    finally:
-        await nc.close()
+    assert asyncio.run(anonymous_refused(url))
+    assert not asyncio.run(publish_ok(url, raw_events("another-node"), _credentials(stack, "monitor")))
+    assert not asyncio.run(publish_ok(url, raw_events(node), _credentials(stack, "feeder")))
 
 
 async def _stream_messages(url: str, stream: str, creds: NatsCredentials) -> int:

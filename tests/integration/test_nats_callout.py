@@ -32,7 +32,7 @@ from shared.config import Settings
 from shared.natscreds import NatsCredentials, credentials_for
 from shared.subjects import POLICY_EVENTS, raw_events
 from tests.fixtures.k8s.fake_apiserver import FakeApiServer
-from tests.natsperm import anonymous_refused, publish_ok, start_nats
+from tests.natsperm import anonymous_refused, login_refused, publish_ok, start_nats
 from tests.servicetools import service_log, start_service, stop_service, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,16 +69,6 @@ def _configmap_conf(port: int, http: int, store: Path) -> str:
 def _agent(token_file: Path, role: str, node: str = NODE) -> NatsCredentials | None:
     """The DaemonSet's way: BULWARK_NATS_TOKEN_FILE."""
     return credentials_for(Settings(nats_token_file=token_file, node_name=node), role)
-
-
-async def _login_refused(url: str, user: str, token: str) -> bool:
-    try:
-        nc = await nats.connect(url, user=user, password=token, connect_timeout=3, allow_reconnect=False,
-                                max_reconnect_attempts=0)
-    except Exception:
-        return True
-    await nc.close()
-    return False
 
 
 async def _publish_soon(nc: nats.NATS, subject: str, within: float = 20.0) -> bool:
@@ -136,7 +126,7 @@ async def test_node_agents_log_in_with_their_serviceaccount_token(tmp_path: Path
         assert await publish_ok(url, raw_events("node-b"), _agent(token_b, "monitor", "node-b"))
         assert not await publish_ok(url, raw_events(NODE), _agent(token_b, "monitor", "node-b"))
         for user, bad in (("monitor", "tok-nosy"), ("monitor", "forged"), ("feeder", "tok-a"), ("admin", "tok-a")):
-            assert await _login_refused(url, user, bad), (user, bad)
+            assert await login_refused(url, user, bad), (user, bad)
         assert not await publish_ok(url, raw_events(NODE), cluster("feeder"))
         assert await publish_ok(url, POLICY_EVENTS, cluster("policy"))
         assert await anonymous_refused(url)

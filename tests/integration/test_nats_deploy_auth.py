@@ -15,11 +15,7 @@ from bulwark.procs import terminate
 from shared.config import Settings
 from shared.natscreds import NatsCredentials, credentials_for
 from shared.subjects import POLICY_EVENTS, raw_events
-from tests.natsperm import anonymous_refused, publish_ok, start_nats
-
-def _env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
-
+from tests.natsperm import anonymous_refused, env_file_credentials, publish_ok, start_nats
 
 async def test_compose_users_from_env_files(tmp_path: Path) -> None:
     auth = tmp_path / "auth"
@@ -33,9 +29,8 @@ async def test_compose_users_from_env_files(tmp_path: Path) -> None:
                    "-p", str(port)], port, tmp_path / "nats.log")
     try:
         def creds(role: str) -> NatsCredentials | None:
-            env = _env_file(auth / f"{role}.env")
-            settings = Settings(nats_url=url, node_name="compose-a", nats_user=env["BULWARK_NATS_USER"],
-                                nats_password=env["BULWARK_NATS_PASSWORD"])
+            env = env_file_credentials(auth / f"{role}.env")
+            settings = Settings(nats_url=url, node_name="compose-a", nats_user=env.user, nats_password=env.password)
             return credentials_for(settings, role)
 
         await create_streams(url, creds("admin"))
