@@ -22,12 +22,7 @@ from services.feeder.state import FeederState, StateFollower
 from services.feeder.store import RecordStore, make_engine
 from services.feeder.throttle import Throttler
 from shared.bus import connect, ensure_streams
-from shared.lifecycle import (
-    Counters,
-    heartbeat_loop,
-    run_service,
-    stop_event_on_signals,
-)
+from shared.lifecycle import Counters, heartbeat_loop, run_service, stop_event_on_signals
 from shared.logs import setup_logging
 from shared.natscreds import credentials_for
 

@@ -109,8 +109,11 @@ def _common(event: RawEvent, workload: Workload, cluster: str, now_ns: int) -> d
 
 
 def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, cluster: str,
-                enforcer_name: str, now_ns: int = 0) -> dict[str, Any]:
-    """The alert for ``event`` as a map of KubeArmor's PascalCase fields (plus ``EventID``)."""
+                enforcer_name: str, now_ns: int = 0, operation: str = "") -> dict[str, Any]:
+    """The alert for ``event`` as a map of KubeArmor's PascalCase fields (plus ``EventID``).
+
+    ``operation`` overrides the event kind's Operation when the access was judged as another one
+    (a loader's open of a program is its exec: shared.loaders)."""
     action = _action(decision, workload)
     killed = bool(event.extra.get("killed"))
     enforced = action == "Block" and (event.ret < 0 or killed)
@@ -118,6 +121,8 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
     common = _common(event, workload, cluster, now_ns)
     if killed and event.extra.get("result"):
         common["Result"] = str(event.extra["result"])
+    if operation:
+        common["Operation"] = operation
     return {
         **common,
         "PolicyName": decision.policy,

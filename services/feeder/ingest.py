@@ -198,11 +198,10 @@ class Ingestor:
             else:
                 self.counters.inc("not_visible")
             return caught_up
+        # the rule's operation: a loader's open is judged (and alerted) as the exec it stands for
         operation = decision.rule.operation if decision.rule is not None else access.operation
-        alert = build_alert(ev, workload, decision, cluster=self.cluster,
+        alert = build_alert(ev, workload, decision, cluster=self.cluster, operation=operation,
                             enforcer_name=self.state.enforcer_name(ev.node, operation), now_ns=now_ns)
-        if operation != access.operation:  # a loader's open judged as the exec it stands for
-            alert["Operation"] = operation
         throttled, notices = self.throttler.check(alert, alert_time_ns(alert))
         if throttled:
             alert["Throttled"] = True
