@@ -14,8 +14,8 @@ from services.monitor.btf import Btf
 from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.decoder import DecodeContext, boot_offset_ns
 from services.monitor.follow import FilterFollower
-from services.monitor.loader import DEFAULT_BPF_DIR, read_boot_id
-from services.monitor.pump import ChunkProbes, Pump, tune_gc
+from services.monitor.loader import DEFAULT_BPF_DIR, Probes, read_boot_id
+from services.monitor.pump import Pump, tune_gc
 from services.monitor.records import RecordDecoder
 from services.monitor.selfcheck import SelfCheckFailed, run_selfcheck
 from services.monitor.visibility import ALL
@@ -74,7 +74,7 @@ async def run(settings: Settings) -> int:
         counters["queued"] = batcher.queued()
         return {"status": "ok", "missing_tracepoints": probes.missing, **counters}
 
-    probes = ChunkProbes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")))
+    probes = Probes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")))
     pump = Pump(probes, decoder, batcher, counters)
 
     def apply_filters(masks: dict[int, int], wanted: dict[int, int], owner: bool) -> None:

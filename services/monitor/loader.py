@@ -1,4 +1,4 @@
-"""Load, attach and detach the monitor's programs; drain their ring buffer without blocking.
+"""Load, attach and detach the monitor's programs; take or drain their ring buffer without blocking.
 
 All programs are one compile unit (bpf/monitor.c) so they share one ring buffer, one set of kernel
 counters, the visibility map and the per-process cache. A tracepoint this kernel lacks is skipped
@@ -6,7 +6,6 @@ and listed in :attr:`Probes.missing` (e.g. openat2 on old kernels); the exec one
 """
 from __future__ import annotations
 
-import asyncio
 import ctypes as ct
 import logging
 import mmap
@@ -16,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.monitor.ringbuf import RingBuffer
+from services.monitor.ringbuf import Chunk, RingBuffer
 
-__all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "drain_loop", "ATTACHMENTS",
+__all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS",
            "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source"]
 
 log = logging.getLogger("bulwark.monitor.loader")
@@ -230,6 +229,14 @@ class Probes:
             return 0
         return self._ring.consume(self._handle, limit)
 
+    def take(self, limit: int) -> Chunk:
+        """Up to ``limit`` committed records copied out in one piece (see :meth:`RingBuffer.take`)."""
+        return self._ring.take(limit) if self._ring is not None else (b"", [])
+
+    def pending_bytes(self) -> int:
+        """Bytes in the ring buffer not consumed yet (0 when it is not open)."""
+        return self._ring.pending_bytes() if self._ring is not None else 0
+
     def _handle(self, data: bytes) -> None:
         try:
             self._on_record(data)
@@ -266,26 +273,3 @@ class Probes:
 
 _OP_NAMES = {1: "exec", 3: "fork", 4: "exit", 5: "file", 6: "network", 7: "capability", 8: "syscall"}
 ExecProbes = Probes  # the walking skeleton's name
-
-
-async def drain_loop(probes: Probes, stop: asyncio.Event, stats: dict[str, int],
-                     interval: float = 0.005, chunk: int = 2048,
-                     hold: Callable[[], bool] = lambda: False) -> None:
-    """Drain the ring buffer every ``interval`` s until ``stop``, then once more; refresh kernel stats.
-
-    The programs submit with BPF_RB_NO_WAKEUP (no epoll wake-ups, far cheaper for the traced
-    process), so the buffer is consumed on a timer rather than polled. At most ``chunk`` records are
-    taken before yielding to the event loop, so batches are published while a burst is drained;
-    while ``hold()`` is true (the publisher is behind) records wait in the kernel's buffer.
-    """
-    loop = asyncio.get_running_loop()
-    next_stats = loop.time()
-    while not stop.is_set():
-        taken = 0 if hold() else probes.drain(chunk)
-        if loop.time() >= next_stats:
-            stats.update(probes.kernel_stats())
-            next_stats = loop.time() + 0.25
-        await asyncio.sleep(0 if taken >= chunk else interval)
-    while probes.drain(chunk) >= chunk:
-        await asyncio.sleep(0)
-    stats.update(probes.kernel_stats())

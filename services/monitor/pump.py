@@ -14,13 +14,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from services.monitor.batcher import Batcher
-from services.monitor.loader import Probes
 from services.monitor.records import RecordDecoder
 from services.monitor.ringbuf import Chunk
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 
-__all__ = ["ChunkProbes", "Pump", "RecordSource", "tune_gc"]
+__all__ = ["Pump", "RecordSource", "tune_gc"]
 
 log = logging.getLogger("bulwark.monitor.pump")
 
@@ -36,28 +35,11 @@ def tune_gc(young: int = 50_000) -> None:
 
 
 class RecordSource(Protocol):
-    """Where the pump takes records from (the probes; a fake in tests)."""
+    """Where the pump takes records from (:class:`services.monitor.loader.Probes`; a fake in tests)."""
 
     def take(self, limit: int) -> Chunk: ...
     def pending_bytes(self) -> int: ...
     def kernel_stats(self) -> dict[str, int]: ...
-
-
-class ChunkProbes(Probes):
-    """:class:`Probes` whose ring buffer can also be taken a chunk at a time.
-
-    (It reaches for the ring Probes keeps to itself; a ``take`` on Probes would make it unneeded.)
-    """
-
-    def take(self, limit: int) -> Chunk:
-        """Up to ``limit`` committed records copied out (see :meth:`RingBuffer.take`)."""
-        ring = self._ring
-        return ring.take(limit) if ring is not None else (b"", [])
-
-    def pending_bytes(self) -> int:
-        """Bytes in the ring buffer not consumed yet (0 when it is not open)."""
-        ring = self._ring
-        return ring.pending_bytes() if ring is not None else 0
 
 
 class Pump:
