@@ -1,13 +1,12 @@
-"""Thin ctypes wrappers over fanotify(7) and openat2(2): constants, init, mark, event parsing."""
+"""Thin ctypes wrappers over fanotify(7): constants, init, mark, event parsing."""
 from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 
 __all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_EVENT_ON_CHILD", "FAN_ALLOW", "FAN_DENY", "PERM_EVENTS", "EVENT_FMT", "EVENT_SIZE",
-           "METADATA_VERSION", "fan_init", "fan_mark", "open_in_root", "response"]
+           "METADATA_VERSION", "fan_init", "fan_mark", "response"]
 
 FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_CONTENT = 0x1, 0x2, 0x4
 FAN_REPORT_TID = 0x100  # the event's pid is the acting thread: its /proc/<tid>/syscall is the open
@@ -21,8 +20,6 @@ METADATA_VERSION = 3
 EVENT_FMT = "=IBBHQii"
 EVENT_SIZE = struct.calcsize(EVENT_FMT)
 _AT_FDCWD = -100
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
-_RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
 
 _libc: ctypes.CDLL | None = None
 
@@ -55,24 +52,6 @@ def fan_mark(fan_fd: int, add: bool, mask: int, target_fd: int, mount: bool = Fa
     flags = (FAN_MARK_ADD if add else FAN_MARK_REMOVE) | (FAN_MARK_MOUNT if mount else 0)
     path = f"/proc/self/fd/{target_fd}".encode()
     _check(_lib().fanotify_mark(fan_fd, flags, mask, _AT_FDCWD, path), "fanotify_mark")
-
-
-def open_in_root(path: str, root_pid: int | None) -> int:
-    """An O_PATH fd for ``path`` as seen from ``root_pid``'s root directory (symlinks resolved inside
-    that root, as the workload would resolve them), or from ours when ``root_pid`` is None."""
-    if not root_pid or root_pid == os.getpid():
-        return os.open(path, os.O_PATH | os.O_CLOEXEC)
-    nr = _SYS_OPENAT2.get(platform.machine())
-    if nr is None:
-        raise OSError(38, "openat2 unknown on this architecture")
-    root = os.open(f"/proc/{root_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-        ret = _lib().syscall(ctypes.c_long(nr), ctypes.c_int(root), ctypes.c_char_p(path.encode()),
-                             ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
-        return _check(ret, f"openat2({path!r} in /proc/{root_pid}/root)")
-    finally:
-        os.close(root)
 
 
 def response(event_fd: int, allow: bool) -> bytes:

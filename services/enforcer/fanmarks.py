@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 from shared.lifecycle import Counters
 
-from services.enforcer import _fansys as fs
 from services.enforcer.fanplan import NsPlan
 from shared.matcher import Posture
+from shared.procroot import open_in_root, pids_by_mntns
 from shared.schemas.rules import Rule
 
-__all__ = ["Tables", "Resolved", "resolve_plans", "pids_by_mntns", "MAX_TREE_DIRS", "MOUNT_KEY"]
+__all__ = ["Tables", "Resolved", "resolve_plans", "MAX_TREE_DIRS", "MOUNT_KEY"]
 
 log = logging.getLogger("bulwark.enforcer.fanotify")
 
@@ -44,32 +44,11 @@ class Resolved:
     wanted: dict[DevIno, tuple[int, int]]
 
 
-def pids_by_mntns(wanted: set[int]) -> dict[int, int]:
-    """One live pid per wanted mount namespace (a single /proc scan, stops when all are found)."""
-    found: dict[int, int] = {}
-    own = os.stat("/proc/self/ns/mnt").st_ino
-    if own in wanted:
-        found[own] = os.getpid()
-    with os.scandir("/proc") as it:
-        for entry in it:
-            if len(found) == len(wanted):
-                break
-            if not entry.name.isdigit():
-                continue
-            try:
-                ns = os.stat(f"/proc/{entry.name}/ns/mnt").st_ino
-            except OSError:
-                continue
-            if ns in wanted and ns not in found:
-                found[ns] = int(entry.name)
-    return found
-
-
 def _open(path: str, pid: int | None, counters: Counters) -> int | None:
     """An O_PATH fd for ``path`` in the workload's root (ours if its process is gone), or None."""
     for root in ((pid, None) if pid else (None,)):
         try:
-            return fs.open_in_root(path, root)
+            return open_in_root(path, root)
         except OSError as exc:
             err = exc
     counters.inc("missing_paths")
@@ -117,7 +96,7 @@ def _mounts(pid: int, mask: int, wanted: dict[DevIno, tuple[int, int]], counters
             continue
         mount_point = fields[4].replace("\\040", " ")
         try:
-            fd = fs.open_in_root(mount_point, pid)
+            fd = open_in_root(mount_point, pid)
         except OSError:
             counters.inc("missing_paths")
             continue
