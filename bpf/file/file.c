@@ -6,6 +6,7 @@
 #include "events.h"
 #include "bw_tp.h"
 #include "bw_emit.h"
+#include "bw_names.h"
 
 struct bw_open_how {                         /* uapi struct open_how */
 	__u64 flags;
@@ -115,8 +116,9 @@ static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs 
 
 /* open, openat, openat2, at exit only: the syscall's arguments are still in the caller's saved
  * registers, and its path is in memory the kernel has just read (so it is paged in). No enter
- * program and no per-thread stash: an open that is not visible costs at most one hash lookup, one
- * whose path no rule of its mntns can name a user read and a trie lookup more. */
+ * program and no per-thread stash: an open that is not visible costs at most one hash lookup; in a
+ * namespace that wants only named paths, a successful open whose names are not listed a walk of
+ * its dentries more (bw_names.h), any other a user read and a trie lookup more. */
 int bwmon_open_x(struct bw_tp_sys_exit *ctx)
 {
 	struct task_struct *task = bw_current();
@@ -128,6 +130,11 @@ int bwmon_open_x(struct bw_tp_sys_exit *ctx)
 
 	if (!bits)
 		return 0;
+	if (!(bits & BW_VIS_FILE) && ctx->ret >= 0 && !bw_open_names_listed(task, ctx->ret)) {
+		bw_stat(BW_STAT_FILTERED);
+		bw_stat(BW_STAT_FILTERED_NAMES);
+		return 0;
+	}
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	name = bw_open_name(regs, ctx->syscall_nr);
 	if (!bw_file_wanted(bits, mntns, name))

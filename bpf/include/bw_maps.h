@@ -20,6 +20,7 @@ enum bw_stat {
 	BW_STAT_FILTERED = 4,                    /* not emitted: kind not visible for the mntns */
 	BW_STAT_STALE_STASH = 5,                 /* exit of another syscall than the stashed enter */
 	BW_STAT_EMITTED = 6,                     /* records written to the ring buffer */
+	BW_STAT_FILTERED_NAMES = 7,              /* of FILTERED: opens dropped by their names (bw_names.h) */
 	BW_STAT_LOST_OP = 8,                     /* + op: BW_STAT_LOST per op */
 	BW_STAT_N = 24,
 };
@@ -53,6 +54,17 @@ struct bw_path_key {
 	char path[BW_PATH_KEY_LEN];
 };
 BPF_LPM_TRIE(bw_file_paths, struct bw_path_key, __u8, 65536);
+/* The name signatures of bw_file_paths entries, all namespaces together (bw_names.h): bit
+ * bw_name_sig(name) is set for the last name of every entry and of its symlink's target. The
+ * prefilter is off until user space arms it. */
+#define BW_SIG_BITS 16
+#define BW_SIG_BYTES (1 << (BW_SIG_BITS - 3))
+struct bw_name_sigs {
+	__u32 armed;
+	__u32 pad;
+	__u8 bits[BW_SIG_BYTES];
+};
+BPF_ARRAY(bw_name_sigs, struct bw_name_sigs, 1);
 BPF_PERCPU_ARRAY(bw_path_scratch, struct bw_path_key, 1);
 BPF_TABLE("lru_hash", __u32, struct bw_proc, bw_procs, 65536);
 BPF_TABLE("lru_hash", __u32, struct bw_sys_event, bw_sys_stash, 16384);   /* per thread */

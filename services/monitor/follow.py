@@ -3,6 +3,8 @@ step: visibility masks per mount namespace (with the path entries of namespaces 
 file events their rules can match) and the wanted syscall numbers."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from shared.lifecycle import Counters
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.schemas.rules import RuleSet
 from shared.subjects import IDENTITY, RULES, identity_events, rules_for_node
+from services.monitor.namesigs import entry_names
 from services.monitor.visibility import Visibility, needs_owner, visibility_masks, wanted_syscalls
 
 __all__ = ["FilterFollower"]
@@ -27,20 +30,25 @@ log = logging.getLogger("bulwark.monitor.follow")
 # apply(masks, wanted syscalls, read file owners); the masks are a Visibility: its ``paths`` travel
 # with them, so whoever sets the masks (Probes.set_visibility) sets the path trie in the same step.
 Apply = Callable[[Visibility, dict[int, int], bool], None]
+# How often the trie entries are resolved again in their namespaces (a path that became a symlink
+# since: its target's name must reach the kernel's open prefilter, services.monitor.namesigs).
+RESOLVE_SECONDS = 30.0
 
 
 class FilterFollower:
     """Recomputes the kernel filters whenever the rule set or a workload changes."""
 
     def __init__(self, node: str, apply: Apply, counters: Counters, *, containers: str, hosts: str,
-                 host_mntns: int | None = None) -> None:
+                 host_mntns: int | None = None, resolve_seconds: float = RESOLVE_SECONDS) -> None:
         self.node, self.apply, self.counters = node, apply, counters
+        self.resolve_seconds = resolve_seconds
         self.containers, self.hosts = containers, hosts
         self.host_mntns = host_mntns if host_mntns is not None else os.stat("/proc/self/ns/mnt").st_ino
         self.ruleset: RuleSet | None = None
         self.workloads: dict[str, Workload] = {}
         self._applied: tuple[Visibility, dict[int, int], bool] | None = None
         self._subs: list[Any] = []
+        self._resolver: asyncio.Task[None] | None = None
 
     async def start(self, js: JetStreamContext) -> None:
         """Subscribe to the node's workloads (from the start) and its newest rule set."""
@@ -50,9 +58,24 @@ class FilterFollower:
         self._subs.append(await js.subscribe(rules_for_node(self.node), stream=RULES.name,
                                              cb=self._on_rules, ordered_consumer=True,
                                              deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
+        self._resolver = asyncio.create_task(self._resolve_loop())
+
+    async def _resolve_loop(self) -> None:
+        """Refresh now and then: the names depend on the namespaces' files, not only on messages."""
+        while True:
+            await asyncio.sleep(self.resolve_seconds)
+            try:
+                self.refresh()
+            except Exception:  # keep following: the next message or round tries again
+                self.counters.inc("filter_errors")
+                log.exception("resolving the path entries failed")
 
     async def stop(self) -> None:
         """Unsubscribe (the kernel keeps the last filters until the programs detach)."""
+        if self._resolver is not None:
+            self._resolver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resolver
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -86,9 +109,10 @@ class FilterFollower:
         Visibility compares its paths)."""
         if self.ruleset is None:
             return  # everything stays visible until the first rule set
-        wanted = (visibility_masks(self.ruleset, self.workloads, self.host_mntns,
-                                   containers=self.containers, hosts=self.hosts),
-                  wanted_syscalls(self.ruleset), needs_owner(self.ruleset))
+        masks = visibility_masks(self.ruleset, self.workloads, self.host_mntns,
+                                 containers=self.containers, hosts=self.hosts)
+        masks.names = entry_names(masks.paths)
+        wanted = (masks, wanted_syscalls(self.ruleset), needs_owner(self.ruleset))
         if wanted == self._applied:
             return
         try:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.monitor.namesigs import SIG_BYTES, entry_names, signature_bits
 from services.monitor.ringbuf import Chunk, RingBuffer
 
 __all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS",
@@ -60,7 +61,7 @@ REQUIRED = frozenset(tp for tp, _ in ATTACHMENTS[:5])
 RAW_SYSCALLS = (("raw_syscalls:sys_enter", "bwmon_raw_e"), ("raw_syscalls:sys_exit", "bwmon_raw_x"))
 # bw_stats indices (enum bw_stat in bpf/include/bw_maps.h)
 STATS = {"lost_kernel": 0, "exit_without_enter": 1, "stash_failed": 2, "lost_kernel_proc": 3,
-         "filtered_kernel": 4, "stale_stash": 5, "emitted_kernel": 6}
+         "filtered_kernel": 4, "stale_stash": 5, "emitted_kernel": 6, "filtered_kernel_names": 7}
 _STAT_LOST_OP, _STAT_N = 8, 24
 
 
@@ -115,6 +116,7 @@ class Probes:
         self._on_record: Callable[[bytes], None] = lambda _data: None
         self._raw_attached = False
         self._paths: set[tuple[int, bytes]] = set()  # entries in bw_file_paths
+        self._names: frozenset[bytes] = frozenset()     # names whose signatures are in bw_name_sigs
 
     def open(self, on_record: Callable[[bytes], None]) -> None:
         """Compile, attach every tracepoint and open the ring buffer (``on_record`` gets raw bytes)."""
@@ -148,17 +150,32 @@ class Probes:
     def set_visibility(self, masks: dict[int, int]) -> None:
         """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits, and the path trie
         with ``masks.paths`` when it has them (:class:`~services.monitor.visibility.Visibility`;
-        a plain dict empties the trie).
+        a plain dict empties the trie), and the open prefilter's names with ``masks.names`` (the
+        entries' own last names when it has none).
 
         Entry 0 lives in a small array with the union of all entries next to it (bw_vis_default):
         the programs read both without a hash lookup, and skip it for kinds nobody wants. While the
         entries change, the union covers the old and the new ones (never filter what either wants).
-        Likewise new path entries go in before the masks that rely on them, and old ones leave only
-        after the masks no longer do."""
+        Likewise new path entries and names go in before the masks that rely on them, and old ones
+        leave only after the masks no longer do."""
         paths = frozenset(getattr(masks, "paths", ()))
+        names = getattr(masks, "names", None)
+        names = entry_names(paths, resolve=False) if names is None else frozenset(names)
         self._add_paths(paths - self._paths)
+        self._set_names(self._names | names)
         self._set_masks(masks)
         self._remove_paths(frozenset(self._paths - paths))
+        self._set_names(names)
+
+    def _set_names(self, names: frozenset[bytes]) -> None:
+        """Arm the open prefilter with the signatures of ``names`` (one array value, bits only
+        added or only removed per call, so a reader never misses a name both sides list)."""
+        table = self._bpf[b"bw_name_sigs"]
+        value = table.Leaf()
+        value.armed = 1
+        ct.memmove(ct.addressof(value) + type(value).bits.offset, signature_bits(names), SIG_BYTES)
+        table[ct.c_int(0)] = value
+        self._names = names
 
     def _set_masks(self, masks: dict[int, int]) -> None:
         table = self._bpf[b"bw_visibility"]

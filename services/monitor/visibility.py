@@ -151,15 +151,19 @@ def path_entries(ruleset: RuleSet | None, host_mntns: int) -> frozenset[tuple[in
 
 class Visibility(dict[int, int]):
     """mntns -> bits to emit (key 0: every mount namespace not listed), with ``paths``: the
-    (mntns, prefix) trie entries the FILE_PATHS bits rely on. Equal only with the same paths."""
+    (mntns, prefix) trie entries the FILE_PATHS bits rely on, and ``names``: the names the open
+    prefilter treats as listed (None: the entries' own last names, services.monitor.namesigs).
+    Equal only with the same paths and names."""
 
     def __init__(self, masks: dict[int, int] | Iterable[tuple[int, int]] = (),
-                 paths: Iterable[tuple[int, bytes]] = ()) -> None:
+                 paths: Iterable[tuple[int, bytes]] = (), names: Iterable[bytes] | None = None) -> None:
         super().__init__(masks)
         self.paths = frozenset(paths)
+        self.names = None if names is None else frozenset(names)
 
     def __eq__(self, other: object) -> bool:
-        return dict.__eq__(self, other) is True and self.paths == getattr(other, "paths", frozenset())
+        return (dict.__eq__(self, other) is True and self.paths == getattr(other, "paths", frozenset())
+                and self.names == getattr(other, "names", None))
 
     def __ne__(self, other: object) -> bool:
         return not self == other

@@ -1,7 +1,10 @@
 """The in-kernel path filter on the real kernel: a workload whose file visibility is off but whose
 rules name paths emits the file events of those paths (opens blocked by the fanotify enforcer too,
-files in a ruled directory, unlinks) and relative names, and nothing else; a rule change moves it.
-The masks and entries come from visibility_masks, as the monitor service computes them."""
+files in a ruled directory, unlinks, relative names of ruled files), and nothing else; a rule change
+moves it. Successful opens are first judged by the names of the file's dentries (bw_names.h): a
+ruled path that is a symlink, long names, other mounts and descriptors past 64 must still reach the
+trie. The masks and entries come from visibility_masks, the names from entry_names, as the monitor
+service computes them."""
 from __future__ import annotations
 
 import shutil
@@ -13,8 +16,9 @@ import pytest
 
 from services.enforcer.fanotify import FanotifyEnforcer
 from services.monitor.loader import Probes
+from services.monitor.namesigs import entry_names
 from services.monitor.records import SYS_HEAD, SYS_LAYOUT
-from services.monitor.visibility import FILE_PATHS, visibility_masks
+from services.monitor.visibility import FILE_PATHS, Visibility, visibility_masks
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule
 from tests.kernel.nsutil import NsShell, file_rule, ruleset
@@ -49,6 +53,13 @@ def _quiet(shell: NsShell) -> Workload:
                     pidns=0, namespace_annotations={"kubearmor-visibility": "none"})
 
 
+def _masks(rs: object, workloads: dict[str, Workload], **kw: str) -> Visibility:
+    """visibility_masks with the names resolved in the namespaces, as the monitor's follower does."""
+    masks = visibility_masks(rs, workloads, host_mntns=1, **kw)  # type: ignore[arg-type]
+    masks.names = entry_names(masks.paths)
+    return masks
+
+
 def _file_events(probes: Probes, records: list[bytes]) -> dict[bytes, list[tuple[int, int]]]:
     """Drained file records: name -> [(mntns, ret)]."""
     probes.drain()
@@ -71,7 +82,7 @@ def test_only_ruled_paths_are_emitted(probes: tuple[Probes, list[bytes]], tree: 
     try:
         rules = [_rule(path=str(secret)), _rule("Audit", dir=f"{tree / 'dir'}/", recursive=True)]
         rs = ruleset(1, w=(a.mntns, rules))
-        masks = visibility_masks(rs, {"w": _quiet(a)}, host_mntns=1, containers="none")
+        masks = _masks(rs, {"w": _quiet(a)}, containers="none")
         assert masks[a.mntns] == FILE_PATHS and b.mntns not in masks
         enforcer.apply(rs)
         mon.set_visibility(masks)
@@ -82,23 +93,26 @@ def test_only_ruled_paths_are_emitted(probes: tuple[Probes, list[bytes]], tree: 
         assert rc != 0 and DENIED in out
         assert a.run(f"cat {other} {tree}/dir/sub/deep >/dev/null")[0] == 0
         assert a.run(f"cat {tree}/secretx {tree}/dir2 2>/dev/null; true")[0] == 0   # near misses, absent
-        assert a.run(f"cd {tree} && cat other >/dev/null")[0] == 0              # relative: emitted
+        assert a.run(f"cd {tree}/dir && cat sub/deep >/dev/null")[0] == 0       # relative, ruled: emitted
+        assert a.run(f"cd {tree} && cat other >/dev/null")[0] == 0              # relative, not ruled
         assert a.run(f"rm {tree}/dir/gone {tree}/gone2")[0] == 0                # unlinks, by path too
         assert b.run(f"cat {other} >/dev/null")[0] == 0          # not listed: the default keeps files
         seen = _file_events(mon, records)
         assert seen[str(secret).encode()] == [(a.mntns, -1)]                    # -EPERM
         assert [m for m, ret in seen[f"{tree}/dir/sub/deep".encode()] if ret >= 0] == [a.mntns]
         assert seen[f"{tree}/dir/gone".encode()] == [(a.mntns, 0)]
-        assert [m for m, _ in seen[b"other"]] == [a.mntns]
+        assert [m for m, ret in seen[b"sub/deep"] if ret >= 0] == [a.mntns]
+        assert b"other" not in seen                                             # decided by its names
         assert [m for m, _ in seen[str(other).encode()]] == [b.mntns]          # a's open stayed in the kernel
         for absent in (f"{tree}/secretx", f"{tree}/dir2", f"{tree}/gone2"):
             assert absent.encode() not in seen
         assert not [n for n, ev in seen.items() if n.startswith(b"/usr/lib") and any(m == a.mntns for m, _ in ev)]
         assert mon.kernel_stats()["filtered_kernel"] > filtered
+        assert mon.kernel_stats()["filtered_kernel_names"] > 0
 
         # the rule moves from secret to other: so does the filter
         rs = ruleset(2, w=(a.mntns, [_rule(path=str(other))]))
-        mon.set_visibility(visibility_masks(rs, {"w": _quiet(a)}, host_mntns=1, containers="none"))
+        mon.set_visibility(_masks(rs, {"w": _quiet(a)}, containers="none"))
         assert a.run(f"cat {other} >/dev/null; cat {tree}/dir/sub/deep >/dev/null")[0] == 0
         seen = _file_events(mon, records)
         assert [m for m, _ in seen[str(other).encode()]] == [a.mntns]
@@ -106,10 +120,49 @@ def test_only_ruled_paths_are_emitted(probes: tuple[Probes, list[bytes]], tree: 
         assert len(list(mon._bpf[b"bw_file_paths"].keys())) == 1   # the old entries are gone
 
         # files visible again for the workload: every open, the trie no longer consulted
-        mon.set_visibility(visibility_masks(rs, {}, host_mntns=1))
+        mon.set_visibility(_masks(rs, {}))
         assert a.run(f"cat {tree}/dir/sub/deep >/dev/null")[0] == 0
         assert [m for m, _ in _file_events(mon, records)[f"{tree}/dir/sub/deep".encode()]] == [a.mntns]
     finally:
         enforcer.close()
         a.close()
         b.close()
+
+
+def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[bytes]], tree: Path) -> None:
+    """Successful opens the dentry names cannot decide go to the trie, and the names of symlink
+    targets come from the namespace: every ruled open below is emitted, the unruled ones are not."""
+    mon, records = probes
+    long_dir = "d" * 45
+    (tree / "real").mkdir()
+    (tree / "real/conf").write_text("c\n")
+    (tree / "target.txt").write_text("t\n")
+    (tree / "link.txt").symlink_to(tree / "target.txt")         # a ruled path that is a symlink
+    (tree / "linkdir").symlink_to(tree / "real")                # a ruled directory that is a symlink
+    (tree / long_dir).mkdir()
+    (tree / long_dir / "f").write_text("l\n")
+    (tree / "mnt").mkdir()
+    a = NsShell()
+    try:
+        assert a.run(f"mount -t tmpfs bw-test {tree}/mnt && echo m > {tree}/mnt/inner")[0] == 0
+        rules = [_rule("Audit", path=str(tree / "link.txt")), _rule("Audit", dir=f"{tree / 'linkdir'}/"),
+                 _rule("Audit", dir=f"{tree / long_dir}/"), _rule("Audit", path=f"{tree}/mnt/inner"),
+                 _rule("Audit", path=str(tree / "secret"))]
+        masks = _masks(ruleset(1, w=(a.mntns, rules)), {"w": _quiet(a)}, containers="none")
+        assert {b"target.txt", b"real"} <= masks.names
+        mon.set_visibility(masks)
+        _file_events(mon, records)
+        opens = [f"{tree}/link.txt", f"{tree}/linkdir/conf", f"{tree}/{long_dir}/f", f"{tree}/mnt/inner"]
+        assert a.run("cat " + " ".join(opens) + " >/dev/null")[0] == 0
+        # a process holding 70 descriptors: the open lands past the embedded table, the trie decides
+        script = tree / "many_fds.py"
+        script.write_text(f"import os\nheld = [os.open({str(tree / 'other')!r}, 0) for _ in range(70)]\n"
+                          f"os.close(os.open({str(tree / 'secret')!r}, 0))\n")
+        assert a.run(f"/usr/bin/python3 {script}")[0] == 0
+        seen = _file_events(mon, records)
+        for name in opens + [f"{tree}/secret"]:
+            assert [m for m, ret in seen.get(name.encode(), []) if ret >= 0], f"{name} not emitted: {sorted(seen)}"
+        assert str(tree / "other").encode() not in seen
+    finally:
+        a.run(f"umount {tree}/mnt")
+        a.close()

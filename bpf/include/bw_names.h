@@ -1,0 +1,92 @@
+/* The name prefilter of opens in namespaces that emit only the file events their rules name
+ * (BW_VIS_FILE_PATHS). Reading the caller's path argument (saved registers, a user copy, a trie
+ * lookup) is the dearest part of such an open. A successful open has a file, whose dentry and its
+ * parents up to the caller's root are reached with plain loads: when none of their names is the
+ * last name of a bw_file_paths entry (a file, a directory, or the target of one that is a symlink;
+ * user space keeps bw_name_sigs), no entry can name the file and the open is dropped without the
+ * user copy. Anything it cannot decide (a failed open, a long name, a descriptor past the embedded
+ * table, a file on another mount than the caller's root) is left to the path trie. */
+#ifndef BW_NAMES_H
+#define BW_NAMES_H
+
+#include "bw_maps.h"
+#include "bw_task.h"
+
+#define BW_NAME_INLINE 40                    /* DNAME_INLINE_LEN: shorter names live in the dentry */
+#define BW_FD_EMBEDDED 64                    /* NR_OPEN_DEFAULT: files_struct.fd_array */
+#define BW_NAMES_DEPTH 24                    /* deeper files are left to the trie */
+
+/* The signature of a name: its length and first 8 bytes, hashed to a bit of bw_name_sigs.
+ * services/monitor/namesigs.py computes the same. */
+static __always_inline __u32 bw_name_sig(__u64 first8, __u32 len)
+{
+	if (len < 8)
+		first8 &= (1ULL << (len * 8)) - 1;   /* bytes past the NUL are stale */
+	return (__u32)(((first8 ^ len) * 0x9E3779B97F4A7C15ULL) >> (64 - BW_SIG_BITS));
+}
+
+/* files->fd_array[fd] with a constant index per case: the verifier refuses a variable offset into
+ * a BTF object, and the slot must stay a BTF pointer for the walk's plain loads. */
+#define BW_FD_CASE(n) case n: return files->fd_array[n];
+static __always_inline struct file *bw_embedded_fd(struct files_struct *files, long fd)
+{
+	switch (fd) {
+	BW_FD_CASE(0) BW_FD_CASE(1) BW_FD_CASE(2) BW_FD_CASE(3) BW_FD_CASE(4) BW_FD_CASE(5) BW_FD_CASE(6) BW_FD_CASE(7)
+	BW_FD_CASE(8) BW_FD_CASE(9) BW_FD_CASE(10) BW_FD_CASE(11) BW_FD_CASE(12) BW_FD_CASE(13) BW_FD_CASE(14) BW_FD_CASE(15)
+	BW_FD_CASE(16) BW_FD_CASE(17) BW_FD_CASE(18) BW_FD_CASE(19) BW_FD_CASE(20) BW_FD_CASE(21) BW_FD_CASE(22) BW_FD_CASE(23)
+	BW_FD_CASE(24) BW_FD_CASE(25) BW_FD_CASE(26) BW_FD_CASE(27) BW_FD_CASE(28) BW_FD_CASE(29) BW_FD_CASE(30) BW_FD_CASE(31)
+	BW_FD_CASE(32) BW_FD_CASE(33) BW_FD_CASE(34) BW_FD_CASE(35) BW_FD_CASE(36) BW_FD_CASE(37) BW_FD_CASE(38) BW_FD_CASE(39)
+	BW_FD_CASE(40) BW_FD_CASE(41) BW_FD_CASE(42) BW_FD_CASE(43) BW_FD_CASE(44) BW_FD_CASE(45) BW_FD_CASE(46) BW_FD_CASE(47)
+	BW_FD_CASE(48) BW_FD_CASE(49) BW_FD_CASE(50) BW_FD_CASE(51) BW_FD_CASE(52) BW_FD_CASE(53) BW_FD_CASE(54) BW_FD_CASE(55)
+	BW_FD_CASE(56) BW_FD_CASE(57) BW_FD_CASE(58) BW_FD_CASE(59) BW_FD_CASE(60) BW_FD_CASE(61) BW_FD_CASE(62) BW_FD_CASE(63)
+	}
+	return NULL;
+}
+
+/* 0 when the file `fd` of the current task `cur` certainly has no listed name on its path up to the
+ * task's root (the open can be dropped), 1 when the trie must decide. */
+static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
+{
+	__u32 zero = 0;
+	struct bw_name_sigs *sigs = bw_name_sigs.lookup(&zero);
+	struct files_struct *files = cur->files;
+	struct fdtable *fdt;
+	struct file *f;
+	struct dentry *d, *root;
+	struct vfsmount *mnt, *root_mnt;
+
+	if (!sigs || !sigs->armed || !files || fd < 0 || fd >= BW_FD_EMBEDDED)
+		return 1;
+	fdt = files->fdt;
+	if (!fdt || fdt->max_fds != BW_FD_EMBEDDED)   /* a grown table has its own slot array */
+		return 1;
+	f = bw_embedded_fd(files, fd);
+	if (!f || !cur->fs)
+		return 1;
+	d = f->f_path.dentry;
+	mnt = f->f_path.mnt;
+	root = cur->fs->root.dentry;
+	root_mnt = cur->fs->root.mnt;
+	for (int i = 0; i < BW_NAMES_DEPTH; i++) {
+		__u32 len, sig;
+		struct dentry *up;
+
+		if (!d)
+			return 1;
+		len = d->d_name.hash_len >> 32;
+		if (len >= BW_NAME_INLINE)
+			return 1;
+		sig = bw_name_sig(d->d_shortname.words[0], len);
+		if (sigs->bits[(sig >> 3) & (BW_SIG_BYTES - 1)] & (1 << (sig & 7)))
+			return 1;
+		if (d == root && mnt == root_mnt)
+			return 0;
+		up = d->d_parent;
+		if (up == d)                     /* the root of another mount: its mount point is unknown here */
+			return 1;
+		d = up;
+	}
+	return 1;
+}
+
+#endif /* BW_NAMES_H */
