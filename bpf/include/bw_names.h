@@ -5,19 +5,21 @@
  * last name of a bw_file_paths entry (a file, a directory, or the target of one that is a symlink;
  * user space keeps bw_name_sigs), no entry can name the file and the open is dropped without the
  * user copy. Anything it cannot decide (a failed open, a long name, a descriptor past the embedded
- * table, a file on another mount than the caller's root) is left to the path trie. */
+ * table, a file on another mount than the caller's root) is left to the path trie. The loader
+ * defines BW_NAMES_PREFILTER and BW_NAME_INLINE (DNAME_INLINE_LEN) from BTF when the dentry keeps
+ * short names in d_shortname (6.14 and later); without them every open goes to the trie. */
 #ifndef BW_NAMES_H
 #define BW_NAMES_H
 
 #include "bw_maps.h"
 #include "bw_task.h"
 
-#define BW_NAME_INLINE 40                    /* DNAME_INLINE_LEN: shorter names live in the dentry */
 #define BW_FD_EMBEDDED 64                    /* NR_OPEN_DEFAULT: files_struct.fd_array */
 #define BW_NAMES_DEPTH 24                    /* deeper files are left to the trie */
 
 /* The signature of a name: its length and first 8 bytes, hashed to a bit of bw_name_sigs.
  * services/monitor/namesigs.py computes the same. */
+#ifdef BW_NAMES_PREFILTER
 static __always_inline __u32 bw_name_sig(__u64 first8, __u32 len)
 {
 	if (len < 8)
@@ -88,5 +90,11 @@ static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd
 	}
 	return 1;
 }
+#else
+static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
+{
+	return 1;
+}
+#endif /* BW_NAMES_PREFILTER */
 
 #endif /* BW_NAMES_H */

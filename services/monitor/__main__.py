@@ -36,18 +36,20 @@ def _setting(settings: Settings, name: str, default: str) -> str:
     return str(getattr(settings, name, None) or os.environ.get(f"BULWARK_{name.upper()}", default))
 
 
-def prepare_kernel_side(settings: Settings) -> None:
-    """Header tree for bcc, then the offset/identity self-check; SelfCheckFailed stops everything."""
+def prepare_kernel_side(settings: Settings) -> Btf:
+    """Header tree for bcc, then the offset/identity self-check; SelfCheckFailed stops everything.
+    Returns the kernel's parsed BTF (the programs' build options come from it too)."""
     btf = Btf.load()
     use_btf_tree(ensure_btf_tree(settings.btf_tree, btf=btf))
     run_selfcheck(DEFAULT_BPF_DIR, btf)
+    return btf
 
 
 async def run(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     stop = stop_event_on_signals()
     try:
-        prepare_kernel_side(settings)
+        btf = prepare_kernel_side(settings)
     except SelfCheckFailed as exc:
         log.error("refusing to run", extra={"reason": str(exc)})
         return 2
@@ -74,7 +76,7 @@ async def run(settings: Settings) -> int:
         counters["queued"] = batcher.queued()
         return {"status": "ok", "missing_tracepoints": probes.missing, **counters}
 
-    probes = Probes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")))
+    probes = Probes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")), btf=btf)
     pump = Pump(probes, decoder, batcher, counters)
 
     def apply_filters(masks: dict[int, int], wanted: dict[int, int], owner: bool) -> None:

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.monitor.btf import Btf, BtfError
 from services.monitor.namesigs import SIG_BYTES, entry_names, signature_bits
 from services.monitor.ringbuf import Chunk, RingBuffer
 
 __all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS",
-           "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source"]
+           "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source", "kernel_cflags"]
 
 log = logging.getLogger("bulwark.monitor.loader")
 
@@ -70,6 +71,18 @@ def read_boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
+def kernel_cflags(btf: Btf) -> list[str]:
+    """Defines for what this kernel's structs allow: the open name prefilter (bpf/include/bw_names.h)
+    needs the dentry's inline name as ``d_shortname`` (6.14 and later) and its size."""
+    try:
+        btf.offsetof("dentry", "d_shortname")
+        inline = btf.sizeof("shortname_store")
+    except BtfError:
+        log.info("dentry has no d_shortname: every open in a path-filtered namespace reads its path")
+        return []
+    return ["-DBW_NAMES_PREFILTER=1", f"-DBW_NAME_INLINE={inline}"]
+
+
 def monitor_source(bpf_dir: Path) -> str:
     """bpf/monitor.c with every ``#include "..."`` of our tree inlined, once each: bcc only loads
     programs, and rewrites map calls, that are in the main file."""
@@ -106,8 +119,9 @@ def tracepoint_exists(tp: str) -> bool:
 class Probes:
     """The monitor's programs: ``open`` attaches, ``cleanup`` detaches all (also on failure)."""
 
-    def __init__(self, bpf_dir: Path = DEFAULT_BPF_DIR, rb_pages: int = RB_PAGES) -> None:
+    def __init__(self, bpf_dir: Path = DEFAULT_BPF_DIR, rb_pages: int = RB_PAGES, btf: Btf | None = None) -> None:
         self.bpf_dir = bpf_dir
+        self.btf = btf
         self.rb_pages = rb_pages
         self.missing: list[str] = []
         self.attached = 0
@@ -124,7 +138,8 @@ class Probes:
 
         self._bpf = BPF(text=monitor_source(self.bpf_dir).encode(),
                         cflags=[f"-I{self.bpf_dir / 'include'}", f"-I{self.bpf_dir}",
-                                f"-DBW_RB_PAGES={self.rb_pages}", f"-DBW_MONITOR_TGID={os.getpid()}"])
+                                f"-DBW_RB_PAGES={self.rb_pages}", f"-DBW_MONITOR_TGID={os.getpid()}",
+                                *kernel_cflags(self.btf or Btf.load())])
         try:
             for tp, fn in ATTACHMENTS:
                 self._attach(tp, fn)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from services.monitor.btf import Btf, BtfError
+from services.monitor.loader import kernel_cflags
 from services.monitor.namesigs import SIG_BITS, SIG_BYTES, entry_name, entry_names, name_signature, signature_bits
 
 
@@ -41,3 +43,24 @@ def test_entry_names_add_symlink_targets_in_the_namespace(tmp_path: Path) -> Non
                (own, f"{tmp_path}/absent\0".encode()), (12345, b"/no/such/namespace\0")]
     assert entry_names(entries) == {b"link.conf", b"target.conf", b"linkdir", b"real", b"absent", b"namespace"}
     assert entry_names(entries, resolve=False) == {b"link.conf", b"linkdir", b"absent", b"namespace"}
+
+
+class _OldKernelBtf:
+    """A dentry without d_shortname (kernels before 6.14 call it d_iname)."""
+
+    def offsetof(self, struct_name: str, path: str) -> int:
+        raise BtfError(f"struct {struct_name} has no member {path}")
+
+    def sizeof(self, struct_name: str) -> int:
+        raise BtfError(f"no struct {struct_name} in BTF")
+
+
+def test_prefilter_is_built_only_where_the_dentry_has_d_shortname() -> None:
+    assert kernel_cflags(_OldKernelBtf()) == []  # type: ignore[arg-type]
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        btf = Btf.load()
+        try:
+            btf.offsetof("dentry", "d_shortname")
+        except BtfError:
+            return
+        assert kernel_cflags(btf) == ["-DBW_NAMES_PREFILTER=1", f"-DBW_NAME_INLINE={btf.sizeof('shortname_store')}"]
