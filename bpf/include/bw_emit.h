@@ -12,7 +12,8 @@
 /* Which of `bits` are emitted for `mntns` (0: none, counted as filtered): its own entry in
  * bw_visibility, else the default entry. bw_vis_default is an array (its lookups are inlined)
  * holding the default and the union of all entries: a kind no mount namespace wants is refused
- * without any hash lookup, others cost one. The monitor's own process (BW_MONITOR_TGID) is never
+ * at once. The own entry comes from its slot in bw_vis_slots (inlined too); only a slot several
+ * listed namespaces share costs a hash lookup. The monitor's own process (BW_MONITOR_TGID) is never
  * traced: its reads would feed back into the stream. `cur` is bw_current(). */
 static __always_inline __u32 bw_vis_bits(struct task_struct *cur, __u32 mntns, __u32 bits)
 {
@@ -24,7 +25,14 @@ static __always_inline __u32 bw_vis_bits(struct task_struct *cur, __u32 mntns, _
 #endif
 	mask = bw_vis_default.lookup(&key);
 	if (mask && (*mask & bits)) {
-		mask = bw_visibility.lookup(&mntns);
+		__u32 idx = mntns & (BW_VIS_SLOTS - 1);
+		struct bw_vis_slot *slot = bw_vis_slots.lookup(&idx);
+
+		mask = NULL;
+		if (slot && mntns && slot->mntns == mntns)
+			mask = &slot->mask;
+		else if (slot && slot->mntns == BW_VIS_SHARED)
+			mask = bw_visibility.lookup(&mntns);
 		if (!mask) {
 			key = BW_VIS_DEFAULT;
 			mask = bw_vis_default.lookup(&key);

@@ -42,6 +42,18 @@ BPF_HASH(bw_visibility, __u32, __u32, 16384);     /* mntns -> BW_VIS_* */
 #define BW_VIS_DEFAULT 0
 #define BW_VIS_ANY 1
 BPF_ARRAY(bw_vis_default, __u32, 2);
+/* bw_visibility as a direct-mapped array, read without a helper call: slot mntns % BW_VIS_SLOTS
+ * holds {mntns, mask} of the one listed namespace that maps there, BW_VIS_SHARED when several do
+ * (the hash decides), {0, 0} when none does (the default applies). */
+#ifndef BW_VIS_SLOTS
+#define BW_VIS_SLOTS 4096                    /* a power of two; tests pass -D to force sharing */
+#endif
+#define BW_VIS_SHARED 0xffffffff
+struct bw_vis_slot {
+	__u32 mntns;
+	__u32 mask;
+};
+BPF_ARRAY(bw_vis_slots, struct bw_vis_slot, BW_VIS_SLOTS);
 /* A mntns whose mask has BW_VIS_FILE_PATHS but not BW_VIS_FILE emits only the file events whose
  * absolute path starts with an entry of bw_file_paths for that mntns (its rules could match no
  * other; relative and unreadable names are always emitted). Entries: an exact path with its NUL

@@ -27,6 +27,8 @@ log = logging.getLogger("bulwark.monitor.loader")
 DEFAULT_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 TRACEFS = Path("/sys/kernel/tracing")
 RB_PAGES = 4096  # 16 MiB ring buffer
+VIS_SLOTS = 4096  # bw_vis_slots: the direct-mapped copy of bw_visibility
+_VIS_SHARED = 0xFFFFFFFF
 
 _SYS = "syscalls:sys_{}_{}"
 # (tracepoint, program); "raw:" = raw tracepoint. Program names are what `bpftool prog show` lists.
@@ -119,9 +121,14 @@ def tracepoint_exists(tp: str) -> bool:
 class Probes:
     """The monitor's programs: ``open`` attaches, ``cleanup`` detaches all (also on failure)."""
 
-    def __init__(self, bpf_dir: Path = DEFAULT_BPF_DIR, rb_pages: int = RB_PAGES, btf: Btf | None = None) -> None:
+    def __init__(self, bpf_dir: Path = DEFAULT_BPF_DIR, rb_pages: int = RB_PAGES, btf: Btf | None = None,
+                 vis_slots: int = VIS_SLOTS) -> None:
+        if vis_slots <= 0 or vis_slots & (vis_slots - 1):
+            raise ValueError(f"vis_slots must be a power of two, not {vis_slots}")
         self.bpf_dir = bpf_dir
         self.btf = btf
+        self.vis_slots = vis_slots
+        self._slots: dict[int, tuple[int, int]] = {}  # bw_vis_slots entries that are not {0, 0}
         self.rb_pages = rb_pages
         self.missing: list[str] = []
         self.attached = 0
@@ -139,6 +146,7 @@ class Probes:
         self._bpf = BPF(text=monitor_source(self.bpf_dir).encode(),
                         cflags=[f"-I{self.bpf_dir / 'include'}", f"-I{self.bpf_dir}",
                                 f"-DBW_RB_PAGES={self.rb_pages}", f"-DBW_MONITOR_TGID={os.getpid()}",
+                                f"-DBW_VIS_SLOTS={self.vis_slots}",
                                 *kernel_cflags(self.btf or Btf.load())])
         try:
             for tp, fn in ATTACHMENTS:
@@ -199,14 +207,31 @@ class Probes:
         for mask in masks.values():
             union |= mask
         defaults[ct.c_int(1)] = ct.c_uint(union | int(defaults[ct.c_int(1)].value))
-        for key in list(table.keys()):
-            if int(key.value) not in masks:
-                del table[key]
         for mntns, mask in masks.items():
             if mntns:
                 table[ct.c_uint(mntns)] = ct.c_uint(mask)
+        self._set_slots({mntns: mask for mntns, mask in masks.items() if mntns})
+        for key in list(table.keys()):
+            if int(key.value) not in masks:
+                del table[key]
         defaults[ct.c_int(0)] = ct.c_uint(masks.get(0, 0))
         defaults[ct.c_int(1)] = ct.c_uint(union)
+
+    def _set_slots(self, listed: dict[int, int]) -> None:
+        """Lay the listed namespaces out in bw_vis_slots (the hash already holds them): a slot
+        two of them share says so and sends its readers to the hash; only changed slots are written."""
+        slots: dict[int, tuple[int, int]] = {}
+        for mntns, mask in listed.items():
+            idx = mntns & (self.vis_slots - 1)
+            slots[idx] = (_VIS_SHARED, 0) if idx in slots else (mntns, mask)
+        table = self._bpf[b"bw_vis_slots"]
+        for idx in set(self._slots) | set(slots):
+            value = slots.get(idx, (0, 0))
+            if self._slots.get(idx, (0, 0)) != value:
+                leaf = table.Leaf()
+                leaf.mntns, leaf.mask = value
+                table[ct.c_int(idx)] = leaf
+        self._slots = slots
 
     def _path_key(self, mntns: int, prefix: bytes) -> Any:
         """The bw_file_paths key for ``prefix`` (an exact path ends with its NUL) in ``mntns``."""

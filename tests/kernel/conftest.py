@@ -37,13 +37,14 @@ def enforcer() -> Iterator[FanotifyEnforcer]:
 
 
 @pytest.fixture
-def probes(tmp_path: Path) -> Iterator[tuple[Probes, list[bytes]]]:
-    """The monitor's programs in this process and the records they send, detached afterwards."""
+def probes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Probes, list[bytes]]]:
+    """The monitor's programs in this process and the records they send, detached afterwards.
+    Indirect parametrization passes Probes keyword arguments."""
     require_root()
     old = os.environ.get("BCC_KERNEL_SOURCE")
     use_btf_tree(ensure_btf_tree(tmp_path / "bcc-btf", btf=Btf.load()))
     records: list[bytes] = []
-    probes = Probes()
+    probes = Probes(**getattr(request, "param", {}))
     try:
         probes.open(lambda data: records.append(bytes(data)))
         yield probes, records

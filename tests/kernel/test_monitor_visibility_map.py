@@ -1,6 +1,7 @@
-"""The in-kernel visibility filter through Probes.set_visibility: a mount namespace's own entry, the
-default entry for every other one, and the union of all entries that lets the programs refuse a kind
-nobody wants before any hash lookup. The probe: two namespace shells open a marker file."""
+"""The in-kernel visibility filter through Probes.set_visibility: a mount namespace's own entry (from
+its slot in bw_vis_slots, or from the hash when listed namespaces share the slot), the default entry
+for every other one, and the union of all entries that lets the programs refuse a kind nobody wants
+at once. The probe: two namespace shells open a marker file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,6 +37,8 @@ def _emitted_for(probes: Probes, records: list[bytes], shells: tuple[NsShell, ..
     return found
 
 
+@pytest.mark.parametrize("probes", [{}, {"vis_slots": 1}, {"vis_slots": 2}], indirect=True,
+                         ids=["own-slots", "one-shared-slot", "two-slots"])
 def test_own_entry_default_entry_and_nobody(probes: tuple[Probes, list[bytes]], tmp_path: Path) -> None:
     mon, records = probes
     marker = tmp_path / "marker"
@@ -48,6 +51,14 @@ def test_own_entry_default_entry_and_nobody(probes: tuple[Probes, list[bytes]], 
         assert _emitted_for(mon, records, (a, b), marker) == {a.mntns, b.mntns}
         mon.set_visibility({0: FILE, a.mntns: 0})           # an own entry beats the default
         assert _emitted_for(mon, records, (a, b), marker) == {b.mntns}
+        mon.set_visibility({0: FILE, a.mntns: 0, b.mntns: FILE})   # both listed (one slot: shared)
+        assert _emitted_for(mon, records, (a, b), marker) == {b.mntns}
+        mon.set_visibility({0: 0, b.mntns: 0, a.mntns: FILE})      # swapped, then b leaves
+        assert _emitted_for(mon, records, (a, b), marker) == {a.mntns}
+        mon.set_visibility({0: FILE, a.mntns: FILE})
+        assert _emitted_for(mon, records, (a, b), marker) == {a.mntns, b.mntns}
+        slots = {int(k.value): (v.mntns, v.mask) for k, v in mon._bpf[b"bw_vis_slots"].items() if v.mntns}
+        assert slots == {a.mntns & (mon.vis_slots - 1): (a.mntns, FILE)}
         before = mon.kernel_stats()["filtered_kernel"]
         mon.set_visibility({0: KIND_BITS["network"]})       # nobody wants files: refused at once
         assert _emitted_for(mon, records, (a, b), marker) == set()
