@@ -59,6 +59,10 @@ BPF_ARRAY(bw_vis_slots, struct bw_vis_slot, BW_VIS_SLOTS);
  * other; relative and unreadable names are always emitted). Entries: an exact path with its NUL
  * (so /a/b does not cover /a/bc), a directory as a prefix ending in '/'. */
 #define BW_VIS_FILE_PATHS 32
+/* A mntns whose mask has BW_VIS_CAPS_NAMED but not BW_VIS_CAPABILITIES emits only the checks of the
+ * capabilities set in bw_caps_named[0] (bit = capability number; all namespaces' rules together). */
+#define BW_VIS_CAPS_NAMED 64
+BPF_ARRAY(bw_caps_named, __u64, 1);
 #define BW_PATH_KEY_LEN 252                  /* 4 + 252 bytes: the LPM trie's 256-byte data limit */
 struct bw_path_key {
 	__u32 prefixlen;                         /* bits of mntns + path that must match */

@@ -138,6 +138,7 @@ class Probes:
         self._raw_attached = False
         self._paths: set[tuple[int, bytes]] = set()  # entries in bw_file_paths
         self._names: frozenset[bytes] = frozenset()     # names whose signatures are in bw_name_sigs
+        self._caps = 0                                   # bw_caps_named[0]
 
     def open(self, on_record: Callable[[bytes], None]) -> None:
         """Compile, attach every tracepoint and open the ring buffer (``on_record`` gets raw bytes)."""
@@ -173,22 +174,30 @@ class Probes:
     def set_visibility(self, masks: dict[int, int]) -> None:
         """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits, and the path trie
         with ``masks.paths`` when it has them (:class:`~services.monitor.visibility.Visibility`;
-        a plain dict empties the trie), and the open prefilter's names with ``masks.names`` (the
-        entries' own last names when it has none).
+        a plain dict empties the trie), the open prefilter's names with ``masks.names`` (the
+        entries' own last names when it has none), and the named capabilities with ``masks.caps``.
 
         Entry 0 lives in a small array with the union of all entries next to it (bw_vis_default):
         the programs read both without a hash lookup, and skip it for kinds nobody wants. While the
         entries change, the union covers the old and the new ones (never filter what either wants).
-        Likewise new path entries and names go in before the masks that rely on them, and old ones
-        leave only after the masks no longer do."""
+        Likewise new path entries, names and capabilities go in before the masks that rely on them,
+        and old ones leave only after the masks no longer do."""
         paths = frozenset(getattr(masks, "paths", ()))
         names = getattr(masks, "names", None)
         names = entry_names(paths, resolve=False) if names is None else frozenset(names)
+        caps = int(getattr(masks, "caps", 0))
         self._add_paths(paths - self._paths)
         self._set_names(self._names | names)
+        self._set_caps(self._caps | caps)
         self._set_masks(masks)
         self._remove_paths(frozenset(self._paths - paths))
         self._set_names(names)
+        self._set_caps(caps)
+
+    def _set_caps(self, caps: int) -> None:
+        """The capability numbers CAPS_NAMED namespaces emit (bit = number)."""
+        self._bpf[b"bw_caps_named"][ct.c_int(0)] = ct.c_uint64(caps)
+        self._caps = caps
 
     def _set_names(self, names: frozenset[bytes]) -> None:
         """Arm the open prefilter with the signatures of ``names`` (one array value, bits only

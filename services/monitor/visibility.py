@@ -22,9 +22,11 @@ from shared.matcher import ALLOWING, BLOCKING
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet
 from shared.visibility import VISIBILITY_ANNOTATION, parse_visibility
+from services.monitor.kinds_kernel import CAPABILITIES
 from services.monitor.syscall_table import SYSCALL_NUMBERS
 
-__all__ = ["KIND_BITS", "OPERATION_BITS", "ALL", "FILE_PATHS", "PATH_KEY_LEN", "Visibility", "bits_of",
+__all__ = ["KIND_BITS", "OPERATION_BITS", "ALL", "FILE_PATHS", "CAPS_NAMED", "PATH_KEY_LEN", "Visibility", "bits_of",
+           "named_capabilities",
            "visibility_masks", "file_prefixes", "path_entries", "wanted_syscalls", "DEDICATED_SYSCALLS",
            "PATH_ARG", "needs_owner"]
 
@@ -32,8 +34,11 @@ KIND_BITS = {"process": 1, "file": 2, "network": 4, "capabilities": 8}
 OPERATION_BITS = {"Process": 1, "File": 2, "Network": 4, "Capabilities": 8, "Syscall": 16}
 ALL = 31
 FILE_PATHS = 32      # BW_VIS_FILE_PATHS: file events only for paths in the trie (bpf/include/bw_maps.h)
+CAPS_NAMED = 64      # BW_VIS_CAPS_NAMED: capability events only for the capabilities in bw_caps_named
 PATH_KEY_LEN = 252   # BW_PATH_KEY_LEN: bytes of path in a trie key
 _FILE = OPERATION_BITS["File"]
+_CAPS = OPERATION_BITS["Capabilities"]
+CAPABILITY_NUMBERS = {name: number for number, name in enumerate(CAPABILITIES)}
 # syscalls with their own programs whose records are already of kind "syscall"
 DEDICATED_SYSCALLS = frozenset({"setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
                                 "ptrace", "mount", "umount2"})
@@ -110,18 +115,38 @@ def file_prefixes(rules: list[Rule], host: bool = False) -> frozenset[bytes] | N
     return frozenset(out)
 
 
+def named_capabilities(rules: list[Rule]) -> frozenset[int] | None:
+    """The capability numbers ``rules`` judge, or None when they need every capability event (an
+    allow-list, whose posture judges every other capability, or a name this table lacks)."""
+    out: set[int] = set()
+    for rule in rules:
+        if rule.operation != "Capabilities":
+            continue
+        name = rule.capability.lower().removeprefix("cap_")
+        if rule.action in ALLOWING or name not in CAPABILITY_NUMBERS:
+            return None
+        out.add(CAPABILITY_NUMBERS[name])
+    return frozenset(out)
+
+
 def _own_rule_bits(rules: list[Rule], host: bool) -> int:
     """A listed mntns's bits for its rules: as _rule_bits, with FILE_PATHS instead of the file bit
-    when the trie can hold every path they judge."""
+    when the trie can hold every path they judge, and CAPS_NAMED instead of the capabilities bit
+    when they name their capabilities."""
     out = 0
     for rule in rules:
         out |= OPERATION_BITS.get(rule.operation, 0)
-    out &= ~_FILE
+    out &= ~(_FILE | _CAPS)
     prefixes = file_prefixes(rules, host)
     if prefixes is None:
         out |= _FILE
     elif prefixes:
         out |= FILE_PATHS
+    caps = named_capabilities(rules)
+    if caps is None:
+        out |= _CAPS
+    elif caps:
+        out |= CAPS_NAMED
     return out
 
 
@@ -151,19 +176,22 @@ def path_entries(ruleset: RuleSet | None, host_mntns: int) -> frozenset[tuple[in
 
 class Visibility(dict[int, int]):
     """mntns -> bits to emit (key 0: every mount namespace not listed), with ``paths``: the
-    (mntns, prefix) trie entries the FILE_PATHS bits rely on, and ``names``: the names the open
-    prefilter treats as listed (None: the entries' own last names, services.monitor.namesigs).
-    Equal only with the same paths and names."""
+    (mntns, prefix) trie entries the FILE_PATHS bits rely on, ``names``: the names the open
+    prefilter treats as listed (None: the entries' own last names, services.monitor.namesigs), and
+    ``caps``: the bitmask of capability numbers the CAPS_NAMED bits rely on (all namespaces').
+    Equal only with the same paths, names and caps."""
 
     def __init__(self, masks: dict[int, int] | Iterable[tuple[int, int]] = (),
-                 paths: Iterable[tuple[int, bytes]] = (), names: Iterable[bytes] | None = None) -> None:
+                 paths: Iterable[tuple[int, bytes]] = (), names: Iterable[bytes] | None = None,
+                 caps: int = 0) -> None:
         super().__init__(masks)
         self.paths = frozenset(paths)
         self.names = None if names is None else frozenset(names)
+        self.caps = caps
 
     def __eq__(self, other: object) -> bool:
         return (dict.__eq__(self, other) is True and self.paths == getattr(other, "paths", frozenset())
-                and self.names == getattr(other, "names", None))
+                and self.names == getattr(other, "names", None) and self.caps == getattr(other, "caps", 0))
 
     def __ne__(self, other: object) -> bool:
         return not self == other
@@ -195,8 +223,16 @@ def visibility_masks(ruleset: RuleSet | None, workloads: dict[str, Workload], ho
         out[host_mntns] = bits_of(parse_visibility(hosts))
     for mntns, mask in out.items():
         if mask & _FILE:
-            out[mntns] = mask & ~FILE_PATHS     # every file event already
-    return Visibility(out, path_entries(ruleset, host_mntns))
+            mask &= ~FILE_PATHS                 # every file event already
+        if mask & _CAPS:
+            mask &= ~CAPS_NAMED                 # every capability event already
+        out[mntns] = mask
+    caps = 0
+    for wr in running:
+        if wr.mntns and out.get(wr.mntns, 0) & CAPS_NAMED:
+            for number in named_capabilities(wr.rules) or ():
+                caps |= 1 << number
+    return Visibility(out, path_entries(ruleset, host_mntns), caps=caps)
 
 
 def needs_owner(ruleset: RuleSet | None) -> bool:

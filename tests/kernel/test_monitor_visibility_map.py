@@ -1,7 +1,8 @@
 """The in-kernel visibility filter through Probes.set_visibility: a mount namespace's own entry (from
 its slot in bw_vis_slots, or from the hash when listed namespaces share the slot), the default entry
 for every other one, and the union of all entries that lets the programs refuse a kind nobody wants
-at once. The probe: two namespace shells open a marker file."""
+at once. The probe: two namespace shells open a marker file. Also: capability checks filtered to
+the capabilities the rules name."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +11,16 @@ import pytest
 
 from services.monitor.loader import Probes
 from services.monitor.records import SYS_HEAD, SYS_LAYOUT
-from services.monitor.visibility import KIND_BITS
-from tests.kernel.nsutil import NsShell
+from services.monitor.visibility import CAPS_NAMED, KIND_BITS, visibility_masks
+from shared.schemas.identity import Workload
+from shared.schemas.rules import Rule
+from tests.kernel.nsutil import NsShell, ruleset
 
 pytestmark = pytest.mark.kernel
 
 FILE = KIND_BITS["file"]
-OP_FILE = 5
+OP_FILE, OP_CAP = 5, 7
+CAP_CHOWN, CAP_NET_RAW = 0, 13
 _MNTNS = 10  # index of bw_task_info.mntns in SYS_HEAD's fields
 
 
@@ -66,3 +70,41 @@ def test_own_entry_default_entry_and_nobody(probes: tuple[Probes, list[bytes]], 
     finally:
         a.close()
         b.close()
+
+
+def _cap_checks(probes: Probes, records: list[bytes], mntns: int) -> set[int]:
+    """Capability numbers of the capability records of ``mntns`` drained so far."""
+    probes.drain()
+    out = {SYS_HEAD.unpack_from(rec)[16] for rec in records
+           if SYS_HEAD.unpack_from(rec)[0] == OP_CAP and SYS_HEAD.unpack_from(rec)[_MNTNS] == mntns}
+    records.clear()
+    return out
+
+
+def test_named_capabilities_only(probes: tuple[Probes, list[bytes]], tmp_path: Path) -> None:
+    """A namespace whose rules name CAP_NET_RAW emits the checks of that capability, not the
+    CAP_CHOWN of a chown; with visibility wanting capabilities, both."""
+    mon, records = probes
+    target = tmp_path / "owned"
+    target.write_text("x")
+    raw = "/usr/bin/python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1).close()'"
+    a = NsShell()
+    try:
+        rule = Rule(policy="caps", policy_kind="KubeArmorPolicy", policy_namespace="default",
+                    operation="Capabilities", action="Audit", capability="net_raw")
+        quiet = Workload(id="w", name="w", namespace="default", kind="container", node="n", mntns=a.mntns,
+                         pidns=0, namespace_annotations={"kubearmor-visibility": "none"})
+        masks = visibility_masks(ruleset(1, w=(a.mntns, [rule])), {"w": quiet}, host_mntns=1, containers="none")
+        assert masks[a.mntns] == CAPS_NAMED and masks.caps == 1 << CAP_NET_RAW
+        mon.set_visibility(masks)
+        _cap_checks(mon, records, a.mntns)
+        before = mon.kernel_stats()["filtered_kernel"]
+        assert a.run(f"chown 1 {target} && {raw}")[0] == 0
+        assert _cap_checks(mon, records, a.mntns) == {CAP_NET_RAW}
+        assert mon.kernel_stats()["filtered_kernel"] > before           # CAP_CHOWN stayed in the kernel
+
+        mon.set_visibility(visibility_masks(ruleset(2, w=(a.mntns, [rule])), {}, host_mntns=1))
+        assert a.run(f"chown 2 {target} && {raw}")[0] == 0
+        assert {CAP_CHOWN, CAP_NET_RAW} <= _cap_checks(mon, records, a.mntns)
+    finally:
+        a.close()

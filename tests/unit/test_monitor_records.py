@@ -12,7 +12,7 @@ from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 from services.monitor.decoder import DecodeContext
 from services.monitor.kinds_kernel import protocol_name, sockaddr
 from services.monitor.records import PROC_SIZE, SYS_HEAD, SYS_LAYOUT, RecordDecoder
-from services.monitor.visibility import ALL, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
+from services.monitor.visibility import ALL, CAPS_NAMED, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
 
 CTX = DecodeContext(node="n1", boot_id="b", boot_offset_ns=1_000)
 PATH_BUF = 768
@@ -115,8 +115,16 @@ def test_visibility_masks_never_hide_what_rules_need() -> None:
     masks = visibility_masks(rs, {"w1": quiet}, host_mntns=1)
     assert masks[50] == 4                 # annotation "none", but its Network rule
     assert masks[60] == 15                # container default: process,file,network,capabilities
-    assert masks[1] == 8                  # host default none, plus its Capabilities rule
+    assert masks[1] == CAPS_NAMED         # host default none, plus the capability its rule names
+    assert masks.caps == 1 << 13          # CAP_NET_RAW
     assert masks[0] == 15 | 4 | 8 and 70 not in masks   # unknown mntns: default | every rule's kind
+    # an allow-list of capabilities judges every other one: every capability event
+    allow = Rule(policy="p", policy_kind="KubeArmorPolicy", policy_namespace="ns", operation="Capabilities",
+                 action="Allow", capability="chown")
+    masks = visibility_masks(_rs(WorkloadRules("host", 1, 2, [allow])), {}, host_mntns=1)
+    assert masks[1] == 8 and masks.caps == 0
+    masks = visibility_masks(rs, {}, host_mntns=1, hosts="capabilities")
+    assert masks[1] == 8 and masks.caps == 0   # visibility wants them all already
     assert visibility_masks(rs, {}, 1, containers="process", hosts="file")[60] == 1
     # A Process Block also needs the opens of its program (`ld.so PROGRAM`: shared.loaders): by path,
     # in the workload and on the host (tests/unit/test_monitor_paths.py has the details).
