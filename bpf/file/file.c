@@ -18,14 +18,23 @@ struct bw_open_how {                         /* uapi struct open_how */
 #define BW_NR_OPENAT2 437
 
 /* Whether the caller's file event with path argument `name` is emitted (non-zero: its visible
- * file bits); its mntns into *mntns. */
-static __always_inline __u32 bw_file_gate(struct task_struct *task, __u32 *mntns, const char *name)
+ * file bits); its mntns into *mntns. Without a name (fchown) the event is about the file open as
+ * `fd`: in a namespace that wants only named paths, its dentries' names decide (bw_names.h). */
+static __always_inline __u32 bw_file_gate(struct task_struct *task, __u32 *mntns, const char *name,
+					  long fd)
 {
 	__u32 bits;
 
 	*mntns = bw_current_mntns(task);
 	bits = bw_vis_bits(task, *mntns, BW_VIS_FILE | BW_VIS_FILE_PATHS);
-	if (!bits || !bw_file_wanted(bits, *mntns, name))
+	if (!bits)
+		return 0;
+	if (!name && !(bits & BW_VIS_FILE) && !bw_open_names_listed(task, fd)) {
+		bw_stat(BW_STAT_FILTERED);
+		bw_stat(BW_STAT_FILTERED_NAMES);
+		return 0;
+	}
+	if (!bw_file_wanted(bits, *mntns, name))
 		return 0;
 	return bits;
 }
@@ -37,7 +46,7 @@ static __always_inline int bw_file_enter(struct bw_tp_sys_enter *ctx, long dirfd
 	struct bw_sys_event *e;
 	__u32 mntns;
 
-	if (!bw_file_gate(task, &mntns, name))
+	if (!bw_file_gate(task, &mntns, name, dirfd))
 		return 0;
 	e = bw_sys_stash_begin(BW_OP_FILE, ctx->syscall_nr, mntns);
 	if (!e)

@@ -26,6 +26,7 @@ from tests.kernel.nsutil import NsShell, file_rule, ruleset
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
 
 OP_FILE = 5
+NR_FCHOWN = 93  # x86_64
 _MNTNS, _RET = 10, 15  # indexes of bw_task_info.mntns and the record's ret in SYS_HEAD's fields
 DENIED = "Operation not permitted"
 
@@ -159,6 +160,17 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
         script.write_text(f"import os\nheld = [os.open({str(tree / 'other')!r}, 0) for _ in range(70)]\n"
                           f"os.close(os.open({str(tree / 'secret')!r}, 0))\n")
         assert a.run(f"/usr/bin/python3 {script}")[0] == 0
+        # fchown names no path: the descriptor's file decides by its names
+        script.write_text(f"import os\nfor p in ({str(tree / 'other')!r}, {str(tree / 'secret')!r}):\n"
+                          f"    fd = os.open(p, 0); os.fchown(fd, -1, -1); os.close(fd)\n")
+        def fchowns() -> int:
+            mon.drain()
+            return sum(1 for rec in records if SYS_HEAD.unpack_from(rec)[22] == NR_FCHOWN
+                       and SYS_HEAD.unpack_from(rec)[_MNTNS] == a.mntns)
+
+        before = fchowns()
+        assert a.run(f"/usr/bin/python3 {script}")[0] == 0
+        assert fchowns() - before == 1                                         # secret's, not other's
         seen = _file_events(mon, records)
         for name in opens + [f"{tree}/secret"]:
             assert [m for m, ret in seen.get(name.encode(), []) if ret >= 0], f"{name} not emitted: {sorted(seen)}"
