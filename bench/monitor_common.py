@@ -115,30 +115,41 @@ class HeldRules:
 
 
 @contextlib.contextmanager
+def enforcers_holding(ruleset: Any) -> Iterator[list[Any]]:
+    """The Fanotify and eBPF-signal enforcers, in this process, holding ``ruleset``; both are closed
+    afterwards, whatever happened (also one that loaded when the other failed to)."""
+    from services.enforcer.fanotify import FanotifyEnforcer
+    from services.enforcer.signal import SignalEnforcer
+
+    enforcers: list[Any] = []
+    try:
+        enforcers.append(FanotifyEnforcer())
+        enforcers.append(SignalEnforcer(btf_tree=Path(BTF_TREE)))
+        for enforcer in enforcers:
+            enforcer.apply(ruleset)
+        yield enforcers
+    finally:
+        for enforcer in enforcers:
+            enforcer.close()
+
+
+@contextlib.contextmanager
 def enforcers_holding_100_rules() -> Iterator[HeldRules]:
     """The Fanotify and eBPF-signal enforcers, in this process, holding bench/enforcer_overhead.py's
     100 rules for a workload (a shell in its own mount namespace). Yields a HeldRules: its
     ``openclose`` measures the load generator in that workload (opens of an unmarked file, as almost
     all are), its ``ruleset`` gives the same rules to a monitor. Everything is released afterwards."""
     from enforcer_overhead import setup
-    from services.enforcer.fanotify import FanotifyEnforcer
-    from services.enforcer.signal import SignalEnforcer
     from tests.kernel.nsutil import NsShell, ruleset
 
     root = Path(tempfile.mkdtemp(prefix="bw-bench-rules-"))
     root.chmod(0o755)
     ns = NsShell()
-    enforcers: list[Any] = []
     try:
         rules, _paths = setup(root)
-        enforcers[:] = [FanotifyEnforcer(), SignalEnforcer(btf_tree=Path(BTF_TREE))]
-        held = ruleset(1, w=(ns.mntns, rules))
-        for enforcer in enforcers:
-            enforcer.apply(held)
-        yield HeldRules(ns, rules)
+        with enforcers_holding(ruleset(1, w=(ns.mntns, rules))):
+            yield HeldRules(ns, rules)
     finally:
-        for enforcer in enforcers:
-            enforcer.close()
         ns.close()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -153,6 +164,7 @@ class MonitorStack:
         self.env = env or {}
         self.nats: subprocess.Popen[bytes] | None = None
         self.monitor: subprocess.Popen[bytes] | None = None
+        self.nc: Any = None
 
     async def start(self) -> dict[str, Any]:
         """Start both; returns the first heartbeat's details (programs attached)."""
@@ -194,7 +206,8 @@ class MonitorStack:
     async def stop(self) -> int:
         """Stop the monitor (SIGTERM: it drains and detaches) and the server."""
         rc = terminate(self.monitor, grace=30) if self.monitor else 0
-        await self.nc.close()
+        if self.nc is not None:  # None when start() failed before connecting
+            await self.nc.close()
         if self.nats:
             terminate(self.nats, grace=5)
         shutil.rmtree(self.dir, ignore_errors=True)
