@@ -19,9 +19,12 @@ def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0, *, group: bool
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
-            if group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.wait()
+            pass
+        finally:  # also when the wait was interrupted (a test's timeout): never leave it running
+            if proc.poll() is None:
+                if group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+                proc.wait()
     return proc.returncode

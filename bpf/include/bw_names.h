@@ -5,7 +5,8 @@
  * last name of a bw_file_paths entry (a file, a directory, or the target of one that is a symlink;
  * user space keeps bw_name_sigs), no entry can name the file and the open is dropped without the
  * user copy. Anything it cannot decide (a failed open, a long name, a descriptor past the embedded
- * table, a file on another mount than the caller's root) is left to the path trie. The loader
+ * table, a path deeper than it follows) is left to the path trie. A file on another mount than the
+ * caller's root is followed across to its mount point, with one read per dentry from there. The loader
  * defines BW_NAMES_PREFILTER and BW_NAME_INLINE (DNAME_INLINE_LEN) from BTF when the dentry keeps
  * short names in d_shortname (6.14 and later); without them every open goes to the trie. */
 #ifndef BW_NAMES_H
@@ -45,8 +46,68 @@ static __always_inline struct file *bw_embedded_fd(struct files_struct *files, l
 	return NULL;
 }
 
+/* Whether a dentry name (its d_name.hash_len and first inline word) may be listed: its signature is
+ * set, or it is too long to be inline. */
+static __always_inline int bw_name_listed(struct bw_name_sigs *sigs, __u64 hash_len, __u64 first8)
+{
+	__u32 len = hash_len >> 32, sig;
+
+	if (len >= BW_NAME_INLINE)
+		return 1;
+	sig = bw_name_sig(first8, len);
+	return (sigs->bits[(sig >> 3) & (BW_SIG_BYTES - 1)] >> (sig & 7)) & 1;
+}
+
+/* The dentry fields read past a mount crossing, copied at once: d_parent up to d_shortname's first
+ * word (in this order in every kernel with d_shortname). */
+#define BW_DV_FROM __builtin_offsetof(struct dentry, d_parent)
+#define BW_DV_NAME (__builtin_offsetof(struct dentry, d_name) - BW_DV_FROM)
+#define BW_DV_SHORT (__builtin_offsetof(struct dentry, d_shortname) - BW_DV_FROM)
+#define BW_DV_LEN (BW_DV_SHORT + 8)
+#define BW_NAMES_MOUNTS 2                    /* mount crossings followed; more are left to the trie */
+#define BW_NAMES_ABOVE 12                    /* dentries followed per mount past a crossing */
+
+/* The rest of the walk from the root of mount `vfsmnt` (not the caller's root): across to its mount
+ * point in the parent mount, and on. Past the crossing the pointers are plain numbers to the
+ * verifier, so each dentry is copied with one read; each crossing costs one more. */
+static __always_inline int bw_names_above_mount(struct bw_name_sigs *sigs, struct vfsmount *vfsmnt,
+						struct dentry *root, struct vfsmount *root_mnt)
+{
+	struct mount *m = bw_container_of(vfsmnt, struct mount, mnt);
+	unsigned long d, mnt;
+	struct {
+		struct mount *parent;
+		struct dentry *mountpoint;
+	} up;
+	__u8 view[BW_DV_LEN];
+
+	for (int i = 0; i < BW_NAMES_MOUNTS; i++) {
+		if (bpf_probe_read_kernel(&up, sizeof(up), &m->mnt_parent) || !up.parent || up.parent == m)
+			return 1;                /* the top of the mount tree, yet not the caller's root */
+		m = up.parent;
+		mnt = (unsigned long)&m->mnt;
+		d = (unsigned long)up.mountpoint;
+		for (int j = 0; j < BW_NAMES_ABOVE; j++) {
+			unsigned long parent;
+
+			if (!d || bpf_probe_read_kernel(view, sizeof(view), (void *)(d + BW_DV_FROM)))
+				return 1;
+			if (bw_name_listed(sigs, *(__u64 *)&view[BW_DV_NAME], *(__u64 *)&view[BW_DV_SHORT]))
+				return 1;
+			if (d == (unsigned long)root && mnt == (unsigned long)root_mnt)
+				return 0;
+			parent = *(unsigned long *)&view[0];
+			if (parent == d)
+				break;           /* the root of mount m: cross again */
+			d = parent;
+		}
+	}
+	return 1;
+}
+
 /* 0 when the file `fd` of the current task `cur` certainly has no listed name on its path up to the
- * task's root (the open can be dropped), 1 when the trie must decide. */
+ * task's root (the open can be dropped), 1 when the trie must decide. Within the file's own mount
+ * the dentries are read with plain loads. */
 static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
 {
 	__u32 zero = 0;
@@ -70,25 +131,22 @@ static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd
 	root = cur->fs->root.dentry;
 	root_mnt = cur->fs->root.mnt;
 	for (int i = 0; i < BW_NAMES_DEPTH; i++) {
-		__u32 len, sig;
 		struct dentry *up;
 
 		if (!d)
 			return 1;
-		len = d->d_name.hash_len >> 32;
-		if (len >= BW_NAME_INLINE)
-			return 1;
-		sig = bw_name_sig(d->d_shortname.words[0], len);
-		if (sigs->bits[(sig >> 3) & (BW_SIG_BYTES - 1)] & (1 << (sig & 7)))
+		if (bw_name_listed(sigs, d->d_name.hash_len, d->d_shortname.words[0]))
 			return 1;
 		if (d == root && mnt == root_mnt)
 			return 0;
 		up = d->d_parent;
-		if (up == d)                     /* the root of another mount: its mount point is unknown here */
-			return 1;
+		if (up == d)                     /* the root of another mount than the caller's root */
+			break;
 		d = up;
 	}
-	return 1;
+	if (!d || d->d_parent != d)          /* deeper than followed */
+		return 1;
+	return bw_names_above_mount(sigs, mnt, root, root_mnt);
 }
 #else
 static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)

@@ -100,13 +100,18 @@ async def monitor(nats_server: NatsServer, tmp_path: Path, request: Any) -> Asyn
         assert len(loaded) >= 25, loaded
         yield Monitor(proc, nc, raw_sub, log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
         try:
-            rc = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+        finally:
+            if proc.poll() is None:   # the wait itself was interrupted (the test's timeout): no orphan
+                proc.kill()
+                proc.wait()
         await nc.close()
         left = [p for p in our_programs() if p["id"] in loaded]   # others' monitors may run meanwhile
         assert not left, f"BPF programs left attached: {left}"

@@ -143,18 +143,23 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
     (tree / long_dir).mkdir()
     (tree / long_dir / "f").write_text("l\n")
     (tree / "mnt").mkdir()
+    (tree / "ruled/sub").mkdir(parents=True)
     a = NsShell()
     try:
-        assert a.run(f"mount -t tmpfs bw-test {tree}/mnt && echo m > {tree}/mnt/inner")[0] == 0
+        assert a.run(f"mount -t tmpfs bw-test {tree}/mnt && echo m > {tree}/mnt/inner && echo p > {tree}/mnt/plain"
+                     f" && mount -t tmpfs bw-test {tree}/ruled/sub && echo x > {tree}/ruled/sub/x")[0] == 0
         rules = [_rule("Audit", path=str(tree / "link.txt")), _rule("Audit", dir=f"{tree / 'linkdir'}/"),
                  _rule("Audit", dir=f"{tree / long_dir}/"), _rule("Audit", path=f"{tree}/mnt/inner"),
-                 _rule("Audit", path=str(tree / "secret"))]
+                 _rule("Audit", path=str(tree / "secret")), _rule("Audit", dir=f"{tree}/ruled/", recursive=True)]
         masks = _masks(ruleset(1, w=(a.mntns, rules)), {"w": _quiet(a)}, containers="none")
         assert {b"target.txt", b"real"} <= masks.names
         mon.set_visibility(masks)
         _file_events(mon, records)
         opens = [f"{tree}/link.txt", f"{tree}/linkdir/conf", f"{tree}/{long_dir}/f", f"{tree}/mnt/inner"]
         assert a.run("cat " + " ".join(opens) + " >/dev/null")[0] == 0
+        # relative names on other mounts: the walk crosses to the mount point and finds the ruled
+        # directory above it, or nothing (then the open stays in the kernel without the trie)
+        assert a.run(f"cd {tree}/ruled/sub && cat x >/dev/null && cd {tree}/mnt && cat plain >/dev/null")[0] == 0
         # a process holding 70 descriptors: the open lands past the embedded table, the trie decides
         script = tree / "many_fds.py"
         script.write_text(f"import os\nheld = [os.open({str(tree / 'other')!r}, 0) for _ in range(70)]\n"
@@ -175,6 +180,8 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
         for name in opens + [f"{tree}/secret"]:
             assert [m for m, ret in seen.get(name.encode(), []) if ret >= 0], f"{name} not emitted: {sorted(seen)}"
         assert str(tree / "other").encode() not in seen
+        assert [m for m, ret in seen.get(b"x", []) if ret >= 0] == [a.mntns]
+        assert b"plain" not in seen
     finally:
-        a.run(f"umount {tree}/mnt")
+        a.run(f"umount {tree}/ruled/sub; umount {tree}/mnt")
         a.close()
