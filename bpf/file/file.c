@@ -17,9 +17,10 @@ struct bw_open_how {                         /* uapi struct open_how */
 #define BW_NR_OPEN 2                         /* x86_64 */
 #define BW_NR_OPENAT2 437
 
-/* Whether the caller's file event with path argument `name` is emitted (non-zero: its visible
- * file bits); its mntns into *mntns. Without a name (fchown) the event is about the file open as
- * `fd`: in a namespace that wants only named paths, its dentries' names decide (bw_names.h). */
+/* Whether the caller's file event with path argument `name` (relative to `fd`) is emitted
+ * (non-zero: its visible file bits); its mntns into *mntns. In a namespace that wants only named
+ * paths, the names of a file decide where the path cannot (bw_names.h): the file open as `fd` when
+ * there is no name (fchown), the directory `fd` when the name is relative. One walk serves both. */
 static __always_inline __u32 bw_file_gate(struct task_struct *task, __u32 *mntns, const char *name,
 					  long fd)
 {
@@ -27,16 +28,19 @@ static __always_inline __u32 bw_file_gate(struct task_struct *task, __u32 *mntns
 
 	*mntns = bw_current_mntns(task);
 	bits = bw_vis_bits(task, *mntns, BW_VIS_FILE | BW_VIS_FILE_PATHS);
-	if (!bits)
-		return 0;
-	if (!name && !(bits & BW_VIS_FILE) && !bw_open_names_listed(task, fd)) {
-		bw_stat(BW_STAT_FILTERED);
-		bw_stat(BW_STAT_FILTERED_NAMES);
-		return 0;
+	if (!bits || (bits & BW_VIS_FILE))
+		return bits;
+	if (name) {
+		int listed = bw_file_wanted(bits, *mntns, name);
+
+		if (listed != BW_PATH_RELATIVE)
+			return listed ? bits : 0;
 	}
-	if (!bw_file_wanted(bits, *mntns, name))
-		return 0;
-	return bits;
+	if (bw_fd_names_listed(task, fd))
+		return bits;
+	bw_stat(BW_STAT_FILTERED);
+	bw_stat(BW_STAT_FILTERED_NAMES);
+	return 0;
 }
 
 static __always_inline int bw_file_enter(struct bw_tp_sys_enter *ctx, long dirfd, const char *name,

@@ -8,6 +8,7 @@
 #include "bw_task.h"
 #include "bw_path.h"
 #include "bw_files.h"
+#include "bw_names.h"
 
 /* Which of `bits` are emitted for `mntns` (0: none, counted as filtered): its own entry in
  * bw_visibility, else the default entry. bw_vis_default is an array (its lookups are inlined)
@@ -50,8 +51,10 @@ static __always_inline int bw_visible(struct task_struct *cur, __u32 mntns, __u3
 }
 
 /* Whether the path argument `uname` starts with an entry of bw_file_paths for `mntns`. A name
- * that cannot be read, or is not absolute (its directory would have to be walked), counts as
- * listed: over-emitting is allowed, hiding an event a rule could match is not. */
+ * that cannot be read counts as listed: over-emitting is allowed, hiding an event a rule could
+ * match is not. A relative name whose own names are not listed gives BW_PATH_RELATIVE: the
+ * directory it is resolved against decides (bw_fd_names_listed), where the caller can walk it. */
+#define BW_PATH_RELATIVE 2
 static __always_inline int bw_path_listed(__u32 mntns, const char *uname)
 {
 	__u32 zero = 0;
@@ -61,20 +64,28 @@ static __always_inline int bw_path_listed(__u32 mntns, const char *uname)
 	if (!k || !uname)
 		return 1;
 	n = bpf_probe_read_user_str(k->path, sizeof(k->path), uname);
-	if (n <= 0 || k->path[0] != '/')
+	if (n <= 0)
 		return 1;
+	if (k->path[0] != '/')
+		return bw_relative_name_listed(k->path, n) ? 1 : BW_PATH_RELATIVE;
 	k->mntns = mntns;
 	k->prefixlen = (sizeof(k->mntns) + n) * 8;   /* n counts the NUL: exact entries end with it */
 	return bw_file_paths.lookup(k) != NULL;
 }
 
 /* For a file event of `mntns` with `bits` = its BW_VIS_FILE | BW_VIS_FILE_PATHS bits (non-zero):
- * whether the event for the path argument `uname` is emitted. Called before anything is built,
- * so a filtered open costs the visibility lookups, one user read and one trie lookup. */
+ * whether the event for the path argument `uname` is emitted (non-zero; BW_PATH_RELATIVE: unless
+ * its directory's names say otherwise). Called before anything is built, so a filtered open costs
+ * the visibility lookups, one user read and one trie lookup. */
 static __always_inline int bw_file_wanted(__u32 bits, __u32 mntns, const char *uname)
 {
-	if ((bits & BW_VIS_FILE) || bw_path_listed(mntns, uname))
+	int listed;
+
+	if (bits & BW_VIS_FILE)
 		return 1;
+	listed = bw_path_listed(mntns, uname);
+	if (listed)
+		return listed;
 	bw_stat(BW_STAT_FILTERED);
 	return 0;
 }

@@ -66,6 +66,7 @@ static __always_inline int bw_name_listed(struct bw_name_sigs *sigs, __u64 hash_
 #define BW_DV_LEN (BW_DV_SHORT + 8)
 #define BW_NAMES_MOUNTS 2                    /* mount crossings followed; more are left to the trie */
 #define BW_NAMES_ABOVE 12                    /* dentries followed per mount past a crossing */
+#define BW_NAMES_REL_MAX 24                  /* longer relative names are left to the feeder */
 
 /* The rest of the walk from the root of mount `vfsmnt` (not the caller's root): across to its mount
  * point in the parent mount, and on. Past the crossing the pointers are plain numbers to the
@@ -105,29 +106,40 @@ static __always_inline int bw_names_above_mount(struct bw_name_sigs *sigs, struc
 	return 1;
 }
 
-/* 0 when the file `fd` of the current task `cur` certainly has no listed name on its path up to the
- * task's root (the open can be dropped), 1 when the trie must decide. Within the file's own mount
- * the dentries are read with plain loads. */
-static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
+/* The armed signature bitset, or NULL (then nothing is decided by names). */
+static __always_inline struct bw_name_sigs *bw_names_armed(void)
 {
 	__u32 zero = 0;
 	struct bw_name_sigs *sigs = bw_name_sigs.lookup(&zero);
+
+	return sigs && sigs->armed ? sigs : NULL;
+}
+
+/* The file open as `fd` in the current task `cur`, as a BTF pointer, or NULL: only the embedded
+ * table is read (a grown table has its own slot array). */
+static __always_inline struct file *bw_names_fd_file(struct task_struct *cur, long fd)
+{
 	struct files_struct *files = cur->files;
 	struct fdtable *fdt;
-	struct file *f;
-	struct dentry *d, *root;
-	struct vfsmount *mnt, *root_mnt;
 
-	if (!sigs || !sigs->armed || !files || fd < 0 || fd >= BW_FD_EMBEDDED)
-		return 1;
+	if (!files || fd < 0 || fd >= BW_FD_EMBEDDED)
+		return NULL;
 	fdt = files->fdt;
-	if (!fdt || fdt->max_fds != BW_FD_EMBEDDED)   /* a grown table has its own slot array */
+	if (!fdt || fdt->max_fds != BW_FD_EMBEDDED)
+		return NULL;
+	return bw_embedded_fd(files, fd);
+}
+
+/* 0 when no dentry from `d` (on `mnt`) up to the caller's root has a listed name, 1 otherwise or
+ * when it cannot tell. Within the mount the dentries are read with plain loads. */
+static __always_inline int bw_names_walk(struct bw_name_sigs *sigs, struct task_struct *cur,
+					 struct dentry *d, struct vfsmount *mnt)
+{
+	struct dentry *root;
+	struct vfsmount *root_mnt;
+
+	if (!cur->fs)
 		return 1;
-	f = bw_embedded_fd(files, fd);
-	if (!f || !cur->fs)
-		return 1;
-	d = f->f_path.dentry;
-	mnt = f->f_path.mnt;
 	root = cur->fs->root.dentry;
 	root_mnt = cur->fs->root.mnt;
 	for (int i = 0; i < BW_NAMES_DEPTH; i++) {
@@ -148,8 +160,77 @@ static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd
 		return 1;
 	return bw_names_above_mount(sigs, mnt, root, root_mnt);
 }
+
+/* 0 when the file `fd` of the current task `cur` certainly has no listed name on its path up to the
+ * task's root (the open can be dropped), 1 when the trie must decide. */
+static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
+{
+	struct bw_name_sigs *sigs = bw_names_armed();
+	struct file *f;
+
+	if (!sigs)
+		return 1;
+	f = bw_names_fd_file(cur, fd);
+	if (!f)
+		return 1;
+	return bw_names_walk(sigs, cur, f->f_path.dentry, f->f_path.mnt);
+}
+
+/* 0 when no name is listed on the path of the file open as `fd` (the working directory for
+ * AT_FDCWD) up to the caller's root, 1 otherwise or when it cannot tell. */
+static __always_inline int bw_fd_names_listed(struct task_struct *cur, long fd)
+{
+	struct bw_name_sigs *sigs = bw_names_armed();
+	struct dentry *d;
+	struct vfsmount *mnt;
+
+	if (!sigs || !cur->fs)
+		return 1;
+	if (fd == BW_AT_FDCWD) {
+		d = cur->fs->pwd.dentry;
+		mnt = cur->fs->pwd.mnt;
+	} else {
+		struct file *f = bw_names_fd_file(cur, fd);
+
+		if (!f)
+			return 1;
+		d = f->f_path.dentry;
+		mnt = f->f_path.mnt;
+	}
+	return bw_names_walk(sigs, cur, d, mnt);
+}
+
+/* Whether a relative name (`rel`, copied with its NUL; `n` bytes, the NUL counted) may itself
+ * hold a listed name: 0 only for one component that is not listed, after which the directory it is
+ * resolved against decides (bw_fd_names_listed: whatever it names has only the directory's names
+ * and its own on its path, '..' only removes one). Names with a '/', or of BW_NAMES_REL_MAX bytes
+ * or more, count as listed. The scan has constant offsets only: a loop over the bytes costs the
+ * verifier too many states. */
+static __always_inline int bw_relative_name_listed(const char *rel, long n)
+{
+	struct bw_name_sigs *sigs = bw_names_armed();
+
+	if (!sigs || n <= 1 || n > BW_NAMES_REL_MAX)
+		return 1;
+#pragma unroll
+	for (int i = 0; i < BW_NAMES_REL_MAX - 1; i++)
+		if (i < n - 1 && rel[i] == '/')
+			return 1;
+	return bw_name_listed(sigs, (__u64)(n - 1) << 32, *(const __u64 *)rel);
+}
+
 #else
 static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
+{
+	return 1;
+}
+
+static __always_inline int bw_fd_names_listed(struct task_struct *cur, long fd)
+{
+	return 1;
+}
+
+static __always_inline int bw_relative_name_listed(const char *rel, long n)
 {
 	return 1;
 }

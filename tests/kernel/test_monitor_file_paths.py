@@ -147,7 +147,8 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
     a = NsShell()
     try:
         assert a.run(f"mount -t tmpfs bw-test {tree}/mnt && echo m > {tree}/mnt/inner && echo p > {tree}/mnt/plain"
-                     f" && mount -t tmpfs bw-test {tree}/ruled/sub && echo x > {tree}/ruled/sub/x")[0] == 0
+                     f" && mount -t tmpfs bw-test {tree}/ruled/sub && echo x > {tree}/ruled/sub/x && echo y > {tree}/ruled/sub/y"
+                     f" && echo q > {tree}/mnt/plain2")[0] == 0
         rules = [_rule("Audit", path=str(tree / "link.txt")), _rule("Audit", dir=f"{tree / 'linkdir'}/"),
                  _rule("Audit", dir=f"{tree / long_dir}/"), _rule("Audit", path=f"{tree}/mnt/inner"),
                  _rule("Audit", path=str(tree / "secret")), _rule("Audit", dir=f"{tree}/ruled/", recursive=True)]
@@ -160,6 +161,8 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
         # relative names on other mounts: the walk crosses to the mount point and finds the ruled
         # directory above it, or nothing (then the open stays in the kernel without the trie)
         assert a.run(f"cd {tree}/ruled/sub && cat x >/dev/null && cd {tree}/mnt && cat plain >/dev/null")[0] == 0
+        # relative unlinks: the directory's names decide (the name alone cannot)
+        assert a.run(f"cd {tree}/ruled/sub && rm y && cd {tree}/mnt && rm plain2")[0] == 0
         # a process holding 70 descriptors: the open lands past the embedded table, the trie decides
         script = tree / "many_fds.py"
         script.write_text(f"import os\nheld = [os.open({str(tree / 'other')!r}, 0) for _ in range(70)]\n"
@@ -182,6 +185,8 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
         assert str(tree / "other").encode() not in seen
         assert [m for m, ret in seen.get(b"x", []) if ret >= 0] == [a.mntns]
         assert b"plain" not in seen
+        assert [m for m, ret in seen.get(b"y", []) if ret >= 0] == [a.mntns]      # unlink under the ruled dir
+        assert b"plain2" not in seen
     finally:
         a.run(f"umount {tree}/ruled/sub; umount {tree}/mnt")
         a.close()
