@@ -143,7 +143,7 @@ int bwmon_open_x(struct bw_tp_sys_exit *ctx)
 
 	if (!bits)
 		return 0;
-	if (!(bits & BW_VIS_FILE) && ctx->ret >= 0 && !bw_open_names_listed(task, ctx->ret)) {
+	if (!(bits & BW_VIS_FILE) && ctx->ret >= 0 && !bw_fd_names_listed(task, ctx->ret)) {
 		bw_stat(BW_STAT_FILTERED);
 		bw_stat(BW_STAT_FILTERED_NAMES);
 		return 0;

@@ -131,15 +131,13 @@ static __always_inline struct file *bw_names_fd_file(struct task_struct *cur, lo
 }
 
 /* 0 when no dentry from `d` (on `mnt`) up to the caller's root has a listed name, 1 otherwise or
- * when it cannot tell. Within the mount the dentries are read with plain loads. */
+ * when it cannot tell. Within the mount the dentries are read with plain loads. `cur->fs` is set. */
 static __always_inline int bw_names_walk(struct bw_name_sigs *sigs, struct task_struct *cur,
 					 struct dentry *d, struct vfsmount *mnt)
 {
 	struct dentry *root;
 	struct vfsmount *root_mnt;
 
-	if (!cur->fs)
-		return 1;
 	root = cur->fs->root.dentry;
 	root_mnt = cur->fs->root.mnt;
 	for (int i = 0; i < BW_NAMES_DEPTH; i++) {
@@ -161,23 +159,9 @@ static __always_inline int bw_names_walk(struct bw_name_sigs *sigs, struct task_
 	return bw_names_above_mount(sigs, mnt, root, root_mnt);
 }
 
-/* 0 when the file `fd` of the current task `cur` certainly has no listed name on its path up to the
- * task's root (the open can be dropped), 1 when the trie must decide. */
-static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
-{
-	struct bw_name_sigs *sigs = bw_names_armed();
-	struct file *f;
-
-	if (!sigs)
-		return 1;
-	f = bw_names_fd_file(cur, fd);
-	if (!f)
-		return 1;
-	return bw_names_walk(sigs, cur, f->f_path.dentry, f->f_path.mnt);
-}
-
 /* 0 when no name is listed on the path of the file open as `fd` (the working directory for
- * AT_FDCWD) up to the caller's root, 1 otherwise or when it cannot tell. */
+ * AT_FDCWD) up to the caller's root: an open of that file, or a name in that directory, can be
+ * dropped; 1 otherwise or when it cannot tell (then the trie decides). */
 static __always_inline int bw_fd_names_listed(struct task_struct *cur, long fd)
 {
 	struct bw_name_sigs *sigs = bw_names_armed();
@@ -220,11 +204,6 @@ static __always_inline int bw_relative_name_listed(const char *rel, long n)
 }
 
 #else
-static __always_inline int bw_open_names_listed(struct task_struct *cur, long fd)
-{
-	return 1;
-}
-
 static __always_inline int bw_fd_names_listed(struct task_struct *cur, long fd)
 {
 	return 1;

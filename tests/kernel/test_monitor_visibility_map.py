@@ -75,10 +75,9 @@ def test_own_entry_default_entry_and_nobody(probes: tuple[Probes, list[bytes]], 
 def _cap_checks(probes: Probes, records: list[bytes], mntns: int) -> set[int]:
     """Capability numbers of the capability records of ``mntns`` drained so far."""
     probes.drain()
-    out = {SYS_HEAD.unpack_from(rec)[16] for rec in records
-           if SYS_HEAD.unpack_from(rec)[0] == OP_CAP and SYS_HEAD.unpack_from(rec)[_MNTNS] == mntns}
+    heads = [SYS_HEAD.unpack_from(rec) for rec in records]
     records.clear()
-    return out
+    return {head[16] for head in heads if head[0] == OP_CAP and head[_MNTNS] == mntns}
 
 
 def test_named_capabilities_only(probes: tuple[Probes, list[bytes]], tmp_path: Path) -> None:
