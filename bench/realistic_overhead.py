@@ -1,9 +1,22 @@
 """What Bulwark costs a realistic workload: enforcers, then monitor + enforcers, against no Bulwark.
 
-The workload is a shell in its own mount namespace (a "container") running a build-like loop
-``--iterations`` times per run: tar c+x of 300 files, sha256sum of them, a read of the 40 files its
-readOnly rules protect (judged and allowed by the Fanotify enforcer), git init/add/commit, gcc -c.
-Its files, and the files the 100 rules name (bench/enforcer_overhead.py's ``setup``), live on a
+The workload is a shell in its own mount namespace (a "container"); ``--workload`` picks what one run
+does (``--iterations`` times):
+
+- churn (default): a build-like loop: tar c+x of 300 files, sha256sum of them, a read of the 40
+  files its readOnly rules protect (judged and allowed by the Fanotify enforcer), git init/add/commit,
+  gcc -O0 -c. A deliberately syscall-dense worst case: per 1.3 s run (20 loops) about 75k opens, 22k
+  unlinkat and 38k capability checks, far more per second of CPU than real jobs make.
+- build: what a CI build job does: compile the Brotli 1.1.0 C library (32 .c files, 23k lines, from
+  its PyPI sdist, downloaded once into ``~/.cache/bulwark-bench/``) with ``gcc -O2`` and 2 parallel
+  jobs (make -j2; xargs -P2 without make) into a fresh output directory, link the brotli tool, then
+  compress an 8 MiB text with it (-q 5), decompress it and compare, plus the same read of the 40
+  protected files. About 5.4 s wall and 10 s CPU a run on the 2-core VM, mostly gcc in user space;
+  about 1.9k monitor events a run at visibility "none", 15k at the default.
+
+Both, because the first bounds what Bulwark can cost (every file, process and capability event is
+cheap work multiplied by a huge rate) and the second is what a node mostly runs.
+Their files, and the files the 100 rules name (bench/enforcer_overhead.py's ``setup``), live on a
 private tmpfs (``--disk`` puts them on disk instead), so fsync and writeback noise stay out.
 A small C runner inside the workload times each run: wall time (CLOCK_MONOTONIC) and CPU time (user
 + sys of every process of the run, from getrusage(RUSAGE_CHILDREN)). "cpu+bw" adds Bulwark's own CPU
@@ -29,20 +42,28 @@ configuration: the median of the rounds' ratios, their min-max and a bootstrap 9
 median; the verdict says whether "under 5%" is shown (interval below 1.05), not shown (it spans
 1.05), or the cost is over 5% (interval above). Also the monitor's events and loss counters.
 
-Noise, measured on the shared 2-core VM: on disk the loop's run-to-run CV was ~24% (ext4 work in
-sys time that grows run after run); on the tmpfs about 4% over a whole run, under 1% within a
+Noise, measured on the shared 2-core VM with churn: on disk the loop's run-to-run CV was ~24% (ext4
+work in sys time that grows run after run); on the tmpfs about 4% over a whole run, under 1% within a
 phase, and the paired A/A round ratios mostly within +-3% (single rounds up to 10% off: the median
 over rounds absorbs them). CPU time proved no steadier than wall time here (the loop is CPU-bound);
-both are reported. The defaults take about 15 minutes.
+both are reported. The build keeps both cores busy (make -j2), so its wall time stretches whenever
+anything else on the VM wants a CPU (once 40-70% for a minute and a half, CPU time unchanged): for it
+CPU time is the steadier figure (A/A rounds within +-3%, CV within a phase ~1%).
+The churn defaults (10 rounds, 2 runs, 20 loops) take about 15 minutes; the build defaults (6 rounds,
+2 runs per A phase, 4 per B phase, one build per run) about 26 minutes with all five configurations,
+about 21 with ``--configs aa,enforcers,monitor-none,monitor-all``.
 
 Run as root, under the bench lock (other benches must not run alongside):
-``flock /tmp/bw-bench.lock .venv/bin/python bench/realistic_overhead.py [--rounds 10] [--iterations 20]``.
+``flock /tmp/bw-bench.lock .venv/bin/python bench/realistic_overhead.py [--rounds 10] [--iterations 20]``
+``flock /tmp/bw-bench.lock .venv/bin/python bench/realistic_overhead.py --workload build [--rounds 6]``
+(``--configs aa,enforcers`` picks configurations; ``--help`` lists the options).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -88,7 +109,7 @@ int main(int argc, char **argv) {
 """
 # the 40 readOnly-protected files: judged and allowed (a wrong denial is counted, not fatal)
 JUDGED_READS = "  cat {w}/secret/f* > /dev/null 2>&1 || true\n"
-WORKLOAD = """set -e
+CHURN = """set -e
 export HOME={w}/home GIT_CONFIG_NOSYSTEM=1 PATH=/usr/local/bin:/usr/bin:/bin LC_ALL=C
 cd {w}/work
 i=0
@@ -100,6 +121,108 @@ while [ $i -lt {iterations} ]; do
   i=$((i+1))
 done
 """
+BUILD = """set -e
+export HOME={w}/home PATH=/usr/local/bin:/usr/bin:/bin LC_ALL=C
+cd {w}/build
+i=0
+while [ $i -lt {iterations} ]; do
+  rm -rf out; mkdir out
+{reads}  {compile} > /dev/null
+  out/brotli -q 5 -o out/input.br input.txt
+  out/brotli -d -o out/input.rt out/input.br
+  cmp input.txt out/input.rt
+  i=$((i+1))
+done
+"""
+# every .c of the library and the tool, objects under out/ (rm -rf'd each run), the tool linked with -lm
+MAKEFILE = """SRC := $(wildcard c/*/*.c)
+OBJ := $(patsubst c/%.c,out/%.o,$(SRC))
+out/brotli: $(OBJ)
+\tgcc -o $@ $^ -lm
+out/%.o: c/%.c
+\t@mkdir -p $(@D)
+\tgcc -O2 -Ic/include -c $< -o $@
+"""
+# without make: the same compiles two at a time (the 32 basenames are distinct), then the link
+XARGS = ("ls c/*/*.c | xargs -P2 -n1 sh -c 'gcc -O2 -Ic/include -c \"$0\" -o out/$(basename \"$0\" .c).o'"
+         " && gcc -o out/brotli out/*.o -lm")
+BROTLI = "Brotli-1.1.0"  # the PyPI sdist whose c/ the build workload compiles
+BROTLI_SHA256 = "81de08ac11bcb85841e440c13611c00b67d3bf82698314928d0b676362546724"
+BUILD_INPUT = 8 << 20  # bytes of text the built tool compresses and decompresses each run
+
+
+# -- the workloads ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Workload:
+    """What one run does: its shell template, the files it needs, its header line, its defaults."""
+
+    template: str  # formatted with w, iterations, reads and prepare's fields
+    prepare: Callable[[Path], dict[str, str]]  # makes its files under the root; returns more fields
+    header: str  # formatted with iterations and prepare's fields
+    iterations: int
+    rounds: int
+    runs: int
+
+
+def prepare_churn(root: Path) -> dict[str, str]:
+    """The churn loop's working directory (its inputs are setup()'s src/ and unit.c)."""
+    (root / "work").mkdir()
+    return {}
+
+
+def cache_dir() -> Path:
+    """Where downloaded sources are kept between runs: $XDG_CACHE_HOME (or ~/.cache)/bulwark-bench."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bulwark-bench"
+
+
+def brotli_sdist() -> Path:
+    """The Brotli sdist from the cache, downloaded into it by pip if missing; checked by its hash."""
+    cache = cache_dir()
+    tarball = cache / f"{BROTLI}.tar.gz"
+    if not tarball.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                        "--no-binary", ":all:", "--no-deps", BROTLI.replace("-", "=="), "-d", str(cache)],
+                       check=True)
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    if digest != BROTLI_SHA256:
+        raise RuntimeError(f"{tarball}: sha256 {digest}, expected {BROTLI_SHA256} (remove it to download again)")
+    return tarball
+
+
+def bench_text(sources: list[Path], size: int, seed: int = 1) -> bytes:
+    """``size`` bytes of deterministic pseudo-random text: lines of 12 words drawn from ``sources``."""
+    words = b" ".join(path.read_bytes() for path in sources).split()
+    rng = random.Random(seed)
+    lines: list[bytes] = []
+    total = 0
+    while total < size:
+        lines.append(b" ".join(rng.choices(words, k=12)) + b"\n")
+        total += len(lines[-1])
+    return b"".join(lines)[:size]
+
+
+def prepare_build(root: Path) -> dict[str, str]:
+    """Brotli's c/ extracted into build/, its Makefile and the input text; the compile command."""
+    build = root / "build"
+    build.mkdir()
+    subprocess.run(["tar", "xzf", str(brotli_sdist()), "-C", str(build), "--strip-components=1", f"{BROTLI}/c"],
+                   check=True)
+    (build / "Makefile").write_text(MAKEFILE)
+    (build / "input.txt").write_bytes(bench_text(sorted((build / "c").glob("*/*.[ch]")), BUILD_INPUT))
+    sources = len(list((build / "c").glob("*/*.c")))
+    if shutil.which("make"):
+        return {"compile": "make -s -j2", "how": "make -j2", "sources": str(sources)}
+    return {"compile": XARGS, "how": "xargs -P2", "sources": str(sources)}
+
+
+WORKLOADS: dict[str, Workload] = {
+    "churn": Workload(CHURN, prepare_churn, "churn: {iterations} loops per run (tar, sha256sum, git, gcc -O0 "
+                      "over 300 small files)", iterations=20, rounds=10, runs=2),
+    "build": Workload(BUILD, prepare_build, f"build: {{iterations}} build(s) per run of {BROTLI} ({{sources}} C "
+                      f"files, gcc -O2 with {{how}}, link, brotli -q 5 round trip of {BUILD_INPUT >> 20} MiB)",
+                      iterations=1, rounds=6, runs=2),
+}
 
 
 # -- the workspace ------------------------------------------------------------------------------------
@@ -112,6 +235,7 @@ class Workspace:
     runner: str
     script: str
     ns: Any = None
+    header: str = ""
 
     def ruleset(self, version: int = 1) -> Any:
         """The rules for the workload as the enforcers' RuleSet."""
@@ -131,10 +255,12 @@ def _unmount(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def workspace(iterations: int, on_disk: bool, judged_reads: bool = True) -> Iterator[Workspace]:
-    """A private tmpfs (or a disk folder) with setup()'s files and rules, the runner, the workload
-    script, and a workload shell created after the mount so its namespace sees it. Everything is
-    stopped, unmounted and removed afterwards, whatever happened."""
+def workspace(iterations: int, on_disk: bool, judged_reads: bool = True, *,
+              workload: Workload | None = None) -> Iterator[Workspace]:
+    """A private tmpfs (or a disk folder) with setup()'s files and rules, the files of ``workload``
+    (churn if None), the runner, the workload script, and a workload shell created after the mount so
+    its namespace sees it. Everything is stopped, unmounted and removed afterwards, whatever happened."""
+    workload = workload or WORKLOADS["churn"]
     from enforcer_overhead import setup
 
     from tests.kernel.nsutil import NsShell
@@ -148,13 +274,15 @@ def workspace(iterations: int, on_disk: bool, judged_reads: bool = True) -> Iter
             mounted = True
         root.chmod(0o755)
         rules, _paths = setup(root)
-        for sub in ("work", "home"):
-            (root / sub).mkdir()
+        (root / "home").mkdir()
+        fields = workload.prepare(root)
         (root / "runner.c").write_text(RUNNER_C)
         subprocess.run(["gcc", "-O2", "-o", str(root / "runner"), str(root / "runner.c")], check=True)
         reads = JUDGED_READS.format(w=root) if judged_reads else ""
-        (root / "workload.sh").write_text(WORKLOAD.format(w=root, iterations=iterations, reads=reads))
-        ws = Workspace(root, rules, str(root / "runner"), str(root / "workload.sh"))
+        (root / "workload.sh").write_text(workload.template.format(w=root, iterations=iterations, reads=reads,
+                                                                   **fields))
+        ws = Workspace(root, rules, str(root / "runner"), str(root / "workload.sh"),
+                       header=workload.header.format(iterations=iterations, **fields))
         ws.ns = NsShell()
         yield ws
     finally:
@@ -429,29 +557,41 @@ def code_state() -> str:
     return f"code at {head or '?'}, {len(dirty)} modified file(s) under bpf/ services/ shared/"
 
 
+def defaults_help(option: str) -> str:
+    """The per-workload defaults of ``option``, for --help."""
+    return " (default: " + ", ".join(f"{name} {getattr(w, option)}" for name, w in WORKLOADS.items()) + ")"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10, help="rounds (each measures every configuration)")
-    parser.add_argument("--runs", type=int, default=2, help="measured runs per A phase (B phases: twice)")
-    parser.add_argument("--iterations", type=int, default=20, help="workload loops per run")
+    parser.add_argument("--workload", choices=WORKLOADS, default="churn",
+                        help="churn: the syscall-dense loop (default); build: compiling a C library")
+    parser.add_argument("--rounds", type=int, help="rounds (each measures every configuration)"
+                        + defaults_help("rounds"))
+    parser.add_argument("--runs", type=int, help="measured runs per A phase (B phases: twice)" + defaults_help("runs"))
+    parser.add_argument("--iterations", type=int, help="workload loops per run" + defaults_help("iterations"))
     parser.add_argument("--configs", default="aa,floor,enforcers,monitor-none,monitor-all",
                         help=f"comma-separated, of: {', '.join(CONFIGS)}")
     parser.add_argument("--disk", action="store_true", help="the workload's files on disk, not a tmpfs")
     parser.add_argument("--no-judged-reads", dest="judged_reads", action="store_false",
                         help="the workload does not read its 40 protected files (as enforcer_overhead.py's loop)")
     parser.add_argument("--json", type=Path, help="also write every sample to this file")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for name in ("rounds", "runs", "iterations"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(WORKLOADS[args.workload], name))
+    return args
 
 
 async def bench(args: argparse.Namespace, names: list[str]) -> None:
     """Set up, check, measure, report."""
     print(code_state())
-    with workspace(args.iterations, args.disk, args.judged_reads) as ws:
+    with workspace(args.iterations, args.disk, args.judged_reads, workload=WORKLOADS[args.workload]) as ws:
         print(check_enforcement(ws))
         t0 = time.monotonic()
         res = await run_rounds(ws, names, args.rounds, args.runs)
         elapsed = time.monotonic() - t0
-    print(f"\nrealistic workload overhead: {args.iterations} loops per run "
+    print(f"\nrealistic workload overhead, workload {ws.header} "
           f"({'with' if args.judged_reads else 'without'} the 40 judged reads), files on "
           f"{'disk' if args.disk else 'tmpfs'}, {args.rounds} rounds, A phases {args.runs} runs, "
           f"B phases {2 * args.runs} runs (+1 warm-up each); measuring took {elapsed / 60:.1f} min")
