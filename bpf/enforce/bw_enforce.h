@@ -45,6 +45,7 @@ struct bw_enf_record {
 BPF_HASH(bw_enf_ns, __u32, __u32, 4096);                          /* selected mount namespaces */
 BPF_HASH(bw_enf_net, struct bw_net_key, struct bw_verdict, 16384);
 BPF_HASH(bw_enf_cap, struct bw_cap_key, struct bw_verdict, 16384);
+BPF_ARRAY(bw_enf_caps_any, __u64, 1);   /* bit n: some namespace has a verdict for capability n */
 BPF_PERCPU_ARRAY(bw_enf_stats, __u64, 4);                          /* 0 matched, 1 lost reports */
 BPF_RINGBUF_OUTPUT(bw_enf_events, 64);
 
@@ -56,10 +57,10 @@ static __always_inline void bw_enf_stat(int idx)
 		*v += 1;
 }
 
-/* The current task's mount namespace when it is selected, else 0. */
-static __always_inline __u32 bw_enf_selected(struct task_struct *task)
+/* The current task's mount namespace when it is selected, else 0 (plain loads through BTF). */
+static __always_inline __u32 bw_enf_selected(void)
 {
-	__u32 mntns = bw_task_mntns(task);
+	__u32 mntns = bw_current_mntns(bw_current());
 
 	if (!mntns || !bw_enf_ns.lookup(&mntns))
 		return 0;
@@ -82,6 +83,17 @@ static __always_inline struct bw_verdict *bw_match_net(__u32 mntns, __u32 family
 		return v;
 	k.protocol = BW_ANY;
 	return bw_enf_net.lookup(&k);
+}
+
+/* Whether any namespace has a verdict for `cap`: most capability checks of a node are of
+ * capabilities no rule names, and end here before any namespace lookup. User space sets a bit
+ * before the verdicts that need it and clears it after they are gone. */
+static __always_inline int bw_cap_ruled(__u32 cap)
+{
+	__u32 zero = 0;
+	__u64 *any = bw_enf_caps_any.lookup(&zero);
+
+	return cap >= 64 || (any && ((*any >> cap) & 1));
 }
 
 static __always_inline struct bw_verdict *bw_match_cap(__u32 mntns, __u32 cap)

@@ -22,8 +22,7 @@ struct bw_enf_tp_cap {                      /* capability:cap_capable */
 
 int bwenf_socket(struct bw_enf_tp_socket *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u32 mntns = bw_enf_selected(task);
+	__u32 mntns = bw_enf_selected();
 	struct bw_verdict *v;
 
 	if (!mntns)
@@ -32,26 +31,24 @@ int bwenf_socket(struct bw_enf_tp_socket *ctx)
 	if (!v || v->action != 1)
 		return 0;
 	bpf_send_signal(BW_SIGKILL);
-	bw_enf_report(task, mntns, BW_ENF_NET, v, (__u32)ctx->family, (__u32)ctx->type & 0xF, (__u32)ctx->protocol);
+	bw_enf_report(bw_current(), mntns, BW_ENF_NET, v, (__u32)ctx->family, (__u32)ctx->type & 0xF, (__u32)ctx->protocol);
 	return 0;
 }
 
 int bwenf_cap(struct bw_enf_tp_cap *ctx)
 {
-	struct task_struct *task;
 	struct bw_verdict *v;
 	__u32 mntns;
 
-	if (ctx->ret != 0)
-		return 0;                           /* the kernel refused it already: nothing was used */
-	task = (struct task_struct *)bpf_get_current_task();
-	mntns = bw_enf_selected(task);
+	if (ctx->ret != 0 || !bw_cap_ruled((__u32)ctx->cap))
+		return 0;                           /* refused already (nothing was used), or no rule names it */
+	mntns = bw_enf_selected();
 	if (!mntns)
 		return 0;
 	v = bw_match_cap(mntns, (__u32)ctx->cap);
 	if (!v || v->action != 1)
 		return 0;
 	bpf_send_signal(BW_SIGKILL);
-	bw_enf_report(task, mntns, BW_ENF_CAP, v, (__u32)ctx->cap, 0, 0);
+	bw_enf_report(bw_current(), mntns, BW_ENF_CAP, v, (__u32)ctx->cap, 0, 0);
 	return 0;
 }

@@ -23,7 +23,7 @@ from services.enforcer.base import ProbeResult
 from services.enforcer.sigreport import KillRecord, parse_record
 from services.enforcer.sigrules import OPERATIONS, RuleRef, SignalTables, compile_tables
 
-__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text"]
+__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text", "caps_mask"]
 
 log = logging.getLogger("bulwark.enforcer.signal")
 
@@ -47,6 +47,15 @@ def program_text(bpf_dir: Path, name: str) -> str:
     """``bpf/enforce/<name>`` with bw_enforce.h inlined: bcc only rewrites map calls in its main text."""
     header = (bpf_dir / "enforce/bw_enforce.h").read_text()
     return (bpf_dir / "enforce" / name).read_text().replace('#include "bw_enforce.h"', header, 1)
+
+
+def caps_mask(cap_keys: Any) -> int:
+    """Bit n set when some (mntns, cap) verdict names capability n (< 64): bw_enf_caps_any."""
+    mask = 0
+    for _mntns, cap in cap_keys:
+        if cap < 64:
+            mask |= 1 << cap
+    return mask
 
 
 def _sync(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -> None:
@@ -153,12 +162,15 @@ class SignalEnforcer:
             k.mntns, k.cap = key
             return k
 
-        ns_map = bpf[b"bw_enf_ns"]
+        ns_map, caps_any = bpf[b"bw_enf_ns"], bpf[b"bw_enf_caps_any"]
         for k in list(ns_map.keys()):
             if k.value not in tables.namespaces:
                 del ns_map[k]
+        wanted = caps_mask(tables.cap)
+        caps_any[ct.c_int(0)] = ct.c_uint64(caps_any[ct.c_int(0)].value | wanted)  # new bits before their verdicts
         _sync(bpf[b"bw_enf_net"], tables.net, net_key, verdict)
         _sync(bpf[b"bw_enf_cap"], tables.cap, cap_key, verdict)
+        caps_any[ct.c_int(0)] = ct.c_uint64(wanted)  # old bits once their verdicts are gone
         for ns in tables.namespaces:
             ns_map[ct.c_uint32(ns)] = ct.c_uint32(1)
         self.counters["namespaces"] = len(tables.namespaces)

@@ -144,6 +144,26 @@ def test_rules_follow_the_rule_set_and_stopped_workloads_are_ignored(enforcer, s
     assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
 
 
+def _caps_any(enf: SignalEnforcer) -> int:
+    import ctypes as ct
+
+    return enf._bpf[b"bw_enf_caps_any"][ct.c_int(0)].value
+
+
+def test_capability_mask_follows_the_rules(enforcer, shells, tmp_path) -> None:
+    """Only capabilities some rule names get past the global mask; a rule change moves the mask."""
+    _, b = shells
+    enforcer.apply(ruleset(1, b=(b.mntns, [cap_rule("net_raw")])))
+    assert _caps_any(enforcer) == 1 << 13
+    assert b.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED
+    enforcer.apply(ruleset(2, b=(b.mntns, [cap_rule("mknod"), cap_rule("sys_time")])))
+    assert _caps_any(enforcer) == (1 << 27) | (1 << 25)
+    assert b.run(sock("AF_INET", "SOCK_RAW", 1)) == (0, "alive")
+    assert b.run(f"mknod {tmp_path}/null c 1 3")[0] == KILLED             # CAP_MKNOD used
+    enforcer.apply(ruleset(3, b=(b.mntns, [])))
+    assert _caps_any(enforcer) == 0
+
+
 def test_close_detaches_every_program(btf_tree, shells) -> None:
     a, _ = shells
     enf = SignalEnforcer(btf_tree=btf_tree)
