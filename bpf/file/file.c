@@ -16,6 +16,8 @@ struct bw_open_how {                         /* uapi struct open_how */
 
 #define BW_NR_OPEN 2                         /* x86_64 */
 #define BW_NR_OPENAT2 437
+#define BW_EPERM 1
+#define BW_EACCES 13
 
 /* Whether the caller's file event with path argument `name` (relative to `fd`) is emitted
  * (non-zero: its visible file bits); its mntns into *mntns. In a namespace that wants only named
@@ -127,31 +129,59 @@ static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs 
 	}
 }
 
+/* The directory an open's relative name is resolved against (x86_64: the first register). */
+static __always_inline long bw_open_dirfd(struct pt_regs *regs, __s32 nr)
+{
+	return nr == BW_NR_OPEN ? BW_AT_FDCWD : (int)regs->di;
+}
+
 /* open, openat, openat2, at exit only: the syscall's arguments are still in the caller's saved
  * registers, and its path is in memory the kernel has just read (so it is paged in). No enter
- * program and no per-thread stash: an open that is not visible costs at most one hash lookup; in a
- * namespace that wants only named paths, a successful open whose names are not listed a walk of
- * its dentries more (bw_names.h), any other a user read and a trie lookup more. */
+ * program and no per-thread stash: an open that is not visible costs at most one hash lookup. In a
+ * namespace that wants only named paths, the names decide first (bw_names.h): a successful open's
+ * file, or for a failed one the directory a relative name is resolved against, is walked once
+ * (one walk site: two exceed the verifier's budget); a successful open whose names are not listed
+ * ends there, without the user read; any other reads its name for the trie, and a failed relative
+ * one whose own names and directory's names are not listed is dropped, unless it was refused
+ * (EPERM, EACCES): a blocked attempt through a symlink the names cannot see is still reported. */
 int bwmon_open_x(struct bw_tp_sys_exit *ctx)
 {
 	struct task_struct *task = bw_current();
 	__u32 mntns = bw_current_mntns(task);
 	__u32 bits = bw_vis_bits(task, mntns, BW_VIS_FILE | BW_VIS_FILE_PATHS);
+	struct pt_regs *regs = NULL;
 	struct bw_sys_event *e;
-	struct pt_regs *regs;
 	const char *name;
+	int dir_listed = 1, listed;
 
 	if (!bits)
 		return 0;
-	if (!(bits & BW_VIS_FILE) && ctx->ret >= 0 && !bw_fd_names_listed(task, ctx->ret)) {
+	if (!(bits & BW_VIS_FILE)) {
+		long fd = ctx->ret;
+
+		if (fd < 0) {
+			regs = (struct pt_regs *)bpf_task_pt_regs(task);
+			fd = bw_open_dirfd(regs, ctx->syscall_nr);
+		}
+		dir_listed = bw_fd_names_listed(task, fd);
+		if (ctx->ret >= 0 && !dir_listed) {
+			bw_stat(BW_STAT_FILTERED);
+			bw_stat(BW_STAT_FILTERED_NAMES);
+			return 0;
+		}
+	}
+	if (!regs)
+		regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	name = bw_open_name(regs, ctx->syscall_nr);
+	listed = bw_file_wanted(bits, mntns, name);
+	if (!listed)
+		return 0;
+	if (listed == BW_PATH_RELATIVE && ctx->ret < 0 && !dir_listed && ctx->ret != -BW_EPERM &&
+	    ctx->ret != -BW_EACCES) {
 		bw_stat(BW_STAT_FILTERED);
 		bw_stat(BW_STAT_FILTERED_NAMES);
 		return 0;
 	}
-	regs = (struct pt_regs *)bpf_task_pt_regs(task);
-	name = bw_open_name(regs, ctx->syscall_nr);
-	if (!bw_file_wanted(bits, mntns, name))
-		return 0;
 	e = bw_sys_scratch_begin(BW_OP_FILE, ctx->syscall_nr, mntns);
 	if (!e)
 		return 0;

@@ -66,7 +66,7 @@ static __always_inline int bw_name_listed(struct bw_name_sigs *sigs, __u64 hash_
 #define BW_DV_LEN (BW_DV_SHORT + 8)
 #define BW_NAMES_MOUNTS 2                    /* mount crossings followed; more are left to the trie */
 #define BW_NAMES_ABOVE 12                    /* dentries followed per mount past a crossing */
-#define BW_NAMES_REL_MAX 24                  /* longer relative names are left to the feeder */
+#define BW_NAMES_REL_MAX 64                  /* longer relative names are left to the feeder */
 
 /* The rest of the walk from the root of mount `vfsmnt` (not the caller's root): across to its mount
  * point in the parent mount, and on. Past the crossing the pointers are plain numbers to the
@@ -184,23 +184,42 @@ static __always_inline int bw_fd_names_listed(struct task_struct *cur, long fd)
 	return bw_names_walk(sigs, cur, d, mnt);
 }
 
+/* One byte `c` of a relative name: when it ends a component ('/' or the NUL), *hit gets whether
+ * that component's signature is set; otherwise the byte joins the component's first word
+ * (*acc, *len). Branch-free: the verifier walks it once per byte, whatever the name holds. */
+static __always_inline void bw_rel_byte(struct bw_name_sigs *sigs, __u64 c, __u64 *acc, __u64 *len,
+					__u64 *hit)
+{
+	__u64 a = *acc, l = *len;
+	__u64 sep = (((c ^ '/') - 1) | (c - 1)) >> 63;   /* 1 for '/' or NUL (c < 256) */
+	__u32 sig = (__u32)(((a ^ l) * 0x9E3779B97F4A7C15ULL) >> (64 - BW_SIG_BITS));
+	__u64 bit = (sigs->bits[(sig >> 3) & (BW_SIG_BYTES - 1)] >> (sig & 7)) & 1;
+
+	*hit |= bit & sep & ((0 - l) >> 63);              /* an empty component ("a//b") names nothing */
+	a |= (c << ((l & 7) * 8)) & (0 - ((l - 8) >> 63)); /* the first 8 bytes only */
+	*acc = a & (sep - 1);
+	*len = (l + 1) & (sep - 1);
+}
+
 /* Whether a relative name (`rel`, copied with its NUL; `n` bytes, the NUL counted) may itself
- * hold a listed name: 0 only for one component that is not listed, after which the directory it is
- * resolved against decides (bw_fd_names_listed: whatever it names has only the directory's names
- * and its own on its path, '..' only removes one). Names with a '/', or of BW_NAMES_REL_MAX bytes
- * or more, count as listed. The scan has constant offsets only: a loop over the bytes costs the
- * verifier too many states. */
+ * hold a listed name: 0 when none of its components is listed, after which the directory it is
+ * resolved against decides (bw_fd_names_listed): whatever it names has only the directory's
+ * names and its own on its path ('..' only removes one). Names of BW_NAMES_REL_MAX bytes or more
+ * count as listed. */
 static __always_inline int bw_relative_name_listed(const char *rel, long n)
 {
 	struct bw_name_sigs *sigs = bw_names_armed();
+	__u64 acc = 0, len = 0, hit = 0;
 
 	if (!sigs || n <= 1 || n > BW_NAMES_REL_MAX)
 		return 1;
 #pragma unroll
-	for (int i = 0; i < BW_NAMES_REL_MAX - 1; i++)
-		if (i < n - 1 && rel[i] == '/')
-			return 1;
-	return bw_name_listed(sigs, (__u64)(n - 1) << 32, *(const __u64 *)rel);
+	for (int i = 0; i < BW_NAMES_REL_MAX; i++) {
+		if (i >= n)
+			break;
+		bw_rel_byte(sigs, (__u8)rel[i], &acc, &len, &hit);
+	}
+	return hit != 0;
 }
 
 #else

@@ -7,6 +7,8 @@ trie. The masks and entries come from visibility_masks, the names from entry_nam
 service computes them."""
 from __future__ import annotations
 
+import errno
+
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -163,6 +165,13 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
         assert a.run(f"cd {tree}/ruled/sub && cat x >/dev/null && cd {tree}/mnt && cat plain >/dev/null")[0] == 0
         # relative unlinks: the directory's names decide (the name alone cannot)
         assert a.run(f"cd {tree}/ruled/sub && rm y && cd {tree}/mnt && rm plain2")[0] == 0
+        # relative names of several components: their own names, then their directory's, decide
+        assert a.run(f"cd {tree} && echo z > ruled/z && rm ruled/z && cd {tree}/mnt && mkdir -p a/b && echo c > a/b/c"
+                     f" && rm a/b/c")[0] == 0
+        # failed relative opens: decided the same way, but a refused one is always emitted
+        assert a.run(f"cd {tree}/ruled && cat gone1; cd {tree} && cat ruled/gone2; cd {tree}/mnt && cat a/gone3;"
+                     f" echo l > locked && chmod 000 locked && setpriv --reuid=65534 --regid=65534 --clear-groups"
+                     f" cat locked; true")[0] == 0
         # a process holding 70 descriptors: the open lands past the embedded table, the trie decides
         script = tree / "many_fds.py"
         script.write_text(f"import os\nheld = [os.open({str(tree / 'other')!r}, 0) for _ in range(70)]\n"
@@ -187,6 +196,12 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
         assert b"plain" not in seen
         assert [m for m, ret in seen.get(b"y", []) if ret >= 0] == [a.mntns]      # unlink under the ruled dir
         assert b"plain2" not in seen
+        assert [m for m, ret in seen.get(b"ruled/z", []) if ret >= 0] == [a.mntns] * 2  # the open, the unlink
+        assert b"a/b/c" not in seen
+        assert [ret for _m, ret in seen.get(b"gone1", [])] == [-errno.ENOENT]
+        assert [ret for _m, ret in seen.get(b"ruled/gone2", [])] == [-errno.ENOENT]
+        assert b"a/gone3" not in seen
+        assert [ret for _m, ret in seen.get(b"locked", [])] == [-errno.EACCES]       # refused: always
     finally:
         a.run(f"umount {tree}/ruled/sub; umount {tree}/mnt")
         a.close()
