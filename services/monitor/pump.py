@@ -83,18 +83,22 @@ class Pump:
         log.warning("undecodable records", extra={"count": len(errors), "error": str(errors[0])})
 
     async def run(self, stop: asyncio.Event, interval: float = 0.005,
-                  hold: Callable[[], bool] = lambda: False) -> None:
+                  hold: Callable[[], bool] = lambda: False, idle_interval: float = 0.02) -> None:
         """Pump every ``interval`` s (at once while a full chunk came) until ``stop``, then empty the
         ring buffer; kernel counters are refreshed every 0.25 s. While ``hold()`` is true (the
-        publisher is behind) records wait in the kernel's buffer."""
+        publisher is behind) records wait in the kernel's buffer. Passes that find nothing double
+        the wait up to ``idle_interval`` (an idle node is not woken 200 times a second); the first
+        record brings it back to ``interval``. At 400k records/s, 20 ms fill a sixth of 16 MiB."""
         loop = asyncio.get_running_loop()
         next_stats = loop.time()
+        wait = interval
         while not stop.is_set():
             taken = 0 if hold() else self.once()
             if loop.time() >= next_stats:
                 self.counters.update(self.probes.kernel_stats())
                 next_stats = loop.time() + 0.25
-            await asyncio.sleep(0 if taken >= self.chunk else interval)
+            wait = interval if taken or hold() else min(wait * 2, max(idle_interval, interval))
+            await asyncio.sleep(0 if taken >= self.chunk else wait)
         await self._empty(interval, hold)
         self.counters.update(self.probes.kernel_stats())
 
