@@ -57,3 +57,31 @@ def test_a_single_record_is_accounted_the_same_way() -> None:
     pump.record(sys_rec(5, 257, name="/a"))
     pump.record(struct.pack("<IIQ", 99, 16, 0))
     assert (counters["records"], counters["events"], counters["decode_errors"]) == (2, 1, 1)
+
+
+class CountingProbes(FakeProbes):
+    """FakeProbes that count the passes."""
+
+    def __init__(self, chunks: list[tuple[bytes, list[int]]]) -> None:
+        super().__init__(chunks)
+        self.takes = 0
+
+    def take(self, limit: int) -> tuple[bytes, list[int]]:
+        self.takes += 1
+        return super().take(limit)
+
+
+async def test_an_idle_pump_waits_longer_and_still_finds_a_record_within_one_wait() -> None:
+    counters = Counters()
+    probes = CountingProbes([])
+    pump = Pump(probes, RecordDecoder(CTX), Batcher(fake_publish, "s", "n1", counters), counters)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pump.run(stop, interval=0.005, idle_interval=0.04))
+    await asyncio.sleep(0.5)
+    idle_takes = probes.takes
+    assert idle_takes <= 25                       # every 5 ms would be about 100 passes
+    probes.chunks.append(chunk_of(sys_rec(5, 257, name="/a")))
+    await asyncio.sleep(0.05)                     # the record is found within one idle wait
+    assert counters["records"] == 1
+    stop.set()
+    await task
