@@ -9,15 +9,18 @@ open syscall until we answer, so ``/proc/<tid>/syscall`` shows that syscall and 
 - openat2: the flags live in ``struct open_how`` in the caller's memory (read via /proc/<tid>/mem);
 - execve / execveat / uselib: a read of the file for exec.
 
-Anything else (io_uring workers, an unknown architecture, a thread that vanished) is "unknown", which
-callers treat as a write for read-only rules (the strongest choice), and count.
+The event can be read before the caller has gone to sleep: /proc then says "running" for a moment,
+and is read again until the thread sleeps (up to ``patience``). Anything else (io_uring workers, an
+unknown architecture, a thread that vanished) is "unknown", which callers treat as a write for
+read-only rules (the strongest choice), and count.
 """
 from __future__ import annotations
 
 import os
 import platform
+import time
 
-__all__ = ["open_access", "fs_uid", "exe_of", "exec_target", "is_elf_interpreter"]
+__all__ = ["exe_of", "exec_target", "fs_uid", "is_elf_interpreter", "open_access"]
 
 O_ACCMODE, O_TRUNC = 0o3, 0o1000
 # syscall number -> index of the flags argument; -1: exec-like (a read); "how": openat2
@@ -33,15 +36,29 @@ def _flags_access(flags: int) -> str:
     return "read"
 
 
-def open_access(tid: int, machine: str | None = None) -> str:
+def _blocked_syscall(tid: int, patience: float) -> list[bytes]:
+    """The fields of ``/proc/<tid>/syscall`` once the thread sleeps in a syscall ([] when it is gone,
+    or still running after ``patience`` s)."""
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            with open(f"/proc/{tid}/syscall", "rb") as f:
+                fields = f.read().split()
+        except OSError:
+            return []
+        if fields[:1] != [b"running"] or time.monotonic() >= give_up:
+            return fields
+        os.sched_yield()
+
+
+def open_access(tid: int, machine: str | None = None, patience: float = 0.005) -> str:
     """``read``, ``write`` or ``""`` (unknown) for the open thread ``tid`` is blocked in."""
     table = _OPENS.get(machine or platform.machine(), {})
     try:
-        with open(f"/proc/{tid}/syscall", "rb") as f:
-            fields = f.read().split()
+        fields = _blocked_syscall(tid, patience)
         nr = int(fields[0])
         args = [int(a, 16) for a in fields[1:7]]
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return ""
     how = table.get(nr)
     if how is None:
@@ -67,17 +84,16 @@ def open_access(tid: int, machine: str | None = None) -> str:
 _EXECS = {"x86_64": {59: 0, 322: 1}, "aarch64": {221: 0, 281: 1}}
 
 
-def exec_target(tid: int, machine: str | None = None) -> tuple[int, int] | None:
+def exec_target(tid: int, machine: str | None = None, patience: float = 0.005) -> tuple[int, int] | None:
     """(dev, ino) of the program the thread's execve names; None when not in an execve.
 
     Only stat and /proc reads: the reader thread must never open a file that could be marked.
     """
     table = _EXECS.get(machine or platform.machine(), {})
     try:
-        with open(f"/proc/{tid}/syscall", "rb") as f:
-            fields = f.read().split()
+        fields = _blocked_syscall(tid, patience)
         nr, args = int(fields[0]), [int(a, 16) for a in fields[1:7]]
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
     which = table.get(nr)
     if which is None:
