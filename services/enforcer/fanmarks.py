@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from shared.lifecycle import Counters
 
 from services.enforcer.fanplan import NsPlan
-from shared.matcher import Posture
+from shared.matcher import Access, Decision, Posture
 from shared.procroot import open_in_root, pids_by_mntns
 from shared.schemas.rules import Rule
 
@@ -25,7 +25,8 @@ _PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue"
 
 @dataclass(slots=True)
 class Tables:
-    """What the reader thread decides with; replaced as a whole, never mutated once published."""
+    """What the reader thread decides with; replaced as a whole, never mutated once published
+    (but for ``decisions``, the reader thread's own memo of what the matcher said with them)."""
 
     rules: dict[int, list[Rule]] = field(default_factory=dict)       # mntns -> rules for the matcher
     files: dict[tuple[int, int, int], tuple[str, ...]] = field(default_factory=dict)  # dev,ino,mntns
@@ -34,6 +35,7 @@ class Tables:
     mount_ns: frozenset[int] = frozenset()                           # namespaces with mount marks
     posture: dict[int, Posture] = field(default_factory=dict)        # mntns -> default postures
     owner_ns: frozenset[int] = frozenset()                           # namespaces with ownerOnly rules
+    decisions: dict[tuple[int, Access], Decision | None] = field(default_factory=dict)  # memo
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ import time
 
 from shared.lifecycle import Counters
 from shared.loaders import decide_access
-from shared.matcher import Access
+from shared.matcher import Access, Decision
 from shared.schemas.rules import RuleSet
 
 from services.enforcer import _fansys as fs
@@ -33,6 +33,24 @@ from services.enforcer.fanmarks import MOUNT_KEY, Tables, resolve_plans
 from services.enforcer.fanplan import OPERATIONS, plan
 
 __all__ = ["FanotifyEnforcer"]
+
+_DECISIONS_KEPT = 4096  # memo entries per rule set before it starts over
+
+
+def _decide(tables: Tables, mntns: int, asked: Access) -> Decision | None:
+    """The matcher's decision for ``asked`` in ``mntns`` with these tables, remembered: a decision
+    depends only on the access and the rules (the same file read by the same program again and
+    again costs the matcher once per rule set)."""
+    key = (mntns, asked)
+    try:
+        return tables.decisions[key]
+    except KeyError:
+        pass
+    if len(tables.decisions) >= _DECISIONS_KEPT:
+        tables.decisions.clear()
+    decision = decide_access(tables.rules[mntns], asked, tables.posture.get(mntns))  # ld.so FILE: an exec too
+    tables.decisions[key] = decision
+    return decision
 
 log = logging.getLogger("bulwark.enforcer.fanotify")
 
@@ -224,11 +242,10 @@ class FanotifyEnforcer:
                 self.counters.inc("mode_unknown")
                 access = "write"
         uid = fs_uid(tid) if mntns in tables.owner_ns else -1
-        posture = tables.posture.get(mntns)
         for resource in resources:
             asked = Access(operation=operation, resource=resource, source=source, access=access, uid=uid,
                            resource_owner_uid=st.st_uid)
-            decision = decide_access(rules, asked, posture)  # `ld.so FILE` is an exec of FILE too
+            decision = _decide(tables, mntns, asked)
             if decision is not None and decision.action == "Block":
                 log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": decision.rule.operation
                                                  if decision.rule else operation, "path": resource,

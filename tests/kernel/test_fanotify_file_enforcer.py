@@ -123,8 +123,13 @@ def test_read_only_asks_the_matcher_read_or_write(enforcer, tree, shells, monkey
     assert DENIED in a.run(f"echo x > {secret}")[1]
     py = "import os; os.close(os.open(%r, os.O_RDWR))" % str(secret)
     assert DENIED in a.run(f"python3 -c {py!r}")[1]
-    assert [s.access for s in spy.seen] == ["read", "write", "write", "write"]
+    # the shell's second write is the same access as its first: the remembered decision answers it
+    assert [s.access for s in spy.seen] == ["read", "write", "write"]
+    assert spy.seen[1].source != spy.seen[2].source                          # the shell, then python
     assert {s.operation for s in spy.seen} == {"File"} and enforcer.stats()["mode_unknown"] == 0
+    assert DENIED in a.run(f"echo x >> {secret}")[1] and len(spy.seen) == 3
+    enforcer.apply(ruleset(2, a=(a.mntns, [file_rule(path=str(secret), read_only=True)])))
+    assert DENIED in a.run(f"echo x >> {secret}")[1] and len(spy.seen) == 4   # new rules: asked again
     assert secret.read_text() == "data\n"
 
 
