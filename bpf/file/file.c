@@ -103,21 +103,26 @@ static __always_inline const char *bw_open_name(struct pt_regs *regs, __s32 nr)
 	return (const char *)(nr == BW_NR_OPEN ? regs->di : regs->si);
 }
 
+/* The directory an open's relative name is resolved against (x86_64: the first register). */
+static __always_inline long bw_open_dirfd(struct pt_regs *regs, __s32 nr)
+{
+	return nr == BW_NR_OPEN ? BW_AT_FDCWD : (int)regs->di;
+}
+
 /* The open's other arguments, from the same registers: args[0..3] = dirfd, flags, mode, resolve.
  * The registers are loaded before any branch: a load merged from the stack (open_how) and from the
  * registers would be one instruction with two pointer types, which the verifier refuses. */
 static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs *regs, __s32 nr)
 {
-	__u64 di = regs->di, si = regs->si, dx = regs->dx, r10 = regs->r10;
+	__u64 si = regs->si, dx = regs->dx, r10 = regs->r10;
 	struct bw_open_how how = {};
 
+	e->args[0] = bw_open_dirfd(regs, nr);
 	if (nr == BW_NR_OPEN) {
-		e->args[0] = BW_AT_FDCWD;
 		e->args[1] = si;
 		e->args[2] = dx;
 		return;
 	}
-	e->args[0] = (int)di;
 	if (nr == BW_NR_OPENAT2) {
 		bpf_probe_read_user(&how, sizeof(how), (void *)dx);
 		e->args[1] = how.flags;
@@ -127,12 +132,6 @@ static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs 
 		e->args[1] = dx;
 		e->args[2] = r10;
 	}
-}
-
-/* The directory an open's relative name is resolved against (x86_64: the first register). */
-static __always_inline long bw_open_dirfd(struct pt_regs *regs, __s32 nr)
-{
-	return nr == BW_NR_OPEN ? BW_AT_FDCWD : (int)regs->di;
 }
 
 /* open, openat, openat2, at exit only: the syscall's arguments are still in the caller's saved

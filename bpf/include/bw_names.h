@@ -18,14 +18,26 @@
 #define BW_FD_EMBEDDED 64                    /* NR_OPEN_DEFAULT: files_struct.fd_array */
 #define BW_NAMES_DEPTH 24                    /* deeper files are left to the trie */
 
-/* The signature of a name: its length and first 8 bytes, hashed to a bit of bw_name_sigs.
- * services/monitor/namesigs.py computes the same. */
+/* The signature of a name: its length and first 8 bytes (none past its end), hashed to a bit of
+ * bw_name_sigs. services/monitor/namesigs.py computes the same. Branch-free. */
 #ifdef BW_NAMES_PREFILTER
+static __always_inline __u32 bw_sig_hash(__u64 first8, __u64 len)
+{
+	return (__u32)(((first8 ^ len) * 0x9E3779B97F4A7C15ULL) >> (64 - BW_SIG_BITS));
+}
+
+/* The same from a word that may hold bytes past the name's end. */
 static __always_inline __u32 bw_name_sig(__u64 first8, __u32 len)
 {
 	if (len < 8)
 		first8 &= (1ULL << (len * 8)) - 1;   /* bytes past the NUL are stale */
-	return (__u32)(((first8 ^ len) * 0x9E3779B97F4A7C15ULL) >> (64 - BW_SIG_BITS));
+	return bw_sig_hash(first8, len);
+}
+
+/* Whether signature `sig` is set (0 or 1). */
+static __always_inline __u64 bw_sig_set(struct bw_name_sigs *sigs, __u32 sig)
+{
+	return (sigs->bits[(sig >> 3) & (BW_SIG_BYTES - 1)] >> (sig & 7)) & 1;
 }
 
 /* files->fd_array[fd] with a constant index per case: the verifier refuses a variable offset into
@@ -55,7 +67,7 @@ static __always_inline int bw_name_listed(struct bw_name_sigs *sigs, __u64 hash_
 	if (len >= BW_NAME_INLINE)
 		return 1;
 	sig = bw_name_sig(first8, len);
-	return (sigs->bits[(sig >> 3) & (BW_SIG_BYTES - 1)] >> (sig & 7)) & 1;
+	return bw_sig_set(sigs, sig);
 }
 
 /* The dentry fields read past a mount crossing, copied at once: d_parent up to d_shortname's first
@@ -192,8 +204,7 @@ static __always_inline void bw_rel_byte(struct bw_name_sigs *sigs, __u64 c, __u6
 {
 	__u64 a = *acc, l = *len;
 	__u64 sep = (((c ^ '/') - 1) | (c - 1)) >> 63;   /* 1 for '/' or NUL (c < 256) */
-	__u32 sig = (__u32)(((a ^ l) * 0x9E3779B97F4A7C15ULL) >> (64 - BW_SIG_BITS));
-	__u64 bit = (sigs->bits[(sig >> 3) & (BW_SIG_BYTES - 1)] >> (sig & 7)) & 1;
+	__u64 bit = bw_sig_set(sigs, bw_sig_hash(a, l)); /* a holds no byte past the component */
 
 	*hit |= bit & sep & ((0 - l) >> 63);              /* an empty component ("a//b") names nothing */
 	a |= (c << ((l & 7) * 8)) & (0 - ((l - 8) >> 63)); /* the first 8 bytes only */
