@@ -93,11 +93,12 @@ class Pump:
         next_stats = loop.time()
         wait = interval
         while not stop.is_set():
-            taken = 0 if hold() else self.once()
+            held = hold()
+            taken = 0 if held else self.once()
             if loop.time() >= next_stats:
                 self.counters.update(self.probes.kernel_stats())
                 next_stats = loop.time() + 0.25
-            wait = interval if taken or hold() else min(wait * 2, max(idle_interval, interval))
+            wait = interval if taken or held else min(wait * 2, max(idle_interval, interval))
             await asyncio.sleep(0 if taken >= self.chunk else wait)
         await self._empty(interval, hold)
         self.counters.update(self.probes.kernel_stats())
