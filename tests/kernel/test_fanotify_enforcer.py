@@ -156,24 +156,15 @@ def test_matcher_decides_not_the_mark(enforcer, copy, tmp_path, ns_a) -> None:
     assert enforcer.stats()["marks"] == 1 and enforcer.stats()["errors"] == 0
 
 
-def test_measure_exec_cost(enforcer, copy, ns_a) -> None:
+def test_every_exec_in_a_loop_is_denied_in_the_namespace_and_allowed_on_the_host(enforcer, copy, ns_a) -> None:
+    """200 execs each way: none slips in the selected namespace, none is refused outside it.
+    (The cost per exec is measured in bench/enforcer_overhead.py.)"""
     n = 200
-    loop = f'i=0; while [ $i -lt {n} ]; do {copy} 2>/dev/null; i=$((i+1)); done; true'
-
-    def per_exec_ms(run) -> float:
-        t0 = time.perf_counter()
-        assert run(loop, timeout=60)[0] == 0
-        return (time.perf_counter() - t0) * 1000 / n
-
-    base_ns, base_host = per_exec_ms(ns_a.run), per_exec_ms(host_run)
+    loop = f'ok=0; i=0; while [ $i -lt {n} ]; do {copy} 2>/dev/null && ok=$((ok+1)); i=$((i+1)); done; echo $ok'
     enforcer.apply(ruleset(1, a=(ns_a.mntns, [block_exec(copy)])))
-    denied, allowed_host = per_exec_ms(ns_a.run), per_exec_ms(host_run)
-    stats = enforcer.stats()
-    assert stats["denied"] == n and stats["allowed"] == 2 * n  # each allowed exec: exec + open verdicts
-    per_event_us = stats["handle_ns"] / stats["events"] / 1000
-    print(f"\nexec ms: unmarked ns={base_ns:.3f} host={base_host:.3f}; marked: denied in ns={denied:.3f} "
-          f"allowed on host={allowed_host:.3f}; decision {per_event_us:.1f} us/event")
-    assert denied < 50 and allowed_host < 50
+    assert ns_a.run(loop, timeout=120) == (0, "0")
+    assert host_run(loop, timeout=120) == (0, str(n))
+    assert enforcer.stats()["denied"] == n
 
 
 HARNESS = """

@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+import pytest
+
 from services.monitor.batcher import Batcher
 from services.monitor.decoder import DecodeContext
 from services.monitor.pump import Pump
@@ -71,17 +73,25 @@ class CountingProbes(FakeProbes):
         return super().take(limit)
 
 
-async def test_an_idle_pump_waits_longer_and_still_finds_a_record_within_one_wait() -> None:
+async def test_an_idle_pump_doubles_its_wait_and_the_first_record_brings_the_short_wait_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waits the pump asks for, recorded instead of slept: no clock in the assertion."""
     counters = Counters()
     probes = CountingProbes([])
     pump = Pump(probes, RecordDecoder(CTX), Batcher(fake_publish, "s", "n1", counters), counters)
     stop = asyncio.Event()
-    task = asyncio.create_task(pump.run(stop, interval=0.005, idle_interval=0.04))
-    await asyncio.sleep(0.5)
-    idle_takes = probes.takes
-    assert idle_takes <= 25                       # every 5 ms would be about 100 passes
-    probes.chunks.append(chunk_of(sys_rec(5, 257, name="/a")))
-    await asyncio.sleep(0.05)                     # the record is found within one idle wait
-    assert counters["records"] == 1
-    stop.set()
-    await task
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(delay: float) -> None:
+        waits.append(delay)
+        if len(waits) == 6:          # five idle passes, then a record arrives
+            probes.chunks.append(chunk_of(sys_rec(5, 257, name="/a")))
+        if len(waits) == 8:
+            stop.set()
+        await real_sleep(0)
+
+    monkeypatch.setattr("services.monitor.pump.asyncio.sleep", recorded_sleep)
+    await pump.run(stop, interval=0.005, idle_interval=0.04)
+    assert waits[:8] == [0.01, 0.02, 0.04, 0.04, 0.04, 0.04, 0.005, 0.01]
+    assert counters["records"] == 1 and probes.takes >= 8
