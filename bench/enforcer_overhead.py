@@ -210,7 +210,8 @@ def main() -> int:
                 runs["no Bulwark (monitor rounds)"].append(measure(ns, tmp, p, args.opens, args.execs))
                 stop_monitor = start_monitor(tmp)
                 if stop_monitor is None:
-                    break
+                    print("INVALID: the monitor did not start, its rows would measure nothing", file=sys.stderr)
+                    return 1
                 runs["monitor only"].append(measure(ns, tmp, p, args.opens, args.execs))
                 runs["monitor + enforcer"].append(with_enforcers(rs))
                 stop_monitor()
@@ -227,6 +228,9 @@ def main() -> int:
                 base = results["no Bulwark (monitor rounds)" if name.startswith("monitor") else "no Bulwark"]
                 cells += f"{r[metric]:>18.1f} ({r[metric] / base[metric]:5.2f}x)"
             print(f"{metric:42}{cells}")
+        if not stats.get("events"):
+            print("INVALID: the fanotify enforcer made no decision: its rows measured nothing", file=sys.stderr)
+            return 1
         return 0
     finally:
         for enf in enforcers:

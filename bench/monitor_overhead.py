@@ -9,7 +9,9 @@ which the enforcers hold 100 rules (bench/enforcer_overhead.py's), alone, next t
 monitor (which holds no rules), and next to a monitor that holds the SAME 100 rules for the
 workload, as in a real deployment (visibility "none": its File and Process rules then make the
 kernel emit only the opens of the paths they name, the rest is dropped by the path trie).
-Prints ns per operation (best of --reps runs) and ratios to the mean baseline.
+Prints ns per operation (best of --reps runs) and ratios to the best baseline run (the same estimator
+for both sides of a ratio; a ratio above 1 is a cost). Exits 1 when a measured configuration did not
+run as described (the monitor exited, or emitted nothing where it should have).
 Target: monitor + enforcer open/close under 1.3x.
 Run as root: ``.venv/bin/python bench/monitor_overhead.py [--opens 300000] [--execs 1000]``.
 """
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 
 from monitor_common import BTF_TREE, MonitorStack, enforcers_holding_100_rules, loadgen_workspace, run_loadgen
 
@@ -113,8 +114,8 @@ def main() -> int:
         enf = enforced(binary, target, args)
         base5 = measure(binary, target, args.opens, args.execs, args.reps)
     bases = [base1, base2, base3, base4, base5]
-    oc_base = statistics.mean(b[0] for b in bases)
-    ex_base = statistics.mean(b[1] for b in bases)
+    oc_base = min(b[0] for b in bases)
+    ex_base = min(b[1] for b in bases)
     print(f"baseline          open+close {oc_base:8.1f} ns   fork+exec {ex_base / 1000:8.1f} us"
           f"   (runs: {'/'.join(f'{b[0]:.0f}' for b in bases)} ns)")
     print(f"empty programs    open+close {empty[0]:8.1f} ns   fork+exec {empty[1] / 1000:8.1f} us   "
@@ -129,6 +130,13 @@ def main() -> int:
         both, events = filt[3][key]
         print(f"monitor + enforcer holding 100 rules  open+close {both:8.1f} ns   ratio {both / oc_base:.2f}x"
               f"   (the monitor visibility none, holding {label}; {events} events emitted during the row)")
+    invalid = [name for name, (_, _, beat, _) in (("monitor, emitted", on), ("monitor, filtered", filt))
+               if beat.get("exit_code") not in (0, None)]
+    if not on[2].get("events"):
+        invalid.append("monitor, emitted: no events")
+    if invalid:
+        print(f"INVALID: {', '.join(invalid)}")
+        return 1
     return 0
 
 

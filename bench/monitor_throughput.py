@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -71,7 +72,8 @@ def start_gen(binary: str, target: str, ops: int, rate: int = 0) -> subprocess.P
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
-async def zero_loss(binary: str, target: str, rates: list[int], seconds: float) -> None:
+async def zero_loss(binary: str, target: str, rates: list[int], seconds: float) -> list[str]:
+    """Paced rates with no loss expected; the checks that failed (empty when the stream holds every event)."""
     stack = MonitorStack({"BULWARK_BATCH_MAX_EVENTS": "1536", "BULWARK_BATCH_MAX_DELAY_MS": "50",
                           "BULWARK_HEARTBEAT_SECONDS": "0.2"})
     try:
@@ -93,13 +95,16 @@ async def zero_loss(binary: str, target: str, rates: list[int], seconds: float) 
             prev = beat
         final = await stack.settle(limit_s=60)   # a backlog from an overloaded rate is still sent
         batches, events = await stream_events(stack)
+        published = final["events"] - final.get("lost_publish", 0)
         print(f"stream holds {batches} batches / {events:,} events; monitor published {final['batches']} batches"
-              f" / {final['events'] - final.get('lost_publish', 0):,} events")
+              f" / {published:,} events")
     finally:
         await stack.stop()
+    return [] if events == published and published > 0 else ["paced runs: stream and published counts differ"]
 
 
-async def overload(binary: str, target: str, ops: int) -> None:
+async def overload(binary: str, target: str, ops: int) -> list[str]:
+    """Overload a small ring buffer; the accounting checks that failed (empty when every record is accounted)."""
     stack = MonitorStack({"BULWARK_MONITOR_RB_PAGES": "16", "BULWARK_BATCH_MAX_EVENTS": "1536",
                           "BULWARK_HEARTBEAT_SECONDS": "0.2"})
     try:
@@ -129,6 +134,14 @@ async def overload(binary: str, target: str, ops: int) -> None:
           f"  -> {'accounted' if total == in_stream else 'MISMATCH'}")
     print(f"  generator opens {2 * ops:,}; file records attempted >= that: "
           f"{'yes' if attempted >= 2 * ops else 'NO'} (the rest is the rest of the node)")
+    failed = []
+    if user != d["emitted_kernel"]:
+        failed.append("user-space accounting")
+    if total != in_stream:
+        failed.append("bus accounting")
+    if attempted < 2 * ops:
+        failed.append("the generator's opens never reached the programs")
+    return failed
 
 
 def main() -> int:
@@ -138,8 +151,11 @@ def main() -> int:
     parser.add_argument("--overload-ops", type=int, default=500_000)
     args = parser.parse_args()
     with loadgen_workspace("bw-throughput-") as (binary, target):
-        asyncio.run(zero_loss(binary, target, [int(r) for r in args.rates.split(",")], args.seconds))
-        asyncio.run(overload(binary, target, args.overload_ops))
+        failed = asyncio.run(zero_loss(binary, target, [int(r) for r in args.rates.split(",")], args.seconds))
+        failed += asyncio.run(overload(binary, target, args.overload_ops))
+    if failed:
+        print(f"INVALID: {', '.join(failed)} (the measurement does not hold)", file=sys.stderr)
+        return 1
     return 0
 
 
