@@ -60,7 +60,8 @@ def time_driver(url: str, alerts: list[dict[str, Any]], batch: int) -> float:
     engine = make_engine(url)
     rows = [to_row(a) for a in alerts]
     cols = list(rows[0])
-    sql = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('%s' if 'postgresql' in url else '?' for _ in cols)})"
+    marks = ", ".join("%s" if "postgresql" in url else "?" for _ in cols)
+    sql = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({marks})"
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()

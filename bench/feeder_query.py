@@ -85,7 +85,8 @@ def serve(db: str, port: int) -> None:
     @app.post("/bench/push")
     async def push(n: int = 100, gap_ms: float = 2.0) -> dict[str, int]:
         for i in range(n):
-            hub.publish({"EventID": f"push-{i}", "NamespaceName": "demo", "SentNs": time.time_ns(), "Resource": "/x" * 100})
+            hub.publish({"EventID": f"push-{i}", "NamespaceName": "demo", "SentNs": time.time_ns(),
+                         "Resource": "/x" * 100})
             await asyncio.sleep(gap_ms / 1000)
         return {"pushed": n, "subscribers": len(hub)}
 
@@ -121,11 +122,13 @@ def time_queries(base: str, requests: int, first_ts: int, rows: int) -> None:
             print(f"{name:22} {statistics.median(lat):10.2f} {_pct(lat, 99):8.2f} {len(resp.json()):5}")
         t0 = time.perf_counter()
         summary = http.get("/api/v1/alerts/summary", params={"by": "namespace"}).json()
-        print(f"{'summary by namespace':22} {(time.perf_counter() - t0) * 1000:10.2f} (one call, total {summary['total']:,})")
+        print(f"{'summary by namespace':22} {(time.perf_counter() - t0) * 1000:10.2f} "
+              f"(one call, total {summary['total']:,})")
     med, p99 = statistics.median(all_lat), _pct(all_lat, 99)
     bmed, bp99 = statistics.median(base_lat), _pct(base_lat, 99)
     print(f"filtered queries ({len(all_lat)}): median {med:.2f} ms, p99 {p99:.2f} ms; "
-          f"baseline GET /healthz: median {bmed:.2f} ms, p99 {bp99:.2f} ms; ratio median {med / bmed:.1f}x, p99 {p99 / bp99:.1f}x")
+          f"baseline GET /healthz: median {bmed:.2f} ms, p99 {bp99:.2f} ms; "
+          f"ratio median {med / bmed:.1f}x, p99 {p99 / bp99:.1f}x")
     print(f"target p99 < 50 ms: {'met' if p99 < 50 else 'NOT met'}")
 
 

@@ -98,13 +98,16 @@ def main() -> None:
 
     print(f"identity lookup ({args.workloads} workloads, 10% mntns reused):")
     print(f"  baseline dict.get           {base_ns:8.1f} ns  {1e9 / base_ns:12,.0f} lookups/s")
-    print(f"  FeederState.workload        {look_ns:8.1f} ns  {1e9 / look_ns:12,.0f} lookups/s  ratio {look_ns / base_ns:5.2f}x")
-    print(f"  ... event older than reuse  {look_old_ns:8.1f} ns  {1e9 / look_old_ns:12,.0f} lookups/s  ratio {look_old_ns / base_ns:5.2f}x")
+    print(f"  FeederState.workload        {look_ns:8.1f} ns  {1e9 / look_ns:12,.0f} lookups/s  "
+          f"ratio {look_ns / base_ns:5.2f}x")
+    print(f"  ... event older than reuse  {look_old_ns:8.1f} ns  {1e9 / look_old_ns:12,.0f} lookups/s  "
+          f"ratio {look_old_ns / base_ns:5.2f}x")
     print("enrichment per event (lookup + build_alert):")
     print(f"  baseline dict(alert) copy   {copy_ns:8.1f} ns")
     print(f"  lookup + build_alert        {enrich_ns:8.1f} ns  {1e9 / enrich_ns:12,.0f} events/s  "
           f"ratio {enrich_ns / base_ns:6.1f}x dict.get, {enrich_ns / copy_ns:5.1f}x dict copy")
-    print(f"compose per docker event (Composer.workload_for): {compose_ns:8.1f} ns  ratio {compose_ns / base_ns:5.1f}x dict.get")
+    print(f"compose per docker event (Composer.workload_for): {compose_ns:8.1f} ns  "
+          f"ratio {compose_ns / base_ns:5.1f}x dict.get")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,6 +140,7 @@ def enforcers_holding_100_rules() -> Iterator[HeldRules]:
     ``openclose`` measures the load generator in that workload (opens of an unmarked file, as almost
     all are), its ``ruleset`` gives the same rules to a monitor. Everything is released afterwards."""
     from enforcer_overhead import setup
+
     from tests.kernel.nsutil import NsShell, ruleset
 
     root = Path(tempfile.mkdtemp(prefix="bw-bench-rules-"))

@@ -34,14 +34,16 @@ def make_policy(i: int) -> Policy:
     action = "Allow" if i % 4 == 0 else ("Audit" if i % 4 == 1 else "Block")
     spec = {"severity": 1 + i % 10, "action": action,
             "selector": {"matchLabels": {"app": f"app{i % 20}"}},
-            "process": {"matchPaths": [{"path": f"/usr/bin/tool{i}"}, {"path": "/bin/sh", "fromSource": [{"path": "/usr/bin/env"}]}],
+            "process": {"matchPaths": [{"path": f"/usr/bin/tool{i}"},
+                                       {"path": "/bin/sh", "fromSource": [{"path": "/usr/bin/env"}]}],
                         "matchDirectories": [{"dir": f"/opt/app{i % 7}/", "recursive": True}]},
             "file": {"matchPaths": [{"path": f"/etc/app{i}.conf", "readOnly": True}],
                      "matchPatterns": [{"pattern": f"/var/lib/app{i % 13}/**/*.db"}]},
             "network": {"matchProtocols": [{"protocol": "udp" if i % 2 else "tcp"}]}}
     if i % 10 == 9:
-        spec["selector"] = {"matchExpressions": [{"key": "namespace", "operator": "In", "values": [f"ns{i % NAMESPACES}"]},
-                                                 {"key": "label", "operator": "NotIn", "values": ["tier=db"]}]}
+        spec["selector"] = {"matchExpressions": [
+            {"key": "namespace", "operator": "In", "values": [f"ns{i % NAMESPACES}"]},
+            {"key": "label", "operator": "NotIn", "values": ["tier=db"]}]}
         doc = {"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorClusterPolicy",
                "metadata": {"name": f"csp-{i}"}, "spec": spec}
     else:

@@ -12,7 +12,8 @@ __all__ = ["pack", "unpack", "unpack_map"]
 
 def pack(obj: Any) -> bytes:
     """Encode a message for the bus."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:

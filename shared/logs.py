@@ -5,6 +5,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 __all__ = ["setup_logging"]
 
@@ -19,7 +20,7 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,

@@ -85,7 +85,7 @@ class Posture:
     audited: bool = False
 
     @classmethod
-    def of(cls, wr: WorkloadRules) -> "Posture":
+    def of(cls, wr: WorkloadRules) -> Posture:
         """The posture compiled into ``wr``."""
         return cls(wr.file_posture, wr.network_posture, wr.capabilities_posture, wr.audited)
 

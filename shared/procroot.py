@@ -59,6 +59,6 @@ def open_in_root(path: str, root_pid: int | None) -> int:
         if ret < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"openat2({path!r} in /proc/{root_pid}/root): {os.strerror(err)}")
-        return ret
+        return int(ret)
     finally:
         os.close(root)

@@ -26,8 +26,8 @@ def _fix_imports(out_dir: Path) -> None:
 
 def generate(proto_dir: Path = PROTO_DIR, out_dir: Path = OUT_DIR) -> list[Path]:
     """Run grpc_tools.protoc on every .proto in ``proto_dir``; return the files written."""
-    from grpc_tools import protoc  # imported here: only needed at setup time
     import grpc_tools
+    from grpc_tools import protoc  # imported here: only needed at setup time
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "__init__.py").write_text('"""Generated gRPC stubs (python -m shared.protogen); do not edit."""\n')

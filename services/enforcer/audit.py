@@ -1,9 +1,8 @@
 """The null enforcer: nothing is blocked; Block rules are only reported (by the monitor/feeder)."""
 from __future__ import annotations
 
-from shared.schemas.rules import RuleSet
-
 from services.enforcer.base import ProbeResult
+from shared.schemas.rules import RuleSet
 
 __all__ = ["AuditOnlyEnforcer"]
 

@@ -73,7 +73,8 @@ def elf_interpreter(path: str) -> str:
             table = f.read(phentsize * min(phnum, 128))
             for i in range(0, len(table), phentsize):
                 if int.from_bytes(table[i:i + 4], "little") == 3:
-                    off, size = int.from_bytes(table[i + 8:i + 16], "little"), int.from_bytes(table[i + 32:i + 40], "little")
+                    off = int.from_bytes(table[i + 8:i + 16], "little")
+                    size = int.from_bytes(table[i + 32:i + 40], "little")
                     f.seek(off)
                     return f.read(min(size, 4096)).split(b"\0", 1)[0].decode()
     except (OSError, UnicodeDecodeError):

@@ -51,5 +51,5 @@ async def retention_loop(store: RecordStore, policy: RetentionPolicy, interval: 
             log.exception("retention failed")
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -17,9 +17,8 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from services.feeder.cef import to_cef
-from shared.subjects import LOGS, log_subject
 from shared.lifecycle import Counters
-from shared.subjects import ALERTS, alert_subject
+from shared.subjects import ALERTS, LOGS, alert_subject, log_subject
 
 __all__ = ["SiemSink", "encode", "subject_of"]
 

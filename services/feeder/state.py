@@ -114,7 +114,8 @@ class FeederState:
         service, node = str(beat.get("service", "")), str(beat.get("node", ""))
         if not service:
             return
-        details = beat.get("details") if isinstance(beat.get("details"), dict) else {}
+        raw_details = beat.get("details")
+        details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
         self.health[(service, node)] = HealthEntry(service, node, time.time() if now is None else now,
                                                    str(beat.get("status", "ok")), details)
         if service == "enforcer" and details.get("enforcer"):
@@ -241,5 +242,5 @@ class StateFollower:
             async with self._changed:
                 await asyncio.wait_for(self._changed.wait_for(done), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False

@@ -43,7 +43,8 @@ def make_engine(url: str, *, migrate: bool = True) -> Engine:
     return engine
 
 
-_LENGTHS = {c.name: c.type.length for c in AlertRow.__table__.columns if getattr(c.type, "length", None)}
+_LENGTHS: dict[str, int] = {c.name: int(length) for c in AlertRow.__table__.columns
+                             if (length := getattr(c.type, "length", None))}
 
 
 def row_event_id(event_id: Any) -> str:
@@ -54,7 +55,8 @@ def row_event_id(event_id: Any) -> str:
 
 def to_row(record: dict[str, Any]) -> dict[str, Any]:
     """The column values of one record (cut to the column sizes; the body keeps everything)."""
-    row = {col: str(record.get(fld, "") or "")[: _LENGTHS.get(col)] for col, fld in COLUMN_FIELDS.items()}
+    row: dict[str, Any] = {col: str(record.get(fld, "") or "")[: _LENGTHS.get(col)]
+                           for col, fld in COLUMN_FIELDS.items()}
     row.update(event_id=row_event_id(record["EventID"]), ts_ns=alert_time_ns(record),
                throttled=bool(record.get("Throttled", False)), body=json.dumps(record))
     return row

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from services.identity.api import IdentityApi
 from services.identity.composer import Composer
@@ -36,7 +37,7 @@ async def reap_loop(api: IdentityApi, node: str, stop: asyncio.Event) -> None:
                 await api.handle({"op": "stop", "id": wl.id})
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -71,7 +72,7 @@ async def main() -> None:
     if known is None or known.stopped_ns or (known.mntns, known.pidns) != (host.mntns, host.pidns):
         await api.publish("started", host)
 
-    async def on_request(msg) -> None:
+    async def on_request(msg: Msg) -> None:
         try:
             reply = await api.handle(unpack(msg.data))
         except DecodeError as exc:

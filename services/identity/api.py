@@ -8,12 +8,12 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from services.identity.registry import Registry
+from shared.codec import pack
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.schemas.identity import IdentityEvent, Workload
-from shared.codec import pack
 from shared.subjects import identity_events
-from services.identity.registry import Registry
 
 __all__ = ["IdentityApi", "validate_workload"]
 
@@ -67,15 +67,16 @@ class IdentityApi:
                 return {"ok": False, "error": "; ".join(errors)}
             wl.started_ns = wl.started_ns or time.time_ns()
             seq = await self.publish("started", wl)
-            log.info("workload registered", extra={"workload": wl.id, "workload_name": wl.name, "workload_namespace": wl.namespace})
+            log.info("workload registered", extra={"workload": wl.id, "workload_name": wl.name,
+                                                   "workload_namespace": wl.namespace})
             return {"ok": True, "seq": seq}
         if op == "stop":
-            wl = self.registry.get(str(request.get("id", "")))
-            if wl is None:
+            gone = self.registry.get(str(request.get("id", "")))
+            if gone is None:
                 return {"ok": False, "error": f"id: no workload {request.get('id')!r}"}
-            if not wl.stopped_ns:
-                wl.stopped_ns = time.time_ns()
-                await self.publish("stopped", wl)
+            if not gone.stopped_ns:
+                gone.stopped_ns = time.time_ns()
+                await self.publish("stopped", gone)
             return {"ok": True}
         if op == "list":
             return {"ok": True, "workloads": [w.to_wire() for w in self.registry.by_id.values()]}

@@ -11,18 +11,20 @@ import dataclasses
 import time
 from typing import Any
 
-from shared.schemas.identity import Workload
 from services.identity.host import host_workload_id
 from services.identity.pods import NamespaceIndex, PodIndex
 from services.identity.registry import Registry
-from services.identity.settings import DNS_LABEL
 from services.identity.runtime import KubeEvent, KubeReset, Remove, RuntimeContainer, Snapshot, Upsert
+from services.identity.settings import DNS_LABEL
+from shared.schemas.identity import Workload
 
 __all__ = ["Composer", "Plan", "COMPOSE_PROJECT", "K8S_POD_NS", "K8S_POD_NAME", "K8S_CONTAINER"]
 
 Plan = list[tuple[str, Workload]]
 COMPOSE_PROJECT = "com.docker.compose.project"
-K8S_POD_NS, K8S_POD_NAME, K8S_CONTAINER = "io.kubernetes.pod.namespace", "io.kubernetes.pod.name", "io.kubernetes.container.name"
+K8S_POD_NS = "io.kubernetes.pod.namespace"
+K8S_POD_NAME = "io.kubernetes.pod.name"
+K8S_CONTAINER = "io.kubernetes.container.name"
 _VOLATILE = ("started_ns", "stopped_ns")
 
 
@@ -79,7 +81,8 @@ class Composer:
 
     def kube(self, item: KubeReset | KubeEvent) -> Plan:
         """Fold a Kubernetes fact; re-derive the workloads it may change."""
-        index = {"pods": self.pods, "namespaces": self.namespaces}.get(item.resource)
+        indexes: dict[str, PodIndex | NamespaceIndex] = {"pods": self.pods, "namespaces": self.namespaces}
+        index = indexes.get(item.resource)
         if index is not None:
             if isinstance(item, KubeReset):
                 index.reset(list(item.items))

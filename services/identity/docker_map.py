@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from services.identity.host import namespace_inode
@@ -27,7 +27,7 @@ def parse_docker_time(text: str) -> int:
             frac, _, rest = frac.partition(sign)
             tz = sign + rest
     try:
-        secs = datetime.fromisoformat(head + (tz or "+00:00")).astimezone(timezone.utc).timestamp()
+        secs = datetime.fromisoformat(head + (tz or "+00:00")).astimezone(UTC).timestamp()
     except ValueError:
         return 0
     nanos = int(frac[:9].ljust(9, "0")) if frac.isdigit() else 0

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.lifecycle import Counters
 from services.identity.backoff import Backoff
 from services.identity.docker_map import container_from_inspect
 from services.identity.runtime import Remove, RuntimeContainer, Snapshot, Upsert
+from shared.lifecycle import Counters
 
 __all__ = ["DockerProvider", "SOURCE"]
 

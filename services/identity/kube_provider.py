@@ -11,10 +11,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from shared.lifecycle import Counters
 from services.identity.backoff import Backoff
 from services.identity.kube_watch import ListWatch
 from services.identity.policy_sink import POLICY_RESOURCES
+from shared.lifecycle import Counters
 
 __all__ = ["kube_api_client", "kube_watchers", "kube_configured"]
 

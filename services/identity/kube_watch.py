@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from shared.lifecycle import Counters
 from services.identity.backoff import Backoff
 from services.identity.runtime import KubeEvent, KubeReset
+from shared.lifecycle import Counters
 
 __all__ = ["ListWatch", "GONE"]
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from services.identity.backoff import Backoff
+from services.identity.runtime import KubeEvent, KubeReset
 from shared.bus import request
 from shared.errors import ServiceUnavailable
 from shared.lifecycle import Counters
 from shared.subjects import POLICY_API
-from services.identity.backoff import Backoff
-from services.identity.runtime import KubeEvent, KubeReset
 
 __all__ = ["POLICY_RESOURCES", "PolicySink", "policy_requests", "API_VERSION"]
 
@@ -30,7 +30,8 @@ Key = tuple[str, str, str]
 
 
 def _doc(kind: str, obj: dict[str, Any]) -> tuple[Key, dict[str, Any]]:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    raw_meta = obj.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     name = str(meta.get("name") or "")
     if not name:
         raise ValueError(f"{kind} without metadata.name")
@@ -87,7 +88,7 @@ class PolicySink:
         while not stop.is_set():
             try:
                 req = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             while not stop.is_set():
                 try:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 from typing import Any
 
-from shared.lifecycle import Counters
 from services.identity.api import IdentityApi
 from services.identity.backoff import Backoff
 from services.identity.composer import Composer
@@ -18,6 +17,7 @@ from services.identity.cri_scan import cri_facts, scan_processes
 from services.identity.policy_sink import POLICY_RESOURCES, PolicySink
 from services.identity.runtime import KubeEvent, KubeReset
 from services.identity.settings import IdentitySettings
+from shared.lifecycle import Counters
 
 __all__ = ["Providers"]
 
@@ -74,7 +74,7 @@ class Providers:
         while not stop.is_set():
             try:
                 item = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             await self.apply(item)
 
@@ -106,7 +106,7 @@ class Providers:
                 log.warning("cri scan failed", extra={"error": repr(exc)})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.cri_scan_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def details(self) -> dict[str, Any]:

@@ -38,7 +38,8 @@ class IdentitySettings(Settings):
     @classmethod
     def _namespace_is_dns_label(cls, value: str) -> str:
         if not DNS_LABEL.match(value):
-            raise ValueError(f"BULWARK_DOCKER_NAMESPACE {value!r} must be a DNS-1123 label (a policy must be able to name it)")
+            raise ValueError(f"BULWARK_DOCKER_NAMESPACE {value!r} must be a DNS-1123 label "
+                             "(a policy must be able to name it)")
         return value
 
     @property

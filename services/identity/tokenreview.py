@@ -55,7 +55,8 @@ class TokenReviewVerifier:
         if not pod:
             raise TokenRefused("token is not bound to a pod (use a projected ServiceAccount token)")
         namespace = self.service_account.split(":")[2]
-        node = client.CoreV1Api(self.api_client).read_namespaced_pod(pod, namespace).spec.node_name
+        spec = client.CoreV1Api(self.api_client).read_namespaced_pod(pod, namespace).spec
+        node = str(spec.node_name or "") if spec is not None else ""
         if not node:
             raise TokenRefused(f"pod {namespace}/{pod} is not scheduled on a node")
         return str(node)

@@ -88,7 +88,7 @@ async def main() -> None:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             for node in workloads.expire():
                 async with api.lock:

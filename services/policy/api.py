@@ -21,13 +21,13 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from shared.errors import FieldError, ValidationFailed
-from shared.lifecycle import Counters
 from services.policy.compiler import selects
 from services.policy.parser import parse_documents
 from services.policy.rulesets import RulePublisher
 from services.policy.store import PolicyStore, Workloads, publish_policy_event
 from services.policy.validate import KINDS, NAMESPACED, Admitted, admit, canonical_kind
+from shared.errors import FieldError, ValidationFailed
+from shared.lifecycle import Counters
 
 __all__ = ["PolicyApi", "error_reply"]
 

@@ -23,11 +23,11 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable
 
+from services.policy.model import Expression, Policy
+from services.policy.posture import policy_mode, workload_posture
 from shared.matcher import DEFAULT_POSTURE, Posture
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
-from services.policy.model import Expression, Policy
-from services.policy.posture import policy_mode, workload_posture
 
 __all__ = ["compile_rules", "selects", "compile"]
 

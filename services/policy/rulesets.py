@@ -12,14 +12,14 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from services.policy.compiler import compile_rules
+from services.policy.store import PolicyStore, Workloads
 from shared.codec import pack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.matcher import DEFAULT_POSTURE, Posture
 from shared.schemas.rules import RuleSet
 from shared.subjects import RULES, rules_for_node
-from services.policy.compiler import compile_rules
-from services.policy.store import PolicyStore, Workloads
 
 __all__ = ["RulePublisher"]
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from services.policy.model import Policy, to_policy
+from services.policy.validate import admit
 from shared.codec import pack
 from shared.errors import DecodeError, ValidationFailed
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.subjects import POLICY_EVENTS
-from services.policy.model import Policy, to_policy
-from services.policy.validate import admit
 
 __all__ = ["EVENT_TYPES", "Key", "StoredPolicy", "PolicyStore", "Workloads", "policy_event",
            "publish_policy_event"]

@@ -74,7 +74,7 @@ class RawEvent:
         return to_map(self)
 
     @classmethod
-    def from_wire(cls, data: Any) -> "RawEvent":
+    def from_wire(cls, data: Any) -> RawEvent:
         """From a bus map; DecodeError when it is not one."""
         return from_map(cls, data, "raw event")
 
@@ -94,6 +94,6 @@ class RawBatch:
         return to_map(self)
 
     @classmethod
-    def from_wire(cls, data: Any) -> "RawBatch":
+    def from_wire(cls, data: Any) -> RawBatch:
         """From a bus map; DecodeError when it is not one."""
         return from_map(cls, data, "raw batch")

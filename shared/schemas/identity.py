@@ -48,7 +48,7 @@ class Workload:
         return to_map(self)
 
     @classmethod
-    def from_wire(cls, data: Any) -> "Workload":
+    def from_wire(cls, data: Any) -> Workload:
         """From a bus map; DecodeError when it is not one."""
         return from_map(cls, data, "workload")
 
@@ -66,10 +66,11 @@ class IdentityEvent:
         return {"type": self.type, "workload": self.workload.to_wire(), "ts_ns": self.ts_ns}
 
     @classmethod
-    def from_wire(cls, data: Any) -> "IdentityEvent":
+    def from_wire(cls, data: Any) -> IdentityEvent:
         """From a bus map; DecodeError when it is not one."""
         from shared.errors import DecodeError
 
         if not isinstance(data, dict) or data.get("type") not in IDENTITY_EVENT_TYPES:
             raise DecodeError("identity event: type must be one of " + ", ".join(IDENTITY_EVENT_TYPES))
-        return cls(type=data["type"], workload=Workload.from_wire(data.get("workload")), ts_ns=int(data.get("ts_ns", 0)))
+        return cls(type=data["type"], workload=Workload.from_wire(data.get("workload")),
+                   ts_ns=int(data.get("ts_ns", 0)))

@@ -46,7 +46,7 @@ class Rule:
         return to_map(self)
 
     @classmethod
-    def from_wire(cls, data: Any) -> "Rule":
+    def from_wire(cls, data: Any) -> Rule:
         """From a bus map; DecodeError when it is not one."""
         return from_map(cls, data, "rule")
 
@@ -82,7 +82,7 @@ class WorkloadRules:
                 "capabilities_posture": self.capabilities_posture, "audited": self.audited}
 
     @classmethod
-    def from_wire(cls, data: Any) -> "WorkloadRules":
+    def from_wire(cls, data: Any) -> WorkloadRules:
         """From a bus map; DecodeError when it is not one."""
         wr = from_map(cls, data, "workload rules")
         wr.rules = [Rule.from_wire(r) for r in (wr.rules or [])]
@@ -114,7 +114,7 @@ class RuleSet:
         return [wr for wr in self.workloads.values() if not wr.stopped_ns]
 
     @classmethod
-    def from_wire(cls, data: Any) -> "RuleSet":
+    def from_wire(cls, data: Any) -> RuleSet:
         """From a bus map; DecodeError when it is not one."""
         rs = from_map(cls, data, "rule set")
         rs.workloads = {k: WorkloadRules.from_wire(v) for k, v in (rs.workloads or {}).items()}

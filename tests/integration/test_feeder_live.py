@@ -80,7 +80,8 @@ async def test_throttling_stores_everything_pushes_the_first_and_announces(nats_
     await js.publish(raw_events(NODE), _events(20))
     got = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(6)]
     notice = next(m for m in got if m["Type"] == "SystemEvent")
-    assert (notice["Operation"], notice["MaxAlertsPerSec"], notice["DroppingAlertsInterval"]) == ("AlertThreshold", 5, 1)
+    assert (notice["Operation"], notice["MaxAlertsPerSec"], notice["DroppingAlertsInterval"]) == \
+        ("AlertThreshold", 5, 1)
     assert notice["ContainerID"] == "cid-1234" and "threshold" in notice["Message"]
     assert [m["EventID"] for m in got if m["Type"] != "SystemEvent"] == [f"ev-{k}" for k in range(5)]
     end = json.loads(await asyncio.wait_for(ws.recv(), 5))  # after the quiet second
@@ -103,7 +104,8 @@ async def test_unmatched_events_are_logs_when_visible(nats_server: Any, make_fee
     quiet = Workload(id="cid-quiet", name="quiet", namespace="hush", kind="container", node=NODE, mntns=QUIET_MNTNS,
                      pidns=PIDNS, namespace_annotations={"kubearmor-visibility": "none"})
     visible = Workload(id="cid-1234", name="web", namespace="demo", kind="container", node=NODE, mntns=MNTNS,
-                       pidns=PIDNS, labels={"app": "web"}, pod="web-0", namespace_annotations={"kubearmor-visibility": "process,file"})
+                       pidns=PIDNS, labels={"app": "web"}, pod="web-0",
+                       namespace_annotations={"kubearmor-visibility": "process,file"})
     rs = _ruleset()
     rs.workloads["cid-quiet"] = WorkloadRules(workload_id="cid-quiet", mntns=QUIET_MNTNS, pidns=PIDNS, rules=[])
     nc, js = await _setup(nats_server.url, rs, [visible, quiet])
@@ -164,7 +166,8 @@ async def test_a_slow_grpc_watcher_is_told_what_it_missed(nats_server: Any, make
     beats = await _beats(nc)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{feeder.grpc_port}")
     stub = pb_grpc.LogServiceStub(channel)
-    fast_call, slow_call = stub.WatchAlerts(pb.RequestMessage(Filter="all")), stub.WatchAlerts(pb.RequestMessage(Filter="policy"))
+    fast_call = stub.WatchAlerts(pb.RequestMessage(Filter="all"))
+    slow_call = stub.WatchAlerts(pb.RequestMessage(Filter="policy"))
     await _until(lambda: beats and beats[-1].get("watchers") == 2, 5, "watchers")
     fast: list[pb.Alert] = []
 
@@ -183,7 +186,7 @@ async def test_a_slow_grpc_watcher_is_told_what_it_missed(nats_server: Any, make
     while True:
         try:
             slow.append(await asyncio.wait_for(slow_call.read(), 2))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     notices = [a for a in slow if a.Type == "SystemEvent"]
     real = [a for a in slow if a.Type != "SystemEvent"]
@@ -197,15 +200,16 @@ async def test_a_slow_grpc_watcher_is_told_what_it_missed(nats_server: Any, make
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))

@@ -240,8 +240,10 @@ async def test_policy_api_is_proxied_to_the_policy_service(nats_server: Any, fee
         assert bad.status_code == 422
         assert bad.json()["errors"] == [{"document": "0", "path": "kind", "message": "required"}]
         assert (await http.get("/api/v1/policies")).json() == {"ok": True, "policies": [{"name": "p"}]}
-        assert (await http.delete("/api/v1/policies/KubeArmorPolicy/p", params={"namespace": "demo"})).status_code == 200
-        assert (await http.delete("/api/v1/policies/KubeArmorPolicy/q", params={"namespace": "demo"})).status_code == 404
+        deleted = await http.delete("/api/v1/policies/KubeArmorPolicy/p", params={"namespace": "demo"})
+        assert deleted.status_code == 200
+        deleted = await http.delete("/api/v1/policies/KubeArmorPolicy/q", params={"namespace": "demo"})
+        assert deleted.status_code == 404
     await nc.close()
 
 

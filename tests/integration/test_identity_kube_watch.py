@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.lifecycle import Counters
 from services.identity.backoff import Backoff
 from services.identity.kube_provider import kube_api_client, kube_watchers
 from services.identity.runtime import KubeEvent, KubeReset
+from shared.lifecycle import Counters
 from tests.fixtures.k8s.fake_apiserver import FakeApiServer, load, load_events
 
 DOCKER_ID, CRI_ID = "d" * 64, "c" * 64

@@ -70,7 +70,8 @@ async def test_pods_namespaces_nodes_and_policies_from_kubernetes(nats_server, t
         db = await eventually(db_started, timeout=15)
         assert db, service_log(tmp_path, "identity")
         assert (db["namespace"], db["pod"], db["name"], db["labels"]) == ("shop", "shop-db-0", "db", {"app": "db"})
-        assert db["namespace_annotations"] == {"kubearmor-file-posture": "block", "kubearmor-visibility": "process,file"}
+        assert db["namespace_annotations"] == \
+            {"kubearmor-file-posture": "block", "kubearmor-visibility": "process,file"}
         assert db["mntns"] == os.stat(f"/proc/{sleeper.pid}/ns/mnt").st_ino and db["host_pid"] == sleeper.pid
         assert db["source"] == "cri" and CRI_ID in db["cgroup"] and db["image"] == "registry.local/shop/db:15"
 

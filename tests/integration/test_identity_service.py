@@ -31,7 +31,8 @@ async def test_register_list_replay_and_reap(nats_server, tmp_path) -> None:
         assert host.type == "started" and host.workload.kind == "host"
         assert host.workload.mntns == host_namespaces()[0]
 
-        bad = await request(nc, IDENTITY_API, {"op": "register", "workload": _workload(sleeper.pid, labels={"a b": "c"})})
+        bad_workload = _workload(sleeper.pid, labels={"a b": "c"})
+        bad = await request(nc, IDENTITY_API, {"op": "register", "workload": bad_workload})
         assert not bad["ok"] and "workload.labels" in bad["error"]
         assert not (await request(nc, IDENTITY_API, {"op": "nope"}))["ok"]
         ok = await request(nc, IDENTITY_API, {"op": "register", "workload": _workload(sleeper.pid)})

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from shared.bus import connect, ensure_streams, request, stream_last_seq
 from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
@@ -116,7 +115,8 @@ async def test_policy_service_end_to_end(nats_server, tmp_path: Path) -> None:
 
         rules_sub = await nc.subscribe(rules_for_node(NODE), cb=on_rules)
         await nc.flush()
-        await js.publish(identity_events(NODE), pack(IdentityEvent("started", workload("web-1"), time.time_ns()).to_wire()))
+        await js.publish(identity_events(NODE), pack(IdentityEvent("started", workload("web-1"),
+            time.time_ns()).to_wire()))
         _, rs = await asyncio.wait_for(arrived.get(), 20)
         await rules_sub.unsubscribe()
         assert "web-1" in rs.workloads and rs.workloads["web-1"].rules == [] and rs.identity_seq >= 1
@@ -166,12 +166,14 @@ async def test_policy_service_end_to_end(nats_server, tmp_path: Path) -> None:
         assert rs3.workloads["web-1"].rules[0].path == "/bin/sleep"
 
         # A second workload after the restart is picked up from the live identity stream.
-        await js.publish(identity_events(NODE), pack(IdentityEvent("started", workload("web-2"), time.time_ns()).to_wire()))
+        await js.publish(identity_events(NODE), pack(IdentityEvent("started", workload("web-2"),
+            time.time_ns()).to_wire()))
         rs4 = await wait_ruleset(js, lambda r: "web-2" in r.workloads)
         assert len(rs4.workloads["web-2"].rules) == 1
 
         # Delete.
-        reply = await call(nc, {"op": "delete", "kind": "KubeArmorPolicy", "namespace": "default", "name": "block-sleep"})
+        reply = await call(nc, {"op": "delete", "kind": "KubeArmorPolicy", "namespace": "default",
+            "name": "block-sleep"})
         assert reply["ok"] is True and reply["found"] is True
         await wait_ruleset(js, lambda r: all(not w.rules for w in r.workloads.values()))
         assert (await call(nc, {"op": "list"}))["policies"] == []
@@ -180,7 +182,8 @@ async def test_policy_service_end_to_end(nats_server, tmp_path: Path) -> None:
 
         # A stopped workload stays compiled for its grace (events it caused may be in flight), then leaves.
         stopped_at = time.monotonic()
-        await js.publish(identity_events(NODE), pack(IdentityEvent("stopped", workload("web-1"), time.time_ns()).to_wire()))
+        await js.publish(identity_events(NODE), pack(IdentityEvent("stopped", workload("web-1"),
+            time.time_ns()).to_wire()))
         await wait_ruleset(js, lambda r: set(r.workloads) == {"web-2"})
         assert time.monotonic() - stopped_at >= 0.9
     finally:

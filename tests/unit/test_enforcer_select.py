@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.schemas.rules import RuleSet, WorkloadRules
-
 from services.enforcer.audit import AuditOnlyEnforcer
 from services.enforcer.base import Enforcer
 from services.enforcer.select import choose, parse_order, probe_all
 from services.enforcer.state import AppliedRules
+from shared.schemas.rules import RuleSet, WorkloadRules
 
 
 class Stub:

@@ -37,7 +37,8 @@ def test_blocked_exec_has_kubearmor_fields() -> None:
     assert set(ALERT_FIELDS) <= set(a)
     assert a["Timestamp"] == TS // 10**9
     assert a["UpdatedTime"].endswith(".123456Z") and a["UpdatedTime"].startswith("2026-")
-    assert (a["ClusterName"], a["HostName"], a["NamespaceName"], a["PodName"]) == ("default", "node-1", "demo", "web-pod")
+    assert (a["ClusterName"], a["HostName"], a["NamespaceName"], a["PodName"]) == \
+        ("default", "node-1", "demo", "web-pod")
     assert a["Labels"] == "app=web,tier=front"
     assert (a["ContainerID"], a["ContainerName"], a["ContainerImage"]) == ("c0ffee", "web", "nginx:1.27")
     assert (a["HostPID"], a["HostPPID"], a["PID"], a["PPID"], a["UID"]) == (4242, 4200, 7, 1, 1000)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.feeder.kinds import access_for, kind_fields, open_flags_text
 from shared.matcher import decide
 from shared.schemas.events import RawEvent
 from shared.schemas.rules import Rule
-from services.feeder.kinds import access_for, kind_fields, open_flags_text
 
 
 def ev(kind: str, path: str = "", syscall: str = "", flags: int = 0, ret: int = 0, **extra: Any) -> RawEvent:

@@ -32,7 +32,8 @@ def test_throttler_quiet_period_and_notices() -> None:
     assert t.throttling() == 1 and t.expire(11 * S) == []
     throttled, notices = t.check(_a(), 12 * S + 5000)  # quiet period over: end notice, then counted afresh
     assert throttled is False and notices[0]["ThrottledAlerts"] == 2
-    assert notices[0]["EventID"] == f"throttle-end-c1-{10 * S + 3000}" and start["EventID"] == f"throttle-start-c1-{10 * S + 3000}"
+    assert notices[0]["EventID"] == \
+        f"throttle-end-c1-{10 * S + 3000}" and start["EventID"] == f"throttle-start-c1-{10 * S + 3000}"
     t.check(_a(), 20 * S)
     for i in range(4):
         t.check(_a(), 30 * S + i)

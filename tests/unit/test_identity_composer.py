@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from shared.schemas.identity import IdentityEvent, Workload
 from services.identity.backoff import Backoff
 from services.identity.composer import Composer
 from services.identity.docker_map import container_from_inspect, parse_docker_time
@@ -13,6 +12,7 @@ from services.identity.policy_sink import policy_requests
 from services.identity.registry import Registry
 from services.identity.runtime import KubeEvent, KubeReset, Remove, RuntimeContainer, Snapshot, Upsert
 from services.identity.runtime_ids import container_id_from_cgroup, split_runtime_id
+from shared.schemas.identity import IdentityEvent, Workload
 from tests.fixtures.k8s.fake_apiserver import load
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -75,10 +75,12 @@ def test_pod_correlation_docker_and_containerd_alike() -> None:
     by_id = {wl.id: wl for _, wl in plan}
     assert [k for k, _ in plan] == ["changed", "changed"]
     web, db = by_id[A], by_id[C]
-    assert (web.namespace, web.pod, web.name, web.image) == ("shop", "shop-web-7d9c-abcde", "web", "registry.local/shop/web:1.2")
+    assert (web.namespace, web.pod, web.name, web.image) == \
+        ("shop", "shop-web-7d9c-abcde", "web", "registry.local/shop/web:1.2")
     assert web.labels == {"app": "web", "pod-template-hash": "7d9c"}
     assert web.namespace_annotations == {"kubearmor-file-posture": "block", "kubearmor-visibility": "process,file"}
-    assert web.annotations["kubearmor-policy"] == "audited" and "kubectl.kubernetes.io/last-applied-configuration" not in web.annotations
+    assert web.annotations["kubearmor-policy"] == \
+        "audited" and "kubectl.kubernetes.io/last-applied-configuration" not in web.annotations
     assert web.annotations["bulwark.io/owner-kind"] == "ReplicaSet"
     assert (db.namespace, db.pod, db.name, db.labels) == ("shop", "shop-db-0", "db", {"app": "db"})
     _apply(reg, plan)
@@ -91,7 +93,8 @@ def test_pod_correlation_docker_and_containerd_alike() -> None:
 def test_dockershim_labels_without_pod_and_node_labels_to_host() -> None:
     reg = Registry()
     comp = Composer("k8s-node", reg)
-    wl = comp.workload_for("docker", _rc(A, labels={"io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.name": "p",
+    wl = comp.workload_for("docker", _rc(A, labels={"io.kubernetes.pod.namespace": "shop",
+        "io.kubernetes.pod.name": "p",
                                                    "io.kubernetes.container.name": "c", "team": "a"}))
     assert (wl.namespace, wl.pod, wl.name, wl.labels) == ("shop", "p", "c", {"team": "a"})
     host = Workload(id="host:k8s-node", name="k8s-node", namespace="", kind="host", node="k8s-node", mntns=1,
@@ -118,11 +121,13 @@ def test_runtime_ids_and_cgroups() -> None:
 
 
 def test_docker_inspect_mapping() -> None:
-    data = {"Id": A, "Name": "/web", "State": {"Running": True, "Pid": 42, "StartedAt": "2026-11-26T19:40:40.123456789Z"},
+    data = {"Id": A, "Name": "/web",
+            "State": {"Running": True, "Pid": 42, "StartedAt": "2026-11-26T19:40:40.123456789Z"},
             "Config": {"Image": "busybox:1", "Labels": {"app": "web"}}}
     rc = container_from_inspect(data, ns_reader=lambda pid, kind: {"mnt": 11, "pid": 12}[kind],
                                 cgroup_reader=lambda pid: f"/docker/{A}")
-    assert (rc.id, rc.name, rc.image, rc.labels, rc.pid, rc.mntns, rc.pidns) == (A, "web", "busybox:1", {"app": "web"}, 42, 11, 12)
+    assert (rc.id, rc.name, rc.image, rc.labels, rc.pid, rc.mntns, rc.pidns) == \
+        (A, "web", "busybox:1", {"app": "web"}, 42, 11, 12)
     assert rc.started_ns % 1_000_000_000 == 123456789
     assert container_from_inspect({**data, "State": {"Running": False, "Pid": 0}}) is None
     sandbox = {**data, "Config": {"Labels": {"io.kubernetes.docker.type": "podsandbox"}}}

@@ -6,7 +6,8 @@ from shared.schemas.rules import Rule
 
 
 def rule(**kw) -> Rule:
-    base = dict(policy="p", policy_kind="KubeArmorPolicy", policy_namespace="demo", operation="Process", action="Block", severity=5)
+    base = dict(policy="p", policy_kind="KubeArmorPolicy", policy_namespace="demo", operation="Process",
+        action="Block", severity=5)
     base.update(kw)
     return Rule(**base)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.matcher import Access, decide
-from shared.schemas.identity import Workload
-from shared.schemas.rules import Rule, WorkloadRules
 from services.enforcer.base import exec_block_rules
 from services.policy.compiler import compile_rules
 from services.policy.model import to_policy
 from services.policy.validate import admit
+from shared.matcher import Access, decide
+from shared.schemas.identity import Workload
+from shared.schemas.rules import Rule, WorkloadRules
 
 PATHS = ["/bin/sh", "/bin/ls", "/usr/bin/apt", "/usr/bin/curl"]
 SOURCES = ["/bin/bash", "/bin/dash", "/usr/bin/env", ""]
@@ -83,7 +83,9 @@ def test_fanotify_blocks_exactly_what_the_matcher_blocks_by_exact_path_rules(cas
                 if denied:  # whatever the enforcer denies, the matcher reports as Block
                     assert blocked, (wr.workload_id, path, source, decision)
                 elif blocked:  # the only Blocks fanotify leaves alone: directory rules and the posture
-                    assert decision.policy == "DefaultPosture" or (decision.rule is not None and not decision.rule.path), \
+                    by_dir_or_posture = decision.policy == "DefaultPosture" or (
+                        decision.rule is not None and not decision.rule.path)
+                    assert by_dir_or_posture, \
                         (wr.workload_id, path, source, decision)
                 if wr.audited:  # an audited workload is never enforced
                     assert not denied and not blocked

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.matcher import DEFAULT_POSTURE, Access, Decision, Posture, decide
-from shared.schemas.identity import Workload
 from services.policy.compiler import compile_rules
 from services.policy.model import Policy, to_policy
 from services.policy.parser import parse_documents
 from services.policy.validate import admit
+from shared.matcher import DEFAULT_POSTURE, Access, Decision, Posture, decide
+from shared.schemas.identity import Workload
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "kubearmor" / "policies"
 UBUNTU = "examples/multiubuntu/security-policies/"
@@ -300,7 +300,8 @@ spec:
   file: {matchPaths: [{path: /etc/passwd}]}
   action: ACTION
 """
-    audit, block, allow = (load(base.replace("NAME", a.lower()).replace("ACTION", a)) for a in ("Audit", "Block", "Allow"))
+    audit, block, allow = (load(base.replace("NAME", a.lower()).replace("ACTION", a)) for a in ("Audit",
+        "Block", "Allow"))
     nginx = wl("web", {"app": "nginx"})
     passwd = Access("File", "/etc/passwd")
     assert judge(audit + block, nginx, passwd).policy == "block"

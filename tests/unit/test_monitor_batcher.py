@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
+from services.monitor.batcher import Batcher
 from shared.codec import unpack
 from shared.lifecycle import Counters
 from shared.schemas.events import RawBatch, RawEvent
-from services.monitor.batcher import Batcher
 
 
 def event(i: int) -> RawEvent:

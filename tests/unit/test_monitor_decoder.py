@@ -5,10 +5,10 @@ import struct
 
 import pytest
 
+from services.monitor.decoder import EXEC_LAYOUT, EXEC_SIZE, DecodeContext, decode, decode_path
 from shared.codec import pack, unpack
 from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
-from services.monitor.decoder import EXEC_LAYOUT, EXEC_SIZE, DecodeContext, decode, decode_path
 
 CTX = DecodeContext(node="n1", boot_id="boot-1", boot_offset_ns=1_700_000_000_000_000_000)
 PATH_BUF = 768

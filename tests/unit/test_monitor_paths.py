@@ -3,12 +3,18 @@ the trie gets, when a namespace falls back to every file event, and that no path
 ever left uncovered (checked against shared.matcher itself)."""
 from __future__ import annotations
 
+from services.monitor.visibility import (
+    FILE_PATHS,
+    PATH_KEY_LEN,
+    Visibility,
+    file_prefixes,
+    path_entries,
+    visibility_masks,
+)
 from shared.loaders import decide_access
 from shared.matcher import Access, rule_matches_resource
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
-from services.monitor.visibility import (FILE_PATHS, PATH_KEY_LEN, Visibility, file_prefixes,
-                                         path_entries, visibility_masks)
 
 FILE, PROCESS = 2, 1
 HOST = 1
@@ -139,8 +145,8 @@ def test_no_matching_access_is_ever_filtered() -> None:
 
 
 def test_follower_applies_a_moved_path() -> None:
-    from shared.lifecycle import Counters
     from services.monitor.follow import FilterFollower
+    from shared.lifecycle import Counters
 
     applied: list[Visibility] = []
     follower = FilterFollower("n", lambda masks, _sys, _owner: applied.append(masks), Counters(),

@@ -5,14 +5,14 @@ import struct
 
 import pytest
 
-from shared.errors import DecodeError
-from shared.schemas.events import RawEvent
-from shared.schemas.identity import Workload
-from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 from services.monitor.decoder import DecodeContext
 from services.monitor.kinds_kernel import protocol_name, sockaddr
 from services.monitor.records import PROC_SIZE, SYS_HEAD, SYS_LAYOUT, RecordDecoder
 from services.monitor.visibility import ALL, CAPS_NAMED, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
+from shared.errors import DecodeError
+from shared.schemas.events import RawEvent
+from shared.schemas.identity import Workload
+from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
 CTX = DecodeContext(node="n1", boot_id="b", boot_offset_ns=1_000)
 PATH_BUF = 768
@@ -94,7 +94,8 @@ def test_sockaddr_and_protocols() -> None:
     six = struct.pack("<H", 10) + struct.pack(">H", 53) + bytes(4) + bytes(15) + b"\x01" + bytes(4)
     assert sockaddr(six)["addr"] == "::1"
     assert sockaddr(struct.pack("<H", 1) + b"\0abstract\0")["addr"] == "@abstract"
-    assert protocol_name(2, 2, 0) == "UDP" and protocol_name(2, 3, 1) == "ICMP" and protocol_name(1, 5, 0) == "seqpacket"
+    assert protocol_name(2, 2, 0) == \
+        "UDP" and protocol_name(2, 3, 1) == "ICMP" and protocol_name(1, 5, 0) == "seqpacket"
 
 
 def _rs(*workloads: WorkloadRules) -> RuleSet:

@@ -1,15 +1,13 @@
 """Compiling policies into per-node RuleSets: selection and KubeArmor's defaults."""
 from __future__ import annotations
 
-import time
-
-from shared.matcher import Access, decide
-from shared.schemas.identity import Workload
-from shared.schemas.rules import RuleSet
 from services.policy.compiler import compile_rules, selects
 from services.policy.model import normalise_action, to_policy
 from services.policy.parser import parse_documents
 from services.policy.validate import admit
+from shared.matcher import Access, decide
+from shared.schemas.identity import Workload
+from shared.schemas.rules import RuleSet
 
 
 def policy(text: str):
@@ -166,8 +164,8 @@ spec:
 
 
 def test_stopped_workloads_stay_compiled_for_their_grace_only() -> None:
-    from shared.schemas.identity import IdentityEvent
     from services.policy.store import Workloads
+    from shared.schemas.identity import IdentityEvent
 
     ws = Workloads(grace_seconds=10)
     ws.apply(IdentityEvent("started", wl("a"), 1), 1)
@@ -179,7 +177,8 @@ def test_stopped_workloads_stay_compiled_for_their_grace_only() -> None:
 
 
 def test_stopped_workloads_are_marked_so_enforcers_skip_them() -> None:
-    rs = compile_rules([policy(KSP)], [wl("a", {"app": "web"}, "shop"), wl("gone", {"app": "web"}, "shop", stopped=7)], "n1")
+    rs = compile_rules([policy(KSP)], [wl("a", {"app": "web"}, "shop"), wl("gone", {"app": "web"}, "shop",
+        stopped=7)], "n1")
     assert rs.workloads["gone"].stopped_ns == 7
     assert [w.workload_id for w in rs.running()] == ["a"]
     assert RuleSet.from_wire(rs.to_wire()).workloads["gone"].stopped_ns == 7

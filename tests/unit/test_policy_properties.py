@@ -8,13 +8,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.matcher import Access, decide
-from shared.schemas.identity import Workload
-from shared.schemas.rules import RuleSet
 from services.policy.compiler import compile_rules
 from services.policy.globs import glob_to_regex
 from services.policy.model import to_policy
 from services.policy.validate import KINDS, admit, check_document, validate
+from shared.matcher import Access, decide
+from shared.schemas.identity import Workload
+from shared.schemas.rules import RuleSet
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -68,7 +68,8 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
     if files or not proc:
         spec["file"] = {"matchPaths": files or [{"path": "/etc/passwd"}]}
     if draw(st.booleans()):
-        spec["network"] = {"matchProtocols": [{"protocol": draw(st.sampled_from(["tcp", "UDP", "icmp", "raw", "all"]))}]}
+        spec["network"] = {"matchProtocols": [{"protocol": draw(st.sampled_from(["tcp", "UDP", "icmp", "raw",
+            "all"]))}]}
     name = draw(st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True))
     return {"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
             "metadata": {"name": name, "namespace": "ns"}, "spec": spec}
