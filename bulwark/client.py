@@ -1,6 +1,12 @@
-"""The REST client the CLI uses: small functions over httpx with errors a user can read."""
+"""The REST client the CLI uses: small functions over httpx with errors a user can read.
+
+Over https the server's certificate is checked against ``ca`` (default ``BULWARK_REST_TLS_CA``, else the
+system's CAs).
+"""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,9 +28,16 @@ class ApiError(BulwarkError):
 class Api:
     """Bulwark's REST API at ``base_url``."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0, token: str | None = None) -> None:
+    def __init__(self, base_url: str, timeout: float = 10.0, token: str | None = None,
+                 ca: Path | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+        ca_file = ca or os.environ.get("BULWARK_REST_TLS_CA")
+        verify: Any = True
+        if ca_file:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, verify=verify)
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -53,7 +66,8 @@ class Api:
 
     def delete(self, kind: str, name: str, namespace: str = "") -> Any:
         """Delete one policy."""
-        return self._call("DELETE", f"/api/v1/policies/{kind}/{name}", params={"namespace": namespace} if namespace else None)
+        params = {"namespace": namespace} if namespace else None
+        return self._call("DELETE", f"/api/v1/policies/{kind}/{name}", params=params)
 
     def policies(self) -> Any:
         """Every policy with its status."""

@@ -4,12 +4,17 @@
 filter on the client, as karmor does: --namespace/--pod/--container/--operation/--logType exact,
 --resource/--source substrings, --labels a subset of the record's ``k=v`` labels. --json prints one
 object a line with KubeArmor's PascalCase names; --limit stops after N records.
+
+Credentials as for the REST commands: ``--token`` or ``BULWARK_API_TOKEN`` is sent as
+``authorization: Bearer <token>`` metadata; TLS with ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for
+mutual TLS, what karmor presents).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +28,9 @@ def add_logs_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="watch alerts and logs over gRPC (karmor logs' flags)")
     p.add_argument("--gRPC", dest="grpc", help="host:port of the LogService (default from BULWARK_GRPC_HOST/PORT)")
     p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) when the LogService uses TLS")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
+    p.add_argument("--token", help="bearer token (env BULWARK_API_TOKEN)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("--logFilter", default="policy", choices=["policy", "system", "all"],
                    help="policy: alerts, system: logs, all: both")
@@ -78,23 +86,44 @@ def render(kind: str, record: dict[str, Any], as_json: bool, out: TextIO) -> Non
     out.flush()
 
 
-async def _watch(args: argparse.Namespace, target: str) -> int:
+def _describe(exc: BaseException) -> str:
+    """A gRPC error as ``CODE: details`` (UNAUTHENTICATED: missing or invalid bearer token, ...)."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return str(exc)
+
+
+def _channel(args: argparse.Namespace, target: str) -> Any:
+    """A TLS channel when --tls-ca/--tls-cert is given, else a plaintext one."""
     import grpc
+
+    if not (args.tls_ca or args.tls_cert):
+        return grpc.aio.insecure_channel(target)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("bulwark logs: --tls-cert and --tls-key go together")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None)
+    return grpc.aio.secure_channel(target, creds)
+
+
+async def _watch(args: argparse.Namespace, target: str) -> int:
 
     from shared.proto_gen import kubearmor_pb2 as pb
     from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 
-    if args.tls_ca:
-        channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(args.tls_ca.read_bytes()))
-    else:
-        channel = grpc.aio.insecure_channel(target)
+    channel = _channel(args, target)
+    token = getattr(args, "token", None) or os.environ.get("BULWARK_API_TOKEN")
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     queue: asyncio.Queue[tuple[str, Any] | BaseException] = asyncio.Queue()
     stub = pb_grpc.LogServiceStub(channel)
     calls = []
     if args.logFilter in ("policy", "all"):
-        calls.append(("Alert", stub.WatchAlerts(pb.RequestMessage(Filter=args.logFilter))))
+        calls.append(("Alert", stub.WatchAlerts(pb.RequestMessage(Filter=args.logFilter), metadata=metadata)))
     if args.logFilter in ("system", "all"):
-        calls.append(("Log", stub.WatchLogs(pb.RequestMessage(Filter=args.logFilter))))
+        calls.append(("Log", stub.WatchLogs(pb.RequestMessage(Filter=args.logFilter), metadata=metadata)))
 
     async def pump(kind: str, call: AsyncIterator[Any]) -> None:
         try:
@@ -111,7 +140,7 @@ async def _watch(args: argparse.Namespace, target: str) -> int:
             if isinstance(item, BaseException):
                 if isinstance(item, asyncio.CancelledError):
                     continue
-                sys.stderr.write(f"bulwark logs: {target}: {getattr(item, 'details', lambda: item)()}\n")
+                sys.stderr.write(f"bulwark logs: {target}: {_describe(item)}\n")
                 return 1
             kind, msg = item
             record = to_dict(msg)
@@ -138,7 +167,7 @@ def run_logs(args: argparse.Namespace) -> int:
         if args.timeout:
             return asyncio.run(asyncio.wait_for(_watch(args, target), args.timeout))
         return asyncio.run(_watch(args, target))
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         return 0
     except KeyboardInterrupt:
         return 130

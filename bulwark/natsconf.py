@@ -14,7 +14,7 @@ from shared.natsauth import CLUSTER_ROLES, NODE_ROLES, new_password, render_auth
 from shared.natscreds import NatsCredentials
 
 __all__ = ["AuthFiles", "prepare_auth", "launcher_url", "load_passwords", "node_users", "create_streams",
-           "write_private"]
+           "write_private", "nats_tls_block"]
 
 AUTH_DIR = "nats-auth"
 
@@ -58,14 +58,27 @@ def node_users(nodes: list[str]) -> list[str]:
     return [user_name(r) for r in CLUSTER_ROLES] + [user_name(r, n) for n in nodes for r in NODE_ROLES]
 
 
-def prepare_auth(data_dir: Path, node: str, port: int) -> AuthFiles:
-    """Create (or reuse) the users' passwords and render nats.conf for ``node``; files are 0600."""
+def nats_tls_block(cert: Path, key: Path, client_ca: Path | None = None) -> str:
+    """nats.conf's ``tls`` block: clients must speak TLS (and, with ``client_ca``, present a certificate)."""
+    lines = [f"  cert_file: {json.dumps(str(cert))}", f"  key_file: {json.dumps(str(key))}", "  timeout: 5"]
+    if client_ca is not None:
+        lines += [f"  ca_file: {json.dumps(str(client_ca))}", "  verify: true"]
+    return "tls {\n" + "\n".join(lines) + "\n}\n"
+
+
+def prepare_auth(data_dir: Path, node: str, port: int, *, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> AuthFiles:
+    """Create (or reuse) the users' passwords and render nats.conf for ``node``; files are 0600.
+
+    With ``tls_cert`` and ``tls_key`` the server speaks only TLS (clients trust it with BULWARK_NATS_TLS_CA).
+    """
     folder = data_dir / AUTH_DIR
     passwords = load_passwords(folder, node_users([node]))
     store = data_dir / "nats"
     config = folder / "nats.conf"
+    tls = nats_tls_block(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else ""
     write_private(config, f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: {json.dumps(str(store))} }}\n'
-                           + render_authorization(passwords, [node]))
+                           + tls + render_authorization(passwords, [node]))
     urls = {r: _url(user_name(r), passwords[user_name(r)], port) for r in CLUSTER_ROLES}
     urls.update({r: _url(user_name(r, node), passwords[user_name(r, node)], port) for r in NODE_ROLES})
     write_private(folder / "launcher.url", urls["launcher"])

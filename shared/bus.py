@@ -1,9 +1,18 @@
-"""The NATS connection every service uses: named callbacks, streams created only if missing."""
+"""The NATS connection every service uses: named callbacks, streams created only if missing.
+
+:func:`connect` receives replies on the login's private inbox prefix (``_INBOX_<user>``, see
+shared.natsauth), uses TLS when ``BULWARK_NATS_TLS_*`` is set, and treats a refused login as final:
+an authorization violation while connecting raises :class:`NatsAuthRefused` at once (after
+``auth_grace`` seconds for a rotating token, which the auth callout may not be ready to check yet).
+"""
 from __future__ import annotations
 
 import logging
+import ssl
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -12,33 +21,83 @@ from nats.js.api import DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 from shared.codec import pack, unpack, unpack_map
-from shared.errors import DecodeError, ServiceUnavailable
+from shared.errors import BulwarkError, DecodeError, ServiceUnavailable
 from shared.lifecycle import Counters
+from shared.natsauth import inbox_prefix
 from shared.natscreds import NatsCredentials
 from shared.subjects import STREAMS, StreamSpec
 
-__all__ = ["connect", "ensure_streams", "ensure_stream", "request", "stream_last_seq", "replay_stream"]
+__all__ = ["connect", "ensure_streams", "ensure_stream", "request", "stream_last_seq", "replay_stream",
+           "NatsAuthRefused", "login_user", "is_auth_error"]
 
 log = logging.getLogger("bulwark.bus")
 
+TOKEN_AUTH_GRACE = 60.0
+
+
+class NatsAuthRefused(BulwarkError):
+    """NATS refused this client's credentials: retrying with the same ones cannot help."""
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing a login (an authorization violation)."""
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+def login_user(url: str, credentials: NatsCredentials | None = None) -> str:
+    """The user a connection logs in as: the credentials' or the URL's (``nats://user:pass@host``), or ""."""
+    if credentials is not None:
+        return credentials.user
+    first = url.split(",")[0].strip()
+    try:
+        return unquote(urlsplit(first).username or "")
+    except ValueError:
+        return ""
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url.split(",")[0].strip())
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{(parts.username + '@') if parts.username else ''}{host}:{parts.port or ''}"
+
 
 async def connect(url: str, name: str, *, credentials: NatsCredentials | None = None,
-                  connect_timeout: float = 5.0) -> Client:
+                  connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None,
+                  auth_grace: float | None = None) -> Client:
     """Connect to NATS with logged error/disconnect/reconnect/close callbacks and endless reconnects.
 
-    ``credentials`` (a user and password) are for URLs that carry none (see shared.natscreds).
+    ``credentials`` (a user and password) are for URLs that carry none (see shared.natscreds). ``tls``
+    None: the context from ``BULWARK_NATS_TLS_*`` (none configured: plaintext unless the URL says tls://).
+    A refused login raises NatsAuthRefused (``auth_grace`` seconds of retries first; default 0, or
+    TOKEN_AUTH_GRACE for a rotating token); NATS not reachable yet is retried forever, as before.
     """
-    nc: Client | None = None
+    if tls is None:
+        from shared.config import load_settings
+
+        tls = load_settings().nats_tls_context()
+    user = login_user(url, credentials)
+    if auth_grace is None:
+        auth_grace = TOKEN_AUTH_GRACE if credentials is not None and credentials.refresh is not None else 0.0
+    nc = Client()
+    connected = False
+    deadline = time.monotonic() + auth_grace
 
     def refresh_password() -> None:
         """A rotating password (a token file) is read again before the client logs in again."""
-        if nc is not None and credentials is not None and credentials.refresh is not None:
+        if credentials is not None and credentials.refresh is not None:
             try:
                 nc.options["password"] = credentials.refresh()
             except Exception as exc:
                 log.warning("nats credentials not refreshed", extra={"client": name, "error": str(exc)})
 
     async def error_cb(exc: Exception) -> None:
+        if not connected and is_auth_error(exc) and time.monotonic() >= deadline:
+            raise NatsAuthRefused(  # leaves nc.connect's retry loop: see the except below
+                f"NATS at {_safe_url(url)} refused the login of {user or 'an anonymous client'!r} "
+                f"(authorization violation): give this client its NATS user's credentials "
+                f"(a URL with user:password, BULWARK_NATS_USER/BULWARK_NATS_PASSWORD, or the data directory "
+                f"of `bulwark up --nats-auth`)")
         log.warning("nats error", extra={"client": name, "error": repr(exc)})
         refresh_password()
 
@@ -52,13 +111,31 @@ async def connect(url: str, name: str, *, credentials: NatsCredentials | None = 
     async def closed_cb() -> None:
         log.info("nats closed", extra={"client": name})
 
-    login = {"user": credentials.user, "password": credentials.password} if credentials else {}
-    nc = await nats.connect(
-        url, name=name, connect_timeout=connect_timeout, **login, max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, error_cb=error_cb, disconnected_cb=disconnected_cb,
-        reconnected_cb=reconnected_cb, closed_cb=closed_cb,
-    )
+    options: dict[str, Any] = {"name": name, "connect_timeout": connect_timeout, "max_reconnect_attempts": -1,
+                               "reconnect_time_wait": 0.5, "error_cb": error_cb, "disconnected_cb": disconnected_cb,
+                               "reconnected_cb": reconnected_cb, "closed_cb": closed_cb}
+    if credentials is not None:
+        options.update(user=credentials.user, password=credentials.password)
+    if tls is not None:
+        options["tls"] = tls
+    prefix = credentials.inbox_prefix if credentials is not None else (inbox_prefix(user) if user else "")
+    if prefix:
+        options["inbox_prefix"] = prefix
+    try:
+        await nc.connect(url, **options)
+    except NatsAuthRefused as exc:
+        log.error("nats login refused", extra={"client": name, "user": user, "error": str(exc)})
+        await _close_quietly(nc)
+        raise
+    connected = True
     return nc
+
+
+async def _close_quietly(nc: Client) -> None:
+    try:
+        await nc.close()
+    except Exception as exc:  # a half-open client: nothing more to release
+        log.debug("nats close after a refused login", extra={"error": repr(exc)})
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
@@ -104,7 +181,7 @@ async def request(nc: Client, subject: str, payload: Any, timeout: float = 5.0) 
     return unpack(msg.data)
 
 
-async def replay_stream(js: JetStreamContext, spec: StreamSpec, handle: Callable[[dict[str, Any], int], None],
+async def replay_stream(js: JetStreamContext, spec: StreamSpec, handle: Callable[[dict[str, Any], int], object],
                         counters: Counters, *, timeout: float = 5.0) -> int:
     """Feed every message of ``spec``'s stream, oldest first, to ``handle(map, seq)``; returns the last seq.
 

@@ -1,16 +1,23 @@
 """Settings for every Bulwark process, read from flags and ``BULWARK_*`` environment variables.
 
 Settings are built by :func:`load_settings`, never at import time.
+
+TLS on every listener and client: REST and the websocket (``BULWARK_REST_TLS_CERT``/``_KEY`` on the feeder,
+``BULWARK_REST_TLS_CA`` for clients), gRPC (``BULWARK_GRPC_TLS_CERT``/``_KEY``, with
+``BULWARK_GRPC_TLS_CLIENT_CA`` mutual TLS), NATS client connections (``BULWARK_NATS_TLS_CA``, and
+``BULWARK_NATS_TLS_CERT``/``_KEY`` when the server wants client certificates).
 """
 from __future__ import annotations
 
 import socket
+import ssl
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "load_settings", "DEFAULT_DATA_DIR"]
+__all__ = ["Settings", "load_settings", "DEFAULT_DATA_DIR", "client_tls_context"]
 
 DEFAULT_DATA_DIR = Path("/var/lib/bulwark")
 
@@ -35,6 +42,15 @@ class Settings(BaseSettings):
     rest_port: int = 8080
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 32767
+    # TLS (see the module docstring); a verified gRPC client certificate grants grpc_cert_scopes
+    rest_tls_cert: Path | None = None
+    rest_tls_key: Path | None = None
+    rest_tls_ca: Path | None = None
+    grpc_tls_client_ca: Path | None = None
+    grpc_cert_scopes: str = "read"
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
     db_url: str | None = None
     btf_tree_dir: Path | None = None
     enforcer_order: str = "bpflsm,fanotify,audit"
@@ -61,8 +77,40 @@ class Settings(BaseSettings):
 
     @property
     def rest_url(self) -> str:
-        """Base URL of the feeder's REST API."""
-        return f"http://{self.rest_host}:{self.rest_port}"
+        """Base URL of the feeder's REST API (https when REST TLS is configured)."""
+        scheme = "https" if self.rest_tls_cert or self.rest_tls_ca else "http"
+        return f"{scheme}://{self.rest_host}:{self.rest_port}"
+
+    def rest_tls_options(self) -> dict[str, Any]:
+        """uvicorn.Config keywords serving REST and the websocket over TLS ({} when not configured)."""
+        if (self.rest_tls_cert is None) != (self.rest_tls_key is None):
+            raise ValueError("REST TLS needs both BULWARK_REST_TLS_CERT and BULWARK_REST_TLS_KEY")
+        if self.rest_tls_cert is None:
+            return {}
+        for what, path in (("BULWARK_REST_TLS_CERT", self.rest_tls_cert), ("BULWARK_REST_TLS_KEY", self.rest_tls_key)):
+            if not path or not path.is_file():
+                raise ValueError(f"{what}: {path} is not a readable file")
+        return {"ssl_certfile": str(self.rest_tls_cert), "ssl_keyfile": str(self.rest_tls_key)}
+
+    def nats_tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for NATS client connections (None when not configured)."""
+        return client_tls_context(self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key, what="BULWARK_NATS_TLS")
+
+
+def client_tls_context(ca: Path | None, cert: Path | None = None, key: Path | None = None, *,
+                       what: str = "TLS") -> ssl.SSLContext | None:
+    """A verifying client context trusting ``ca`` (plus a client certificate); None when nothing is set."""
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        raise ValueError(f"{what}: a client certificate needs both _CERT and _KEY")
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        if cert is not None and key is not None:
+            ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{what}: cannot load {exc}") from exc
+    return ctx
 
 
 def load_settings(**overrides: object) -> Settings:

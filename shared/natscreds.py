@@ -7,6 +7,9 @@ Three sources, first match wins:
   the projected ServiceAccount token in that file. Identity's auth callout checks the token and grants that
   role's rights on the token's own node (services/identity/natscallout.py). The kubelet rotates the file, so
   it is read again before every reconnect.
+
+Each user receives replies on its own inbox prefix (``shared.natsauth.inbox_prefix``): for a token login
+that is the prefix of the user the callout grants (``monitor-<node>``), not of the role it logs in as.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import BulwarkError
-from shared.natsauth import NODE_ROLES, user_name
+from shared.natsauth import NODE_ROLES, inbox_prefix, user_name
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -30,11 +33,18 @@ class CredentialsError(BulwarkError):
 
 @dataclass(frozen=True)
 class NatsCredentials:
-    """A NATS user and its password; ``refresh`` re-reads a password that rotates (a token file)."""
+    """A NATS user and its password; ``refresh`` re-reads a password that rotates (a token file);
+    ``inbox`` is the private inbox prefix the server grants this login (default: the user's)."""
 
     user: str
     password: str
     refresh: Callable[[], str] | None = field(default=None, compare=False)
+    inbox: str = ""
+
+    @property
+    def inbox_prefix(self) -> str:
+        """Where this login's replies arrive (``<prefix>.>``)."""
+        return self.inbox or inbox_prefix(self.user)
 
     def __repr__(self) -> str:  # never log a password
         return f"NatsCredentials(user={self.user!r})"
@@ -66,4 +76,5 @@ def credentials_for(settings: Settings, role: str) -> NatsCredentials | None:
         return None
     if role not in NODE_ROLES:
         raise CredentialsError(f"BULWARK_NATS_TOKEN_FILE is for node agents ({', '.join(NODE_ROLES)}), not {role}")
-    return NatsCredentials(role, _read_token(path), refresh=lambda: _read_token(path))
+    return NatsCredentials(role, _read_token(path), refresh=lambda: _read_token(path),
+                           inbox=inbox_prefix(user_name(role, settings.node_name)))

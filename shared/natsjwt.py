@@ -34,12 +34,12 @@ def _unb64(text: str) -> bytes:
 
 def new_account_seed() -> str:
     """A fresh account nkey seed (``SA...``): the callout's issuer key."""
-    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT).decode()
+    return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT).decode())
 
 
 def public_key(seed: str) -> str:
     """The public nkey (``A...``) of ``seed``."""
-    return nkeys.from_seed(seed.encode()).public_key.decode()
+    return str(nkeys.from_seed(seed.encode()).public_key.decode())
 
 
 def _verify_key(public: str) -> Any:
@@ -66,7 +66,8 @@ def decode(token: str, issuer: str | None = None) -> dict[str, Any]:
     """The claims of ``token``; with ``issuer``, the token must be signed by that public nkey."""
     try:
         head, body, sig = token.split(".")
-        header, claims = json.loads(_unb64(head)), json.loads(_unb64(body))
+        header = json.loads(_unb64(head))
+        claims: dict[str, Any] = json.loads(_unb64(body))
     except (ValueError, UnicodeDecodeError) as exc:
         raise JwtError(f"not a JWT: {exc}") from None
     if header.get("alg") not in ("ed25519-nkey", "ed25519"):

@@ -62,7 +62,7 @@ class PolicyService(ppb_grpc.PolicyServiceServicer):
         """Apply or delete a KubeArmorHostPolicy."""
         return ppb.response(status=await self.handle(req.policy, "host"))
 
-    async def handle(self, data: bytes, scope: str) -> int:
+    async def handle(self, data: bytes, scope: str) -> ppb.PolicyStatus:
         """The PolicyStatus for one request."""
         try:
             event, obj = parse_policy_event(data, scope)
@@ -70,7 +70,8 @@ class PolicyService(ppb_grpc.PolicyServiceServicer):
             self.counters.inc("policy_rpc_invalid")
             log.warning("invalid policy rpc", extra={"error": str(exc)})
             return ppb.Invalid
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        raw_meta = obj.get("metadata")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
         try:
             if event == "DELETED":
                 reply = await request(self.nc, POLICY_API, {"op": "delete", "kind": obj["kind"],

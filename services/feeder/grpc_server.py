@@ -5,7 +5,12 @@ WatchAlerts streams new alerts for Filter ``all``/``policy``; WatchLogs streams 
 daemon messages (throttling notices). HealthCheck echoes the nonce. Each watcher has its own bounded
 queue (drops counted as ``dropped_grpc``); a watcher that lost records gets a ``SystemEvent`` record
 "dropped N ..." when it catches up. ``grpc.health.v1`` and, when wired, ``policy.PolicyService`` are
-served on the same port; TLS when a certificate and key are given.
+served on the same port; TLS when a certificate and key are given, mutual TLS when a client CA is too.
+
+Every call goes through :class:`services.feeder.auth.GrpcAuthInterceptor`: the same tokens as REST
+(``authorization: Bearer <token>`` metadata; READ for the watches, WRITE for PolicyService). A caller that
+passes no ``auth`` gets the configured tokens (``BULWARK_API_READ_TOKENS``/``_WRITE_TOKENS``), so no
+caller can leave the port open by omission.
 """
 from __future__ import annotations
 
@@ -20,12 +25,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message as PbMessage
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.feeder.auth import READ, WRITE, ApiAuth, GrpcAuthInterceptor
 from services.feeder.enrich import rfc3339
 from services.feeder.hub import AlertHub, Subscriber
 from shared.proto_gen import kubearmor_pb2 as pb
 from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 
-__all__ = ["LogService", "alert_to_pb", "log_to_pb", "build_grpc_server", "SERVICE_NAME", "record_to_pb"]
+__all__ = ["LogService", "alert_to_pb", "log_to_pb", "build_grpc_server", "SERVICE_NAME", "record_to_pb",
+           "configured_auth"]
 
 SERVICE_NAME = "feeder.LogService"
 GRPC_QUEUE = 1024
@@ -136,19 +143,44 @@ class LogService(pb_grpc.LogServiceServicer):
             yield message
 
 
-def _credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+def _credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
     try:
-        return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+        pair = [(key.read_bytes(), cert.read_bytes())]
+        if client_ca is None:
+            return grpc.ssl_server_credentials(pair)
+        return grpc.ssl_server_credentials(pair, root_certificates=client_ca.read_bytes(),
+                                           require_client_auth=True)
     except OSError as exc:
-        raise OSError(f"gRPC TLS: cannot read certificate/key: {exc}") from exc
+        raise OSError(f"gRPC TLS: cannot read certificate/key/client CA: {exc}") from exc
+
+
+def configured_auth() -> tuple[ApiAuth, Path | None]:
+    """The tokens, certificate scopes and client CA from the environment (see services.feeder.settings)."""
+    from services.feeder.settings import load_feeder_settings, split_tokens
+
+    s = load_feeder_settings()
+    scopes = frozenset(x.strip() for x in s.grpc_cert_scopes.split(",") if x.strip())
+    unknown = scopes - {READ, WRITE}
+    if unknown:
+        raise ValueError(f"BULWARK_GRPC_CERT_SCOPES: unknown scope(s) {sorted(unknown)} (read, write)")
+    return ApiAuth(split_tokens(s.api_read_tokens), split_tokens(s.api_write_tokens), scopes), s.grpc_tls_client_ca
 
 
 async def build_grpc_server(hub: AlertHub, host: str, port: int, *, queue_size: int = GRPC_QUEUE,
                             cluster: str = "default", node: str = "", tls_cert: Path | None = None,
-                            tls_key: Path | None = None, policy_service: Any = None
-                            ) -> tuple[grpc.aio.Server, LogService]:
-    """A started grpc.aio server with LogService, grpc.health.v1 (and PolicyService) on ``host:port``."""
-    server = grpc.aio.server()
+                            tls_key: Path | None = None, policy_service: Any = None, auth: ApiAuth | None = None,
+                            client_ca: Path | None = None) -> tuple[grpc.aio.Server, LogService]:
+    """A started grpc.aio server with LogService, grpc.health.v1 (and PolicyService) on ``host:port``.
+
+    ``auth`` None: the configured tokens, certificate scopes and client CA (:func:`configured_auth`).
+    """
+    if auth is None:
+        auth, client_ca = configured_auth()
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("gRPC TLS needs both BULWARK_GRPC_TLS_CERT and BULWARK_GRPC_TLS_KEY")
+    if client_ca is not None and tls_cert is None:
+        raise ValueError("BULWARK_GRPC_TLS_CLIENT_CA needs BULWARK_GRPC_TLS_CERT and BULWARK_GRPC_TLS_KEY")
+    server = grpc.aio.server(interceptors=[GrpcAuthInterceptor(auth)])
     service = LogService(hub, queue_size, cluster=cluster, node=node)
     pb_grpc.add_LogServiceServicer_to_server(service, server)
     if policy_service is not None:
@@ -159,11 +191,9 @@ async def build_grpc_server(hub: AlertHub, host: str, port: int, *, queue_size: 
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
     await checker.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    if (tls_cert is None) != (tls_key is None):
-        raise ValueError("gRPC TLS needs both BULWARK_GRPC_TLS_CERT and BULWARK_GRPC_TLS_KEY")
     address = f"{host}:{port}"
     if tls_cert is not None and tls_key is not None:
-        bound = server.add_secure_port(address, _credentials(tls_cert, tls_key))
+        bound = server.add_secure_port(address, _credentials(tls_cert, tls_key, client_ca))
     else:
         bound = server.add_insecure_port(address)
     if bound == 0:

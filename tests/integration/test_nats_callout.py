@@ -32,7 +32,7 @@ from shared.config import Settings
 from shared.natscreds import NatsCredentials, credentials_for
 from shared.subjects import POLICY_EVENTS, raw_events
 from tests.fixtures.k8s.fake_apiserver import FakeApiServer
-from tests.natsperm import anonymous_refused, login_refused, publish_ok, start_nats
+from tests.natsperm import anonymous_refused, login_refused, probe, publish_ok, start_nats
 from tests.servicetools import service_log, start_service, stop_service, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +130,14 @@ async def test_node_agents_log_in_with_their_serviceaccount_token(tmp_path: Path
         assert not await publish_ok(url, raw_events(NODE), cluster("feeder"))
         assert await publish_ok(url, POLICY_EVENTS, cluster("policy"))
         assert await anonymous_refused(url)
+        # The callout's user has a private inbox: other users' replies stay out of its reach.
+        spy = await probe(url, creds=_agent(token, "monitor"))
+        try:
+            for inbox in ("_INBOX.>", "_INBOX_feeder.>"):
+                await spy.nc.subscribe(inbox)
+                await spy.violation(inbox)
+        finally:
+            await spy.close()
         assert len(api.calls(REVIEWS)) >= 5
 
         # The kubelet rotates the token; NATS restarts: the agent logs in again with the new token by itself.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from bulwark.natsconf import create_streams
 from bulwark.natsd import free_port
 from bulwark.natsdeploy import render_compose
@@ -15,7 +14,8 @@ from bulwark.procs import terminate
 from shared.config import Settings
 from shared.natscreds import NatsCredentials, credentials_for
 from shared.subjects import POLICY_EVENTS, raw_events
-from tests.natsperm import anonymous_refused, env_file_credentials, publish_ok, start_nats
+from tests.natsperm import anonymous_refused, env_file_credentials, probe, publish_ok, start_nats
+
 
 async def test_compose_users_from_env_files(tmp_path: Path) -> None:
     auth = tmp_path / "auth"
@@ -40,5 +40,12 @@ async def test_compose_users_from_env_files(tmp_path: Path) -> None:
         assert not await publish_ok(url, raw_events("compose-a"), creds("feeder"))
         assert await publish_ok(url, POLICY_EVENTS, creds("policy"))
         assert await anonymous_refused(url)
+        spy = await probe(url, creds=creds("monitor"))  # replies to others are private (issue 14 item 10)
+        try:
+            for inbox in ("_INBOX.>", "_INBOX_feeder.>"):
+                await spy.nc.subscribe(inbox)
+                await spy.violation(inbox)
+        finally:
+            await spy.close()
     finally:
         terminate(proc, grace=5)
