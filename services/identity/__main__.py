@@ -17,13 +17,12 @@ from services.identity.providers import Providers
 from services.identity.reaper import is_gone
 from services.identity.registry import Registry
 from services.identity.settings import IdentitySettings, load_identity_settings
-from shared.bus import connect, ensure_streams, replay_stream
+from shared.bus import replay_stream
 from shared.codec import pack, unpack
 from shared.errors import DecodeError
-from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
-from shared.logs import setup_logging
-from shared.natscreds import credentials_for
+from shared.lifecycle import Counters
 from shared.schemas.identity import IdentityEvent
+from shared.service import Service, running_service
 from shared.subjects import IDENTITY, IDENTITY_API
 
 log = logging.getLogger("bulwark.identity")
@@ -57,15 +56,16 @@ async def start_callout(nc: Client, settings: IdentitySettings, counters: Counte
 async def main() -> None:
     """Wire the identity service and run it until SIGTERM."""
     settings = load_identity_settings()
-    setup_logging("identity", settings.log_level)
-    stop = stop_event_on_signals()
-    nc = await connect(settings.nats_url, "identity", credentials=credentials_for(settings, "identity"))
-    js = nc.jetstream()
-    await ensure_streams(js)
-    counters = Counters()
+    async with running_service("identity", settings) as svc:
+        await serve(svc, settings)
+
+
+async def serve(svc: Service, settings: IdentitySettings) -> None:
+    """Replay the identity stream, publish this host, serve registrations and run the providers."""
+    nc, counters = svc.nc, svc.counters
     registry = Registry()
-    await replay_stream(js, IDENTITY, lambda m, seq: registry.apply(IdentityEvent.from_wire(m), seq), counters)
-    api = IdentityApi(js, registry, counters)
+    await replay_stream(svc.js, IDENTITY, lambda m, seq: registry.apply(IdentityEvent.from_wire(m), seq), counters)
+    api = IdentityApi(svc.js, registry, counters)
 
     host = host_workload(settings.node_name)
     known = registry.get(host.id)
@@ -91,22 +91,18 @@ async def main() -> None:
     sink = PolicySink(nc, counters) if kube_configured(settings.kubeconfig) else None
     providers = Providers(settings, api, composer, sink, counters)
     providers.start()
-    tasks = [
-        asyncio.create_task(heartbeat_loop(nc, "identity", settings.node_name, settings.heartbeat_seconds,
-                                           lambda: {**counters, **providers.details(),
-                                                    "workloads": len(registry.running())}, stop)),
-        asyncio.create_task(reap_loop(api, settings.node_name, stop)),
-        asyncio.create_task(providers.apply_loop(stop)),
-        asyncio.create_task(providers.cri_loop(stop)),
-    ]
-    if sink is not None:
-        tasks.append(asyncio.create_task(sink.run(stop)))
-    log.info("identity ready", extra={"workloads": len(registry.running()), "docker": settings.docker_host,
-                                      "kubernetes": kube_configured(settings.kubeconfig)})
-    await stop.wait()
-    await asyncio.to_thread(providers.stop)
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await nc.drain()
+    try:
+        svc.heartbeat(lambda: {**counters, **providers.details(), "workloads": len(registry.running())})
+        svc.spawn(reap_loop(api, settings.node_name, svc.stop))
+        svc.spawn(providers.apply_loop(svc.stop))
+        svc.spawn(providers.cri_loop(svc.stop))
+        if sink is not None:
+            svc.spawn(sink.run(svc.stop))
+        log.info("identity ready", extra={"workloads": len(registry.running()), "docker": settings.docker_host,
+                                          "kubernetes": kube_configured(settings.kubeconfig)})
+        await svc.wait_stopped()
+    finally:
+        await asyncio.to_thread(providers.stop)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ from services.policy.posture import posture_from_settings
 from services.policy.rulesets import RulePublisher
 from services.policy.schema import load_crd_schemas
 from services.policy.store import PolicyStore, Workloads
-from shared.bus import connect, ensure_streams, replay_stream
+from shared.bus import replay_stream
 from shared.codec import pack, unpack, unpack_map
-from shared.config import load_settings
+from shared.config import Settings, load_settings
 from shared.errors import DecodeError
-from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
-from shared.logs import setup_logging
-from shared.natscreds import credentials_for
 from shared.schemas.identity import IdentityEvent
+from shared.service import Service, running_service
 from shared.subjects import IDENTITY, POLICIES, POLICY_API
 
 log = logging.getLogger("bulwark.policy")
@@ -28,13 +26,14 @@ log = logging.getLogger("bulwark.policy")
 async def main() -> None:
     """Wire the policy service and run it until SIGTERM."""
     settings = load_settings()
-    setup_logging("policy", settings.log_level)
-    stop = stop_event_on_signals()
     load_crd_schemas()  # fail early if the CRDs we ship are missing
-    nc = await connect(settings.nats_url, "policy", credentials=credentials_for(settings, "policy"))
-    js = nc.jetstream()
-    await ensure_streams(js)
-    counters = Counters()
+    async with running_service("policy", settings) as svc:
+        await serve(svc, settings)
+
+
+async def serve(svc: Service, settings: Settings) -> None:
+    """Replay the policy log and the identity stream, then serve requests and publish rules until stopped."""
+    js, nc, counters, stop = svc.js, svc.nc, svc.counters, svc.stop
     store, workloads = PolicyStore(), Workloads(settings.stopped_grace_seconds)
     publisher = RulePublisher(js, store, workloads, counters, posture_from_settings(settings))
 
@@ -79,10 +78,6 @@ async def main() -> None:
     identity_sub = await js.subscribe(IDENTITY.subjects[0], cb=on_identity, ordered_consumer=True, config=config)
     api_sub = await nc.subscribe(POLICY_API, cb=on_request)
 
-    def details() -> dict[str, Any]:
-        return {**counters, "policies": len(store.items), "policy_seq": store.last_seq,
-                "identity_seq": workloads.last_seq}
-
     async def expire_stopped() -> None:
         interval = max(0.2, min(5.0, settings.stopped_grace_seconds / 2))
         while not stop.is_set():
@@ -94,16 +89,15 @@ async def main() -> None:
                 async with api.lock:
                     await publisher.publish_node(node)
 
-    expiry = asyncio.create_task(expire_stopped())
-    heartbeat = asyncio.create_task(heartbeat_loop(nc, "policy", settings.node_name, settings.heartbeat_seconds,
-                                                   details, stop))
+    svc.spawn(expire_stopped())
+    svc.heartbeat(lambda: {**counters, "policies": len(store.items), "policy_seq": store.last_seq,
+                           "identity_seq": workloads.last_seq})
     log.info("policy service ready", extra={"subject": POLICY_API})
-    await stop.wait()
-    await api_sub.unsubscribe()
-    await identity_sub.unsubscribe()
-    await heartbeat
-    await expiry
-    await nc.drain()
+    try:
+        await svc.wait_stopped()
+    finally:
+        await api_sub.unsubscribe()
+        await identity_sub.unsubscribe()
 
 
 if __name__ == "__main__":
