@@ -23,7 +23,7 @@ from services.feeder.enrich import build_alert  # noqa: E402
 from services.feeder.state import FeederState  # noqa: E402
 from services.identity.composer import Composer  # noqa: E402
 from services.identity.registry import Registry  # noqa: E402
-from services.identity.runtime import KubeReset, RuntimeContainer  # noqa: E402
+from services.identity.runtime.facts import KubeReset, RuntimeContainer  # noqa: E402
 from shared.matcher import Decision  # noqa: E402
 from shared.schemas.events import RawEvent  # noqa: E402
 from shared.schemas.identity import IdentityEvent, Workload  # noqa: E402

@@ -128,7 +128,7 @@ def render_authorization(passwords: dict[str, str], nodes: list[str], *, roles: 
     """The ``authorization { users = [...] }`` block for ``roles`` and every node's agents.
 
     With ``callout_issuer`` (an account public nkey) node agents have no static users: every login that
-    matches none goes to identity's auth callout (services/identity/natscallout.py), which may answer
+    matches none goes to identity's auth callout (services/identity/kube/callout.py), which may answer
     on the callout subject; the static users bypass it.
     """
     entries, names = [], []

@@ -5,7 +5,7 @@ Three sources, first match wins:
 - ``BULWARK_NATS_USER`` + ``BULWARK_NATS_PASSWORD`` (a Compose env file, a Kubernetes secretKeyRef);
 - ``BULWARK_NATS_TOKEN_FILE`` (node agents on Kubernetes): the user is the role (``monitor``), the password
   the projected ServiceAccount token in that file. Identity's auth callout checks the token and grants that
-  role's rights on the token's own node (services/identity/natscallout.py). The kubelet rotates the file, so
+  role's rights on the token's own node (services/identity/kube/callout.py). The kubelet rotates the file, so
   it is read again before every reconnect.
 
 Each user receives replies on its own inbox prefix (``shared.natsauth.inbox_prefix``): for a token login

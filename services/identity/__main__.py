@@ -8,14 +8,14 @@ import logging
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from services.identity.api import IdentityApi
 from services.identity.composer import Composer
 from services.identity.host import host_workload
-from services.identity.kube_provider import kube_configured
-from services.identity.policy_sink import PolicySink
+from services.identity.kube.policies import PolicySink
+from services.identity.kube.provider import kube_configured
 from services.identity.providers import Providers
 from services.identity.reaper import is_gone
 from services.identity.registry import Registry
+from services.identity.request_handler import IdentityApi
 from services.identity.settings import IdentitySettings, load_identity_settings
 from shared.bus import replay_stream
 from shared.codec import pack, unpack
@@ -42,9 +42,9 @@ async def reap_loop(api: IdentityApi, node: str, stop: asyncio.Event) -> None:
 
 async def start_callout(nc: Client, settings: IdentitySettings, counters: Counters) -> None:
     """Answer NATS logins of node agents, which present a Kubernetes ServiceAccount token."""
-    from services.identity.kube_provider import kube_api_client
-    from services.identity.natscallout import AuthCallout
-    from services.identity.tokenreview import TokenReviewVerifier
+    from services.identity.kube.callout import AuthCallout
+    from services.identity.kube.provider import kube_api_client
+    from services.identity.kube.tokenreview import TokenReviewVerifier
 
     verifier = TokenReviewVerifier(kube_api_client(settings.kubeconfig), settings.nats_callout_audience,
                                    settings.nats_callout_service_account)

@@ -1,6 +1,6 @@
 """Runtime containers + Kubernetes facts -> the identity events to publish (pure, no I/O).
 
-Each provider reports facts (:mod:`services.identity.runtime`); the composer merges a runtime
+Each provider reports facts (:mod:`services.identity.runtime.facts`); the composer merges a runtime
 container with its pod (correlated by container id, whatever the runtime) and namespace, compares the
 result with what the identity stream already says (the :class:`Registry`), and returns only the
 events that change it: nothing is re-announced, containers gone while we were away are stopped.
@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 from services.identity.host import host_workload_id
-from services.identity.pods import NamespaceIndex, PodIndex
+from services.identity.kube.pods import NamespaceIndex, PodIndex
 from services.identity.registry import Registry
-from services.identity.runtime import KubeEvent, KubeReset, Remove, RuntimeContainer, Snapshot, Upsert
+from services.identity.runtime.facts import KubeEvent, KubeReset, Remove, RuntimeContainer, Snapshot, Upsert
 from services.identity.settings import DNS_LABEL
 from shared.schemas.identity import Workload
 

@@ -10,12 +10,12 @@ import asyncio
 import logging
 from typing import Any
 
-from services.identity.api import IdentityApi
 from services.identity.backoff import Backoff
 from services.identity.composer import Composer
-from services.identity.cri_scan import cri_facts, scan_processes
-from services.identity.policy_sink import POLICY_RESOURCES, PolicySink
-from services.identity.runtime import KubeEvent, KubeReset
+from services.identity.kube.policies import POLICY_RESOURCES, PolicySink
+from services.identity.request_handler import IdentityApi
+from services.identity.runtime.cri import cri_facts, scan_processes
+from services.identity.runtime.facts import KubeEvent, KubeReset
 from services.identity.settings import IdentitySettings
 from shared.lifecycle import Counters
 
@@ -48,10 +48,10 @@ class Providers:
         self._loop = asyncio.get_running_loop()
         s = self.settings
         if s.docker_enabled:
-            from services.identity.docker_provider import DockerProvider
+            from services.identity.runtime.docker import DockerProvider
 
             self.threads.append(DockerProvider(s.docker_host, self.emit, self.counters, self.backoff()))
-        from services.identity.kube_provider import kube_api_client, kube_configured, kube_watchers
+        from services.identity.kube.provider import kube_api_client, kube_configured, kube_watchers
 
         if kube_configured(s.kubeconfig):
             try:

@@ -7,8 +7,8 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from services.policy.api import PolicyApi, error_reply
 from services.policy.posture import posture_from_settings
+from services.policy.request_handler import PolicyApi, error_reply
 from services.policy.rulesets import RulePublisher
 from services.policy.schema import load_crd_schemas
 from services.policy.store import PolicyStore, Workloads

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from services.identity.backoff import Backoff
-from services.identity.kube_provider import kube_api_client, kube_watchers
-from services.identity.runtime import KubeEvent, KubeReset
+from services.identity.kube.provider import kube_api_client, kube_watchers
+from services.identity.runtime.facts import KubeEvent, KubeReset
 from shared.lifecycle import Counters
 from tests.fixtures.k8s.fake_apiserver import FakeApiServer, load, load_events
 

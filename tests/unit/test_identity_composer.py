@@ -7,11 +7,11 @@ import pytest
 
 from services.identity.backoff import Backoff
 from services.identity.composer import Composer
-from services.identity.docker_map import container_from_inspect, parse_docker_time
-from services.identity.policy_sink import policy_requests
+from services.identity.kube.policies import policy_requests
 from services.identity.registry import Registry
-from services.identity.runtime import KubeEvent, KubeReset, Remove, RuntimeContainer, Snapshot, Upsert
-from services.identity.runtime_ids import container_id_from_cgroup, split_runtime_id
+from services.identity.runtime.docker_inspect import container_from_inspect, parse_docker_time
+from services.identity.runtime.facts import KubeEvent, KubeReset, Remove, RuntimeContainer, Snapshot, Upsert
+from services.identity.runtime.ids import container_id_from_cgroup, split_runtime_id
 from shared.schemas.identity import IdentityEvent, Workload
 from tests.fixtures.k8s.fake_apiserver import load
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.identity.backoff import Backoff
-from services.identity.runtime import KubeEvent, KubeReset
+from services.identity.runtime.facts import KubeEvent, KubeReset
 from shared.lifecycle import Counters
 
 __all__ = ["ListWatch", "GONE"]

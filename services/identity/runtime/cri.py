@@ -2,7 +2,7 @@
 
 There is no runtime API client for these runtimes here: the pod says ``containerd://<id>``, and the
 container's processes live in a cgroup whose path ends in that id (``cri-containerd-<id>.scope``,
-``crio-<id>.scope``, ``.../pod<uid>/<id>``). The same :mod:`runtime_ids` code reads both.
+``crio-<id>.scope``, ``.../pod<uid>/<id>``). The same :mod:`services.identity.runtime.ids` code reads both.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 from services.identity.composer import Composer
 from services.identity.host import namespace_inode
-from services.identity.runtime import Remove, RuntimeContainer, Upsert
-from services.identity.runtime_ids import container_id_from_cgroup, read_cgroup
+from services.identity.runtime.facts import Remove, RuntimeContainer, Upsert
+from services.identity.runtime.ids import container_id_from_cgroup, read_cgroup
 
 __all__ = ["scan_processes", "cri_facts", "SOURCE"]
 

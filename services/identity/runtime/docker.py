@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from services.identity.backoff import Backoff
-from services.identity.docker_map import container_from_inspect
-from services.identity.runtime import Remove, RuntimeContainer, Snapshot, Upsert
+from services.identity.runtime.docker_inspect import container_from_inspect
+from services.identity.runtime.facts import Remove, RuntimeContainer, Snapshot, Upsert
 from shared.lifecycle import Counters
 
 __all__ = ["DockerProvider", "SOURCE"]

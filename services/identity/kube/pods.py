@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from services.identity.runtime_ids import split_runtime_id
+from services.identity.runtime.ids import split_runtime_id
 
 __all__ = ["PodContainer", "PodIndex", "NamespaceIndex", "kubearmor_keys", "meta_key"]
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.identity.host import namespace_inode
-from services.identity.runtime import RuntimeContainer
-from services.identity.runtime_ids import is_container_id, read_cgroup
+from services.identity.runtime.facts import RuntimeContainer
+from services.identity.runtime.ids import is_container_id, read_cgroup
 
 __all__ = ["container_from_inspect", "parse_docker_time", "SANDBOX_LABEL"]
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from services.identity.backoff import Backoff
-from services.identity.kube_watch import ListWatch
-from services.identity.policy_sink import POLICY_RESOURCES
+from services.identity.kube.listwatch import ListWatch
+from services.identity.kube.policies import POLICY_RESOURCES
 from shared.lifecycle import Counters
 
 __all__ = ["kube_api_client", "kube_watchers", "kube_configured"]

@@ -14,7 +14,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from services.identity.backoff import Backoff
-from services.identity.runtime import KubeEvent, KubeReset
+from services.identity.runtime.facts import KubeEvent, KubeReset
 from shared.bus import request
 from shared.errors import ServiceUnavailable
 from shared.lifecycle import Counters

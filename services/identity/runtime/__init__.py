@@ -1,0 +1,1 @@
+"""Container runtimes: Docker, containerd and CRI-O containers as facts for the composer."""
