@@ -48,8 +48,9 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
 
 
 def start_nats_server(port: int, store_dir: Path, *, log_file: Path | None = None,
-                      config: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start nats-server on loopback ``port`` with JetStream state in ``store_dir``; wait until ready.
+                      config: Path | None = None, wait: bool = True) -> subprocess.Popen[bytes]:
+    """Start nats-server on loopback ``port`` with JetStream state in ``store_dir``; wait until ready
+    (unless ``wait`` is False: the caller waits).
 
     With ``config`` (a nats.conf naming the same port and store), the server reads it instead.
     """
@@ -61,6 +62,8 @@ def start_nats_server(port: int, store_dir: Path, *, log_file: Path | None = Non
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ})
+    if not wait:
+        return proc
     try:
         wait_for_port(port)
     except TimeoutError:

@@ -1,42 +1,57 @@
-"""``bulwark up``: the embedded nats-server and the five services on this host, in the foreground."""
+"""``bulwark up``: the embedded nats-server, the fanotify holder and the five services on this host,
+in the foreground, each restarted with back-off when it dies."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bulwark.natsconf import create_streams, prepare_auth
-from bulwark.natsd import start_nats_server
+from bulwark.natsd import start_nats_server, wait_for_port
 from bulwark.procs import terminate
+from services.enforcer.fanhold import HOLDER_ENV
 from shared.config import Settings
 
-__all__ = ["SERVICES", "Supervisor"]
+__all__ = ["SERVICES", "Supervisor", "backoff"]
 
 # Start order: who others depend on first; the monitor last so it reports into a ready pipeline.
 SERVICES = ("identity", "policy", "feeder", "enforcer", "monitor")
+NATS, HOLDER = "nats", "fdholder"  # supervised like the services, started before them, stopped after
+STABLE_SECONDS = 60.0  # a child that ran this long starts its back-off over
+
+
+def backoff(restarts: int) -> float:
+    """Seconds before restart number ``restarts + 1``: 0.5 s doubling up to 30 s."""
+    return min(30.0, 0.5 * 2 ** min(restarts, 6))
 
 
 @dataclass
 class Child:
-    """One supervised service process and its restart bookkeeping."""
+    """One supervised process and its restart bookkeeping."""
 
     name: str
     proc: subprocess.Popen[bytes]
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
+    due: float | None = None  # when it exited: the monotonic time its restart is due
 
 
 class Supervisor:
-    """Starts NATS then the services, restarts a service that dies, stops all on a signal."""
+    """Starts NATS, the fanotify holder, then the services; restarts any of them that dies (with
+    back-off, logged on stderr); stops all on a signal."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.log_dir = settings.data_dir / "logs"
+        self.holder_socket = holder_socket(settings.data_dir)
         self.nats: subprocess.Popen[bytes] | None = None
+        self.nats_config: Path | None = None
         self.children: dict[str, Child] = {}
         self.stopping = False
         self.nats_urls: dict[str, str] = {}
@@ -49,28 +64,47 @@ class Supervisor:
             "BULWARK_NODE_NAME": s.node_name, "BULWARK_REST_HOST": s.rest_host,
             "BULWARK_REST_PORT": str(s.rest_port), "BULWARK_GRPC_HOST": s.grpc_host,
             "BULWARK_GRPC_PORT": str(s.grpc_port), "BULWARK_CLUSTER_NAME": s.cluster_name,
+            HOLDER_ENV: str(self.holder_socket),
         })
         if s.db_url:
             env["BULWARK_DB_URL"] = s.db_url
         return env
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
+        if name == NATS:
+            return self._start_nats()
         log = open(self.log_dir / f"{name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=self._env(name),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if name == HOLDER:
+            args = [sys.executable, "-m", "bulwark.fdholder", str(self.holder_socket)]
+        else:
+            args = [sys.executable, "-m", f"services.{name}"]
+        return subprocess.Popen(args, env=self._env(name), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def _start_nats(self) -> subprocess.Popen[bytes]:
+        s = self.settings
+        proc = start_nats_server(s.nats_port, s.data_dir / "nats", log_file=self.log_dir / "nats.log",
+                                 config=self.nats_config, wait=False)
+        try:
+            wait_for_port(s.nats_port, timeout=10.0)
+        except TimeoutError:
+            say(f"nats-server is not listening on port {s.nats_port} after 10s (see {self.log_dir / 'nats.log'})")
+            terminate(proc, grace=2)  # an exit like any other: restarted with back-off
+        return proc
 
     def start(self) -> None:
-        """Start NATS and every service."""
+        """Start NATS, the holder and every service."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        config = None
         if self.settings.nats_auth:
             auth = prepare_auth(self.settings.data_dir, self.settings.node_name, self.settings.nats_port)
-            config, self.nats_urls = auth.config, auth.urls
+            self.nats_config, self.nats_urls = auth.config, auth.urls
         self.nats = start_nats_server(self.settings.nats_port, self.settings.data_dir / "nats",
-                                      log_file=self.log_dir / "nats.log", config=config)
+                                      log_file=self.log_dir / "nats.log", config=self.nats_config)
+        self.children[NATS] = Child(NATS, self.nats)
         if self.settings.nats_auth:
             asyncio.run(create_streams(self.nats_urls["admin"]))  # services may not create streams
+        self.children[HOLDER] = Child(HOLDER, self._spawn(HOLDER))
         for name in SERVICES:
             self.children[name] = Child(name, self._spawn(name))
 
@@ -83,28 +117,43 @@ class Supervisor:
                 f"  NATS     {s.nats_url}  (JetStream in {s.data_dir / 'nats'}"
                 f"{'; per-service users in ' + str(s.data_dir / 'nats-auth') if s.nats_auth else ''})\n"
                 f"  data     {s.data_dir}  logs {self.log_dir}\n"
-                f"  services {', '.join(SERVICES)}; stop with Ctrl-C")
+                f"  services {', '.join(SERVICES)}, nats-server and the fanotify holder, each restarted "
+                f"if it dies; stop with Ctrl-C")
+
+    def check(self, now: float) -> None:
+        """One pass: note children that exited, restart those whose back-off is over."""
+        for child in list(self.children.values()):
+            if self.stopping:
+                return
+            if child.due is None:
+                code = child.proc.poll()
+                if code is None:
+                    continue
+                if now - child.started >= STABLE_SECONDS:
+                    child.restarts = 0
+                delay = backoff(child.restarts)
+                child.due = now + delay
+                log_name = "nats.log" if child.name == NATS else f"{child.name}.log"
+                say(f"{child.name} exited with {code} after {now - child.started:.1f}s; restarting in "
+                    f"{delay:.1f}s (restart {child.restarts + 1}; see {self.log_dir / log_name})")
+            if child.due is not None and now >= child.due:
+                child.proc = self._spawn(child.name)
+                if child.name == NATS:
+                    self.nats = child.proc
+                child.restarts += 1
+                child.started, child.due = time.monotonic(), None
+                say(f"{child.name} restarted (pid {child.proc.pid})")
 
     def watch(self) -> None:
-        """Restart services that exit (with back-off) until a stop is requested."""
+        """Restart children that exit (with back-off) until a stop is requested."""
         while not self.stopping:
-            for child in list(self.children.values()):
-                code = child.proc.poll()
-                if code is None or self.stopping:
-                    continue
-                delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
-                sys.stderr.write(f"bulwark up: {child.name} exited with {code}; restarting in {delay:.1f}s "
-                                 f"(see {self.log_dir / (child.name + '.log')})\n")
-                time.sleep(delay)
-                if not self.stopping:
-                    child.proc = self._spawn(child.name)
-                    child.restarts += 1
+            self.check(time.monotonic())
             time.sleep(0.2)
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop every service (SIGTERM, then SIGKILL after ``grace``), then NATS."""
+        """Stop every service (SIGTERM, then SIGKILL after ``grace``), then the holder, then NATS."""
         self.stopping = True
-        procs = [c.proc for c in reversed(list(self.children.values()))]
+        procs = [self.children[n].proc for n in reversed(SERVICES) if n in self.children]
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -115,8 +164,25 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.nats:
-            terminate(self.nats, grace=5)
+        if HOLDER in self.children:  # the full release of the fanotify group and its marks
+            terminate(self.children[HOLDER].proc, grace=5)
+        if NATS in self.children:
+            terminate(self.children[NATS].proc, grace=5)
+
+
+def holder_socket(data_dir: Path) -> Path:
+    """Where the fanotify holder listens: in the data directory, or under /run when that path is too
+    long for a unix socket (108 bytes)."""
+    path = data_dir / "run" / "fanotify.sock"
+    if len(str(path).encode()) < 100:
+        return path
+    return Path("/run/bulwark") / f"fanotify-{hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]}.sock"
+
+
+def say(line: str) -> None:
+    """One line on ``bulwark up``'s stderr."""
+    sys.stderr.write(f"bulwark up: {line}\n")
+    sys.stderr.flush()
 
 
 def run_up(settings: Settings) -> int:

@@ -2,7 +2,8 @@
 
 Wiring only: settings -> logging -> NATS -> choose enforcers -> follow the RULES stream -> answer
 "await" requests (with the workload's rules, for the launcher's Landlock sandbox) -> publish kill
-reports -> heartbeat. SIGTERM/SIGINT close the enforcer (releasing every mark and program) first.
+reports -> heartbeat. SIGTERM/SIGINT detach the enforcer first (releasing every mark and program,
+except what a holder keeps for the next enforcer: see ``fanotify``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from shared.subjects import RULES, enforcer_await, rules_for_node
 log = logging.getLogger("bulwark.enforcer")
 
 REFRESH_SECONDS = 30.0  # re-apply: directories created under recursive rules get marked
+HOLD_CHECK_SECONDS = 1.0  # how soon a restarted fanotify holder gets our group again
 
 
 def alert_name(enforcer: Any) -> str:
@@ -58,13 +60,27 @@ async def _refresh_loop(enforcer: Any, stop: asyncio.Event, counters: Counters) 
         try:
             await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         try:
             await asyncio.to_thread(refresh)
         except Exception:
             counters.inc("apply_errors")
             log.exception("refresh failed")
+
+
+async def _hold_loop(enforcer: Any, stop: asyncio.Event) -> None:
+    """Keep the kernel state with a holder (``keep_held``), when the enforcer has one."""
+    keep = getattr(enforcer, "keep_held", None)
+    while keep is not None and not stop.is_set():
+        try:
+            await asyncio.to_thread(keep)
+        except Exception:
+            log.exception("handing the kernel state to its holder failed")
+        try:
+            await asyncio.wait_for(stop.wait(), HOLD_CHECK_SECONDS)
+        except asyncio.TimeoutError:
+            pass
 
 
 async def main() -> None:
@@ -137,11 +153,15 @@ async def main() -> None:
         if take is not None:
             background.append(asyncio.create_task(report_loop(take, publish, node, stop, counters)))
         background.append(asyncio.create_task(_refresh_loop(enforcer, stop, counters)))
+        background.append(asyncio.create_task(_hold_loop(enforcer, stop)))
         log.info("enforcer running", extra={"enforcer": enforcer.name, "node": node})
         await heartbeat_loop(nc, "enforcer", node, settings.heartbeat_seconds, details, stop)
         await asyncio.gather(*background, return_exceptions=True)  # last kill reports go out
     finally:
-        enforcer.close()  # marks go first: nothing may wait on us while NATS shuts down
+        # Marks go first, nothing may wait on us while NATS shuts down; with a fanotify holder the
+        # group and its marks stay with it (a restart or upgrade: the holder answers until the next
+        # enforcer takes over, denying in selected namespaces). Its own stop is the full release.
+        getattr(enforcer, "detach", enforcer.close)()
         for task in [*waiters, *background]:
             task.cancel()
         if nc is not None:

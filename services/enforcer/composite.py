@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from shared.schemas.rules import RuleSet
-
 from services.enforcer.base import Enforcer, ProbeResult
+from shared.schemas.rules import RuleSet
 
 __all__ = ["CompositeEnforcer", "restrict"]
 
@@ -65,6 +64,13 @@ class CompositeEnforcer:
             if refresh is not None:
                 refresh()
 
+    def keep_held(self) -> None:
+        """Forward to parts whose kernel state a holder keeps."""
+        for enforcer, _ in self.parts:
+            keep = getattr(enforcer, "keep_held", None)
+            if keep is not None:
+                keep()
+
     def take_reports(self) -> list:
         """Kill reports of every part that makes them."""
         out: list = []
@@ -81,6 +87,14 @@ class CompositeEnforcer:
                 enforcer.close()
             except Exception:
                 log.exception("part failed to close", extra={"enforcer": enforcer.name})
+
+    def detach(self) -> None:
+        """Detach the parts that can leave kernel state to a holder, close the others."""
+        for enforcer, _ in self.parts:
+            try:
+                getattr(enforcer, "detach", enforcer.close)()
+            except Exception:
+                log.exception("part failed to detach", extra={"enforcer": enforcer.name})
 
     def stats(self) -> dict[str, int]:
         """The primary's counters as they are, the others' prefixed with their key."""

@@ -4,8 +4,14 @@ Marks (see ``fanplan``): FAN_OPEN_EXEC_PERM for Process rules, FAN_OPEN_PERM for
 named files, or on named directories with FAN_EVENT_ON_CHILD (each subdirectory too when recursive).
 Every access to a marked inode, by any process on the host, waits for our reader thread. It denies
 only when the accessing thread's mount namespace belongs to a workload whose rules, run through
-``shared.matcher.decide``, say Block; everything else, including any error, is allowed at once
-(fail-open). Closing the fanotify fd, or our death, makes the kernel allow every pending waiter.
+``shared.matcher.decide``, say Block; everything else, including any error, is allowed at once.
+
+The group outlives the process when a holder is configured (``BULWARK_FANOTIFY_HOLDER``, see
+``fanhold`` and ``bulwark.fdholder``): the group fd comes from the holder, a journal says what was
+read and not answered yet, and on our death (kill -9 included) the holder answers in our place,
+denying in selected namespaces, until the next enforcer takes the group and its marks back
+(``faninherit``). ``detach()`` (SIGTERM) leaves the group to the holder; ``close()`` drops it.
+Without a holder, closing the fanotify fd or our death makes the kernel allow every pending waiter.
 
 The matcher gets what fanotify alone does not say (``fanaccess``): read or write (from the waiting
 thread's open flags in /proc/<tid>/syscall: readOnly rules), the thread's fs uid and the file's owner
@@ -21,16 +27,18 @@ import tempfile
 import threading
 import time
 
+from services.enforcer import _fansys as fs
+from services.enforcer.base import ProbeResult
+from services.enforcer.fanaccess import exe_of, exec_target, fs_uid, is_elf_interpreter, open_access
+from services.enforcer.fanhold import HOLDER_ENV, HolderClient, HolderError
+from services.enforcer.faninherit import Inherited, open_inode, open_mount, read_marks
+from services.enforcer.fanjournal import Journal
+from services.enforcer.fanmarks import MOUNT_KEY, Tables, resolve_plans
+from services.enforcer.fanplan import OPERATIONS, plan
 from shared.lifecycle import Counters
 from shared.loaders import decide_access
 from shared.matcher import Access, Decision
 from shared.schemas.rules import RuleSet
-
-from services.enforcer import _fansys as fs
-from services.enforcer.base import ProbeResult
-from services.enforcer.fanaccess import exe_of, exec_target, fs_uid, is_elf_interpreter, open_access
-from services.enforcer.fanmarks import MOUNT_KEY, Tables, resolve_plans
-from services.enforcer.fanplan import OPERATIONS, plan
 
 __all__ = ["FanotifyEnforcer"]
 
@@ -61,10 +69,15 @@ class FanotifyEnforcer:
     name = "Fanotify"
     operations = OPERATIONS
 
-    def __init__(self) -> None:
+    def __init__(self, holder: str | None = None) -> None:
         self.counters = Counters(allowed=0, denied=0, errors=0, mark_errors=0, events=0, handle_ns=0,
                                  mode_unknown=0, missing_paths=0, tree_truncated=0, unmarkable=0,
-                                 posture_unenforced=0)
+                                 posture_unenforced=0, holder_errors=0, inherited_marks=0, stale_marks=0)
+        self._holder_path = holder if holder is not None else os.environ.get(HOLDER_ENV) or None
+        self._holder: HolderClient | None = None
+        self._journal: Journal | None = None
+        self._inherited: dict[tuple[int, int], Inherited] = {}
+        self._inherited_mounts: dict[int, int] = {}
         self._lock = threading.Lock()
         self._fan_fd = -1
         self._wake_r = self._wake_w = -1
@@ -102,14 +115,17 @@ class FanotifyEnforcer:
         with self._lock:
             if self._closed:
                 raise RuntimeError("fanotify enforcer is closed")
-            self._start()
+            self._open_group()
             plans = plan(ruleset, host_mntns=self._own_mntns)
             self.counters["unmarkable"] = sum(p.unmarkable for p in plans.values())
             self.counters["posture_unenforced"] = sum(p.posture_unenforced for p in plans.values())
             resolved = resolve_plans(plans, self.counters)
             # Publish the tables before adding marks: an event never finds a mark without its rules.
             self._tables = resolved.tables
+            self._start_reader()  # only now: an inherited group's waiters are judged with these rules
             self._sync_marks(resolved.wanted)
+            if self._holder is not None:
+                self._holder.selected(resolved.tables.rules)
             self._last = ruleset
             log.info("rules applied", extra={"version": ruleset.version, "marks": len(self._marks),
                                              "namespaces": len(plans)})
@@ -120,6 +136,30 @@ class FanotifyEnforcer:
         if last is not None and not self._closed and self._tables.dirs:
             self.apply(last)
 
+    def keep_held(self) -> None:
+        """Give our group to a holder that restarted (or was not there when we started): until then our
+        death would release the group. Cheap when the holder is there (one non-blocking peek)."""
+        if not self._holder_path or self._closed:
+            return
+        with self._lock:
+            if self._closed or self._fan_fd < 0 or self._journal is None or \
+                    (self._holder is not None and self._holder.alive()):
+                return
+            if self._holder is not None:
+                self._holder.close()
+                self._holder = None
+            client = HolderClient(self._holder_path or "")
+            try:
+                client.attach(own=(self._fan_fd, self._journal.fd), timeout=1.0)
+            except HolderError as exc:
+                self.counters.inc("holder_errors")
+                log.error("fanotify holder unreachable: our death would release the group",
+                          extra={"error": str(exc)})
+                return
+            self._holder = client
+            client.selected(self._tables.rules)
+            log.info("group handed to a new fanotify holder")
+
     def _sync_marks(self, wanted: dict[tuple[int, int], tuple[int, int]]) -> None:
         for key, (fd, mask) in wanted.items():
             old = self._marks.get(key)
@@ -128,8 +168,8 @@ class FanotifyEnforcer:
                 fd, old_mask = old
                 if old_mask == mask:
                     continue
-            else:
-                old_mask = 0
+            else:  # a mark inherited with the group: its bits not wanted any more are removed below
+                old_mask = self._inherited_mask(key)
             mount = key[0] == MOUNT_KEY
             try:
                 fs.fan_mark(self._fan_fd, True, mask, fd, mount)
@@ -149,12 +189,57 @@ class FanotifyEnforcer:
                 log.info("unmark failed", extra={"dev_ino": f"{key}", "error": str(exc)})
             finally:
                 os.close(fd)
+        self._drop_inherited()
+
+    def _inherited_mask(self, key: tuple[int, int]) -> int:
+        """The mask of the mark the group already held on ``key`` (0 if none); no longer inherited."""
+        if key[0] == MOUNT_KEY:
+            return self._inherited_mounts.pop(key[1], 0)
+        inherited = self._inherited.pop(key, None)
+        return inherited.mask if inherited is not None else 0
+
+    def _drop_inherited(self) -> None:
+        """Remove the inherited marks no rule wants (after ours are in place); count what cannot be."""
+        stale = [(k, m.mask, open_inode(k[0], m)) for k, m in self._inherited.items()]
+        stale += [((MOUNT_KEY, mid), mask, open_mount(mid)) for mid, mask in self._inherited_mounts.items()]
+        self._inherited, self._inherited_mounts = {}, {}
+        for key, mask, fd in stale:
+            if fd is None:
+                self.counters.inc("stale_marks")
+                continue
+            try:
+                fs.fan_mark(self._fan_fd, False, mask, fd, key[0] == MOUNT_KEY)
+            except OSError:
+                self.counters.inc("stale_marks")
+            finally:
+                os.close(fd)
 
     # -- events --------------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _open_group(self) -> None:
+        """The holder's group (with the marks it holds), or a group of our own."""
         if self._fan_fd >= 0:
             return
-        self._fan_fd = fs.fan_init()
+        if self._holder_path:
+            client = HolderClient(self._holder_path)
+            try:
+                self._fan_fd, jfd = client.attach() or (-1, -1)
+                self._journal, self._holder = Journal(jfd), client
+                self._inherited, self._inherited_mounts = read_marks(self._fan_fd)
+                self.counters["inherited_marks"] = len(self._inherited) + len(self._inherited_mounts)
+                log.info("fanotify group taken from the holder",
+                         extra={"inherited_marks": self.counters["inherited_marks"]})
+            except (HolderError, OSError) as exc:
+                self.counters.inc("holder_errors")
+                log.error("fanotify holder unreachable: our own group, released if we die",
+                          extra={"error": str(exc)})
+        if self._fan_fd < 0:
+            self._fan_fd = fs.fan_init()
+            if self._holder_path:
+                self._journal = Journal.create()  # handed to the holder once it answers (refresh)
+
+    def _start_reader(self) -> None:
+        if self._thread is not None:
+            return
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="fanotify-reader", daemon=True)
@@ -164,11 +249,18 @@ class FanotifyEnforcer:
         poller = select.poll()
         poller.register(self._fan_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        journal = self._journal
         while not self._stop.is_set():
             try:
                 poller.poll()
+                if self._stop.is_set():
+                    break
+                if journal is not None:
+                    journal.reading()
                 buf = os.read(self._fan_fd, 64 * 1024)
             except BlockingIOError:
+                if journal is not None:
+                    journal.idle()
                 continue
             except OSError as exc:
                 if self._stop.is_set():
@@ -177,9 +269,13 @@ class FanotifyEnforcer:
                 log.error("fanotify read failed", extra={"error": str(exc)})
                 time.sleep(0.01)
                 continue
-            self._dispatch(buf)
+            if journal is not None:
+                journal.batch(buf)
+            self._dispatch(buf, journal)
+            if journal is not None:
+                journal.idle()
 
-    def _dispatch(self, buf: bytes) -> None:
+    def _dispatch(self, buf: bytes, journal: Journal | None = None) -> None:
         off = 0
         while off + fs.EVENT_SIZE <= len(buf):
             ev_len, vers, _, _, mask, efd, pid = struct.unpack_from(fs.EVENT_FMT, buf, off)
@@ -202,6 +298,8 @@ class FanotifyEnforcer:
                 if mask & fs.PERM_EVENTS:
                     os.write(self._fan_fd, fs.response(efd, allow))
                     self.counters.inc("allowed" if allow else "denied")
+                    if journal is not None:
+                        journal.answered(off)
             except OSError as exc:
                 self.counters.inc("errors")
                 log.error("fanotify response failed", extra={"pid": pid, "error": str(exc)})
@@ -270,29 +368,47 @@ class FanotifyEnforcer:
     # -- teardown ------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the reader, close the group (the kernel allows pending waiters), drop every mark."""
+        self._shut(release=True)
+
+    def detach(self) -> None:
+        """Stop the reader and leave the group and its marks to the holder, which answers in our
+        place until the next enforcer takes them back (a restart or upgrade). Without a holder: close."""
+        self._shut(release=self._holder is None)
+
+    def _shut(self, release: bool) -> None:
         with self._lock:
             self._closed = True
             if self._fan_fd < 0:
                 return
-            self._stop.set()
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
             if self._thread is not None:
+                self._stop.set()
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError:
+                    pass
                 self._thread.join(timeout=5)
                 if self._thread.is_alive():
                     log.error("fanotify reader did not stop within 5s")
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._thread = None
+            if self._holder is not None:
+                if release:
+                    self._holder.release()
+                else:
+                    self._holder.close()
+                self._holder = None
             os.close(self._fan_fd)
             self._fan_fd = -1
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
             for fd, _mask in self._marks.values():
                 os.close(fd)
             self._marks.clear()
             self._tables = Tables()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._thread = None
+            log.info("fanotify enforcer closed" if release else "fanotify group left to the holder")
 
     def stats(self) -> dict[str, int]:
         """Counters for the heartbeat."""
-        return {**self.counters, "marks": len(self._marks)}
+        return {**self.counters, "marks": len(self._marks), "held": int(self._holder is not None)}

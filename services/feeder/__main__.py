@@ -63,7 +63,7 @@ async def main() -> None:
     app = create_app(FeederDeps(follower.state, store, hub, nc, counters, settings.heartbeat_seconds, auth=auth,
                                 ws_queue=settings.ws_queue, cluster=settings.cluster_name, node=settings.node_name))
     rest = _RestServer(uvicorn.Config(app, host=settings.rest_host, port=settings.rest_port, log_config=None,
-                                      access_log=False, lifespan="off"))
+                                      access_log=False, lifespan="off", **settings.rest_tls_options()))
     grpc_server, log_service = await build_grpc_server(
         hub, settings.grpc_host, settings.grpc_port, queue_size=settings.grpc_queue, cluster=settings.cluster_name,
         node=settings.node_name, tls_cert=settings.grpc_tls_cert, tls_key=settings.grpc_tls_key,

@@ -23,18 +23,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from services.feeder.enrich import alert_time_ns, build_alert, build_log
 from services.feeder.hub import AlertHub
 from services.feeder.kinds import access_for
+from services.feeder.losses import BATCH_COUNTERS, LossTracker, heartbeat_losses
 from services.feeder.siem import SiemSink
 from services.feeder.state import FeederState, StateFollower
 from services.feeder.store import RecordStore
 from services.feeder.throttle import Throttler
-from shared.codec import pack, unpack_map
+from shared.codec import pack, unpack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.loaders import decide_access
 from shared.schemas.events import RawBatch, RawEvent
 from shared.schemas.identity import Workload
 from shared.schemas.rules import WorkloadRules
-from shared.subjects import DEAD_LETTER, RAW
+from shared.subjects import DEAD_LETTER, HEALTH_ALL, RAW
 from shared.visibility import visible
 
 __all__ = ["Ingestor", "DURABLE", "CATCH_UP_SECONDS", "Records"]
@@ -60,6 +61,7 @@ class Ingestor:
         self.siem = siem or SiemSink(js, counters)
         self.visibility, self.ack_wait = visibility, ack_wait
         self._unknown_until: dict[tuple[str, int], float] = {}
+        self.losses = LossTracker(cluster)
 
     @property
     def state(self) -> FeederState:
@@ -72,6 +74,7 @@ class Ingestor:
             RAW.subjects[0], durable=DURABLE, stream=RAW.name,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                   ack_wait=self.ack_wait, max_ack_pending=256))
+        beats = await self.nc.subscribe(HEALTH_ALL, cb=self.on_heartbeat)
         try:
             while not stop.is_set():
                 await self.expire_throttles()
@@ -89,10 +92,33 @@ class Ingestor:
                     except Exception:  # e.g. the ack failed on a broken connection: redelivered later
                         log.exception("handling a raw batch failed")
         finally:
-            try:
-                await psub.unsubscribe()
-            except Exception:  # connection already closing
-                pass
+            for sub in (beats, psub):
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # connection already closing
+                    pass
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        """Announce the losses a heartbeat reports that no raw batch carries (e.g. ``lost_publish``)."""
+        try:
+            beat = unpack(msg.data)
+            service, node, details = str(beat["service"]), str(beat["node"]), beat.get("details") or {}
+            counts = heartbeat_losses(service, details)
+        except Exception:  # a malformed heartbeat is the health registry's business
+            return
+        instance = str(details.get("instance", ""))
+        alert = self.losses.observe(service, node, instance, counts) if counts else None
+        if alert is None:
+            return
+        try:
+            new, _ = await self._store([alert], [])
+        except Exception:
+            log.exception("storing a loss announcement failed; announced again with the next heartbeat")
+            return
+        self.losses.remember(service, node, instance, counts)
+        self.counters.inc("losses_announced")
+        log.warning("loss announced", extra={"source": service, "node": node, "lost": alert["Lost"]})
+        await self._fan_out([alert], [], new, [])
 
     async def handle(self, msg: Msg) -> None:
         """Handle one RawBatch message end to end (ack, nak or dead-letter)."""
@@ -112,6 +138,10 @@ class Ingestor:
                 await self._dead_letter(msg.subject, pack(raw), str(exc))
         self.counters.inc("events", len(events))
         alerts, logs = await self.enrich(events)
+        instance, counts = _instance(msg), {k: int(getattr(batch, k) or 0) for k in BATCH_COUNTERS}
+        loss = self.losses.observe("monitor", batch.node, instance, counts)
+        if loss is not None:
+            alerts.append(loss)  # stored with the batch's alerts, in the same transaction
         try:
             new_alerts, new_logs = await self._store(alerts, logs)
         except Exception:
@@ -120,6 +150,10 @@ class Ingestor:
             delivered = msg.metadata.num_delivered if msg.reply else 1
             await msg.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
             return
+        if loss is not None:
+            self.losses.remember("monitor", batch.node, instance, counts)
+            self.counters.inc("losses_announced")
+            log.warning("loss announced", extra={"source": "monitor", "node": batch.node, "lost": loss["Lost"]})
         self.counters.inc("duplicates", len(alerts) + len(logs) - len(new_alerts) - len(new_logs))
         if await self._fan_out(alerts, logs, new_alerts, new_logs):
             await msg.nak(delay=1.0)  # stored; redelivered so the SIEM copies are published after all
@@ -235,3 +269,9 @@ class Ingestor:
         except Exception as exc:
             self.counters.inc("dead_letter_errors")
             log.warning("dead-letter publish failed", extra={"error": repr(exc)})
+
+
+def _instance(msg: Msg) -> str:
+    """The publishing monitor's instance: its message ids are ``<node>:<boot>:<start>:<seq>``."""
+    msg_id = (msg.headers or {}).get("Nats-Msg-Id", "") if msg.reply else ""
+    return msg_id.rpartition(":")[0]

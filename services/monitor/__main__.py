@@ -29,6 +29,27 @@ from shared.subjects import raw_events
 log = logging.getLogger("bulwark.monitor")
 
 SERVICE = "monitor"
+LOSS_DEGRADED_SECONDS = 300.0  # health stays "degraded" this long after the last lost event
+LOSS_COUNTERS = ("lost_kernel", "lost_kernel_proc", "lost_queue", "lost_publish")
+
+
+class LossHealth:
+    """``degraded`` while an event was lost (kernel, queue or publish) in the last few minutes."""
+
+    def __init__(self, window: float = LOSS_DEGRADED_SECONDS) -> None:
+        self.window = window
+        self.total = 0
+        self.last_loss: float | None = None
+
+    def status(self, counters: dict[str, int], now: float | None = None) -> dict[str, Any]:
+        """``status`` and how long ago the last loss was, from the cumulative counters."""
+        now = time.monotonic() if now is None else now
+        total = sum(int(counters.get(k, 0)) for k in LOSS_COUNTERS)
+        if total > self.total:
+            self.total, self.last_loss = total, now
+        if self.last_loss is not None and now - self.last_loss < self.window:
+            return {"status": "degraded", "lost_total": total, "last_loss_seconds_ago": round(now - self.last_loss, 1)}
+        return {"status": "ok", "lost_total": total}
 
 
 def _setting(settings: Settings, name: str, default: str) -> str:
@@ -70,11 +91,14 @@ async def run(settings: Settings) -> int:
                       msg_id_prefix=f"{settings.node_name}:{boot_id}:{time.time_ns()}")
 
     decoder = RecordDecoder(ctx)
+    loss_health = LossHealth()
+
     def details() -> dict[str, Any]:
         counters["exe_from_proc"] = decoder.procs.misses
         counters["proc_records"] = decoder.procs.records
         counters["queued"] = batcher.queued()
-        return {"status": "ok", "missing_tracepoints": probes.missing, **counters}
+        return {"missing_tracepoints": probes.missing, "instance": batcher.msg_id_prefix, **counters,
+                **loss_health.status(counters)}
 
     probes = Probes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")), btf=btf)
     pump = Pump(probes, decoder, batcher, counters)
