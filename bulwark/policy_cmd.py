@@ -1,11 +1,16 @@
-"""``bulwark policy validate``: check policy files offline, one line per document (plus its warnings)."""
+"""``bulwark policy validate``: check policy files offline, one line per document (plus its warnings).
+
+Files are read by the same bounded reader, parser and admission as the policy service's (size, depth,
+alias and duplicate-key checks included), so a file this command calls OK is one the service admits.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from shared.errors import ValidationFailed
-from services.policy.parser import parse_documents
+from services.policy.parser import input_error, parse_documents
 from services.policy.validate import check_document
+from shared.bounded import InputError, read_text_file
+from shared.errors import ValidationFailed
 
 __all__ = ["validate_paths", "policy_files"]
 
@@ -24,7 +29,11 @@ def policy_files(target: str) -> list[Path]:
 
 def _validate_file(path: Path) -> tuple[list[str], bool]:
     try:
-        docs = parse_documents(path.read_text(errors="replace"), source=str(path))
+        try:
+            text = read_text_file(path)
+        except InputError as exc:
+            raise input_error(exc, str(path)) from exc
+        docs = parse_documents(text, source=str(path))
     except ValidationFailed as exc:
         return [f"INVALID {e.document or path}: {e.path or '(document)'}: {e.message}" for e in exc.errors], False
     lines, ok = [], True

@@ -61,7 +61,8 @@ async def main() -> None:
                         visibility=settings, ack_wait=settings.ingest_ack_wait_seconds)
     auth = ApiAuth(split_tokens(settings.api_read_tokens), split_tokens(settings.api_write_tokens))
     app = create_app(FeederDeps(follower.state, store, hub, nc, counters, settings.heartbeat_seconds, auth=auth,
-                                ws_queue=settings.ws_queue, cluster=settings.cluster_name, node=settings.node_name))
+                                ws_queue=settings.ws_queue, cluster=settings.cluster_name, node=settings.node_name,
+                                max_body_bytes=settings.api_max_body_bytes))
     rest = _RestServer(uvicorn.Config(app, host=settings.rest_host, port=settings.rest_port, log_config=None,
                                       access_log=False, lifespan="off", **settings.rest_tls_options()))
     grpc_server, log_service = await build_grpc_server(

@@ -6,12 +6,14 @@
     GET    /openapi.json, /docs              the OpenAPI document; open
     GET    /api/v1/alerts, /api/v1/logs      filtered pages, newest first (see records.py)
     GET    /api/v1/alerts/summary, /api/v1/logs/summary   grouped counts
-    POST   /api/v1/policies                  body: YAML or JSON text -> policy service (200/422/503); write scope
+    POST   /api/v1/policies                  body: YAML or JSON text -> policy service (200/413/422/503); write scope
     GET    /api/v1/policies                  -> {"ok": true, "policies": [...]}
     DELETE /api/v1/policies/{kind}/{name}?namespace=NS  (200, 404 when not found, 503); write scope
     WS     /api/v1/stream                    new records as JSON text messages (see ws.py)
 
-With tokens configured (auth.py) every /api route needs ``Authorization: Bearer``.
+With tokens configured (auth.py) every /api route needs ``Authorization: Bearer``. A policy body larger
+than ``max_body_bytes`` (and than the NATS server's max_payload allows) gets 413 before it is read
+any further; its text is then read by the policy service's bounded reader (shared/bounded.py).
 """
 
 import time
@@ -21,6 +23,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 
 from services.feeder.auth import READ, WRITE, ApiAuth, bearer_token
 from services.feeder.hub import AlertHub
@@ -33,10 +37,27 @@ from shared.errors import ServiceUnavailable
 from shared.lifecycle import Counters
 from shared.subjects import POLICY_API
 
-__all__ = ["FeederDeps", "create_app", "health_report", "SERVICES", "policy_request"]
+__all__ = ["FeederDeps", "create_app", "health_report", "SERVICES", "policy_request", "read_body", "BodyError",
+           "MAX_BODY_BYTES"]
 
 SERVICES: tuple[str, ...] = ("monitor", "enforcer", "identity", "policy", "feeder")
 WS_QUEUE = 256
+MAX_BODY_BYTES = 1 << 20
+_ENVELOPE = 1024  # room for the request's msgpack envelope and headers within NATS max_payload
+
+
+class BodyError(Exception):
+    """A request body that is refused before parsing: HTTP ``status`` and a message naming the body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> JSONResponse:
+        """The JSON error reply, in the shape policy errors have."""
+        return JSONResponse({"ok": False, "errors": [{"document": "", "path": "body", "message": self.message}]},
+                            status_code=self.status)
 
 
 @dataclass
@@ -54,17 +75,47 @@ class FeederDeps:
     ws_queue: int = WS_QUEUE
     cluster: str = "default"
     node: str = ""
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def body_limit(self) -> int:
+        """The largest body accepted: the setting, and no more than the bus can carry."""
+        bus = getattr(self.nc, "max_payload", 0) if self.nc is not None else 0
+        return min(self.max_body_bytes, bus - _ENVELOPE) if bus and bus > 2 * _ENVELOPE else self.max_body_bytes
+
+
+async def read_body(req: Request, limit: int) -> str:
+    """The request's body as UTF-8 text, reading no more than ``limit`` bytes; BodyError (413, 400, 422)."""
+    declared = req.headers.get("content-length")
+    if declared is not None:
+        digits = declared.strip()
+        if not digits.isdigit():
+            raise BodyError(400, f"Content-Length is not a number: {declared[:40]!r}")
+        if len(digits) > 18 or int(digits) > limit:
+            raise BodyError(413, f"the body is {digits[:40]} bytes: at most {limit} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in req.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, f"the body is more than {limit} bytes, the most accepted")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(422, f"not UTF-8: byte {exc.start} cannot be decoded") from exc
 
 
 def health_report(state: FeederState, window: float, now: float | None = None) -> dict[str, Any]:
-    """Each service's newest heartbeat (any node) and whether it arrived within ``window`` seconds."""
+    """Each service's newest heartbeat (any node): ok when it arrived within ``window`` seconds and its
+    status is ok (a monitor that lost events reports ``degraded`` for a while)."""
     now = time.time() if now is None else now
     services: dict[str, Any] = {}
     for name in SERVICES:
         entries = [e for (svc, _node), e in state.health.items() if svc == name]
         newest = max(entries, key=lambda e: e.last_seen, default=None)
         services[name] = {
-            "ok": newest is not None and now - newest.last_seen <= window,
+            "ok": newest is not None and now - newest.last_seen <= window and newest.status == "ok",
             "last_seen": newest.last_seen if newest else None,
             "age_seconds": round(now - newest.last_seen, 3) if newest else None,
             "status": newest.status if newest else "missing",
@@ -81,6 +132,10 @@ async def policy_request(d: FeederDeps, payload: dict[str, Any]) -> dict[str, An
         reply = await request(d.nc, POLICY_API, payload, timeout=d.policy_timeout)
     except ServiceUnavailable as exc:
         raise HTTPException(503, f"policy service unavailable: {exc}") from exc
+    except MaxPayloadError as exc:
+        raise HTTPException(413, "body: too large for the message bus (NATS max_payload)") from exc
+    except NatsError as exc:  # connection closed, reconnecting, draining...
+        raise HTTPException(503, f"policy service unavailable: {type(exc).__name__}") from exc
     if not isinstance(reply, dict):
         raise HTTPException(502, "policy service sent a malformed reply")
     return reply
@@ -111,7 +166,10 @@ def create_app(deps: FeederDeps) -> FastAPI:
 
     @app.post("/api/v1/policies", dependencies=[Depends(require_write)], tags=["policies"])
     async def apply_policies(d: Deps, req: Request) -> JSONResponse:
-        text = (await req.body()).decode("utf-8", errors="replace")
+        try:
+            text = await read_body(req, d.body_limit())
+        except BodyError as exc:
+            return exc.response()
         reply = await policy_request(d, {"op": "apply", "text": text})
         if reply.get("ok"):
             return JSONResponse({"ok": True, "results": reply.get("results", [])})

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from nats.aio.client import Client
 
+from shared.bounded import InputError, load_json
 from shared.bus import request
 from shared.errors import ServiceUnavailable
 from shared.lifecycle import Counters
@@ -32,9 +33,11 @@ _KINDS = {"container": "KubeArmorPolicy", "host": "KubeArmorHostPolicy"}
 def parse_policy_event(data: bytes, scope: str) -> tuple[str, dict[str, Any]]:
     """(type, policy object) from the rpc's bytes; ValueError saying what is wrong."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"policy: not JSON: {exc}") from exc
+        doc = load_json(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"policy: not UTF-8: {exc}") from exc
+    except InputError as exc:
+        raise ValueError(f"policy: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
         raise ValueError('policy: expected {"type": "ADDED|MODIFIED|DELETED", "object": {...}}')
     obj = doc.get("object")

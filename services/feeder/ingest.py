@@ -80,7 +80,7 @@ class Ingestor:
                 await self.expire_throttles()
                 try:
                     msgs = await psub.fetch(self.fetch_batch, timeout=1.0)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except Exception as exc:  # e.g. disconnected: retry after a pause
                     log.warning("fetch failed", extra={"error": repr(exc)})

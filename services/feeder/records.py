@@ -12,22 +12,43 @@ Filters: namespace pod container host policy operation action severity type resu
 since/until (epoch seconds or RFC3339, inclusive), throttled (true/false), limit, cursor. When more
 records follow, the response carries ``X-Next-Cursor: <cursor>`` and ``Link: <url>; rel="next"``; the
 cursor is opaque and stable under inserts (it names a position in (time, id) order).
+
+A parameter this API does not know, one given twice, or a value out of range (query.py) is a 422
+naming it: nothing is silently ignored.
 """
 
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 
 from services.feeder.models import AlertRow, LogRow
 from services.feeder.query import GROUPABLE, QueryError, RecordQuery
 
-__all__ = ["add_record_routes", "query_params"]
+__all__ = ["add_record_routes", "query_params", "check_names"]
 
 _FILTERS = ("namespace", "pod", "container", "host", "policy", "operation", "action", "severity", "type",
             "result", "source", "resource", "q", "since", "until", "throttled", "cursor")
+_PAGE_PARAMS = frozenset(_FILTERS) | {"limit"}
+_SUMMARY_PARAMS = _PAGE_PARAMS | {"by"}
 
 
-def query_params(namespace: str = "", pod: str = "", container: str = "", host: str = "", policy: str = "",
+def check_names(request: Request) -> None:
+    """422 naming every query parameter the route does not take, or takes once but was given twice."""
+    allowed = _SUMMARY_PARAMS if request.url.path.endswith("/summary") else _PAGE_PARAMS
+    names = [k for k, _v in request.query_params.multi_items()]
+    unknown = sorted({n for n in names if n not in allowed})
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:10])
+        raise HTTPException(422, f"unknown query parameter(s) {shown}: expected {', '.join(sorted(allowed))}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise HTTPException(422, f"query parameter(s) given more than once: {', '.join(repeated)} "
+                                 "(use a comma list for operation, action, severity, type)")
+
+
+def query_params(request: Request, namespace: str = "", pod: str = "", container: str = "", host: str = "",
+                 policy: str = "",
                  operation: Annotated[str, Query(description="exact; comma list allowed")] = "",
                  action: Annotated[str, Query(description="exact; comma list allowed")] = "",
                  severity: Annotated[str, Query(description="exact; comma list allowed")] = "",
@@ -40,6 +61,7 @@ def query_params(namespace: str = "", pod: str = "", container: str = "", host: 
                  cursor: Annotated[str, Query(description="X-Next-Cursor of the previous page")] = "",
                  limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> RecordQuery:
     """The filters of a request (FastAPI dependency); 422 naming the bad parameter."""
+    check_names(request)
     values = dict(namespace=namespace, pod=pod, container=container, host=host, policy=policy,
                   operation=operation, action=action, severity=severity, type=type, result=result,
                   source=source, resource=resource, q=q, since=since, until=until, throttled=throttled,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from shared.config import Settings
 
@@ -33,6 +33,9 @@ class FeederSettings(Settings):
     visibility_containers: str = "process,file,network,capabilities"
     visibility_hosts: str = "none"
     # API access
+    # the largest REST body (a policy apply) accepted; larger ones get 413 before being read. Never more
+    # than the NATS server's max_payload allows (the body travels to the policy service over NATS).
+    api_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     api_read_tokens: SecretStr | None = None
     api_write_tokens: SecretStr | None = None
     # gRPC TLS (both set = TLS on the LogService/PolicyService port)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.schemas.rules import Rule
 from services.policy.globs import glob_to_regex
+from shared.schemas.rules import Rule
 
 __all__ = ["Expression", "Policy", "to_policy", "normalise_action", "CONTAINER_NAME_LABEL"]
 
@@ -115,13 +115,13 @@ class _Builder:
         for name, operation in (("process", "Process"), ("file", "File")):
             if isinstance(spec.get(name), dict):
                 rules += self.path_rules(operation, spec[name])
-        net = spec.get("network") if isinstance(spec.get("network"), dict) else {}
+        net = _map(spec, "network")
         for item in net.get("matchProtocols") or []:
             rules.append(self.rule("Network", item, net, protocol=str(item["protocol"]).lower()))
-        caps = spec.get("capabilities") if isinstance(spec.get("capabilities"), dict) else {}
+        caps = _map(spec, "capabilities")
         for item in caps.get("matchCapabilities") or []:
             rules.append(self.rule("Capabilities", item, caps, capability=str(item["capability"]).lower()))
-        sys_ = spec.get("syscalls") if isinstance(spec.get("syscalls"), dict) else {}
+        sys_ = _map(spec, "syscalls")
         for item in sys_.get("matchSyscalls") or []:
             for call in item.get("syscall") or [""]:
                 rules.append(self.rule("Syscall", item, sys_, syscall=call))
@@ -134,8 +134,14 @@ class _Builder:
         return rules
 
 
+def _map(spec: dict[str, Any], key: str) -> dict[str, Any]:
+    """``spec[key]`` when it is a map, else an empty one."""
+    value = spec.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _selector(policy: Policy, spec: dict[str, Any]) -> None:
-    sel = spec.get("selector") if isinstance(spec.get("selector"), dict) else {}
+    sel = _map(spec, "selector")
     labels = dict(sel.get("matchLabels") or {})
     names = labels.pop(CONTAINER_NAME_LABEL, None)
     if names is not None:
@@ -144,7 +150,7 @@ def _selector(policy: Policy, spec: dict[str, Any]) -> None:
     policy.expressions = tuple(
         Expression(str(e.get("key", "")), str(e.get("operator", "")), tuple(str(v) for v in e.get("values") or []))
         for e in sel.get("matchExpressions") or [] if isinstance(e, dict))
-    node = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
+    node = _map(spec, "nodeSelector")
     policy.node_labels = dict(node.get("matchLabels") or {})
 
 

@@ -1,30 +1,20 @@
 """Policy text -> documents: YAML (one or several documents) or JSON, as kubectl would read it.
 
-YAML timestamps stay strings (kubectl converts YAML to JSON first), nulls in maps are dropped (an
-API server never stores them), empty documents are skipped, and a ``kind: List`` is expanded.
+The text is read by :mod:`shared.bounded` (size, depth, alias and expanded-size limits; duplicate
+keys are errors; only JSON-like values), so the REST API, the NATS policy API and ``bulwark policy
+validate`` read it the same way. YAML timestamps stay strings (kubectl converts YAML to JSON first),
+nulls in maps are dropped (an API server never stores them), empty documents are skipped, and a
+``kind: List`` is expanded.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import yaml
-
+from services.policy.schema import dotted
+from shared.bounded import DEFAULT_LIMITS, InputError, Limits, load_documents
 from shared.errors import FieldError, ValidationFailed
 
-__all__ = ["parse_documents", "drop_nulls", "document_label"]
-
-_BASE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BASE_LOADER):  # type: ignore[misc, valid-type]
-    """A safe loader that leaves timestamps as strings."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in _BASE_LOADER.yaml_implicit_resolvers.items()
-}
+__all__ = ["parse_documents", "drop_nulls", "document_label", "input_error"]
 
 
 def document_label(index: int, source: str = "") -> str:
@@ -33,7 +23,10 @@ def document_label(index: int, source: str = "") -> str:
 
 
 def drop_nulls(value: Any) -> Any:
-    """``value`` with every null map entry removed, recursively (lists keep their length)."""
+    """``value`` with every null map entry removed, recursively (lists keep their length).
+
+    Only for values already bounded in depth and size (what :mod:`shared.bounded` returns).
+    """
     if isinstance(value, dict):
         return {str(k): drop_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
@@ -41,40 +34,25 @@ def drop_nulls(value: Any) -> Any:
     return value
 
 
-def _load_all(text: str, source: str) -> list[Any]:
-    stripped = text.lstrip()
-    if stripped.startswith("{") or stripped.startswith("["):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            label = document_label(0, source)
-            raise ValidationFailed([FieldError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                                               label)]) from exc
-        return obj if isinstance(obj, list) else [obj]
-    docs: list[Any] = []
-    loader = _Loader(text)
-    try:
-        while loader.check_data():
-            docs.append(loader.get_data())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ValidationFailed([FieldError("", f"invalid YAML{where}: {problem}",
-                                           document_label(len(docs), source))]) from exc
-    finally:
-        loader.dispose()
-    return docs
+def input_error(exc: InputError, source: str = "") -> ValidationFailed:
+    """The ValidationFailed naming the document and field path of a reader's InputError."""
+    message = exc.message if exc.line is None or "line" in exc.message else f"{exc.message} (line {exc.line})"
+    return ValidationFailed([FieldError(dotted(exc.path), message, document_label(exc.document, source))])
 
 
-def parse_documents(text: str, source: str = "") -> list[tuple[str, dict[str, Any]]]:
-    """Every non-empty document in ``text`` as ``(label, body)``; ValidationFailed on bad syntax.
+def parse_documents(text: str, source: str = "",
+                    limits: Limits = DEFAULT_LIMITS) -> list[tuple[str, dict[str, Any]]]:
+    """Every non-empty document in ``text`` as ``(label, body)``; ValidationFailed on bad syntax or size.
 
     A document that is not a map is an error naming that document.
     """
+    try:
+        raw_docs = load_documents(text, limits)
+    except InputError as exc:
+        raise input_error(exc, source) from exc
     out: list[tuple[str, dict[str, Any]]] = []
     errors: list[FieldError] = []
-    for i, raw in enumerate(_load_all(text, source)):
+    for i, raw in enumerate(raw_docs):
         if raw is None:
             continue
         label = document_label(i, source)
@@ -90,6 +68,15 @@ def parse_documents(text: str, source: str = "") -> list[tuple[str, dict[str, An
                     errors.append(FieldError(f"items[{j}]", "a list item must be a map", label))
             continue
         out.append((label, body))
+    if len(out) > limits.max_documents:
+        errors.append(FieldError("", f"too many documents (more than {limits.max_documents})"))
     if errors:
-        raise ValidationFailed(errors)
+        raise ValidationFailed(errors[:_MAX_ERRORS] + _more(len(errors)))
     return out
+
+
+_MAX_ERRORS = 100
+
+
+def _more(count: int) -> list[FieldError]:
+    return [FieldError("", f"... and {count - _MAX_ERRORS} more errors")] if count > _MAX_ERRORS else []

@@ -34,8 +34,14 @@ __all__ = ["PolicyApi", "error_reply"]
 log = logging.getLogger("bulwark.policy.api")
 
 
+MAX_REPLY_ERRORS = 200  # a reply must fit a NATS message: 5,000 documents x 101 errors would not
+
+
 def _errors(errors: list[FieldError]) -> list[dict[str, str]]:
-    return [{"document": e.document, "path": e.path, "message": e.message} for e in errors]
+    shown = [{"document": e.document, "path": e.path, "message": e.message} for e in errors[:MAX_REPLY_ERRORS]]
+    if len(errors) > MAX_REPLY_ERRORS:
+        shown.append({"document": "", "path": "", "message": f"... and {len(errors) - MAX_REPLY_ERRORS} more errors"})
+    return shown
 
 
 def error_reply(message: str, path: str = "") -> dict[str, Any]:

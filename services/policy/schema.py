@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SchemaIssue", "check", "dotted", "slashed", "load_crd_schemas", "default_crd_dir", "prune"]
+__all__ = ["SchemaIssue", "check", "go_pattern", "MAX_ISSUES", "dotted", "slashed", "load_crd_schemas",
+           "default_crd_dir", "prune"]
 
 Part = str | int
 
@@ -71,9 +72,32 @@ def _type_ok(kind: str, value: Any) -> bool:
     return True
 
 
+def go_pattern(pattern: str) -> str:
+    """A CRD pattern (Go RE2 syntax) in Python's: ``$`` outside a class means end of text (``\\Z``).
+
+    Python's ``$`` also matches before a final newline, so ``^[a-z]+$`` would accept ``"abc\\n"``
+    where the API server refuses it.
+    """
+    out, escaped, in_class = [], False, False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "$":
+            out.append("\\Z")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
 @lru_cache(maxsize=1024)
 def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+    return re.compile(go_pattern(pattern))
 
 
 def _describe(value: Any) -> str:
@@ -94,14 +118,21 @@ def _enum_message(allowed: list[Any], value: Any) -> str:
     return text
 
 
+MAX_ISSUES = 100  # per document: enough to act on, and a reply stays small whatever the input
+
+
 class _Walker:
-    """Collects issues and unknown-field paths while walking one value against one schema."""
+    """Collects issues (the first MAX_ISSUES) and unknown-field paths while walking one value."""
 
     def __init__(self) -> None:
         self.issues: list[SchemaIssue] = []
         self.unknown: list[tuple[Part, ...]] = []
+        self.dropped = 0
 
     def add(self, parts: tuple[Part, ...], code: str, message: str, rule: str = "", value: Any = None) -> None:
+        if len(self.issues) >= MAX_ISSUES:
+            self.dropped += 1
+            return
         self.issues.append(SchemaIssue(parts, code, message, rule, value))
 
     def walk(self, schema: dict[str, Any], value: Any, parts: tuple[Part, ...]) -> None:
@@ -176,6 +207,8 @@ def check(schema: dict[str, Any], value: Any,
     """Check ``value`` against ``schema``: (errors, paths of unknown fields the server would prune)."""
     walker = _Walker()
     walker.walk(schema, value, parts)
+    if walker.dropped:
+        walker.issues.append(SchemaIssue(parts, "more", f"... and {walker.dropped} more errors"))
     return walker.issues, walker.unknown
 
 

@@ -4,7 +4,10 @@ Layers, in order: the envelope (apiVersion, kind, metadata — what the API serv
 the CRD's openAPIV3Schema (walked generically by :mod:`services.policy.schema`), then semantic
 checks the schema cannot express (the network policy's CEL rules, a process matchPaths entry
 needing ``path`` or ``execname``). matchPatterns are globs (``/etc/*hado?``, ``/**/*.conf``), not
-regular expressions, so they are not compiled here. Unknown fields are pruned, as
+regular expressions, so they are not compiled here. Admission (:func:`admit`, :func:`check_document`:
+what the policy service and ``bulwark policy validate`` use) adds Bulwark's own rule on top of what
+:func:`validate` checks: a policy must declare at least one rule, since one without does nothing
+(an empty or missing ``spec``). Unknown fields are pruned, as
 the API server does, and reported as warnings; so is a missing ``apiVersion``, which is defaulted
 to ``security.kubearmor.com/v1`` (the corpus has a document saying ``Version:`` instead, and
 KubeArmor's examples expect it to be admitted). A *wrong* apiVersion is an error.
@@ -16,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import FieldError, ValidationFailed
 from services.policy.schema import SchemaIssue, check, dotted, load_crd_schemas, prune
+from shared.errors import FieldError, ValidationFailed
 
 __all__ = ["API_VERSION", "KINDS", "NAMESPACED", "Admitted", "validate", "check_document", "admit", "schema_issues",
            "canonical_kind"]
@@ -27,8 +30,9 @@ KINDS = ("KubeArmorPolicy", "KubeArmorClusterPolicy", "KubeArmorHostPolicy", "Ku
 NAMESPACED = frozenset({"KubeArmorPolicy"})
 _SHORT = {"ksp": "KubeArmorPolicy", "csp": "KubeArmorClusterPolicy", "hsp": "KubeArmorHostPolicy",
           "nsp": "KubeArmorNetworkPolicy"}
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Matched with fullmatch: "abc\n" is not a name (``$`` alone would accept a trailing newline).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 # What a CRD pattern means, in words a user understands.
 _PATTERN_HINTS = {
@@ -44,6 +48,7 @@ _PATTERN_PREFIX_HINTS = {
                  "dccp, packet or all",
 }
 _SECTIONS = ("process", "file", "network", "capabilities", "syscalls", "device")
+_OTHER_RULES = ("presets", "apparmor", "ingress", "egress")  # rules Bulwark admits but does not enforce
 
 
 @dataclass
@@ -92,12 +97,12 @@ def _envelope(doc: dict[str, Any]) -> list[tuple[str, str]]:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         errors.append(("metadata.name", "is required"))
-    elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+    elif len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
         errors.append(("metadata.name", f"{name!r} must be a DNS-1123 subdomain: lowercase letters, digits, "
                                         "'-' and '.', starting and ending with a letter or digit"))
     ns = meta.get("namespace")
-    if ns is not None and kind in NAMESPACED and (not isinstance(ns, str) or len(ns) > 63
-                                                  or not _DNS_LABEL.match(ns)):
+    if ns is not None and isinstance(kind, str) and kind in NAMESPACED and (not isinstance(ns, str) or len(ns) > 63
+                                                  or not _DNS_LABEL.fullmatch(ns)):
         errors.append(("metadata.namespace", f"{ns!r} must be a DNS-1123 label: lowercase letters, digits "
                                              "and '-', at most 63 characters"))
     for key in ("labels", "annotations"):
@@ -124,7 +129,8 @@ def _semantic(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 if not isinstance(item, dict):
                     continue
                 where = f"spec.{section}.{list_name}[{i}]"
-                if section == "process" and list_name == "matchPaths" and not (item.get("path") or item.get("execname")):
+                needs_path = section == "process" and list_name == "matchPaths"
+                if needs_path and not (item.get("path") or item.get("execname")):
                     errors.append((f"{where}.path", "is required (or give execname)"))
     if doc.get("kind") == "KubeArmorNetworkPolicy":
         errors.extend(_network_policy_rules(spec))
@@ -147,6 +153,21 @@ def _network_policy_rules(spec: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
+def _section_rules(spec: dict[str, Any]) -> bool:
+    """Whether a section (process, file...) holds at least one rule list with an entry."""
+    return any(isinstance(body, dict) and any(isinstance(v, list) and v for v in body.values())
+               for body in (spec.get(s) for s in _SECTIONS))
+
+
+def _admission(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """Bulwark's own admission rule: a policy declares at least one rule."""
+    spec = doc.get("spec")
+    if isinstance(spec, dict) and (_section_rules(spec) or any(spec.get(k) for k in _OTHER_RULES)):
+        return []
+    return [("spec", "declares no rule: a policy needs at least one of " + ", ".join(_SECTIONS)
+             + " (with a matchPaths, matchDirectories... entry), presets, apparmor, ingress or egress")]
+
+
 def schema_issues(doc: dict[str, Any]) -> tuple[list[SchemaIssue], list[tuple[str | int, ...]]]:
     """The CRD schema layer alone: (errors, unknown-field paths). Unknown kinds give no issues."""
     schema = load_crd_schemas().get(str(doc.get("kind")))
@@ -155,7 +176,8 @@ def schema_issues(doc: dict[str, Any]) -> tuple[list[SchemaIssue], list[tuple[st
     return check(schema, doc)
 
 
-def _check(doc: dict[str, Any], document: str) -> tuple[list[FieldError], list[tuple[str | int, ...]]]:
+def _check(doc: dict[str, Any], document: str,
+           admission: bool = True) -> tuple[list[FieldError], list[tuple[str | int, ...]]]:
     if not isinstance(doc, dict):
         return [FieldError("", f"a policy must be a map, got {type(doc).__name__}", document)], []
     errors = [FieldError(p, m, document) for p, m in _envelope(doc)]
@@ -164,6 +186,8 @@ def _check(doc: dict[str, Any], document: str) -> tuple[list[FieldError], list[t
     issues, unknown = schema_issues(doc)
     errors += [FieldError(i.path, _message(i), document) for i in issues]
     errors += [FieldError(p, m, document) for p, m in _semantic(doc)]
+    if admission:
+        errors += [FieldError(p, m, document) for p, m in _admission(prune(doc, unknown))]
     return errors, unknown
 
 
@@ -176,14 +200,19 @@ def _warnings(doc: dict[str, Any], unknown: list[tuple[str | int, ...]], documen
 
 
 def check_document(doc: dict[str, Any], document: str = "") -> tuple[list[FieldError], list[FieldError]]:
-    """(errors, warnings) for one policy document; never raises, whatever ``doc`` holds."""
-    errors, unknown = _check(doc, document)
-    return errors, ([] if errors else _warnings(doc, unknown, document))
+    """(errors, warnings) of admitting one policy document (:func:`admit`); never raises, whatever ``doc`` holds."""
+    try:
+        return [], admit(doc, document).warnings
+    except ValidationFailed as exc:
+        return list(exc.errors), []
 
 
 def validate(doc: dict[str, Any], document: str = "") -> list[FieldError]:
-    """Every problem with one policy document (empty when valid)."""
-    return _check(doc, document)[0]
+    """Every problem a Kubernetes API server with the CRDs would see (empty when it would admit it).
+
+    Admission (:func:`admit`) checks these and Bulwark's own rules (a policy declares a rule).
+    """
+    return _check(doc, document, admission=False)[0]
 
 
 def admit(doc: dict[str, Any], document: str = "") -> Admitted:
@@ -202,7 +231,8 @@ def admit(doc: dict[str, Any], document: str = "") -> Admitted:
             out_meta[key] = meta[key]
     stored = {"apiVersion": API_VERSION, "kind": clean["kind"], "metadata": out_meta,
               "spec": clean.get("spec") if isinstance(clean.get("spec"), dict) else {}}
-    if not any(isinstance(stored["spec"].get(s), dict) for s in _SECTIONS) and not stored["spec"].get("ingress") \
-            and not stored["spec"].get("egress"):
-        warnings.append(FieldError("spec", "has no rules: the policy enforces nothing", document))
+    if not _section_rules(stored["spec"]) and clean["kind"] != "KubeArmorNetworkPolicy":
+        named = ", ".join(k for k in _OTHER_RULES if stored["spec"].get(k))
+        warnings.append(FieldError("spec", f"has only rules Bulwark does not enforce ({named}): "
+                                           "the policy enforces nothing here", document))
     return Admitted(stored, warnings)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ValidationFailed
 from services.policy.parser import parse_documents
 from services.policy.validate import admit, canonical_kind, validate
+from shared.errors import ValidationFailed
 
 KSP = """\
 apiVersion: security.kubearmor.com/v1
@@ -187,3 +187,44 @@ def test_validate_command_prints_warnings_after_ok(tmp_path) -> None:
     assert ok and lines == ["OK KubeArmorPolicy multiubuntu/ksp-group-1-proc-path-block",
                             f"WARNING {f}#1: apiVersion: missing: defaulted to security.kubearmor.com/v1",
                             f"WARNING {f}#1: Version: unknown field, ignored"]
+
+
+@pytest.mark.parametrize("text, path, words", [
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(9)),
+     "f[0]", "too many values"),
+    ("a: &x [*x]\n", "a[0]", "recursive"),
+    ("a: *nope\n", "a", "names no anchor"),
+    ("spec:\n  action: Block\n  action: Audit\n", "spec.action", "duplicate key 'action' (line 3; first at line 2)"),
+    ('{"spec": {"a": 1, "a": 2}}', "spec.a", "duplicate key 'a'"),
+    ("1: a\n'1': b\n", "1", "duplicate key '1'"),
+    ("- " * 70 + "x\n", "[0]" * 64, "nested deeper than 64 levels"),
+    ('{"a": ' * 70 + "1" + "}" * 70, ".".join(["a"] * 64), "nested deeper than 64 levels"),
+    ("a: " + "9" * 5000 + "\n", "a", "does not fit in 64 bits"),
+    ('{"a": [1, ' + "9" * 5000 + "]}", "a[1]", "does not fit in 64 bits"),
+    ("a: .inf\n", "a", "not a finite number"),
+    ('{"a": NaN}', "", "NaN is not a JSON number"),
+    ("a: !!binary aGk=\n", "a", "cannot be stored"),
+    ('{"a": "\\ud800"}', "a", "lone surrogate"),
+    ("x" * (2 ** 20 + 1), "", "at most 1048576"),
+])
+def test_bounded_reader_refuses_bombs_duplicates_depth_and_odd_values(text: str, path: str, words: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        parse_documents(text)
+    (error,) = info.value.errors
+    assert error.path == path and words in error.message, error
+
+
+def test_bounded_reader_keeps_what_kubectl_keeps() -> None:
+    (_, doc), = parse_documents("a: &m {x: 1, y: 2}\nb: {<<: *m, x: 3}\nwhen: 2024-01-01\nn: null\n")
+    assert doc == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}, "when": "2024-01-01"}
+
+
+def test_names_with_a_trailing_newline_and_policies_without_rules_are_refused() -> None:
+    assert paths(KSP.replace("name: ksp-group-1-proc-path-block", 'name: "abc\\n"')) == ["metadata.name"]
+    assert paths(KSP.replace("namespace: multiubuntu", 'namespace: "demo\\n"')) == ["metadata.namespace"]
+    ruleless = KSP.split("  process:")[0]
+    assert validate(one(ruleless)) == []  # what the CRD admits...
+    with pytest.raises(ValidationFailed) as info:  # ...but a policy without a rule would do nothing
+        admit(one(ruleless))
+    assert [(e.path, "declares no rule" in e.message) for e in info.value.errors] == [("spec", True)]
