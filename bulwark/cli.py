@@ -1,4 +1,5 @@
-"""The ``bulwark`` command: up, status, apply, delete, get, run, probe, policy, logs, summary, nats-auth."""
+"""The ``bulwark`` command: up, status, apply, delete, get, run, probe, policy, logs, summary, recommend, discover,
+nats-auth."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from bulwark.client import Api, ApiError
+from shared.bounded import InputError, load_documents, read_text_file
 from shared.config import Settings, load_settings
 
 __all__ = ["main", "build_parser"]
@@ -100,7 +100,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
     api = _api(args)
     status = 0
     for path in _policy_files(args.file):
-        for doc in yaml.safe_load_all(path.read_text()):
+        try:
+            docs = load_documents(read_text_file(path))
+        except InputError as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        for doc in docs:
             if not isinstance(doc, dict):
                 continue
             meta = doc.get("metadata") or {}
@@ -246,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_policy_validate)
     simulate = policy_sub.add_parser("simulate", help="judge recorded accesses (JSON lines) against policy files")
     simulate.add_argument("-f", "--file", action="extend", nargs="+", required=True, metavar="FILE|DIR")
-    simulate.add_argument("--events", required=True, metavar="EVENTS.jsonl", help="one access per line; - for stdin")
+    simulate.add_argument("--events", metavar="EVENTS.jsonl", help="one access per line; - for stdin")
     simulate.add_argument("--default-posture", default="", metavar="file=block,network=audit,capabilities=audit")
+    from bulwark.simulate import add_history_arguments
+
+    add_history_arguments(simulate)
     simulate.set_defaults(func=cmd_policy_simulate)
 
     run = sub.add_parser("run", help="run a command as a local workload")
@@ -267,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_logs_parser(sub)
     add_summary_parser(sub)
+    from bulwark.discover import add_discover_parser
+    from bulwark.recommend.cmd import add_recommend_parser
+
+    add_recommend_parser(sub)
+    add_discover_parser(sub)
     add_nats_auth_parser(sub)
     return parser
 

@@ -21,22 +21,22 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from shared.errors import FieldError, ValidationFailed
-from shared.matcher import DEFAULT_POSTURE, Access, Posture, decide
-from shared.schemas.identity import Workload
-from shared.schemas.rules import WorkloadRules
+from bulwark.policy_cmd import policy_files
 from services.policy.compiler import compile_rules
 from services.policy.model import Policy, to_policy
 from services.policy.parser import parse_documents
 from services.policy.posture import parse_posture_spec
 from services.policy.validate import admit
+from shared.bounded import InputError, read_text_file
+from shared.errors import FieldError, ValidationFailed
+from shared.matcher import DEFAULT_POSTURE, Access, Posture, decide
+from shared.schemas.identity import Workload
+from shared.schemas.rules import WorkloadRules
 
-from bulwark.policy_cmd import policy_files
-
-__all__ = ["load_policies", "Simulator", "simulate_lines", "run_simulate", "OPERATIONS"]
+__all__ = ["load_policies", "Simulator", "simulate_lines", "run_simulate", "OPERATIONS", "add_history_arguments"]
 
 OPERATIONS = ("Process", "File", "Network", "Capabilities", "Syscall")
-_NO_MATCH = {"action": "Allow", "policy": None, "type": None, "severity": "", "message": "", "tags": [],
+_NO_MATCH: dict[str, Any] = {"action": "Allow", "policy": None, "type": None, "severity": "", "message": "", "tags": [],
              "alert": False}
 
 
@@ -52,9 +52,12 @@ def load_policies(targets: list[str]) -> list[Policy]:
             continue
         for path in files:
             try:
-                docs = parse_documents(path.read_text(errors="replace"), source=str(path))
+                docs = parse_documents(read_text_file(path), source=str(path))
             except ValidationFailed as exc:
                 errors.extend(exc.errors)
+                continue
+            except InputError as exc:
+                errors.append(FieldError("", str(exc), str(path)))
                 continue
             for label, doc in docs:
                 try:
@@ -84,7 +87,8 @@ def _workload(raw: Any) -> Workload:
     if kind == "host":
         labels = {**labels, **_str_map(raw.get("node_labels"), "workload.node_labels")}
     name = str(raw.get("container") or raw.get("name") or ("host" if kind == "host" else "container"))
-    return Workload(id="simulated", name=name, namespace=str(raw.get("namespace") or ("" if kind == "host" else "default")),
+    namespace = str(raw.get("namespace") or ("" if kind == "host" else "default"))
+    return Workload(id="simulated", name=name, namespace=namespace,
                     kind=kind, node="simulate", mntns=0, pidns=0, labels=labels,
                     namespace_annotations=_str_map(raw.get("namespace_annotations"), "workload.namespace_annotations"),
                     annotations=_str_map(raw.get("annotations"), "workload.annotations"))
@@ -158,9 +162,26 @@ def simulate_lines(sim: Simulator, lines: Iterable[str]) -> Iterator[str]:
         yield json.dumps(out)
 
 
+def add_history_arguments(p: argparse.ArgumentParser) -> None:
+    """``--history`` (rehearsal on stored records, :mod:`bulwark.rehearse`) and its options."""
+    from bulwark.rehearse import add_history_options
+
+    p.add_argument("--history", action="store_true",
+                   help="replay the stored logs and alerts instead of --events; exit 1 if anything would be blocked")
+    add_history_options(p)
+    p.add_argument("--no-applied", action="store_true", help="with --history: ignore the policies applied now")
+    p.add_argument("--json", action="store_true", help="with --history: the report as JSON")
+    p.add_argument("--examples", type=int, default=20, help="with --history: groups shown per workload (0: all)")
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     """The ``bulwark policy simulate`` command: 0 when every line was judged, 1 if some were not,
-    2 when the policies or options are invalid (nothing judged)."""
+    2 when the policies or options are invalid (nothing judged). With ``--history``: see
+    :func:`bulwark.rehearse.run_rehearse`."""
+    history = bool(getattr(args, "history", False))
+    if history == bool(args.events):
+        print("INVALID options: give either --events FILE or --history", file=sys.stderr)
+        return 2
     try:
         posture = parse_posture_spec(args.default_posture or "")
     except ValueError as exc:
@@ -172,6 +193,14 @@ def run_simulate(args: argparse.Namespace) -> int:
         for e in exc.errors:
             print(f"INVALID {e.document}: {e.path or '(document)'}: {e.message}", file=sys.stderr)
         return 2
+    if history:
+        from bulwark.rehearse import resolve_history_options, run_rehearse
+
+        problem = resolve_history_options(args)
+        if problem:
+            print(f"INVALID {problem}", file=sys.stderr)
+            return 2
+        return run_rehearse(args, policies, posture)
     sim = Simulator(policies, posture)
     failed = False
     try:

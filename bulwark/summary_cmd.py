@@ -83,7 +83,8 @@ def run_summary(args: argparse.Namespace) -> int:
     params = {k: v for k, v in {"namespace": args.namespace, "pod": args.pod, "since": args.since}.items() if v}
     try:
         with httpx.Client(base_url=settings.rest_url, headers=headers, timeout=30) as http:
-            records = [*_pages(http, "/api/v1/logs", params, args.max), *_pages(http, "/api/v1/alerts", params, args.max)]
+            records = [*_pages(http, "/api/v1/logs", params, args.max),
+                       *_pages(http, "/api/v1/alerts", params, args.max)]
     except (httpx.HTTPError, RuntimeError) as exc:
         print(f"bulwark summary: {exc}", file=sys.stderr)
         return 1

@@ -65,7 +65,7 @@ def elf_interpreter(path: str) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
                 return ""
             phoff = int.from_bytes(head[32:40], "little")
             phentsize, phnum = int.from_bytes(head[54:56], "little"), int.from_bytes(head[56:58], "little")
