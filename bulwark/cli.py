@@ -186,8 +186,10 @@ def cmd_policy_simulate(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from services.enforcer.select import choose, probe_all
+    from services.monitor.probe import probe_monitor
 
     settings = _settings(args)
+    print(probe_monitor().line())
     for name, supported, reason in probe_all():
         print(f"{name:12} {'supported' if supported else 'unsupported':12} {reason}")
     active = choose(settings.enforcer_order)

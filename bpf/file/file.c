@@ -100,13 +100,20 @@ int bwmon_fchowat_e(struct bw_tp_sys_enter *ctx)  /* (dfd, filename, user, group
 /* The open's path argument, from the caller's saved registers (x86_64: di, si, dx, r10). */
 static __always_inline const char *bw_open_name(struct pt_regs *regs, __s32 nr)
 {
-	return (const char *)(nr == BW_NR_OPEN ? regs->di : regs->si);
+	unsigned long di = 0, si = 0;
+
+	BW_REG(di, regs, di);
+	BW_REG(si, regs, si);
+	return (const char *)(nr == BW_NR_OPEN ? di : si);
 }
 
 /* The directory an open's relative name is resolved against (x86_64: the first register). */
 static __always_inline long bw_open_dirfd(struct pt_regs *regs, __s32 nr)
 {
-	return nr == BW_NR_OPEN ? BW_AT_FDCWD : (int)regs->di;
+	unsigned long di = 0;
+
+	BW_REG(di, regs, di);
+	return nr == BW_NR_OPEN ? BW_AT_FDCWD : (int)di;
 }
 
 /* The open's other arguments, from the same registers: args[0..3] = dirfd, flags, mode, resolve.
@@ -114,8 +121,12 @@ static __always_inline long bw_open_dirfd(struct pt_regs *regs, __s32 nr)
  * registers would be one instruction with two pointer types, which the verifier refuses. */
 static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs *regs, __s32 nr)
 {
-	__u64 si = regs->si, dx = regs->dx, r10 = regs->r10;
+	__u64 si = 0, dx = 0, r10 = 0;
 	struct bw_open_how how = {};
+
+	BW_REG(si, regs, si);
+	BW_REG(dx, regs, dx);
+	BW_REG(r10, regs, r10);
 
 	e->args[0] = bw_open_dirfd(regs, nr);
 	if (nr == BW_NR_OPEN) {
@@ -134,6 +145,17 @@ static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs 
 	}
 }
 
+/* The open's syscall number and result. Without the name prefilter, clang keeps &ctx->syscall_nr in
+ * a register across calls and the verifier refuses a load through a modified ctx pointer (6.1,
+ * 6.12): there the context is copied first. With the prefilter, the copies cost the verifier more
+ * than its budget (the walk's states multiply), and the plain reads load. */
+#ifdef BW_NAMES_PREFILTER
+#define BW_OPEN_NR (ctx->syscall_nr)
+#define BW_OPEN_RET (ctx->ret)
+#else
+#define BW_OPEN_NR nr
+#define BW_OPEN_RET ret
+#endif
 /* open, openat, openat2, at exit only: the syscall's arguments are still in the caller's saved
  * registers, and its path is in memory the kernel has just read (so it is paged in). No enter
  * program and no per-thread stash: an open that is not visible costs at most one hash lookup. In a
@@ -145,52 +167,58 @@ static __always_inline void bw_open_args(struct bw_sys_event *e, struct pt_regs 
  * (EPERM, EACCES): a blocked attempt through a symlink the names cannot see is still reported. */
 int bwmon_open_x(struct bw_tp_sys_exit *ctx)
 {
-	struct task_struct *task = bw_current();
-	__u32 mntns = bw_current_mntns(task);
-	__u32 bits = bw_vis_bits(task, mntns, BW_VIS_FILE | BW_VIS_FILE_PATHS);
+#ifndef BW_NAMES_PREFILTER
+	__s32 nr = ctx->syscall_nr;              /* BW_OPEN_NR, BW_OPEN_RET: see above */
+	long ret = ctx->ret;
+#endif
+	struct task_struct *task;
+	__u32 mntns, bits;
 	struct pt_regs *regs = NULL;
 	struct bw_sys_event *e;
 	const char *name;
 	int dir_listed = 1, listed;
 
+	task = bw_current();
+	mntns = bw_current_mntns(task);
+	bits = bw_vis_bits(task, mntns, BW_VIS_FILE | BW_VIS_FILE_PATHS);
 	if (!bits)
 		return 0;
 	if (!(bits & BW_VIS_FILE)) {
-		long fd = ctx->ret;
+		long fd = BW_OPEN_RET;
 
 		if (fd < 0) {
-			regs = (struct pt_regs *)bpf_task_pt_regs(task);
-			fd = bw_open_dirfd(regs, ctx->syscall_nr);
+			regs = bw_task_regs(task);
+			fd = bw_open_dirfd(regs, BW_OPEN_NR);
 		}
 		dir_listed = bw_fd_names_listed(task, fd);
-		if (ctx->ret >= 0 && !dir_listed) {
+		if (BW_OPEN_RET >= 0 && !dir_listed) {
 			bw_stat(BW_STAT_FILTERED);
 			bw_stat(BW_STAT_FILTERED_NAMES);
 			return 0;
 		}
 	}
 	if (!regs)
-		regs = (struct pt_regs *)bpf_task_pt_regs(task);
-	name = bw_open_name(regs, ctx->syscall_nr);
+		regs = bw_task_regs(task);
+	name = bw_open_name(regs, BW_OPEN_NR);
 	listed = bw_file_wanted(bits, mntns, name);
 	if (!listed)
 		return 0;
-	if (listed == BW_PATH_RELATIVE && ctx->ret < 0 && !dir_listed && ctx->ret != -BW_EPERM &&
-	    ctx->ret != -BW_EACCES) {
+	if (listed == BW_PATH_RELATIVE && BW_OPEN_RET < 0 && !dir_listed && BW_OPEN_RET != -BW_EPERM &&
+	    BW_OPEN_RET != -BW_EACCES) {
 		bw_stat(BW_STAT_FILTERED);
 		bw_stat(BW_STAT_FILTERED_NAMES);
 		return 0;
 	}
-	e = bw_sys_scratch_begin(BW_OP_FILE, ctx->syscall_nr, mntns);
+	e = bw_sys_scratch_begin(BW_OP_FILE, BW_OPEN_NR, mntns);
 	if (!e)
 		return 0;
-	bw_open_args(e, regs, ctx->syscall_nr);
-	e->ret = ctx->ret;
+	bw_open_args(e, regs, BW_OPEN_NR);
+	e->ret = BW_OPEN_RET;
 	e->flags |= BW_SYS_F_OPEN;
 	bw_sys_name(e, name);
 	bw_sys_dir(e, task, e->args[0]);
-	if (ctx->ret >= 0 && bw_want(BW_CFG_OWNER))
-		bw_sys_owner(e, task, ctx->ret);
+	if (BW_OPEN_RET >= 0 && bw_want(BW_CFG_OWNER))
+		bw_sys_owner(e, task, BW_OPEN_RET);
 	bw_sys_finish(e, task);
 	return 0;
 }

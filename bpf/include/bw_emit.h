@@ -21,7 +21,10 @@ static __always_inline __u32 bw_vis_bits(struct task_struct *cur, __u32 mntns, _
 	__u32 key = BW_VIS_ANY, *mask;
 
 #ifdef BW_MONITOR_TGID
-	if (cur->tgid == BW_MONITOR_TGID)
+	int own = 0;
+
+	BW_LOAD(own, cur, tgid);
+	if (own == BW_MONITOR_TGID)
 		return 0;
 #endif
 	mask = bw_vis_default.lookup(&key);
@@ -117,20 +120,42 @@ static __always_inline int bw_announce(struct bw_task_info *t, struct task_struc
  * time is announced. */
 static __always_inline void bw_task_fill(struct bw_task_info *t, struct task_struct *task, __u32 mntns)
 {
-	__u32 tgid = task->tgid;
-	struct bw_proc *p = bw_procs.lookup(&tgid);
+	__u32 tgid = 0;
+	struct bw_proc *p;
 	struct bw_ids ids = {};
-	int ptgid = task->real_parent->tgid;
-	const struct cred *cred = task->cred;
-	const __u64 *comm = (const __u64 *)task->comm;
+	int ptgid = 0;
 
+	BW_LOAD(tgid, task, tgid);
+	p = bw_procs.lookup(&tgid);
 	t->pid = tgid;
-	t->tid = task->pid;
-	t->uid = cred->uid.val;                  /* = bpf_get_current_uid_gid(), without its call */
-	t->gid = cred->gid.val;
-	t->cgroup_id = task->cgroups->dfl_cgrp->kn->id;   /* = bpf_get_current_cgroup_id() */
-	__builtin_memcpy(t->comm, &comm[0], 8);  /* comm is NUL-padded: = bpf_get_current_comm() */
-	__builtin_memcpy(t->comm + 8, &comm[1], 8);
+#ifdef BW_TASK_BTF
+	{
+		const struct cred *cred = task->cred;
+		const __u64 *comm = (const __u64 *)task->comm;
+
+		ptgid = task->real_parent->tgid;
+		t->tid = task->pid;
+		t->uid = cred->uid.val;              /* = bpf_get_current_uid_gid(), without its call */
+		t->gid = cred->gid.val;
+		t->cgroup_id = task->cgroups->dfl_cgrp->kn->id;   /* = bpf_get_current_cgroup_id() */
+		__builtin_memcpy(t->comm, &comm[0], 8);  /* comm is NUL-padded: = bpf_get_current_comm() */
+		__builtin_memcpy(t->comm + 8, &comm[1], 8);
+	}
+#else
+	{
+		struct task_struct *parent = NULL;
+		__u64 ugid = bpf_get_current_uid_gid();
+
+		BW_READ(parent, task, real_parent);
+		if (parent)
+			BW_READ(ptgid, parent, tgid);
+		t->tid = (__u32)bpf_get_current_pid_tgid();
+		t->uid = (__u32)ugid;
+		t->gid = ugid >> 32;
+		t->cgroup_id = bpf_get_current_cgroup_id();
+		bpf_get_current_comm(t->comm, sizeof(t->comm));
+	}
+#endif
 	if (p && !mntns)
 		mntns = p->mntns;                    /* exiting: nsproxy already released */
 	t->mntns = mntns;
@@ -339,7 +364,9 @@ static __always_inline void bw_sys_dir(struct bw_sys_event *e, struct task_struc
 	if ((e->flags & BW_SYS_F_NAME_FAULT) || (e->name_len > 1 && e->name[0] == '/'))
 		return;
 	if (dirfd == BW_AT_FDCWD) {
-		struct fs_struct *fs = task->fs;     /* task is bw_current(): a direct load */
+		struct fs_struct *fs = NULL;
+
+		BW_LOAD(fs, task, fs);               /* task is bw_current(): a direct load */
 
 		if (!fs)
 			return;

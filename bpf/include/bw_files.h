@@ -11,16 +11,26 @@
  * direct loads; its slot array is untyped for the verifier, so the slot takes one explicit read. */
 static __always_inline struct file *bw_fd_file(struct task_struct *cur, long fd)
 {
-	struct fdtable *fdt;
-	struct file **fds;
+	struct files_struct *files = NULL;
+	struct fdtable *fdt = NULL;
+	struct file **fds = NULL;
 	struct file *f = NULL;
+	unsigned int max_fds = 0;
 
 	if (fd < 0)
 		return NULL;
-	fdt = cur->files->fdt;                   /* files is NULL once released: the load yields 0 */
-	if (!fdt || (unsigned long)fd >= fdt->max_fds)
+	BW_LOAD(files, cur, files);
+#ifndef BW_TASK_BTF
+	if (!files)
 		return NULL;
-	fds = fdt->fd;
+#endif
+	BW_LOAD(fdt, files, fdt);                /* files is NULL once released: the load yields 0 */
+	if (!fdt)
+		return NULL;
+	BW_LOAD(max_fds, fdt, max_fds);
+	if ((unsigned long)fd >= max_fds)
+		return NULL;
+	BW_LOAD(fds, fdt, fd);
 	if (!fds)
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);

@@ -15,6 +15,10 @@
 #include "bw_maps.h"
 #include "bw_task.h"
 
+#if defined(BW_NAMES_PREFILTER) && !defined(BW_TASK_BTF)
+#undef BW_NAMES_PREFILTER                    /* its walk needs the BTF task pointer's plain loads */
+#endif
+
 #define BW_FD_EMBEDDED 64                    /* NR_OPEN_DEFAULT: files_struct.fd_array */
 #define BW_NAMES_DEPTH 24                    /* deeper files are left to the trie */
 

@@ -6,21 +6,56 @@
 
 /* The current task as a BTF pointer: its members are read with plain loads that the verifier turns
  * into fault-safe PROBE_MEM loads (a few instructions each, no helper call; bcc leaves them alone).
- * Only ever dereference it directly: a task pointer of any other origin goes through BW_READ. */
+ * Only ever dereference it with BW_LOAD: a task pointer of any other origin goes through BW_READ.
+ * Kernels before 5.11 have no bpf_get_current_task_btf(): there it is a plain address and BW_LOAD
+ * reads explicitly. */
 static __always_inline struct task_struct *bw_current(void)
 {
+#ifdef BW_TASK_BTF
 	return bpf_get_current_task_btf();
+#else
+	return (struct task_struct *)bpf_get_current_task();
+#endif
 }
 
 /* Mount namespace of bw_current() (0 once nsproxy is released, at exit). */
 static __always_inline __u32 bw_current_mntns(struct task_struct *cur)
 {
-	struct nsproxy *nsp = cur->nsproxy;
+	struct nsproxy *nsp = NULL;
+	struct mnt_namespace *mnt_ns = NULL;
+	unsigned int inum = 0;
 
+	BW_LOAD(nsp, cur, nsproxy);
 	if (!nsp)
 		return 0;
-	return nsp->mnt_ns->ns.inum;
+	BW_LOAD(mnt_ns, nsp, mnt_ns);
+#ifndef BW_TASK_BTF
+	if (!mnt_ns)
+		return 0;
+#endif
+	BW_LOAD(inum, mnt_ns, ns.inum);
+	return inum;
 }
+
+/* The saved user registers of `task` (the current one): bpf_task_pt_regs() where the kernel has it
+ * (5.15+), else the top of its kernel stack (x86_64: THREAD_SIZE 16 KiB, no padding). BW_REG reads
+ * one register either way. */
+#ifdef BW_HELPER_task_pt_regs
+#define bw_task_regs(task) ((struct pt_regs *)bpf_task_pt_regs(task))
+#define BW_REG(dst, regs, r) ((dst) = (regs)->r)
+#else
+#define BW_THREAD_SIZE 16384
+static __always_inline struct pt_regs *bw_task_regs(struct task_struct *task)
+{
+	void *stack = NULL;
+
+	BW_READ(stack, task, stack);
+	if (!stack)
+		return NULL;
+	return (struct pt_regs *)((char *)stack + BW_THREAD_SIZE) - 1;
+}
+#define BW_REG(dst, regs, r) BW_READ(dst, regs, r)
+#endif
 
 /* The same for a task of any origin, with explicit reads. */
 static __always_inline __u32 bw_task_mntns(struct task_struct *task)

@@ -37,8 +37,23 @@ int bwmon_exit(struct bw_tp_sched_process_exit *ctx)
 	int code = 0;
 
 	bw_sys_stash.delete(&tid);               /* the thread's syscall slot */
+#ifndef BW_EXIT_NO_GROUP_DEAD
 	if (!ctx->group_dead)
 		return 0;
+#else
+	{
+		/* no group_dead in this kernel's tracepoint: do_exit() has already counted this thread
+		 * out of signal->live, so 0 there means it was the group's last one */
+		struct signal_struct *sig = NULL;
+		int live = 1;
+
+		BW_READ(sig, task, signal);
+		if (sig)
+			BW_READ(live, sig, live.counter);
+		if (live)
+			return 0;
+	}
+#endif
 	e = bw_sys_begin(BW_OP_EXIT, BW_VIS_PROCESS, -1, task);
 	if (e) {
 		BW_READ(code, task, exit_code);

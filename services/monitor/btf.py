@@ -46,10 +46,11 @@ class Btf:
         self._strs = data[hdr_len + str_off: hdr_len + str_off + str_len]
         self.types: list[_Type | None] = [None]
         self._structs: dict[tuple[int, str], int] = {}
+        self._enums: dict[str, dict[str, int]] = {}
         self._parse(data, hdr_len + type_off, hdr_len + type_off + type_len)
 
     @classmethod
-    def load(cls, path: Path = VMLINUX_BTF) -> "Btf":
+    def load(cls, path: Path = VMLINUX_BTF) -> Btf:
         """Read and parse a BTF file (the running kernel's by default)."""
         return cls(path.read_bytes())
 
@@ -71,6 +72,12 @@ class Btf:
                                       moff & 0xFFFFFF if kflag else moff))
                 if t.name:
                     self._structs.setdefault((kind, t.name), len(self.types))
+            elif kind == _ENUM and name_off:
+                values = self._enums.setdefault(t.name, {})
+                for _ in range(vlen):
+                    ename, evalue = struct.unpack_from("<Ii", data, pos)
+                    pos += 8
+                    values[self._name(ename)] = evalue
             else:
                 pos += _FIXED_EXTRA.get(kind, 0) + _PER_VLEN.get(kind, 0) * vlen
             self.types.append(t)
@@ -117,6 +124,18 @@ class Btf:
     def sizeof(self, struct_name: str) -> int:
         """Size in bytes of ``struct name``."""
         return self._resolve(self.struct_id(struct_name)).size_or_type
+
+    def enumerators(self, enum_name: str) -> dict[str, int]:
+        """Name -> value of every enumerator of ``enum enum_name`` (empty when the kernel has no such enum)."""
+        return dict(self._enums.get(enum_name, {}))
+
+    def has_member(self, struct_name: str, path: str) -> bool:
+        """Whether ``struct struct_name`` has the (dotted) member ``path``."""
+        try:
+            self.offsetof(struct_name, path)
+        except BtfError:
+            return False
+        return True
 
     def enum_sizes(self) -> dict[str, int]:
         """Byte size of every named enum (bpftool 7.1 prints them all as 4-byte ones)."""

@@ -3,8 +3,11 @@
 bcc wants kernel headers; this kernel has none, and other kernels' headers give wrong offsets. So:
 ``bpftool btf dump file /sys/kernel/btf/vmlinux format c`` gives every kernel type in one vmlinux.h,
 which we fix for two bugs (bcc misplaces members after unnamed ``long: 64;`` pads; bpftool 7.1 prints
-1-byte enums as 4-byte ones), plus a few stub headers bcc includes. The tree is cached and rebuilt only
-when the kernel release or its BTF changes.
+1-byte enums as 4-byte ones), plus a few stub headers bcc includes. Helpers that bcc's own
+``helpers.h`` names but this kernel's ``enum bpf_func_id`` lacks (``BPF_FUNC_cgrp_storage_get`` on 6.1,
+many more on 5.10) are defined to an id no kernel has, so the header compiles and only a program that
+really calls one is refused, by the verifier. The tree is cached and rebuilt only when the kernel
+release, its BTF or bcc changes.
 """
 from __future__ import annotations
 
@@ -20,13 +23,19 @@ from pathlib import Path
 
 from services.monitor.btf import VMLINUX_BTF, Btf
 
-__all__ = ["ensure_btf_tree", "fix_vmlinux_text", "use_btf_tree"]
+__all__ = ["ensure_btf_tree", "fix_vmlinux_text", "use_btf_tree", "absent_helpers", "bcc_helper_names",
+           "present_helpers",
+           "ABSENT_HELPER_ID"]
 
 log = logging.getLogger("bulwark.monitor.btf_tree")
 
 _STAMP = ".bulwark-stamp"
 _PAD_RE = re.compile(r"^(\s*)long: 64;$", re.M)
 _ENUM_OPEN_RE = re.compile(r"^enum (\w+) \{$")
+_HELPER_RE = re.compile(rb"\bBPF_FUNC_(\w+)\b")
+_ENUMERATOR_RE = re.compile(r"^\s+BPF_FUNC_(\w+) = \d+,?$", re.M)
+_TREE_FORMAT = "3"  # bumped when the tree's layout changes, so older cached trees are rebuilt
+ABSENT_HELPER_ID = 0x7FFF0000  # "no such helper": the verifier refuses a call to it (invalid func)
 
 _KCONFIG = """/* bcc force-includes this first: every kernel type comes from BTF (vmlinux.h) */
 #define CONFIG_BPF_SYSCALL 1
@@ -39,6 +48,8 @@ _KCONFIG = """/* bcc force-includes this first: every kernel type comes from BTF
 #endif
 #define offsetof(TYPE, MEMBER) __builtin_offsetof(TYPE, MEMBER)
 #define container_of(ptr, type, member) ((type *)((void *)(ptr) - offsetof(type, member)))
+"""
+_KCONFIG_HELPERS = """/* helpers bcc's helpers.h names that this kernel lacks (enum bpf_func_id) */
 """
 _STUBS = ("linux/types.h", "linux/bpf_common.h", "uapi/linux/if_packet.h", "uapi/linux/if_ether.h",
           "uapi/linux/ptrace.h", "linux/log2.h", "linux/sched.h")
@@ -63,9 +74,45 @@ def fix_vmlinux_text(text: str, enum_sizes: dict[str, int]) -> tuple[str, int, i
     return "\n".join(out), pads, packed
 
 
+def bcc_helper_names(lib: Path | None = None) -> frozenset[str]:
+    """Every ``BPF_FUNC_<name>`` bcc's library knows (its embedded helpers.h names them all)."""
+    path = lib or _libbcc_path()
+    if path is None:
+        return frozenset()
+    return frozenset(m.decode() for m in _HELPER_RE.findall(path.read_bytes()))
+
+
+def _libbcc_path() -> Path | None:
+    for cand in (Path("/usr/lib/x86_64-linux-gnu/libbcc.so.0"), Path("/usr/lib64/libbcc.so.0"),
+                 Path("/usr/lib/libbcc.so.0")):
+        if cand.exists():
+            return cand.resolve()
+    return None
+
+
+def absent_helpers(vmlinux_h: str, wanted: frozenset[str]) -> list[str]:
+    """The helper names in ``wanted`` that the dumped ``enum bpf_func_id`` does not define."""
+    present = set(_ENUMERATOR_RE.findall(vmlinux_h))
+    return sorted(wanted - present)
+
+
+def present_helpers(vmlinux_h: str) -> list[str]:
+    """The helper names this kernel's ``enum bpf_func_id`` defines."""
+    return sorted(set(_ENUMERATOR_RE.findall(vmlinux_h)))
+
+
+def _helpers_header(absent: list[str], present: list[str]) -> str:
+    lines = [f"#define BPF_FUNC_{name} {ABSENT_HELPER_ID:#x}" for name in absent]
+    lines.append("/* helpers this kernel has: the programs choose their way with #ifdef BW_HELPER_<name> */")
+    lines += [f"#define BW_HELPER_{name} 1" for name in present]
+    return _KCONFIG_HELPERS + "\n".join(lines) + "\n"
+
+
 def _kernel_stamp(btf_bytes: bytes) -> str:
     digest = hashlib.sha256(btf_bytes).hexdigest()[:16]
-    return f"{platform.release()} {digest}\n"
+    lib = _libbcc_path()
+    bcc = f"{lib}:{lib.stat().st_mtime_ns}" if lib else "no-libbcc"
+    return f"{platform.release()} {digest} {bcc} v{_TREE_FORMAT}\n"
 
 
 def _version_h() -> str:
@@ -76,13 +123,14 @@ def _version_h() -> str:
             "#define KERNEL_VERSION(a,b,c) (((a) << 16) + ((b) << 8) + ((c) > 255 ? 255 : (c)))\n")
 
 
-def _write_tree(root: Path, vmlinux_h: str, stamp: str) -> None:
+def _write_tree(root: Path, vmlinux_h: str, stamp: str, absent: list[str]) -> None:
+    """The tree: vmlinux.h, the force-included kconfig.h (with the helper defines), stubs."""
     inc = root / "include"
     for sub in ("linux", "uapi/linux"):
         (inc / sub).mkdir(parents=True, exist_ok=True)
     (root / "arch/x86/include/asm").mkdir(parents=True, exist_ok=True)
     (inc / "vmlinux.h").write_text(vmlinux_h)
-    (inc / "linux/kconfig.h").write_text(_KCONFIG)
+    (inc / "linux/kconfig.h").write_text(_KCONFIG + _helpers_header(absent, present_helpers(vmlinux_h)))
     (inc / "uapi/linux/bpf.h").write_text('#include "../../vmlinux.h"\n')
     for stub in _STUBS:
         (inc / stub).parent.mkdir(parents=True, exist_ok=True)
@@ -104,17 +152,19 @@ def ensure_btf_tree(tree: Path, btf_path: Path = VMLINUX_BTF, btf: Btf | None = 
                           check=True, capture_output=True, text=True).stdout
     parsed = btf or Btf(btf_bytes)
     text, pads, packed = fix_vmlinux_text(dump, parsed.enum_sizes())
+    absent = absent_helpers(text, bcc_helper_names())
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bcc-btf-", dir=tree.parent))
     try:
-        _write_tree(tmp, text, stamp)
+        _write_tree(tmp, text, stamp, absent)
         if tree.exists():
             shutil.rmtree(tree)
         tmp.rename(tree)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("bcc BTF tree built", extra={"tree": str(tree), "pads_renamed": pads, "enums_packed": packed})
+    log.info("bcc BTF tree built", extra={"tree": str(tree), "pads_renamed": pads, "enums_packed": packed,
+                                          "helpers_absent": len(absent)})
     return tree
 
 

@@ -20,7 +20,8 @@ from services.monitor.namesigs import SIG_BYTES, entry_names, signature_bits
 from services.monitor.ringbuf import Chunk, RingBuffer
 
 __all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS",
-           "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source", "kernel_cflags"]
+           "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source", "kernel_cflags",
+           "tracepoint_has_field", "kprobe_available", "CAP_TRACEPOINT", "CAP_KPROBE"]
 
 log = logging.getLogger("bulwark.monitor.loader")
 
@@ -73,16 +74,49 @@ def read_boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
+CAP_TRACEPOINT = "capability:cap_capable"
+CAP_KPROBE = "cap_capable"
+
+
+def tracepoint_has_field(tp: str, name: str) -> bool:
+    """Whether tracepoint ``group:name``'s format lists the field ``name``."""
+    group, event = tp.split(":")
+    try:
+        text = (TRACEFS / "events" / group / event / "format").read_text()
+    except OSError:
+        return False
+    return re.search(rf"field:[^;]*\b{name};", text) is not None
+
+
+def kprobe_available(symbol: str) -> bool:
+    """Whether a kprobe can be put on ``symbol``: kprobe events exist and the kernel has the symbol."""
+    if not (TRACEFS / "kprobe_events").exists():
+        return False
+    try:
+        with open("/proc/kallsyms") as syms:
+            return any(line.rstrip().endswith(f" {symbol}") for line in syms)
+    except OSError:
+        return False
+
+
 def kernel_cflags(btf: Btf) -> list[str]:
-    """Defines for what this kernel's structs allow: the open name prefilter (bpf/include/bw_names.h)
-    needs the dentry's inline name as ``d_shortname`` (6.14 and later) and its size."""
+    """Defines for what this kernel offers, found, not assumed from its version: the open name
+    prefilter (bpf/include/bw_names.h) needs the dentry's inline name as ``d_shortname`` (6.14 and
+    later) and its size; sched_process_exit may lack ``group_dead`` (the exit program then reads
+    signal->live); without the capability:cap_capable tracepoint, a kprobe on cap_capable() stands in
+    where kprobes exist."""
+    flags: list[str] = []
     try:
         btf.offsetof("dentry", "d_shortname")
         inline = btf.sizeof("shortname_store")
+        flags += ["-DBW_NAMES_PREFILTER=1", f"-DBW_NAME_INLINE={inline}"]
     except BtfError:
         log.info("dentry has no d_shortname: every open in a path-filtered namespace reads its path")
-        return []
-    return ["-DBW_NAMES_PREFILTER=1", f"-DBW_NAME_INLINE={inline}"]
+    if not tracepoint_has_field("sched:sched_process_exit", "group_dead"):
+        flags.append("-DBW_EXIT_NO_GROUP_DEAD=1")
+    if not tracepoint_exists(CAP_TRACEPOINT) and kprobe_available(CAP_KPROBE):
+        flags.append("-DBW_CAP_KPROBE=1")
+    return flags
 
 
 def monitor_source(bpf_dir: Path) -> str:
@@ -131,6 +165,7 @@ class Probes:
         self._slots: dict[int, tuple[int, int]] = {}  # bw_vis_slots entries that are not {0, 0}
         self.rb_pages = rb_pages
         self.missing: list[str] = []
+        self.cflags: list[str] = []
         self.attached = 0
         self._bpf: Any = None
         self._ring: RingBuffer | None = None
@@ -144,11 +179,13 @@ class Probes:
         """Compile, attach every tracepoint and open the ring buffer (``on_record`` gets raw bytes)."""
         from bcc import BPF  # imported late: bcc reads BCC_KERNEL_SOURCE when it compiles
 
+        self.cflags = kernel_cflags(self.btf or Btf.load())
+
         self._bpf = BPF(text=monitor_source(self.bpf_dir).encode(),
                         cflags=[f"-I{self.bpf_dir / 'include'}", f"-I{self.bpf_dir}",
                                 f"-DBW_RB_PAGES={self.rb_pages}", f"-DBW_MONITOR_TGID={os.getpid()}",
                                 f"-DBW_VIS_SLOTS={self.vis_slots}",
-                                *kernel_cflags(self.btf or Btf.load())])
+                                *self.cflags])
         try:
             for tp, fn in ATTACHMENTS:
                 self._attach(tp, fn)
@@ -160,6 +197,11 @@ class Probes:
         log.info("monitor probes attached", extra={"programs": self.attached, "missing": self.missing})
 
     def _attach(self, tp: str, fn: str) -> None:
+        if tp == CAP_TRACEPOINT and "-DBW_CAP_KPROBE=1" in self.cflags:
+            self._bpf.attach_kprobe(event=CAP_KPROBE.encode(), fn_name=b"bwmon_cap_k")
+            self._bpf.attach_kretprobe(event=CAP_KPROBE.encode(), fn_name=b"bwmon_cap_kr")
+            self.attached += 2
+            return
         if not tracepoint_exists(tp):
             if tp in REQUIRED:
                 raise RuntimeError(f"tracepoint {tp} is missing")

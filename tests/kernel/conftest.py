@@ -1,4 +1,5 @@
-"""Fixtures the kernel tests share: namespace shells, a fanotify enforcer and the monitor's programs, always released."""
+"""Fixtures the kernel tests share: namespace shells, a fanotify enforcer and the monitor's programs,
+always released; and per-test timeouts stretched by ``BULWARK_TIMEOUT_SCALE`` in emulated guests."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,20 @@ from services.monitor.btf import Btf
 from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.loader import Probes
 from tests.conftest import require_root
-from tests.kernel.nsutil import NsShell
+from tests.kernel.nsutil import NsShell, bound
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Where ``BULWARK_TIMEOUT_SCALE`` is set (the kernel lab's TCG guests, where bcc alone takes
+    minutes), every test's pytest-timeout bound is stretched by it: bounds stop hangs, not slowness."""
+    if float(os.environ.get("BULWARK_TIMEOUT_SCALE", "1")) == 1:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker is not None and marker.args else default
+        if seconds:
+            item.add_marker(pytest.mark.timeout(bound(seconds)), append=False)
 
 
 @pytest.fixture

@@ -15,6 +15,12 @@ from pathlib import Path
 
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
+def bound(seconds: float) -> float:
+    """An upper bound on a wait, stretched by ``BULWARK_TIMEOUT_SCALE`` where everything is slower
+    (the kernel lab's emulated guests set it): it only stops a hang, it never judges speed."""
+    return seconds * float(os.environ.get("BULWARK_TIMEOUT_SCALE", "1"))
+
+
 _SCRIPT = 'stat -L -c %i /proc/self/ns/mnt; while IFS= read -r cmd; do eval "$cmd"; echo "rc=$?"; done'
 
 
@@ -30,7 +36,7 @@ class NsShell:
     def _readline(self, timeout: float) -> str:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + bound(timeout)
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -77,7 +83,8 @@ class NsShell:
 
 def host_run(cmd: str, timeout: float = 10) -> tuple[int, str]:
     """Run ``cmd`` through sh in the host mount namespace: (rc, combined output)."""
-    res = subprocess.run(["sh", "-c", f"{cmd}\necho rc=$?"], capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(["sh", "-c", f"{cmd}\necho rc=$?"], capture_output=True, text=True,
+                         timeout=bound(timeout))
     lines = (res.stdout + res.stderr).strip().splitlines()
     rc_line = next(line for line in res.stdout.splitlines() if line.startswith("rc="))
     return int(rc_line[3:]), "\n".join(line for line in lines if not line.startswith("rc="))

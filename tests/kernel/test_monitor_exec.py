@@ -21,6 +21,7 @@ from shared.bus import connect
 from shared.codec import unpack
 from shared.subjects import health, raw_events
 from tests.conftest import NatsServer, require_root
+from tests.kernel.nsutil import bound
 
 pytestmark = pytest.mark.kernel
 
@@ -67,7 +68,7 @@ class Monitor:
     async def events_until(self, done: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Collect raw events until ``done(events)`` is true (or fail after ``timeout``)."""
         seen: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + bound(timeout)
         while not done(seen):
             left = deadline - time.monotonic()
             assert left > 0, f"timed out; got {len(seen)} events"
@@ -95,7 +96,7 @@ async def monitor(nats_server: NatsServer, tmp_path: Path, request: Any) -> Asyn
         proc = subprocess.Popen([sys.executable, "-m", "services.monitor"], cwd=REPO, env=env, stderr=err)
     loaded: set[int] = set()
     try:
-        await beats.next_msg(timeout=120)   # the first heartbeat comes once programs are attached
+        await beats.next_msg(timeout=bound(120))   # the first heartbeat comes once programs are attached
         loaded = prog_ids_of(proc.pid)
         assert len(loaded) >= 25, loaded
         yield Monitor(proc, nc, raw_sub, log)
@@ -104,7 +105,7 @@ async def monitor(nats_server: NatsServer, tmp_path: Path, request: Any) -> Asyn
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             try:
-                rc = proc.wait(30)
+                rc = proc.wait(bound(30))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = proc.wait()
@@ -132,7 +133,7 @@ async def test_exec_events_in_new_namespaces(monitor: Monitor, tmp_path: Path) -
               f"cp {SH} {inner_sh} && {inner_sh} -c /usr/bin/true")
     started = time.monotonic()
     out = subprocess.run(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", script],
-                         capture_output=True, text=True, timeout=30)
+                         capture_output=True, text=True, timeout=bound(30))
     ran = time.monotonic()
     mntns, pidns = (int(x) for x in out.stdout.split()[:2])
     assert mntns != os.stat("/proc/self/ns/mnt").st_ino and "Permission denied" in out.stderr
@@ -173,7 +174,7 @@ async def test_execveat_and_a_non_leader_thread(monitor: Monitor) -> None:
             "fd = os.open('/usr/bin/true', os.O_RDONLY)\n"
             "t = threading.Thread(target=lambda: os.execve(fd, ['true'], {}))\n"
             "t.start(); t.join()\n")
-    proc = subprocess.run([sys.executable, "-c", code], timeout=30)
+    proc = subprocess.run([sys.executable, "-c", code], timeout=bound(30))
     assert proc.returncode == 0
 
     events = await monitor.events_until(lambda evs: any(

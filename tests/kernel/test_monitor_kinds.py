@@ -18,7 +18,7 @@ import pytest
 from shared.codec import pack, unpack
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 from shared.subjects import RULES, health, rules_for_node
-from tests.kernel.nsutil import NsShell
+from tests.kernel.nsutil import NsShell, bound
 from tests.kernel.test_monitor_exec import NODE, Monitor, monitor  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.kernel
@@ -54,7 +54,7 @@ async def test_every_kind_in_new_namespaces(monitor: Monitor, tmp_path: Path) ->
     work = tmp_path / "w"
     work.mkdir()
     out = subprocess.run(["unshare", "--mount", "--pid", "--fork", PY, "-c", SCRIPT, str(work)],
-                         capture_output=True, text=True, timeout=30)
+                         capture_output=True, text=True, timeout=bound(30))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
     mntns, pidns = (int(x) for x in lines[0].split())
@@ -133,7 +133,7 @@ async def _applied(mon: Monitor, version: int) -> dict[str, Any]:
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            details = unpack((await beats.next_msg(timeout=5)).data)["details"]
+            details = unpack((await beats.next_msg(timeout=bound(5))).data)["details"]
             if details.get("rules_version") == version:
                 return details
         raise AssertionError("the monitor never applied the rule set")

@@ -14,6 +14,7 @@ from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.loader import DEFAULT_BPF_DIR
 from services.monitor.selfcheck import run_selfcheck
 from tests.conftest import require_root
+from tests.kernel.nsutil import bound
 
 pytestmark = pytest.mark.kernel
 
@@ -54,6 +55,22 @@ def test_monitor_refuses_to_run_with_wrong_offsets(tmp_path: Path, nats_server) 
     env = {**os.environ, "BULWARK_NATS_URL": nats_server.url, "BULWARK_NODE_NAME": "test-node",
            "BULWARK_DATA_DIR": str(tmp_path / "data"), "BULWARK_BTF_TREE_DIR": str(bad)}
     proc = subprocess.run([sys.executable, "-m", "services.monitor"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=bound(120))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refusing to run" in proc.stderr and "dentry.d_parent: BTF 24" in proc.stderr
+
+
+def test_tree_defines_every_helper_bcc_names_and_what_this_kernel_has(tmp_path: Path) -> None:
+    """bcc's helpers.h names helpers this kernel may lack (cgrp_storage_get on 6.1): the tree defines
+    those as absent so it compiles, and says which ones the kernel has (BW_HELPER_<name>)."""
+    require_root()
+    from services.monitor.btf_tree import ABSENT_HELPER_ID, bcc_helper_names
+
+    btf = Btf.load()
+    kconfig = (ensure_btf_tree(tmp_path / "bcc-btf", btf=btf) / "include/linux/kconfig.h").read_text()
+    have = {name.removeprefix("BPF_FUNC_") for name in btf.enumerators("bpf_func_id")}
+    for name in bcc_helper_names():
+        absent = f"#define BPF_FUNC_{name} {ABSENT_HELPER_ID:#x}" in kconfig
+        assert absent == (name not in have), name
+    assert ("#define BW_HELPER_get_current_task_btf 1" in kconfig) == ("get_current_task_btf" in have)
+    assert "#define BW_HELPER_map_lookup_elem 1" in kconfig
