@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 SYSPY   := /usr/bin/python3
 STAMP   := $(VENV)/.setup-done
 
-.PHONY: setup run test test-kernels bench clean
+.PHONY: setup run test test-kernels check bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# The lint and type gate (configured in pyproject.toml): ruff, then mypy.
+check: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The kernel lab: the host natively, then every kernel of scripts/kernel-lab/matrix in a QEMU guest,
 # each running the kernel and end-to-end tests; the table goes to docs/kernels.md. One kernel:

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
@@ -48,10 +48,10 @@ async def heartbeat_loop(nc: Client, service: str, node: str, interval: float,
             log.exception("heartbeat failed", extra={"service_name": service})
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
-def run_service(main: Callable[[], Awaitable[None]]) -> None:
+def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a service's async main until it returns."""
     asyncio.run(main())

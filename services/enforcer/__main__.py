@@ -79,7 +79,7 @@ async def _hold_loop(enforcer: Any, stop: asyncio.Event) -> None:
             log.exception("handing the kernel state to its holder failed")
         try:
             await asyncio.wait_for(stop.wait(), HOLD_CHECK_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

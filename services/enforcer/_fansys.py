@@ -5,8 +5,8 @@ import ctypes
 import os
 import struct
 
-__all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_EVENT_ON_CHILD", "FAN_ALLOW", "FAN_DENY", "PERM_EVENTS", "EVENT_FMT", "EVENT_SIZE",
-           "METADATA_VERSION", "fan_init", "fan_mark", "response"]
+__all__ = ["FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "FAN_EVENT_ON_CHILD", "FAN_ALLOW", "FAN_DENY", "PERM_EVENTS",
+           "EVENT_FMT", "EVENT_SIZE", "METADATA_VERSION", "fan_init", "fan_mark", "response"]
 
 FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_CONTENT = 0x1, 0x2, 0x4
 FAN_REPORT_TID = 0x100  # the event's pid is the acting thread: its /proc/<tid>/syscall is the open

@@ -5,9 +5,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from shared.lifecycle import Counters
-
 from services.enforcer.fanplan import NsPlan
+from shared.lifecycle import Counters
 from shared.matcher import Access, Decision, Posture
 from shared.procroot import open_in_root, pids_by_mntns
 from shared.schemas.rules import Rule

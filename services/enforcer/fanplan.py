@@ -29,10 +29,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from services.enforcer import _fansys as fs
 from shared.matcher import DEFAULT_POSTURE, Posture
 from shared.schemas.rules import Rule, RuleSet
-
-from services.enforcer import _fansys as fs
 
 __all__ = ["Target", "NsPlan", "plan", "OPERATIONS"]
 

@@ -12,12 +12,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from services.enforcer.sigreport import to_raw_event
 from shared.codec import pack
 from shared.lifecycle import Counters
 from shared.schemas.events import RawBatch
 from shared.subjects import raw_events
-
-from services.enforcer.sigreport import to_raw_event
 
 __all__ = ["report_loop", "Publish"]
 
@@ -72,5 +71,5 @@ async def report_loop(take: Callable[[], list], publish: Publish, node: str, sto
             return
         try:
             await asyncio.wait_for(stop.wait(), interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -41,6 +41,6 @@ class AppliedRules:
                 return self.ruleset
             try:
                 await asyncio.wait_for(self._cond.wait_for(lambda: self.covers(workload_id)), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
             return self.ruleset

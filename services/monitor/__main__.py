@@ -132,7 +132,7 @@ async def run(settings: Settings) -> int:
         drain.set()
         try:
             await asyncio.wait_for(batch_task, timeout=10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("batches still unsent at exit", extra={"queued": batcher.queued()})
         if beat_task is not None:
             await beat_task

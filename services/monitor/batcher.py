@@ -98,7 +98,7 @@ class Batcher:
             if not self.queue:
                 try:
                     await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def _send(self, wire: list[dict[str, Any]]) -> None:

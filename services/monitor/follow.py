@@ -14,14 +14,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from services.monitor.namesigs import entry_names
+from services.monitor.visibility import Visibility, needs_owner, visibility_masks, wanted_syscalls
 from shared.codec import unpack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.schemas.rules import RuleSet
 from shared.subjects import IDENTITY, RULES, identity_events, rules_for_node
-from services.monitor.namesigs import entry_names
-from services.monitor.visibility import Visibility, needs_owner, visibility_masks, wanted_syscalls
 
 __all__ = ["FilterFollower"]
 

@@ -12,12 +12,12 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from shared.errors import DecodeError
 from services.monitor import decoder as exec_decoder
 from services.monitor.decoder import HEADER, DecodeContext, decode_path
 from services.monitor.kinds_kernel import KIND_OF_OP, describe
 from services.monitor.ringbuf import RECORD_HEADER
 from services.monitor.syscall_table import SYSCALL_NUMBERS, syscall_name
+from shared.errors import DecodeError
 
 __all__ = ["RecordDecoder", "ProcCache", "SYS_HEAD", "SYS_LAYOUT", "PROC_SIZE", "OP_PROC",
            "DIR_CWD", "DIR_FD", "NAME_FAULT", "NAME_TRUNC", "AUX_STR", "SOCK"]

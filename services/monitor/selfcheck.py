@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import BulwarkError
 from services.monitor.btf import Btf, BtfError
 from services.monitor.decoder import EXEC_LAYOUT, decode_path
 from services.monitor.records import SYS_LAYOUT
+from shared.errors import BulwarkError
 
 __all__ = ["SelfCheckFailed", "SelfReport", "parse_field_list", "compare_offsets",
            "check_tracepoint_formats", "run_selfcheck"]

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from services.monitor.kinds_kernel import CAPABILITIES
+from services.monitor.syscall_table import SYSCALL_NUMBERS
 from shared.matcher import ALLOWING, BLOCKING
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet
 from shared.visibility import VISIBILITY_ANNOTATION, parse_visibility
-from services.monitor.kinds_kernel import CAPABILITIES
-from services.monitor.syscall_table import SYSCALL_NUMBERS
 
 __all__ = ["KIND_BITS", "OPERATION_BITS", "ALL", "FILE_PATHS", "CAPS_NAMED", "PATH_KEY_LEN", "Visibility", "bits_of",
            "named_capabilities",
@@ -196,7 +196,7 @@ class Visibility(dict[int, int]):
     def __ne__(self, other: object) -> bool:
         return not self == other
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
 
 def visibility_masks(ruleset: RuleSet | None, workloads: dict[str, Workload], host_mntns: int, *,

@@ -25,11 +25,11 @@ class WebsocketCollector:
             while not self._stop.is_set():
                 try:
                     raw = await asyncio.wait_for(ws.recv(), timeout=0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 self.messages.append(json.loads(raw))
 
-    def start(self) -> "WebsocketCollector":
+    def start(self) -> WebsocketCollector:
         self._thread.start()
         if not self.ready.wait(10):
             raise TimeoutError(f"websocket {self.url} did not open")
@@ -65,7 +65,7 @@ class GrpcAlertCollector:
         except grpc.RpcError:
             pass
 
-    def start(self) -> "GrpcAlertCollector":
+    def start(self) -> GrpcAlertCollector:
         import grpc
 
         grpc.channel_ready_future(self.channel).result(timeout=10)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 

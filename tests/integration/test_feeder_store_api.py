@@ -154,7 +154,8 @@ def test_retention_by_age_and_count(store: RecordStore) -> None:
     assert deleted == {"alerts": 19, "logs": 15}
     assert min(a["Timestamp"] for a in store.page(AlertRow, st_query(limit=1000))) == 1020
     trim_once(store, RetentionPolicy(alerts_max_rows=10))
-    assert [a["EventID"] for a in store.page(AlertRow, st_query(limit=1000))] == [f"e{i:04d}" for i in range(50, 40, -1)]
+    page = store.page(AlertRow, st_query(limit=1000))
+    assert [a["EventID"] for a in page] == [f"e{i:04d}" for i in range(50, 40, -1)]
     assert [r["EventID"] for r in store.page(LogRow, st_query())] == [f"l{i}" for i in range(20, 15, -1)]
 
 
@@ -167,10 +168,12 @@ async def test_tokens_guard_reads_and_writes(store: RecordStore) -> None:
         assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
         assert (await http.get("/api/v1/alerts", headers={"Authorization": "Bearer reader"})).status_code == 200
         assert (await http.get("/api/v1/alerts/summary", headers={"Authorization": "Bearer writer"})).status_code == 200
-        assert (await http.post("/api/v1/policies", content="x", headers={"Authorization": "Bearer reader"})).status_code == 403
+        posted = await http.post("/api/v1/policies", content="x", headers={"Authorization": "Bearer reader"})
+        assert posted.status_code == 403
         assert (await http.delete("/api/v1/policies/KubeArmorPolicy/p")).status_code == 401
         # the write token passes the guard; with no NATS the policy service is unavailable
-        assert (await http.post("/api/v1/policies", content="x", headers={"Authorization": "Bearer writer"})).status_code == 503
+        posted = await http.post("/api/v1/policies", content="x", headers={"Authorization": "Bearer writer"})
+        assert posted.status_code == 503
         assert (await http.get("/healthz")).status_code == 503  # open, and no service is healthy
         assert (await http.get("/openapi.json")).status_code == 200
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
+
 def bound(seconds: float) -> float:
     """An upper bound on a wait, stretched by ``BULWARK_TIMEOUT_SCALE`` where everything is slower
     (the kernel lab's emulated guests set it): it only stops a hang, it never judges speed."""

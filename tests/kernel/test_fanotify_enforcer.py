@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from bulwark.procs import terminate
+from services.enforcer.bpflsm import btf_func_id
+from services.enforcer.select import choose, probe_all
 from shared.bus import connect, ensure_streams, request
 from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
 from shared.subjects import enforcer_await, health, rules_for_node
-from services.enforcer.bpflsm import btf_func_id
-from services.enforcer.select import choose, probe_all
-from bulwark.procs import terminate
 from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell, block_exec, host_run, private_copy, ruleset
 

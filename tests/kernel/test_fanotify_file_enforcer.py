@@ -121,7 +121,7 @@ def test_read_only_asks_the_matcher_read_or_write(enforcer, tree, shells, monkey
     assert a.run(f"cat {secret}") == (0, "data")
     assert DENIED in a.run(f"echo x >> {secret}")[1]
     assert DENIED in a.run(f"echo x > {secret}")[1]
-    py = "import os; os.close(os.open(%r, os.O_RDWR))" % str(secret)
+    py = f"import os; os.close(os.open({str(secret)!r}, os.O_RDWR))"
     assert DENIED in a.run(f"python3 -c {py!r}")[1]
     # the shell's second write is the same access as its first: the remembered decision answers it
     assert [s.access for s in spy.seen] == ["read", "write", "write"]

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from bulwark.sandbox import start_sandbox
-from shared.schemas.rules import Rule
 from services.enforcer.landlock import abi_version, encode, spec_for
+from shared.schemas.rules import Rule
 from tests.conftest import require_root
 from tests.kernel.nsutil import host_run, private_copy
 

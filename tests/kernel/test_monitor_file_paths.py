@@ -8,7 +8,6 @@ service computes them."""
 from __future__ import annotations
 
 import errno
-
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -157,7 +156,8 @@ def test_the_name_prefilter_never_hides_a_ruled_file(probes: tuple[Probes, list[
     a = NsShell()
     try:
         assert a.run(f"mount -t tmpfs bw-test {tree}/mnt && echo m > {tree}/mnt/inner && echo p > {tree}/mnt/plain"
-                     f" && mount -t tmpfs bw-test {tree}/ruled/sub && echo x > {tree}/ruled/sub/x && echo y > {tree}/ruled/sub/y"
+                     f" && mount -t tmpfs bw-test {tree}/ruled/sub"
+                     f" && echo x > {tree}/ruled/sub/x && echo y > {tree}/ruled/sub/y"
                      f" && echo q > {tree}/mnt/plain2")[0] == 0
         rules = [_rule("Audit", path=str(tree / "link.txt")), _rule("Audit", dir=f"{tree / 'linkdir'}/"),
                  _rule("Audit", dir=f"{tree / long_dir}/"), _rule("Audit", path=f"{tree}/mnt/inner"),
