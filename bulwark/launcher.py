@@ -18,13 +18,29 @@ from shared.natscreds import credentials_for
 from shared.schemas.identity import Workload
 from shared.subjects import IDENTITY_API, enforcer_await
 
-__all__ = ["run_workload", "LaunchError"]
+__all__ = ["run_workload", "LaunchError", "apparmor_profile"]
 
 log = logging.getLogger("bulwark.launcher")
 
 
 class LaunchError(BulwarkError):
     """The workload could not be registered or covered; its command was not started."""
+
+
+def apparmor_profile(covered: dict, workload_id: str) -> str:
+    """The AppArmor profile the command must start under: the workload's own when the enforcer's reply
+    names AppArmor among the enforcers acting on this node ("" otherwise). The enforcer answers only
+    after it applied a rule set covering the workload, and AppArmor's apply loads the profile first."""
+    named = covered.get("apparmor_profile")
+    if isinstance(named, str) and named:
+        return named
+    enforcers = covered.get("enforcers") or {}
+    names = {str(v) for v in enforcers.values()} if isinstance(enforcers, dict) else set()
+    if "AppArmor" not in names and covered.get("enforcer") != "AppArmor":
+        return ""
+    from services.enforcer.apparmor.profiles import profile_name
+
+    return profile_name(workload_id)
 
 
 def _landlock_spec(covered: dict) -> bytes:
@@ -86,6 +102,7 @@ def run_workload(settings: Settings, argv: list[str], namespace: str, labels: di
         )
         covered = asyncio.run(_register_and_cover(settings, wl, enforce_timeout))
         landlock = _landlock_spec(covered)
+        profile = apparmor_profile(covered, workload_id)
     except BaseException as exc:
         sandbox.refuse()
         sandbox.wait()
@@ -95,7 +112,7 @@ def run_workload(settings: Settings, argv: list[str], namespace: str, labels: di
             return GATE_REFUSED
         raise
     _forward_signals(sandbox)
-    sandbox.open_gate(landlock)
+    sandbox.open_gate(landlock, apparmor=profile)
     status = sandbox.wait()
     asyncio.run(_stop(settings, workload_id))
     remove_cgroup(cgroup_path)

@@ -3,17 +3,22 @@
 Process tree (host view): launcher -> keeper (unshares, stays outside the new PID namespace)
 -> init (PID 1 inside: mounts /proc, forwards signals, reaps) -> command (PID 2, waits at the gate,
 then execs). Nothing here talks to the network: the launcher registers the workload in between.
+
+Right before exec, PID 2 confines itself as the gate says: an AppArmor profile (change_onexec: the
+exec enters the profile; when the kernel refuses it, e.g. the profile is not loaded, the command is
+never started) and then a Landlock spec. The gate message is ``g`` + profile name + NUL + Landlock spec.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
 
-__all__ = ["Sandbox", "start_sandbox", "exit_status"]
+__all__ = ["Sandbox", "start_sandbox", "exit_status", "change_onexec", "APPARMOR_REFUSED"]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -22,6 +27,9 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 GATE_REFUSED = 125  # exit status when the launcher did not open the gate
+APPARMOR_REFUSED = 126  # exit status when the command could not be put under its AppArmor profile
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_ONEXEC = ("/proc/self/attr/apparmor/exec", "/proc/self/attr/exec")  # per-LSM file (5.1+), then the shared one
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -33,9 +41,13 @@ class Sandbox:
     init_pid: int
     gate_fd: int
 
-    def open_gate(self, landlock: bytes = b"") -> None:
-        """Let the command exec, after applying ``landlock`` (an encoded Landlock spec) to itself."""
-        os.write(self.gate_fd, b"g" + landlock)
+    def open_gate(self, landlock: bytes = b"", apparmor: str = "") -> None:
+        """Let the command exec under AppArmor profile ``apparmor`` (none when empty), after applying
+        ``landlock`` (an encoded Landlock spec) to itself."""
+        if apparmor and not _PROFILE_NAME.fullmatch(apparmor):
+            self.refuse()
+            raise ValueError(f"bad AppArmor profile name {apparmor!r}")
+        os.write(self.gate_fd, b"g" + apparmor.encode() + b"\0" + landlock)
         os.close(self.gate_fd)
 
     def refuse(self) -> None:
@@ -95,13 +107,45 @@ def _landlock(spec: bytes) -> None:
         sys.stderr.write(f"bulwark run: Landlock not applied: {exc}\n")
 
 
+def change_onexec(profile: str) -> None:
+    """Ask the kernel to run this process's next exec under AppArmor ``profile`` (OSError when refused:
+    ENOENT when no such profile is loaded). One write() of ``exec <profile>``, as libapparmor does."""
+    for path in _ONEXEC:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.write(fd, f"exec {profile}".encode())
+        finally:
+            os.close(fd)
+        return
+    raise OSError(errno.ENOENT, "this kernel has no /proc/self/attr/apparmor/exec nor /proc/self/attr/exec")
+
+
+def _confine(profile: str) -> None:
+    """Enter ``profile`` at exec, or end here: a command meant to be confined never runs unconfined."""
+    if not profile:
+        return
+    try:
+        change_onexec(profile)
+    except OSError as exc:
+        sys.stderr.write(f"bulwark run: AppArmor profile {profile} not applied ({exc.strerror or exc}): "
+                         "not starting the command\n")
+        sys.stderr.flush()
+        os._exit(APPARMOR_REFUSED)
+
+
 def _run_command(argv: list[str], gate_r: int) -> None:
-    """PID 2: wait at the gate, apply Landlock if asked, then exec; never returns."""
+    """PID 2: wait at the gate, enter the AppArmor profile and apply Landlock if asked, then exec;
+    never returns."""
     gate = _read_gate(gate_r)
-    if gate[:1] != b"g":
+    if gate[:1] != b"g" or b"\0" not in gate:
         os._exit(GATE_REFUSED)
     os.close(gate_r)
-    _landlock(gate[1:])
+    profile, _, landlock = gate[1:].partition(b"\0")
+    _confine(profile.decode(errors="replace"))
+    _landlock(landlock)
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
     try:

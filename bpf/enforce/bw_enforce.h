@@ -33,12 +33,17 @@ struct bw_verdict {
 	__u32 action;                            /* 1 = block */
 };
 
-/* One enforcement, reported to user space (the alert must say the process was killed/refused). */
-struct bw_enf_record {
+/* What every enforcement report starts with (user space: services/enforcer/sigreport.py RECORD_HEAD). */
+struct bw_enf_head {
 	__u64 ktime;
 	__u32 pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id, arg0, arg1, arg2;
 	__u64 cgroup_id;
 	char comm[BW_COMM_LEN];
+};
+
+/* One enforcement, reported to user space (the alert must say the process was killed/refused). */
+struct bw_enf_record {
+	struct bw_enf_head h;
 	struct bw_path exe;                      /* last: user space decodes it with the monitor's decoder */
 };
 
@@ -46,7 +51,7 @@ BPF_HASH(bw_enf_ns, __u32, __u32, 4096);                          /* selected mo
 BPF_HASH(bw_enf_net, struct bw_net_key, struct bw_verdict, 16384);
 BPF_HASH(bw_enf_cap, struct bw_cap_key, struct bw_verdict, 16384);
 BPF_ARRAY(bw_enf_caps_any, __u64, 1);   /* bit n: some namespace has a verdict for capability n */
-BPF_PERCPU_ARRAY(bw_enf_stats, __u64, 4);                          /* 0 matched, 1 lost reports */
+BPF_PERCPU_ARRAY(bw_enf_stats, __u64, 4);        /* 0 matched, 1 lost reports, 2 refused, 3 audited */
 BPF_RINGBUF_OUTPUT(bw_enf_events, 64);
 
 static __always_inline void bw_enf_stat(int idx)
@@ -103,36 +108,44 @@ static __always_inline struct bw_verdict *bw_match_cap(__u32 mntns, __u32 cap)
 	return bw_enf_cap.lookup(&k);
 }
 
+/* The head of a report: who did it, in which namespaces, and what rule it broke. */
+static __always_inline void bw_enf_fill(struct bw_enf_head *h, struct task_struct *task, __u32 mntns,
+					__u32 kind, __u32 rule_id, __u32 a0, __u32 a1, __u32 a2)
+{
+	__u64 id = bpf_get_current_pid_tgid(), ugid = bpf_get_current_uid_gid();
+	struct bw_ids ids = {};
+
+	h->ktime = bpf_ktime_get_ns();
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	h->uid = (__u32)ugid;
+	h->gid = ugid >> 32;
+	h->mntns = mntns;
+	bw_task_ids(task, &ids);
+	h->ppid = ids.ppid;
+	h->pidns = ids.pidns;
+	h->ns_pid = ids.ns_pid;
+	h->ns_ppid = ids.ns_ppid;
+	h->kind = kind;
+	h->rule_id = rule_id;
+	h->arg0 = a0;
+	h->arg1 = a1;
+	h->arg2 = a2;
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
 static __always_inline void bw_enf_report(struct task_struct *task, __u32 mntns, __u32 kind,
 					  struct bw_verdict *v, __u32 a0, __u32 a1, __u32 a2)
 {
-	__u64 id = bpf_get_current_pid_tgid(), ugid = bpf_get_current_uid_gid();
 	struct bw_enf_record *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
-	struct bw_ids ids = {};
 
 	bw_enf_stat(0);
 	if (!r) {
 		bw_enf_stat(1);
 		return;
 	}
-	r->ktime = bpf_ktime_get_ns();
-	r->pid = id >> 32;
-	r->tid = (__u32)id;
-	r->uid = (__u32)ugid;
-	r->gid = ugid >> 32;
-	r->mntns = mntns;
-	bw_task_ids(task, &ids);
-	r->ppid = ids.ppid;
-	r->pidns = ids.pidns;
-	r->ns_pid = ids.ns_pid;
-	r->ns_ppid = ids.ns_ppid;
-	r->kind = kind;
-	r->rule_id = v->rule_id;
-	r->arg0 = a0;
-	r->arg1 = a1;
-	r->arg2 = a2;
-	r->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(r->comm, sizeof(r->comm));
+	bw_enf_fill(&r->h, task, mntns, kind, v->rule_id, a0, a1, a2);
 	bw_task_exe(&r->exe, task);
 	bw_enf_events.ringbuf_submit(r, 0);
 }

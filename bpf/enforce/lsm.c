@@ -1,40 +1,271 @@
-/* BPF-LSM enforcer (where BPF-LSM loads; it does not on the development VM): the same maps and
- * matching as the signal programs (bw_enforce.h), but the hook returns -EPERM instead of killing,
- * so the operation is refused inline. Only these wrappers are untested here. */
+/* BPF-LSM enforcer: exec (bprm_check_security), file opens (file_open), sockets (socket_create) and
+ * capabilities (capable), refused inline with -EPERM, only for tasks whose mount namespace is selected.
+ *
+ * The kernel does not run the matcher: user space (services/enforcer/lsmrules.py) splits every path a
+ * namespace's rules name into classes, asks shared.matcher.decide once per (class, source class,
+ * access, owner) and writes the answers here. The kernel only finds the classes:
+ *   - a path (bpf_d_path) is looked up in an LPM trie keyed (mntns, kind, path): exact entries are the
+ *     path with its NUL, directory entries the directory with its '/' (the longest one wins); a
+ *     directory entry has two classes: a direct child, or deeper (the rest of the path has a '/');
+ *   - the source (the current task's executable, for fromSource) the same way, kind BW_LSM_SOURCE,
+ *     where bpf_d_path is allowed (not in capable: Capabilities fromSource rules are not enforced);
+ *   - a socket by (family, type, protocol), a capability by its number.
+ * A (mntns, kind, class, source class) verdict then holds one action per access slot: read, write,
+ * exec, each for a non-owner and for the owner. Missing entries allow. Rules change by map updates.
+ */
 #include "bw_enforce.h"
 
 #define BW_EPERM 1
+#define BW_LSM_PATH 248                      /* LPM data is at most 256 bytes: mntns + kind + path */
+#define BW_LSM_PROCESS 1                     /* kinds: also bits of the namespace's flags */
+#define BW_LSM_FILE 2
+#define BW_LSM_NETWORK 3
+#define BW_LSM_CAP 4
+#define BW_LSM_SOURCE 5
+#define BW_LSM_NEEDS_SOURCE 8                /* flags bit (kind + 8): this kind's verdicts use sources */
+#define BW_ACT_BLOCK 1
+#define BW_ACT_AUDIT 2
+#define BW_FMODE_WRITE 0x2
+#define BW_FMODE_EXEC 0x20
+#define BW_O_TRUNC 01000
+#define BW_MAX_ERRNO 4095
 
-LSM_PROBE(socket_create, int family, int type, int protocol, int kern)
-{
+struct bw_lsm_pkey {
+	__u32 prefixlen;                         /* bits: 64 + 8 * bytes of path compared */
 	__u32 mntns;
-	struct bw_verdict *v;
+	__u32 kind;
+	char path[BW_LSM_PATH];
+};
 
-	if (kern)
-		return 0;
-	mntns = bw_enf_selected();
+struct bw_lsm_entry {
+	__u32 cls;                               /* directory: cls direct child, cls + 1 deeper */
+	__u32 len;                               /* bytes of the entry's path (a directory's ends in '/') */
+	__u32 dir;
+};
+
+struct bw_lsm_vkey {
+	__u32 mntns;
+	__u32 kind;
+	__u32 res;
+	__u32 src;
+};
+
+struct bw_lsm_verdict {
+	__u32 rule_id[8];                        /* slot = access * 2 + owner; access 0 read 1 write 2 exec */
+	__u8 action[8];                          /* 0 allow, BW_ACT_BLOCK, BW_ACT_AUDIT */
+};
+
+struct bw_lsm_scratch {
+	struct bw_lsm_pkey res;
+	struct bw_lsm_pkey src;
+};
+
+/* A refused or audited operation: the head, the resource's path (files, exec), the executable. */
+struct bw_lsm_record {
+	struct bw_enf_head h;
+	char res[BW_LSM_PATH];
+	struct bw_path exe;
+};
+
+BPF_LPM_TRIE(bw_lsm_paths, struct bw_lsm_pkey, struct bw_lsm_entry, 65536);
+BPF_HASH(bw_lsm_verdicts, struct bw_lsm_vkey, struct bw_lsm_verdict, 65536);
+BPF_HASH(bw_lsm_net, struct bw_net_key, __u32, 16384);
+BPF_PERCPU_ARRAY(bw_lsm_scratch_map, struct bw_lsm_scratch, 1);
+
+static __always_inline __u32 bw_lsm_flags(__u32 *mntns_out)
+{
+	__u32 mntns = bw_current_mntns(bw_current());
+	__u32 *flags;
+
+	*mntns_out = mntns;
 	if (!mntns)
 		return 0;
-	v = bw_match_net(mntns, (__u32)family, (__u32)type, (__u32)protocol);
-	if (!v || v->action != 1)
+	flags = bw_enf_ns.lookup(&mntns);
+	return flags ? *flags : 0;
+}
+
+/* The class of the path in k->path (n: bpf_d_path's answer, the length with its NUL); 0: no entry. */
+static __always_inline __u32 bw_lsm_path_class(struct bw_lsm_pkey *k, __u32 mntns, __u32 kind, long n)
+{
+	struct bw_lsm_entry *e;
+	__u32 len, cls;
+
+	if (n <= 1 || n > BW_LSM_PATH)
+		return 0;                        /* unreadable or too long: judged as named by no entry */
+	k->mntns = mntns;
+	k->kind = kind;
+	k->prefixlen = 64 + (__u32)n * 8;
+	e = bw_lsm_paths.lookup(k);
+	if (!e)
 		return 0;
-	bw_enf_report(bw_current(), mntns, BW_ENF_NET, v, (__u32)family, (__u32)type & 0xF, (__u32)protocol);
+	cls = e->cls;
+	if (!e->dir)
+		return cls;
+	len = e->len;
+	for (int i = 0; i < BW_LSM_PATH; i++) {   /* deeper: a '/' after the directory's own */
+		if (i + 1 >= n)
+			break;
+		if (i >= len && k->path[i] == '/')
+			return cls + 1;
+	}
+	return cls;
+}
+
+/* The source class of the current task's executable (0: none of the namespace's sources). */
+static __always_inline __u32 bw_lsm_source(struct bw_lsm_scratch *s, __u32 mntns, __u32 flags, __u32 kind)
+{
+	struct task_struct *task = bw_current();
+	struct mm_struct *mm;
+	struct file *exe;
+	long n;
+
+	if (!(flags & (1u << (kind + BW_LSM_NEEDS_SOURCE))))
+		return 0;
+	mm = task->mm;
+	if (!mm)
+		return 0;
+	exe = mm->exe_file;
+	if (!exe)
+		return 0;
+	n = bpf_d_path((struct path *)&exe->f_path, s->src.path, BW_LSM_PATH);
+	return bw_lsm_path_class(&s->src, mntns, BW_LSM_SOURCE, n);
+}
+
+static __always_inline void bw_lsm_report(__u32 mntns, __u32 kind, __u32 action, __u32 rule_id,
+					  __u32 a0, __u32 a1, __u32 a2, const char *res)
+{
+	struct task_struct *task = bw_current();
+	struct bw_lsm_record *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
+
+	bw_enf_stat(0);
+	if (!r) {
+		bw_enf_stat(1);
+		return;
+	}
+	bw_enf_fill(&r->h, task, mntns, kind | (action << 8), rule_id, a0, a1, a2);
+	r->res[0] = 0;
+	if (res)
+		bpf_probe_read_kernel_str(r->res, sizeof(r->res), res);
+	bw_task_exe(&r->exe, task);
+	bw_enf_events.ringbuf_submit(r, 0);
+}
+
+/* The verdict's action for `slot`, reported when it is not a plain allow; -EPERM when it blocks. */
+static __always_inline int bw_lsm_judge(__u32 mntns, __u32 kind, __u32 res_cls, __u32 src_cls, __u32 slot,
+					__u32 a0, __u32 a1, __u32 a2, const char *res)
+{
+	struct bw_lsm_vkey vk = {.mntns = mntns, .kind = kind, .res = res_cls, .src = src_cls};
+	struct bw_lsm_verdict *v = bw_lsm_verdicts.lookup(&vk);
+	__u32 action;
+
+	if (!v)
+		return 0;
+	slot &= 7;
+	action = v->action[slot];
+	if (!action)
+		return 0;
+	bw_lsm_report(mntns, kind, action, v->rule_id[slot], a0, a1, a2, res);
+	if (action != BW_ACT_BLOCK) {
+		bw_enf_stat(3);
+		return 0;
+	}
+	bw_enf_stat(2);
 	return -BW_EPERM;
 }
 
+/* Whether `file` lives on a mount of no namespace (overlayfs' private clones: its backing files). */
+static __always_inline int bw_lsm_internal_mount(struct file *file)
+{
+	struct vfsmount *vfsmnt = NULL;
+	struct mnt_namespace *ns = NULL;
+	struct mount *mnt;
+
+	BW_READ(vfsmnt, file, f_path.mnt);
+	if (!vfsmnt)
+		return 1;
+	mnt = bw_container_of(vfsmnt, struct mount, mnt);
+	BW_READ(ns, mnt, mnt_ns);
+	return !ns || (unsigned long)ns >= (unsigned long)-BW_MAX_ERRNO;
+}
+
+static __always_inline int bw_lsm_file(struct file *file, __u32 kind, __u32 access)
+{
+	struct bw_lsm_scratch *s;
+	__u32 zero = 0, mntns, flags, res, src, owner;
+	long n;
+
+	flags = bw_lsm_flags(&mntns);
+	if (!(flags & (1u << kind)))
+		return 0;
+	if (bw_lsm_internal_mount(file))
+		return 0;
+	s = bw_lsm_scratch_map.lookup(&zero);
+	if (!s)
+		return 0;
+	n = bpf_d_path((struct path *)&file->f_path, s->res.path, BW_LSM_PATH);
+	res = bw_lsm_path_class(&s->res, mntns, kind, n);
+	src = bw_lsm_source(s, mntns, flags, kind);
+	owner = file->f_inode->i_uid.val == (__u32)bpf_get_current_uid_gid();
+	if (n <= 1 || n > BW_LSM_PATH)
+		s->res.path[0] = 0;
+	return bw_lsm_judge(mntns, kind, res, src, access * 2 + owner, access, owner, 0, s->res.path);
+}
+
+LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
+{
+	struct file *file = bprm->file;
+
+	if (!file)
+		return 0;
+	return bw_lsm_file(file, BW_LSM_PROCESS, 2);
+}
+
+LSM_PROBE(file_open, struct file *file)
+{
+	__u32 access;
+
+	if (file->f_mode & BW_FMODE_EXEC)
+		return 0;                        /* the exec itself: judged by bprm_check_security */
+	access = (file->f_mode & BW_FMODE_WRITE) || (file->f_flags & BW_O_TRUNC) ? 1 : 0;
+	return bw_lsm_file(file, BW_LSM_FILE, access);
+}
+
+LSM_PROBE(socket_create, int family, int type, int protocol, int kern)
+{
+	struct bw_net_key k = {.family = (__u32)family, .type = (__u32)type & 0xF, .protocol = (__u32)protocol};
+	struct bw_lsm_scratch *s;
+	__u32 zero = 0, mntns, flags, res = 0, src, *cls;
+
+	if (kern || (family != 2 && family != 10))
+		return 0;                        /* Network rules judge IPv4 and IPv6 sockets */
+	flags = bw_lsm_flags(&mntns);
+	if (!(flags & (1u << BW_LSM_NETWORK)))
+		return 0;
+	s = bw_lsm_scratch_map.lookup(&zero);
+	if (!s)
+		return 0;
+	k.mntns = mntns;
+	cls = bw_lsm_net.lookup(&k);
+	if (!cls) {
+		k.protocol = BW_ANY;
+		cls = bw_lsm_net.lookup(&k);
+	}
+	if (cls)
+		res = *cls;
+	src = bw_lsm_source(s, mntns, flags, BW_LSM_NETWORK);
+	return bw_lsm_judge(mntns, BW_LSM_NETWORK, res, src, 0, (__u32)family, (__u32)type & 0xF,
+			    (__u32)protocol, 0);
+}
+
+/* bpf_d_path is not allowed in this hook: no source classes (fromSource rules stay unsupported). */
 LSM_PROBE(capable, const struct cred *cred, struct user_namespace *ns, int cap, unsigned int opts)
 {
-	__u32 mntns;
-	struct bw_verdict *v;
+	__u32 mntns, flags;
 
-	if ((opts & 2) || !bw_cap_ruled((__u32)cap))  /* CAP_OPT_NOAUDIT: a probe, not a use */
+	if ((opts & 2) || cap < 0 || cap >= 64)   /* CAP_OPT_NOAUDIT: a probe, not a use */
 		return 0;
-	mntns = bw_enf_selected();
-	if (!mntns)
+	flags = bw_lsm_flags(&mntns);
+	if (!(flags & (1u << BW_LSM_CAP)))
 		return 0;
-	v = bw_match_cap(mntns, (__u32)cap);
-	if (!v || v->action != 1)
-		return 0;
-	bw_enf_report(bw_current(), mntns, BW_ENF_CAP, v, (__u32)cap, 0, 0);
-	return -BW_EPERM;
+	return bw_lsm_judge(mntns, BW_LSM_CAP, (__u32)cap + 1, 0, 0, (__u32)cap, 0, 0, 0);
 }

@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from services.enforcer.sigreport import to_raw_event
 from shared.codec import pack
 from shared.lifecycle import Counters
-from shared.schemas.events import RawBatch
+from shared.schemas.events import RawBatch, RawEvent
 from shared.subjects import raw_events
 
 __all__ = ["report_loop", "Publish"]
@@ -30,6 +31,15 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return "unknown-boot"
+
+
+def _raw_event(record: Any, node: str, offset: int, boot_id: str) -> RawEvent:
+    """A report as a raw event: reports that know their own form say it (AppArmor's, BPF-LSM's);
+    the signal enforcer's kill records go through its decoder."""
+    if hasattr(record, "to_raw_event"):
+        event: RawEvent = record.to_raw_event(node, offset, boot_id)
+        return event
+    return to_raw_event(record, node, offset, boot_id)
 
 
 async def _send(publish: Publish, subject: str, payload: bytes, msg_id: str, n: int, counters: Counters,
@@ -64,7 +74,7 @@ async def report_loop(take: Callable[[], list], publish: Publish, node: str, sto
         records = take()
         if records:
             seq += 1
-            events = [to_raw_event(r, node, offset, boot_id).to_wire() for r in records]
+            events = [_raw_event(r, node, offset, boot_id).to_wire() for r in records]
             payload = pack(RawBatch(node=node, seq=seq, events=events).to_wire())
             await _send(publish, subject, payload, f"{prefix}:{seq}", len(events), counters)
         if stop.is_set():

@@ -4,13 +4,16 @@ can enforce that no earlier one claimed (``operations``; an enforcer without it 
 With the default order on the development VM: BPF-LSM refuses to load, Fanotify claims Process and
 File, the eBPF signal enforcer claims Network and Capabilities, AuditOnly claims nothing (it is the
 fallback when nothing else is supported). The signal enforcer joins implicitly (before ``audit``)
-unless the order names it or excludes it with ``-signal``.
+unless the order names it or excludes it with ``-signal``. Where BPF-LSM loads it claims Process,
+File, Network and Capabilities, and the enforcers after it that could claim nothing new are not
+even probed (their probes load programs).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
+from services.enforcer.apparmor import AppArmorEnforcer
 from services.enforcer.audit import AuditOnlyEnforcer
 from services.enforcer.base import Enforcer
 from services.enforcer.bpflsm import BpfLsmEnforcer
@@ -28,6 +31,7 @@ log = logging.getLogger("bulwark.enforcer.select")
 # Key (as written in enforcer_order) -> factory. Factories must not touch the kernel.
 REGISTRY: dict[str, Callable[[], Enforcer]] = {
     "bpflsm": BpfLsmEnforcer,
+    "apparmor": AppArmorEnforcer,
     "fanotify": FanotifyEnforcer,
     "signal": SignalEnforcer,
     "audit": AuditOnlyEnforcer,
@@ -62,11 +66,15 @@ def choose(order: str, registry: dict[str, Callable[[], Enforcer]] | None = None
             log.warning("unknown enforcer skipped", extra={"enforcer": key, "known": ",".join(reg)})
             continue
         enforcer = factory()
+        new = frozenset(getattr(enforcer, "operations", ALL_OPERATIONS)) - claimed
+        if parts and not new:  # nothing left for it to claim: not even probed (probes load programs)
+            enforcer.close()
+            continue
         try:
             supported, reason = enforcer.probe()
         except Exception as exc:  # a broken probe means "unsupported", never a crash
             supported, reason = False, f"probe raised {exc!r}"
-        new = frozenset(getattr(enforcer, "operations", ALL_OPERATIONS)) - claimed
+        new = frozenset(getattr(enforcer, "operations", ALL_OPERATIONS)) - claimed  # a probe may narrow them
         if supported and (new or not parts) and not isinstance(enforcer, AuditOnlyEnforcer):
             log.info("enforcer chosen", extra={"enforcer": enforcer.name, "reason": reason,
                                                "operations": ",".join(sorted(new))})
@@ -89,7 +97,7 @@ def choose(order: str, registry: dict[str, Callable[[], Enforcer]] | None = None
 def probe_all(registry: dict[str, Callable[[], Enforcer]] | None = None) -> list[tuple[str, bool, str]]:
     """(name, supported, reason) for every known enforcer, for ``bulwark probe``."""
     out: list[tuple[str, bool, str]] = []
-    for key, factory in (REGISTRY if registry is None else registry).items():
+    for factory in (REGISTRY if registry is None else registry).values():
         enforcer = factory()
         try:
             supported, reason = enforcer.probe()

@@ -1,5 +1,8 @@
 """eBPF signal enforcer: kills processes of selected workloads at the hook (Network protocols, capabilities).
 
+A tracepoint the kernel lacks (``capability:cap_capable`` appeared after 6.12) is left out: the probe
+says so, and ``operations`` then claims only what is attached (selection gives the rest to others).
+
 bcc programs on ``syscalls:sys_enter_socket`` and ``capability:cap_capable`` (bpf/enforce/signal.c)
 call ``bpf_send_signal(SIGKILL)`` when the current task's mount namespace is selected and the
 (family, type, protocol) or capability is blocked for it (tables from ``sigrules``). This is not a
@@ -16,19 +19,19 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from shared.lifecycle import Counters
-from shared.schemas.rules import RuleSet
-
 from services.enforcer.base import ProbeResult
 from services.enforcer.sigreport import KillRecord, parse_record
 from services.enforcer.sigrules import OPERATIONS, RuleRef, SignalTables, compile_tables
+from shared.lifecycle import Counters
+from shared.schemas.rules import RuleSet
 
-__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text", "caps_mask"]
+__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text", "caps_mask", "sync_map"]
 
 log = logging.getLogger("bulwark.enforcer.signal")
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 ATTACHMENTS = (("syscalls:sys_enter_socket", "bwenf_socket"), ("capability:cap_capable", "bwenf_cap"))
+_OPERATION_OF = {"syscalls:sys_enter_socket": "Network", "capability:cap_capable": "Capabilities"}
 _MAX_REPORTS = 4096
 
 
@@ -58,7 +61,7 @@ def caps_mask(cap_keys: Any) -> int:
     return mask
 
 
-def _sync(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -> None:
+def sync_map(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -> None:
     """Make a bcc map hold exactly ``wanted``: add/update first, then delete what is gone."""
     current = {bytes(k): k for k in table.keys()}
     keep = set()
@@ -93,6 +96,8 @@ class SignalEnforcer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.attached: tuple[str, ...] = tuple(tp for tp, _ in ATTACHMENTS)
+        self.operations = OPERATIONS
 
     def probe(self) -> ProbeResult:
         """Compile, load and attach the programs with empty tables (nothing can be killed), then detach."""
@@ -102,7 +107,10 @@ class SignalEnforcer:
             return False, f"signal programs refused: {exc}"
         finally:
             self._unload()
-        return True, "tracepoints + bpf_send_signal(SIGKILL) load (socket, cap_capable)"
+        missing = [tp for tp, _ in ATTACHMENTS if tp not in self.attached]
+        why = (f"; not on this kernel: {', '.join(missing)} "
+               f"({', '.join(_OPERATION_OF[m] for m in missing)} not enforced by signal)") if missing else ""
+        return True, f"tracepoints + bpf_send_signal(SIGKILL) load ({', '.join(self.attached)}){why}"
 
     def _load(self) -> None:
         if self._bpf is not None:
@@ -112,13 +120,22 @@ class SignalEnforcer:
 
         bpf = BPF(text=program_text(self.bpf_dir, "signal.c").encode(), cflags=[f"-I{self.bpf_dir / 'include'}"])
         try:
+            attached = []
             for tp, fn in ATTACHMENTS:
+                category, event = tp.split(":")
+                if not BPF.tracepoint_exists(category, event):
+                    continue  # e.g. capability:cap_capable is newer than 6.12
                 bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                attached.append(tp)
+            if not attached:
+                raise RuntimeError("none of the tracepoints exists: " + ", ".join(tp for tp, _ in ATTACHMENTS))
             bpf[b"bw_enf_events"].open_ring_buffer(self._on_record)
         except Exception:
             bpf.cleanup()
             raise
         self._bpf = bpf
+        self.attached = tuple(attached)
+        self.operations = frozenset(op for tp, op in _OPERATION_OF.items() if tp in attached)
 
     def _unload(self) -> None:
         bpf, self._bpf = self._bpf, None
@@ -168,8 +185,8 @@ class SignalEnforcer:
                 del ns_map[k]
         wanted = caps_mask(tables.cap)
         caps_any[ct.c_int(0)] = ct.c_uint64(caps_any[ct.c_int(0)].value | wanted)  # new bits before their verdicts
-        _sync(bpf[b"bw_enf_net"], tables.net, net_key, verdict)
-        _sync(bpf[b"bw_enf_cap"], tables.cap, cap_key, verdict)
+        sync_map(bpf[b"bw_enf_net"], tables.net, net_key, verdict)
+        sync_map(bpf[b"bw_enf_cap"], tables.cap, cap_key, verdict)
         caps_any[ct.c_int(0)] = ct.c_uint64(wanted)  # old bits once their verdicts are gone
         for ns in tables.namespaces:
             ns_map[ct.c_uint32(ns)] = ct.c_uint32(1)

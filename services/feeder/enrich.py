@@ -117,7 +117,8 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
     action = _action(decision, workload)
     killed = bool(event.extra.get("killed"))
     enforced = action == "Block" and (event.ret < 0 or killed)
-    enforcer = str(event.extra.get("enforcer") or enforcer_name) if killed else enforcer_name
+    enforcer = str(event.extra.get("enforcer") or enforcer_name) if killed or event.extra.get("enforcer") \
+        else enforcer_name
     common = _common(event, workload, cluster, now_ns)
     if killed and event.extra.get("result"):
         common["Result"] = str(event.extra["result"])

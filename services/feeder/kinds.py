@@ -70,10 +70,14 @@ def access_for(event: RawEvent) -> Access | None:
     if kind == "syscall":
         return Access("Syscall", event.path, source=event.exe, uid=event.uid, syscall=event.syscall)
     if kind == "enforce":  # a kill by the eBPF signal enforcer (services/enforcer/sigreport.py)
+        # (or a refusal or audit by BPF-LSM, which says the access and whether the uid owns the file)
         match = str(event.extra.get("match", ""))
+        extra_access = {"access": str(event.extra["access"])} if event.extra.get("access") else {}
+        owner_uid = event.uid if event.extra.get("owner") else -1
         return Access(str(event.extra.get("operation", "")), match, source=event.exe, uid=event.uid,
                       protocol=match if event.extra.get("operation") == "Network" else "",
-                      capability=match if event.extra.get("operation") == "Capabilities" else "")
+                      capability=match if event.extra.get("operation") == "Capabilities" else "",
+                      resource_owner_uid=owner_uid, **extra_access)
     return None
 
 

@@ -1,10 +1,10 @@
 """Signal enforcer tables from a RuleSet, the kill event's wire form, and the composite enforcer."""
 from __future__ import annotations
 
-from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 from services.enforcer.composite import CompositeEnforcer, restrict
 from services.enforcer.sigreport import KillRecord, to_raw_event
 from services.enforcer.sigrules import ANY, CAPS, RuleRef, compile_tables
+from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
 
 def rule(op: str, action: str = "Block", **kw) -> Rule:
@@ -91,3 +91,34 @@ def test_composite_gives_each_part_its_operations() -> None:
     comp.close()
     assert fan.closed and sig.closed
     assert restrict(rs(wl), frozenset()).workloads["a"].rules == []
+
+
+def _lsm_record(kind: int, action: int, args: tuple[int, int, int], res: bytes, rule_id: int = 1) -> bytes:
+    import struct
+
+    from services.enforcer.sigreport import LSM_RES_LEN, RECORD_HEAD
+
+    exe = struct.pack("<HHHH768s", 13, 1, 3, 0, b"true\0bin\0usr\0")  # /usr/bin/true, leaf first
+    head = RECORD_HEAD.pack(7, 10, 11, 1, 0, 0, 4026532000, 4026531836, 1, 0, kind | (action << 8), rule_id,
+                            *args, 99, b"bwtrue".ljust(16, b"\0"))
+    return head + res.ljust(LSM_RES_LEN, b"\0") + exe
+
+
+def test_bpflsm_records_become_refused_or_audited_events() -> None:
+    from services.enforcer.sigreport import parse_lsm_record
+
+    ref = RuleRef("w1", 4026532000, "File", "/etc/", "no-etc")
+    rec = parse_lsm_record(_lsm_record(2, 1, (1, 0, 0), b"/etc/hosts"), {1: ref})
+    assert rec.refused and rec.operation == "File" and rec.access == "write" and not rec.owner
+    assert rec.path == rec.resource == rec.match == "/etc/hosts" and rec.head.exe == "/usr/bin/true"
+    ev = to_raw_event(rec, "n1", 0, "boot")
+    assert ev.kind == "enforce" and ev.ret == -1 and ev.path == "/etc/hosts" and ev.syscall == "open"
+    assert ev.extra["enforcer"] == "BPFLSM" and ev.extra["refused"] is True and ev.extra["killed"] is False
+    assert ev.extra["result"] == "Permission denied" and ev.extra["policy"] == "no-etc"
+    net = parse_lsm_record(_lsm_record(3, 2, (2, 3, 255), b""), {})
+    assert not net.refused and net.operation == "Network" and net.match == "raw" and net.access == ""
+    assert net.resource == "domain=AF_INET type=SOCK_RAW protocol=255"
+    audit = to_raw_event(net, "n1", 0, "boot")
+    assert audit.ret == 0 and audit.extra["result"] == "Passed" and audit.extra["refused"] is False
+    cap = parse_lsm_record(_lsm_record(4, 1, (27, 0, 0), b""), {})
+    assert cap.match == "mknod" and cap.resource == "CAP_MKNOD" and to_raw_event(cap, "n", 0, "b").syscall == "capable"

@@ -1,0 +1,171 @@
+"""The BPF-LSM enforcer: bpf/enforce/lsm.c refuses exec, opens, sockets and capabilities inline.
+
+The programs are loaded once (by a successful probe, or the first rule set that selects a namespace)
+and stay attached until ``close``; with no namespace selected they return at once. Rule
+changes only rewrite maps (``maps.write_tables`` from ``rules.compile_tables``). Refused and audited
+operations are reported through a ring buffer that a thread drains into ``take_reports()`` (the service
+publishes them as ``enforce`` raw events, Enforcer ``BPFLSM``). ``close`` detaches every program.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from services.enforcer.base import ProbeResult
+from services.enforcer.bpflsm.maps import clear_tables, write_tables
+from services.enforcer.bpflsm.probe import probe_bpf_lsm
+from services.enforcer.bpflsm.rules import KINDS, Classes, compile_tables
+from services.enforcer.signal import BPF_DIR, prepare_bcc, program_text
+from services.enforcer.sigreport import LSM_ENFORCER, LsmRecord, parse_lsm_record
+from services.enforcer.sigrules import RuleRef
+from shared.lifecycle import Counters
+from shared.schemas.rules import RuleSet
+
+__all__ = ["BpfLsmEnforcer", "HOOKS"]
+
+log = logging.getLogger("bulwark.enforcer.bpflsm")
+
+HOOKS = ("bprm_check_security", "file_open", "socket_create", "capable")
+_MAX_REPORTS = 4096
+
+
+class BpfLsmEnforcer:
+    """Process, File, Network and Capabilities rules refused in the kernel's LSM hooks, per mount namespace."""
+
+    name = LSM_ENFORCER
+    operations = frozenset(KINDS)
+
+    def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None) -> None:
+        self.counters = Counters(refused=0, audited=0, reports_lost=0, report_errors=0, unsupported_rules=0,
+                                 unenforced=0, errors=0, namespaces=0, verdicts=0, paths=0)
+        self.bpf_dir = bpf_dir
+        self.btf_tree = btf_tree
+        self._bpf: Any = None
+        self._lock = threading.Lock()
+        self._refs: dict[int, RuleRef] = {}
+        self._ids: dict[RuleRef, int] = {}      # stable rule ids: a late report never names another rule
+        self._classes = Classes()               # stable class ids: a rule change never renumbers
+        self._reports: deque[LsmRecord] = deque(maxlen=_MAX_REPORTS)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def probe(self) -> ProbeResult:
+        """A no-op LSM program must load and attach, then Bulwark's own (maps empty: they refuse nothing)."""
+        try:
+            ok, reason = probe_bpf_lsm()
+        except Exception as exc:  # a probe must never take the service down
+            return False, f"probe failed: {exc!r}"
+        if not ok:  # the kernel's own refusal is the reason (compiling lsm.c here would only cost time)
+            return False, reason
+        with self._lock:
+            if self._closed:
+                return False, "BPF-LSM enforcer is closed"
+            try:  # kept loaded: with no namespace selected the programs refuse nothing, and apply needs them
+                self._load()
+            except Exception as exc:
+                return False, f"kernel accepts BPF-LSM, but Bulwark's LSM programs are refused: {exc}"
+        return True, f"BPF-LSM programs load and attach ({', '.join(HOOKS)}); {reason}"
+
+    def _load(self) -> None:
+        if self._bpf is not None:
+            return
+        prepare_bcc(self.btf_tree)
+        from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
+
+        # LSM_PROBE functions are loaded and attached by bcc as the module loads; the maps are empty.
+        bpf = BPF(text=program_text(self.bpf_dir, "lsm.c").encode(), cflags=[f"-I{self.bpf_dir / 'include'}"])
+        try:
+            bpf[b"bw_enf_events"].open_ring_buffer(self._on_record)
+        except Exception:
+            bpf.cleanup()
+            raise
+        self._bpf = bpf
+
+    def _unload(self) -> None:
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+
+    def apply(self, ruleset: RuleSet) -> None:
+        """Load on first use, then make the kernel maps hold exactly this rule set's verdicts."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("BPF-LSM enforcer is closed")
+            tables = compile_tables(ruleset, self._ids, self._classes)
+            self.counters["unsupported_rules"] = tables.unsupported
+            self.counters["unenforced"] = tables.unenforced
+            if not tables.namespaces and self._bpf is None:
+                return  # nothing to enforce: do not even load
+            self._load()
+            self._refs = {**self._refs, **tables.refs}  # reports in flight for removed rules still resolve
+            write_tables(self._bpf, tables)
+            self.counters["namespaces"] = len(tables.namespaces)
+            self.counters["verdicts"] = len(tables.verdicts)
+            self.counters["paths"] = len(tables.paths)
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._drain, name="bpflsm-reports", daemon=True)
+                self._thread.start()
+            log.info("rules applied", extra={"version": ruleset.version, "namespaces": len(tables.namespaces),
+                                             "verdicts": len(tables.verdicts), "paths": len(tables.paths),
+                                             "unsupported": tables.unsupported})
+
+    def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
+        try:
+            rec = parse_lsm_record(ct.string_at(data, size), self._refs)
+            self._reports.append(rec)
+            self.counters.inc("refused" if rec.refused else "audited")
+        except Exception as exc:  # a bad record must not stop the drain
+            self.counters.inc("report_errors")
+            log.warning("undecodable BPF-LSM report", extra={"error": repr(exc)})
+        return 0
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            bpf = self._bpf
+            if bpf is None:
+                break
+            try:
+                bpf.ring_buffer_poll(100)
+            except Exception as exc:
+                self.counters.inc("errors")
+                log.error("ring buffer poll failed", extra={"error": repr(exc)})
+                self._stop.wait(0.1)
+
+    def take_reports(self) -> list[LsmRecord]:
+        """Refusal and audit reports since the last call (oldest first)."""
+        out: list[LsmRecord] = []
+        while self._reports:
+            out.append(self._reports.popleft())
+        return out
+
+    def close(self) -> None:
+        """Forget every namespace, detach every program and free every map; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+                self._thread = None
+            if self._bpf is not None:
+                try:
+                    clear_tables(self._bpf)
+                except Exception as exc:
+                    log.warning("clearing maps failed", extra={"error": repr(exc)})
+            self._unload()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the heartbeat (kernel-side lost reports included)."""
+        lost = 0
+        bpf = self._bpf
+        if bpf is not None:
+            try:
+                lost = int(sum(bpf[b"bw_enf_stats"][ct.c_int(1)]))
+            except Exception:
+                pass
+        return {**self.counters, "reports_lost": lost, "allowed": 0, "denied": self.counters["refused"]}
