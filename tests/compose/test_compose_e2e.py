@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from bulwark.natsd import free_port
+from shared.natsauth import inbox_prefix
 from shared.natscreds import NatsCredentials
 from shared.subjects import raw_events
 from tests.docker.engine import PrivateDocker
@@ -219,7 +220,7 @@ async def _stream_messages(url: str, stream: str, creds: NatsCredentials) -> int
     import nats
 
     nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, user=creds.user,
-                            password=creds.password)
+                            password=creds.password, inbox_prefix=inbox_prefix(creds.user))  # its private inbox
     try:
         return (await nc.jetstream().stream_info(stream)).state.messages
     finally:
