@@ -166,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         settings.nats_url = launcher_url(settings.data_dir) or settings.nats_url
     return run_workload(settings, argv, namespace=args.namespace, labels=_labels(args.label),
-                        name=args.name, image=args.image)
+                        name=args.name, image=args.image, enforce_timeout=args.enforce_timeout)
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--name")
     run.add_argument("--image", default="")
+    run.add_argument("--enforce-timeout", type=float, default=10.0, metavar="S",
+                     help="how long to wait for the enforcer to cover the workload before refusing to start")
     run.add_argument("--node-name", help="this node's name (env BULWARK_NODE_NAME)")
     run.add_argument("--data-dir", type=Path, help="where `bulwark up --nats-auth` left the launcher's NATS user")
     run.add_argument("command", nargs=argparse.REMAINDER)

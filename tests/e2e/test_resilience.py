@@ -176,7 +176,8 @@ def _burst_with_feeder_kill(stack: Stack, tmp_path: Path, n: int = 4000) -> None
     restarts them and nothing else; every alert is stored exactly once."""
     apply(stack, AUDIT_TRUE, tmp_path, "audit-true")
     loop = f'i=0; while [ $i -lt {n} ]; do /usr/bin/true; i=$((i+1)); done'
-    wl = subprocess.Popen([str(BIN / "bulwark"), "run", "--namespace", "burst", "--label", "app=burst", "--",
+    wl = subprocess.Popen([str(BIN / "bulwark"), "run", "--namespace", "burst", "--label", "app=burst",
+                           "--enforce-timeout", "120", "--",
                            "/bin/sh", "-c", loop], env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
     try:
@@ -194,15 +195,18 @@ def _burst_with_feeder_kill(stack: Stack, tmp_path: Path, n: int = 4000) -> None
         if wl.poll() is None:
             wl.kill()
             wl.wait(10)
-    deadline = time.monotonic() + 120
+    # Wait while the count still grows (a slow machine stores slowly); give up only after 120 s without
+    # progress: the redelivery is asserted, not its speed.
+    stalled_since = time.monotonic()
     stored, seen = 0, []
-    while time.monotonic() < deadline:
+    while time.monotonic() - stalled_since < 120:
         try:
             stored = alert_total(stack, policy="audit-true")
         except httpx.HTTPError:
             stored = -1
         if not seen or seen[-1][1] != stored:
             seen.append((round(time.monotonic() - t_kill, 1), stored))
+            stalled_since = time.monotonic()
         if stored >= n:
             break
         time.sleep(0.5)
