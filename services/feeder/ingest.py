@@ -38,13 +38,18 @@ from shared.schemas.rules import WorkloadRules
 from shared.subjects import DEAD_LETTER, HEALTH_ALL, RAW
 from shared.visibility import visible
 
-__all__ = ["Ingestor", "DURABLE", "CATCH_UP_SECONDS", "Records"]
+__all__ = ["Ingestor", "DURABLE", "CATCH_UP_SECONDS", "Records", "ViewsBehind"]
 
 log = logging.getLogger("bulwark.feeder.ingest")
 
 DURABLE = "bulwark-feeder"
 CATCH_UP_SECONDS = 0.5  # how long an event of an unknown workload waits for identity/rules to catch up
 _NEGATIVE_TTL = 5.0  # an mntns still unknown after a catch-up is not waited for again this long
+_START_WAIT = 5.0  # per attempt, at start: the views must have caught up before the first batch is judged
+
+
+class ViewsBehind(Exception):
+    """The identity or rules view has not caught up with its stream: a batch judged now could miss its rules."""
 Records = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
@@ -76,6 +81,7 @@ class Ingestor:
                                   ack_wait=self.ack_wait, max_ack_pending=256))
         beats = await self.nc.subscribe(HEALTH_ALL, cb=self.on_heartbeat)
         try:
+            await self.wait_for_views(stop)
             while not stop.is_set():
                 await self.expire_throttles()
                 try:
@@ -97,6 +103,18 @@ class Ingestor:
                     await sub.unsubscribe()
                 except Exception:  # connection already closing
                     pass
+
+    async def wait_for_views(self, stop: asyncio.Event) -> None:
+        """Judge nothing until the identity and rules views hold what their streams held at start: a
+        restarted feeder would otherwise store a backlog's alerts as logs (no rules known yet)."""
+        t0, attempts = time.monotonic(), 0
+        while not stop.is_set() and not await self.follower.wait_caught_up(_START_WAIT):
+            attempts += 1
+            log.warning("views still catching up; ingest waits", extra={"attempts": attempts,
+                                                                         "applied": dict(self.follower.applied)})
+            await asyncio.sleep(0.5)
+        log.info("views caught up; ingest starts", extra={"ms": round((time.monotonic() - t0) * 1000, 1),
+                                                          "applied": dict(self.follower.applied)})
 
     async def on_heartbeat(self, msg: Msg) -> None:
         """Announce the losses a heartbeat reports that no raw batch carries (e.g. ``lost_publish``)."""
@@ -136,8 +154,14 @@ class Ingestor:
                 events.append(RawEvent.from_wire(raw))
             except DecodeError as exc:
                 await self._dead_letter(msg.subject, pack(raw), str(exc))
+        try:
+            alerts, logs = await self.enrich(events)
+        except ViewsBehind:
+            self.counters.inc("views_behind")
+            log.warning("views behind their streams; batch redelivered later", extra={"events": len(events)})
+            await msg.nak(delay=1.0)
+            return
         self.counters.inc("events", len(events))
-        alerts, logs = await self.enrich(events)
         instance, counts = _instance(msg), {k: int(getattr(batch, k) or 0) for k in BATCH_COUNTERS}
         loss = self.losses.observe("monitor", batch.node, instance, counts)
         if loss is not None:
@@ -203,6 +227,8 @@ class Ingestor:
         for ev in events:
             try:
                 caught_up = await self._one(ev, alerts, logs, caught_up)
+            except ViewsBehind:
+                raise
             except Exception as exc:  # a bug or an event no code path expects: keep the rest going
                 log.exception("event failed")
                 await self._dead_letter(f"event:{ev.kind}", pack(ev.to_wire()), f"{type(exc).__name__}: {exc}")
@@ -217,7 +243,8 @@ class Ingestor:
         workload, compiled, known = self._lookup(ev)
         if compiled is None and not caught_up and self._worth_waiting(ev):
             caught_up = True
-            await self.follower.wait_caught_up(CATCH_UP_SECONDS)
+            if not await self.follower.wait_caught_up(CATCH_UP_SECONDS):
+                raise ViewsBehind(f"node {ev.node} mntns {ev.mntns}")
             workload, compiled, known = self._lookup(ev)
             if compiled is None:
                 self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL

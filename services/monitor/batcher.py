@@ -3,9 +3,12 @@
 ``offer``/``offer_many`` never block (the ring-buffer drain calls them): a full queue drops and counts
 ``lost_queue``. Events are RawEvents or, on the fast path, their wire maps already (the decoder builds
 those); the queue holds wire maps only.
-``run`` sends a batch when it holds ``max_events`` or its oldest event is ``max_delay`` old, retries a
-failed publish a bounded number of times (same message id, so JetStream drops duplicates), then
-counts the batch's events as ``lost_publish``.
+``run`` sends a batch when it holds ``max_events`` or its oldest event is ``max_delay`` old. A failed
+publish is retried with the same message id (JetStream drops duplicates) for as long as the service
+runs, backing off up to ``max_retry_delay``: meanwhile new events wait in the bounded queue (and, once
+it is half full, in the kernel's ring buffer), so a slow or restarting NATS costs no event until those
+bounds are reached. Only at shutdown is a batch given up after ``retries`` more attempts, and its
+events counted as ``lost_publish``.
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ class Batcher:
 
     def __init__(self, publish: Publish, subject: str, node: str, counters: Counters, *,
                  max_events: int = 512, max_delay: float = 0.02, queue_size: int = 16384,
-                 retries: int = 3, retry_delay: float = 0.1, msg_id_prefix: str = "",
-                 max_bytes: int = 900_000) -> None:
+                 retries: int = 3, retry_delay: float = 0.1, max_retry_delay: float = 2.0,
+                 msg_id_prefix: str = "", max_bytes: int = 900_000) -> None:
         self.publish = publish
         self.subject = subject
         self.node = node
@@ -41,6 +44,8 @@ class Batcher:
         self.max_delay = max_delay
         self.retries = retries
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self._draining: asyncio.Event | None = None
         self.msg_id_prefix = msg_id_prefix or node
         self.max_bytes = max_bytes  # below NATS's default max_payload (1 MiB)
         self.queue_size = queue_size
@@ -76,6 +81,7 @@ class Batcher:
     async def run(self, drain: asyncio.Event) -> None:
         """Batch and publish until ``drain`` is set and everything queued has been sent."""
         loop = asyncio.get_running_loop()
+        self._draining = drain
         pending: list[dict[str, Any]] = []
         first_at = 0.0
         while True:
@@ -119,20 +125,31 @@ class Batcher:
         }
         return pack(batch)
 
+    def _stopping(self) -> bool:
+        return self._draining is not None and self._draining.is_set()
+
     async def _publish(self, payload: bytes, count: int) -> None:
         msg_id = f"{self.msg_id_prefix}:{self._seq}"
-        for attempt in range(self.retries + 1):
+        attempt, left_at_stop = 0, self.retries
+        while True:
             try:
                 await self.publish(self.subject, payload, msg_id)
                 self.counters.inc("batches")
+                if attempt:
+                    log.info("publish succeeded after retries", extra={"attempts": attempt + 1, "events": count})
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.counters.inc("publish_errors")
-                log.warning("publish failed", extra={"attempt": attempt + 1, "error": repr(exc),
-                                                     "events": count})
-                if attempt < self.retries:
-                    await asyncio.sleep(self.retry_delay * (2 ** attempt))
+                attempt += 1
+                if self._stopping():
+                    if left_at_stop <= 0:
+                        break
+                    left_at_stop -= 1
+                if attempt <= 3 or attempt % 50 == 0:
+                    log.warning("publish failed; retrying", extra={"attempt": attempt, "error": repr(exc),
+                                                                   "events": count, "queued": len(self.queue)})
+                await asyncio.sleep(min(self.max_retry_delay, self.retry_delay * (2 ** min(attempt - 1, 10))))
         self.counters.inc("lost_publish", count)
-        log.error("batch lost after retries", extra={"events": count, "seq": self._seq})
+        log.error("batch lost: still unpublished at shutdown", extra={"events": count, "seq": self._seq})

@@ -212,7 +212,22 @@ def _burst_with_feeder_kill(stack: Stack, tmp_path: Path, n: int = 4000) -> None
         time.sleep(0.5)
     print(f"\nfeeder+policy kill -9 during {n} audited execs: workload done {t_done - t_kill:.1f}s after the "
           f"kill; stored over time (s after kill, count): {seen}")
-    assert stored == n, stack.logs()
+    assert stored == n, f"stored over time: {seen}\n{_where_events_went(stack)}\n{stack.logs()}"
+
+
+def _where_events_went(stack: Stack) -> str:
+    """What a failure needs: the namespace's logs (events judged without their rules), the losses announced,
+    and the services' counters."""
+    out = []
+    for path, params in (("/api/v1/logs/summary", {"by": "namespace,operation", "namespace": "burst"}),
+                         ("/api/v1/alerts/summary", {"by": "type,policy"}),
+                         ("/api/v1/alerts", {"type": "SystemEvent", "limit": "20"}),
+                         ("/healthz", {})):
+        try:
+            out.append(f"{path}: {httpx.get(f'{stack.rest_url}{path}', params=params, timeout=10).text[:4000]}")
+        except httpx.HTTPError as exc:
+            out.append(f"{path}: {exc!r}")
+    return "\n".join(out)
 
 
 def test_alerts_held_by_a_killed_feeder_are_redelivered(stack: Stack, tmp_path: Path) -> None:

@@ -10,8 +10,15 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from services.feeder.hub import AlertHub
+from services.feeder.ingest import CATCH_UP_SECONDS, Ingestor
+from services.feeder.models import AlertRow, LogRow
+from services.feeder.siem import SiemSink
+from services.feeder.state import FeederState, StateFollower
+from services.feeder.store import RecordStore, make_engine
 from shared.bus import connect, ensure_streams
 from shared.codec import pack
+from shared.lifecycle import Counters
 from shared.schemas import IdentityEvent, RawBatch, RawEvent
 from shared.subjects import ALERTS, identity_events, raw_events, rules_for_node
 from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, Feeder, _ruleset, _workload
@@ -112,3 +119,35 @@ async def test_every_alert_exactly_once_through_feeder_and_nats_crashes(nats_ser
         publisher.cancel()
         code = feeder.stop()
         assert code == 0, feeder.log.read_text()[-3000:]
+
+
+
+async def test_no_batch_is_judged_before_the_views_hold_its_rules(nats_server: Any, tmp_path: Path) -> None:
+    """The ingestor judges nothing while its identity and rules views are behind their streams (as after a
+    restart on a backlog): the batch stays unacked, nothing is stored as a log, and once the views have
+    caught up every event is an alert."""
+    nc = await connect(nats_server.url, "test")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.publish(identity_events(NODE), pack(IdentityEvent("started", _workload(), time.time_ns()).to_wire()))
+    await js.publish(rules_for_node(NODE), pack(_ruleset().to_wire()))
+    for b in range(3):
+        await js.publish(raw_events(NODE), _batch(b), headers={"Nats-Msg-Id": f"raw-{b}"})
+    counters = Counters()
+    follower = StateFollower(nc, js, FeederState())  # not started yet: its views are empty and behind
+    store = RecordStore(make_engine(f"sqlite:///{tmp_path / 'records.db'}"))
+    ingestor = Ingestor(js, nc, follower, store, AlertHub(counters), counters, cluster="default",
+                        siem=SiemSink(js, counters))
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingestor.run(stop))
+    try:
+        await asyncio.sleep(2 * CATCH_UP_SECONDS + 1.0)  # long enough for a judgement without rules
+        assert store.count(AlertRow) == 0 and store.count(LogRow) == 0
+        await follower.start()
+        await _until(lambda: store.count(AlertRow) >= 3 * PER_BATCH, 30, "the alerts")
+        assert store.count(AlertRow) == 3 * PER_BATCH and store.count(LogRow) == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await follower.stop()
+        await nc.close()
