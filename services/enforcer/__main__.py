@@ -18,7 +18,7 @@ from nats.js.api import DeliverPolicy
 from services.enforcer.reports import report_loop
 from services.enforcer.select import choose
 from services.enforcer.state import AppliedRules
-from shared.bus import connect, ensure_streams
+from shared.bus import FOLLOW_HEARTBEAT_SECONDS, connect, ensure_streams
 from shared.codec import pack, unpack_map
 from shared.config import load_settings
 from shared.errors import DecodeError
@@ -139,7 +139,7 @@ async def main() -> None:
             task.add_done_callback(waiters.discard)
 
         await js.subscribe(rules_for_node(node), stream=RULES.name, cb=on_rules, ordered_consumer=True,
-                           deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+                           deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS)
         await nc.subscribe(enforcer_await(node), cb=on_await)
 
         def details() -> dict[str, Any]:

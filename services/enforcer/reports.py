@@ -1,8 +1,9 @@
 """Publishing the enforcers' kill reports as ``enforce`` raw events on ``raw_events(node)``.
 
 Same wire as the monitor (a msgpack RawBatch per NATS message, JetStream de-duplication by message
-id); kills are rare, so each drain tick sends one batch. Failures are retried a bounded number of
-times, then the events are counted as lost.
+id); kills are rare, so each drain tick sends one batch. A failed publish is retried (same id) for as
+long as the service runs, the enforcers' bounded report queues holding what comes meanwhile; only at
+shutdown is a batch given up after a few more attempts, its events counted as ``kills_lost``.
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def _raw_event(record: Any, node: str, offset: int, boot_id: str) -> RawEvent:
 
 
 async def _send(publish: Publish, subject: str, payload: bytes, msg_id: str, n: int, counters: Counters,
-                retries: int = 3) -> None:
-    for attempt in range(retries + 1):
+                stop: asyncio.Event, delay: float, max_delay: float, retries_at_stop: int = 3) -> None:
+    attempt = 0
+    while True:
         try:
             await publish(subject, payload, msg_id)
             counters.inc("kills_published", n)
@@ -53,16 +55,23 @@ async def _send(publish: Publish, subject: str, payload: bytes, msg_id: str, n: 
             raise
         except Exception as exc:
             counters.inc("report_publish_errors")
-            log.warning("kill report publish failed", extra={"attempt": attempt + 1, "error": repr(exc)})
-            if attempt < retries:
-                await asyncio.sleep(0.1 * 2 ** attempt)
+            attempt += 1
+            if stop.is_set():
+                if retries_at_stop <= 0:
+                    break
+                retries_at_stop -= 1
+            if attempt <= 3 or attempt % 50 == 0:
+                log.warning("kill report publish failed; retrying", extra={"attempt": attempt, "error": repr(exc)})
+            await asyncio.sleep(min(max_delay, delay * 2 ** min(attempt - 1, 10)))
     counters.inc("kills_lost", n)
     log.error("kill reports lost", extra={"events": n})
 
 
 async def report_loop(take: Callable[[], list], publish: Publish, node: str, stop: asyncio.Event,
-                      counters: Counters, interval: float = 0.05) -> None:
-    """Every ``interval`` s, publish what ``take()`` returns; once more after ``stop``."""
+                      counters: Counters, interval: float = 0.05, retry_delay: float = 0.1,
+                      retry_max_delay: float = 2.0) -> None:
+    """Every ``interval`` s, publish what ``take()`` returns; once more after ``stop``. A failed publish
+    is retried, backing off from ``retry_delay`` to ``retry_max_delay`` s."""
     for name in ("kills_published", "kills_lost", "report_publish_errors"):
         counters.setdefault(name, 0)
     boot_id = _boot_id()
@@ -76,7 +85,8 @@ async def report_loop(take: Callable[[], list], publish: Publish, node: str, sto
             seq += 1
             events = [_raw_event(r, node, offset, boot_id).to_wire() for r in records]
             payload = pack(RawBatch(node=node, seq=seq, events=events).to_wire())
-            await _send(publish, subject, payload, f"{prefix}:{seq}", len(events), counters)
+            await _send(publish, subject, payload, f"{prefix}:{seq}", len(events), counters, stop,
+                        retry_delay, retry_max_delay)
         if stop.is_set():
             return
         try:

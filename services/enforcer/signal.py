@@ -15,11 +15,11 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 import threading
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from services.enforcer.base import ProbeResult
+from services.enforcer.reporting import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
 from services.enforcer.sigreport import KillRecord, parse_record
 from services.enforcer.sigrules import OPERATIONS, RuleRef, SignalTables, compile_tables
 from shared.lifecycle import Counters
@@ -32,7 +32,6 @@ log = logging.getLogger("bulwark.enforcer.signal")
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 ATTACHMENTS = (("syscalls:sys_enter_socket", "bwenf_socket"), ("capability:cap_capable", "bwenf_cap"))
 _OPERATION_OF = {"syscalls:sys_enter_socket": "Network", "capability:cap_capable": "Capabilities"}
-_MAX_REPORTS = 4096
 
 
 def prepare_bcc(tree: Path | None = None) -> None:
@@ -92,9 +91,10 @@ class SignalEnforcer:
         self._lock = threading.Lock()
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}  # stable rule ids: a late report never names another rule
-        self._reports: deque[KillRecord] = deque(maxlen=_MAX_REPORTS)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reports: ReportQueue[KillRecord] = ReportQueue(self.counters)
+        self._on_record = record_handler(lambda raw: parse_record(raw, self._refs), self._reports, self.counters,
+                                         lambda _rec: "killed", "kill report", log)
+        self._drain = RingBufferDrain("signal-reports", lambda: self._bpf, self.counters)
         self._closed = False
         self.attached: tuple[str, ...] = tuple(tp for tp, _ in ATTACHMENTS)
         self.operations = OPERATIONS
@@ -155,10 +155,7 @@ class SignalEnforcer:
                 return  # nothing to enforce: do not even load
             self._load()
             self._write(tables)
-            if self._thread is None:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._drain, name="signal-reports", daemon=True)
-                self._thread.start()
+            self._drain.start()
             log.info("rules applied", extra={"version": ruleset.version, "namespaces": len(tables.namespaces),
                                              "net_keys": len(tables.net), "cap_keys": len(tables.cap)})
 
@@ -192,52 +189,17 @@ class SignalEnforcer:
             ns_map[ct.c_uint32(ns)] = ct.c_uint32(1)
         self.counters["namespaces"] = len(tables.namespaces)
 
-    def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
-        try:
-            rec = parse_record(ct.string_at(data, size), self._refs)
-            self._reports.append(rec)
-            self.counters.inc("killed")
-        except Exception as exc:  # a bad record must not stop the drain
-            self.counters.inc("report_errors")
-            log.warning("undecodable kill report", extra={"error": repr(exc)})
-        return 0
-
-    def _drain(self) -> None:
-        while not self._stop.is_set():
-            bpf = self._bpf
-            if bpf is None:
-                break
-            try:
-                bpf.ring_buffer_poll(100)
-            except Exception as exc:
-                self.counters.inc("errors")
-                log.error("ring buffer poll failed", extra={"error": repr(exc)})
-                self._stop.wait(0.1)
-
     def take_reports(self) -> list[KillRecord]:
         """Kill reports since the last call (oldest first)."""
-        out: list[KillRecord] = []
-        while self._reports:
-            out.append(self._reports.popleft())
-        return out
+        return self._reports.take()
 
     def close(self) -> None:
         """Detach every program and free every map; safe to call twice."""
         with self._lock:
             self._closed = True
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-                self._thread = None
+            self._drain.stop()
             self._unload()
 
     def stats(self) -> dict[str, int]:
         """Counters for the heartbeat (kernel-side lost reports included)."""
-        lost = 0
-        bpf = self._bpf
-        if bpf is not None:
-            try:
-                lost = int(sum(bpf[b"bw_enf_stats"][ct.c_int(1)]))
-            except Exception:
-                pass
-        return {**self.counters, "reports_lost": lost}
+        return {**self.counters, "reports_lost": self.counters["reports_lost"] + kernel_reports_lost(self._bpf)}

@@ -241,12 +241,14 @@ class Ingestor:
             self.counters.inc("skipped_kind")
             return caught_up
         workload, compiled, known = self._lookup(ev)
-        if compiled is None and not caught_up and self._worth_waiting(ev):
+        # An unknown namespace falls back to the host's entry, which exists: waiting only for a missing
+        # entry would judge a new workload's first events as the host's (and, unseen, drop them).
+        if (compiled is None or not known) and not caught_up and self._worth_waiting(ev):
             caught_up = True
             if not await self.follower.wait_caught_up(CATCH_UP_SECONDS):
                 raise ViewsBehind(f"node {ev.node} mntns {ev.mntns}")
             workload, compiled, known = self._lookup(ev)
-            if compiled is None:
+            if compiled is None or not known:
                 self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
         if not known:
             self.counters.inc("host_fallback")

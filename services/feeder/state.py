@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared.bus import stream_last_seq
+from shared.bus import FOLLOW_HEARTBEAT_SECONDS, stream_last_seq
 from shared.codec import unpack
 from shared.errors import DecodeError
 from shared.schemas.identity import IdentityEvent, Workload
@@ -182,10 +182,11 @@ class StateFollower:
         """Subscribe (ordered consumers replay the streams from the start) and begin following."""
         self._subs.append(await self.js.subscribe(
             IDENTITY.subjects[0], cb=self._on_identity, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)))
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL), idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS))
         self._subs.append(await self.js.subscribe(
             RULES.subjects[0], cb=self._on_rules, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)))
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+            idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS))
         self._subs.append(await self.nc.subscribe(HEALTH_ALL, cb=self._on_health))
 
     async def stop(self) -> None:

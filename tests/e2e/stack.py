@@ -1,12 +1,18 @@
 """Run the whole Bulwark stack (``bulwark up``) for a test, on free ports, and tear it down."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+import pytest
 
 from bulwark.natsd import free_port
 from bulwark.procs import terminate
@@ -64,11 +70,46 @@ def start_stack(data_dir: Path, node: str = "e2e-node", btf_tree: Path | None = 
     return Stack(proc, data_dir, rest, grpc, nats, node, env)
 
 
+@contextlib.contextmanager
+def healthy_stack(data_dir: Path, node: str = "e2e-node", extra_env: dict[str, str] | None = None,
+                  drop_nats_url: bool = False, wait: float = 150) -> Iterator[Stack]:
+    """A started ``bulwark up`` that ``bulwark status`` found healthy; stopped (exit 0 asserted) after.
+    ``drop_nats_url``: the CLI finds the launcher's NATS user in the data directory (NATS auth)."""
+    from tests.conftest import require_root
+
+    require_root()
+    if not shutil.which("bpftool"):
+        pytest.skip("bpftool missing (make setup installs it)")
+    s = start_stack(data_dir, node=node, extra_env=extra_env)
+    if drop_nats_url:
+        s.env.pop("BULWARK_NATS_URL")
+    try:
+        status = s.cli("status", "--wait", str(int(wait)), timeout=wait + 30)
+        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+        yield s
+    finally:
+        code = s.stop()
+        assert code == 0, f"bulwark up exited with {code}\n{s.logs()}"
+
+
+def apply_policy(stack: Stack, text: str, tmp_path: Path, name: str) -> None:
+    """``bulwark apply -f`` a policy given as YAML text."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    res = stack.cli("apply", "-f", str(path))
+    assert res.returncode == 0, res.stderr
+
+
+def alert_total(stack: Stack, **params: str) -> int:
+    """How many alerts match ``params`` (the summary endpoint's total)."""
+    resp = httpx.get(f"{stack.rest_url}/api/v1/alerts/summary", params={"by": "policy", **params}, timeout=10)
+    resp.raise_for_status()
+    return int(resp.json()["total"])
+
+
 def wait_for_alerts(rest_url: str, count: int = 1, timeout: float = 5.0, interval: float = 0.1,
                     **params: object) -> list[dict]:
     """GET /api/v1/alerts with ``params`` until at least ``count`` arrive or ``timeout`` passes."""
-    import httpx
-
     deadline = time.monotonic() + timeout
     while True:
         found = httpx.get(f"{rest_url}/api/v1/alerts", params=params, timeout=5).json()

@@ -8,7 +8,6 @@ what it does not list.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import require_root
-from tests.e2e.stack import Stack, start_stack, wait_for_alerts
+from tests.e2e.stack import Stack, healthy_stack, wait_for_alerts
 
 pytestmark = pytest.mark.e2e
 NS = "disc"
@@ -28,18 +26,9 @@ SCRIPT = "/usr/bin/cat /etc/hostname >/dev/null; /usr/bin/ls /etc >/dev/null"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_root()
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool missing (make setup installs it)")
-    s = start_stack(tmp_path_factory.mktemp("discover") / "data", node="disc-node",
-                    extra_env={"BULWARK_DEFAULT_FILE_POSTURE": "block"})
-    try:
-        status = s.cli("status", "--wait", "120", timeout=150)
-        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+    with healthy_stack(tmp_path_factory.mktemp("discover") / "data", node="disc-node",
+                       extra_env={"BULWARK_DEFAULT_FILE_POSTURE": "block"}) as s:
         yield s
-    finally:
-        code = s.stop()
-        assert code == 0, f"bulwark up exited with {code}\n{s.logs()}"
 
 
 def _logs(stack: Stack, **params: object) -> list[dict]:

@@ -7,7 +7,6 @@ the monitor's health says ``degraded``.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require_root
 from tests.e2e.collectors import GrpcAlertCollector, WebsocketCollector
-from tests.e2e.stack import BIN, Stack, start_stack
+from tests.e2e.stack import BIN, Stack, alert_total, healthy_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -35,22 +33,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_root()
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool missing (make setup installs it)")
-    s = start_stack(tmp_path_factory.mktemp("loss") / "data", extra_env={"BULWARK_MONITOR_RB_PAGES": "1"})
-    try:
-        status = s.cli("status", "--wait", "150", timeout=180)
-        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+    with healthy_stack(tmp_path_factory.mktemp("loss") / "data", extra_env={"BULWARK_MONITOR_RB_PAGES": "1"}) as s:
         yield s
-    finally:
-        assert s.stop() == 0, s.logs()
-
-
-def _total(stack: Stack, **params: str) -> int:
-    resp = httpx.get(f"{stack.rest_url}/api/v1/alerts/summary", params={"by": "policy", **params}, timeout=10)
-    resp.raise_for_status()
-    return int(resp.json()["total"])
 
 
 def test_alerts_stored_equal_produced_or_the_loss_is_announced(stack: Stack, tmp_path: Path) -> None:
@@ -71,7 +55,7 @@ def test_alerts_stored_equal_produced_or_the_loss_is_announced(stack: Stack, tmp
         produced = n * workloads
         stored, last, still = 0, -1, 0
         while still < 10:  # until the count stops moving for 5 s
-            stored = _total(stack, policy="audit-loss")
+            stored = alert_total(stack, policy="audit-loss")
             still = still + 1 if stored == last else 0
             last = stored
             if stored == produced:

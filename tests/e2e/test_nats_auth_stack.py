@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,8 +22,7 @@ from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.proto_gen import policy_pb2 as ppb
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
 from shared.subjects import IDENTITY, RULES
-from tests.conftest import require_root
-from tests.e2e.stack import BIN, Stack, start_stack
+from tests.e2e.stack import BIN, Stack, healthy_stack
 from tests.natsperm import PROBE_NAME, probe
 
 POLICIES = Path(__file__).parent / "policies"
@@ -35,19 +33,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def secured_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_root()
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool missing (make setup installs it)")
-    s = start_stack(tmp_path_factory.mktemp("auth") / "data", node=NODE,
-                    extra_env={"BULWARK_NATS_AUTH": "true", "BULWARK_API_READ_TOKENS": READER,
-                               "BULWARK_API_WRITE_TOKENS": WRITER, "BULWARK_API_TOKEN": WRITER})
-    s.env.pop("BULWARK_NATS_URL")  # the CLI finds the launcher's user in the data directory
-    try:
-        status = s.cli("status", "--wait", "120", timeout=150)
-        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+    with healthy_stack(tmp_path_factory.mktemp("auth") / "data", node=NODE, drop_nats_url=True,
+                       extra_env={"BULWARK_NATS_AUTH": "true", "BULWARK_API_READ_TOKENS": READER,
+                                  "BULWARK_API_WRITE_TOKENS": WRITER, "BULWARK_API_TOKEN": WRITER}) as s:
         yield s
-    finally:
-        assert s.stop() == 0, s.logs()
 
 
 def _url(s: Stack, user: str) -> str:

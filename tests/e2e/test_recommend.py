@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tarfile
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from tests.docker.engine import PrivateDocker, busybox_rootfs_tar
-from tests.e2e.stack import Stack, start_stack, wait_for_alerts
+from tests.e2e.stack import Stack, healthy_stack, wait_for_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 IMAGE = "bulwark-test/recommend:1"
@@ -65,20 +64,14 @@ def engine() -> Iterator[PrivateDocker]:
 
 @pytest.fixture(scope="module")
 def rec_stack(engine: PrivateDocker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool missing (make setup installs it)")
     build_image(engine)
     engine.run("rec-web", IMAGE, {"app": "rec-web"})
-    stack = start_stack(tmp_path_factory.mktemp("recommend") / "data", node="rec-node",
-                        extra_env={"BULWARK_DOCKER_HOST": engine.host})
     try:
-        status = stack.cli("status", "--wait", "120", timeout=150)
-        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{stack.logs()}"
-        yield stack
+        with healthy_stack(tmp_path_factory.mktemp("recommend") / "data", node="rec-node",
+                           extra_env={"BULWARK_DOCKER_HOST": engine.host}) as stack:
+            yield stack
     finally:
-        code = stack.stop()
         engine.cli("rm", "-f", "rec-web", check=False)
-        assert code == 0, f"bulwark up exited with {code}\n{stack.logs()}"
 
 
 def _exec(engine: PrivateDocker, *cmd: str) -> tuple[int, str]:

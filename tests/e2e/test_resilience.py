@@ -8,7 +8,6 @@ killed by pid. Recovery times are printed for the note, never asserted.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require_root
-from tests.e2e.stack import BIN, Stack, start_stack
+from tests.e2e.stack import BIN, Stack, alert_total, apply_policy, healthy_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -45,17 +43,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_root()
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool missing (make setup installs it)")
-    s = start_stack(tmp_path_factory.mktemp("resilience") / "data")
-    try:
-        status = s.cli("status", "--wait", "150", timeout=180)
-        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+    with healthy_stack(tmp_path_factory.mktemp("resilience") / "data") as s:
         yield s
-    finally:
-        code = s.stop()
-        assert code == 0, f"bulwark up exited with {code}\n{s.logs()}"
 
 
 def child_pid(stack: Stack, needle: str) -> int | None:
@@ -87,13 +76,6 @@ def wait_new_child(stack: Stack, needle: str, old: int | None, timeout: float = 
     raise TimeoutError(f"{needle} was not restarted within {timeout}s\n{stack.logs()}")
 
 
-def apply(stack: Stack, text: str, tmp_path: Path, name: str) -> None:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(text)
-    res = stack.cli("apply", "-f", str(path))
-    assert res.returncode == 0, res.stderr
-
-
 def wait_healthy(stack: Stack, timeout: float = 120) -> float:
     """Seconds until /healthz says 200 and the policy list answers."""
     t0 = time.monotonic()
@@ -116,7 +98,7 @@ def up_output(stack: Stack) -> str:
 def test_no_blocked_exec_succeeds_while_the_enforcer_is_killed(stack: Stack, tmp_path: Path) -> None:
     """A workload execs a blocked program in a loop while the enforcer is kill -9'ed 3 times (the
     supervisor restarts it): not one exec succeeds, and no alert says it passed."""
-    apply(stack, BLOCK_TRUE, tmp_path, "block-true")
+    apply_policy(stack, BLOCK_TRUE, tmp_path, "block-true")
     stop, started = tmp_path / "stop", tmp_path / "started"
     loop = (f'touch {started}; ok=0; n=0; while [ ! -e {stop} ]; do /usr/bin/true 2>/dev/null && ok=$((ok+1)); '
             'n=$((n+1)); done; echo "$ok $n"')
@@ -165,16 +147,10 @@ def test_nats_server_is_restarted_and_the_stack_recovers(stack: Stack) -> None:
     assert "nats exited with -9" in out and "nats restarted" in out
 
 
-def alert_total(stack: Stack, **params: str) -> int:
-    resp = httpx.get(f"{stack.rest_url}/api/v1/alerts/summary", params={"by": "policy", **params}, timeout=10)
-    resp.raise_for_status()
-    return int(resp.json()["total"])
-
-
 def _burst_with_feeder_kill(stack: Stack, tmp_path: Path, n: int = 4000) -> None:
     """``n`` audited execs; the feeder, then the policy service, are kill -9'ed mid-run. The supervisor
     restarts them and nothing else; every alert is stored exactly once."""
-    apply(stack, AUDIT_TRUE, tmp_path, "audit-true")
+    apply_policy(stack, AUDIT_TRUE, tmp_path, "audit-true")
     loop = f'i=0; while [ $i -lt {n} ]; do /usr/bin/true; i=$((i+1)); done'
     wl = subprocess.Popen([str(BIN / "bulwark"), "run", "--namespace", "burst", "--label", "app=burst",
                            "--enforce-timeout", "120", "--",
@@ -236,15 +212,8 @@ def test_alerts_held_by_a_killed_feeder_are_redelivered(stack: Stack, tmp_path: 
 
 @pytest.fixture
 def auth_stack(tmp_path: Path) -> Iterator[Stack]:
-    require_root()
-    s = start_stack(tmp_path / "data", extra_env={"BULWARK_NATS_AUTH": "1"})
-    s.env.pop("BULWARK_NATS_URL")  # the CLI finds the launcher's user in the data directory
-    try:
-        status = s.cli("status", "--wait", "150", timeout=180)
-        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+    with healthy_stack(tmp_path / "data", extra_env={"BULWARK_NATS_AUTH": "1"}, drop_nats_url=True) as s:
         yield s
-    finally:
-        assert s.stop() == 0, s.logs()
 
 
 def test_alerts_held_by_a_killed_feeder_are_redelivered_with_nats_users(auth_stack: Stack, tmp_path: Path) -> None:

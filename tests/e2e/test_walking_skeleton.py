@@ -5,7 +5,6 @@ Everything is real: nats-server, the five services, bcc programs on this kernel,
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require_root
 from tests.e2e.collectors import GrpcAlertCollector, WebsocketCollector
-from tests.e2e.stack import Stack, start_stack, wait_for_alerts
+from tests.e2e.stack import Stack, healthy_stack, wait_for_alerts
 
 POLICIES = Path(__file__).parent / "policies"
 pytestmark = pytest.mark.e2e
@@ -29,20 +27,11 @@ def _bpf_prog_ids() -> set[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_root()
-    if not shutil.which("bpftool"):
-        pytest.skip("bpftool missing (make setup installs it)")
     before = _bpf_prog_ids()
-    s = start_stack(tmp_path_factory.mktemp("e2e") / "data")
-    try:
-        status = s.cli("status", "--wait", "120", timeout=150)
-        assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
+    with healthy_stack(tmp_path_factory.mktemp("e2e") / "data") as s:
         yield s
-    finally:
-        code = s.stop()
-        leftover = _bpf_prog_ids() - before
-        assert code == 0, f"bulwark up exited with {code}\n{s.logs()}"
-        assert not leftover, f"BPF programs left attached after stop: {leftover}"
+    leftover = _bpf_prog_ids() - before
+    assert not leftover, f"BPF programs left attached after stop: {leftover}"
 
 
 def _alerts(stack: Stack, **params: object) -> list[dict]:

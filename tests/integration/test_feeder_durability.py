@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from services.feeder.hub import AlertHub
@@ -19,7 +20,7 @@ from services.feeder.store import RecordStore, make_engine
 from shared.bus import connect, ensure_streams
 from shared.codec import pack
 from shared.lifecycle import Counters
-from shared.schemas import IdentityEvent, RawBatch, RawEvent
+from shared.schemas import IdentityEvent, RawBatch, RawEvent, RuleSet, Workload, WorkloadRules
 from shared.subjects import ALERTS, identity_events, raw_events, rules_for_node
 from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, Feeder, _ruleset, _workload
 
@@ -122,26 +123,48 @@ async def test_every_alert_exactly_once_through_feeder_and_nats_crashes(nats_ser
 
 
 
-async def test_no_batch_is_judged_before_the_views_hold_its_rules(nats_server: Any, tmp_path: Path) -> None:
-    """The ingestor judges nothing while its identity and rules views are behind their streams (as after a
-    restart on a backlog): the batch stays unacked, nothing is stored as a log, and once the views have
-    caught up every event is an alert."""
+def _host_only() -> tuple[IdentityEvent, RuleSet]:
+    host = Workload(id=f"host-{NODE}", name=NODE, namespace="", kind="host", node=NODE, mntns=0, pidns=0,
+                    source="host")
+    entry = WorkloadRules(workload_id=host.id, mntns=0, pidns=0)
+    return (IdentityEvent("started", host, time.time_ns()),
+            RuleSet(node=NODE, version=0, policy_seq=0, identity_seq=1, workloads={host.id: entry}))
+
+
+@pytest.mark.parametrize("views", ["empty", "stalled-before-the-workload"])
+async def test_no_batch_is_judged_before_the_views_hold_its_rules(nats_server: Any, tmp_path: Path,
+                                                                  views: str) -> None:
+    """The ingestor judges nothing while its identity and rules views are behind their streams: empty (a
+    restart on a backlog) or stalled while they knew only the host (a follower NATS has not yet resumed
+    after a restart; the host's entry must not stand in for the unknown workload). The batch stays
+    unacked, and once the views have caught up every event is an alert."""
     nc = await connect(nats_server.url, "test")
     js = nc.jetstream()
     await ensure_streams(js)
-    await js.publish(identity_events(NODE), pack(IdentityEvent("started", _workload(), time.time_ns()).to_wire()))
-    await js.publish(rules_for_node(NODE), pack(_ruleset().to_wire()))
-    for b in range(3):
-        await js.publish(raw_events(NODE), _batch(b), headers={"Nats-Msg-Id": f"raw-{b}"})
     counters = Counters()
-    follower = StateFollower(nc, js, FeederState())  # not started yet: its views are empty and behind
+    follower = StateFollower(nc, js, FeederState())
     store = RecordStore(make_engine(f"sqlite:///{tmp_path / 'records.db'}"))
     ingestor = Ingestor(js, nc, follower, store, AlertHub(counters), counters, cluster="default",
                         siem=SiemSink(js, counters))
     stop = asyncio.Event()
-    task = asyncio.create_task(ingestor.run(stop))
+    task: asyncio.Task[None] | None = None
+    if views != "empty":  # the ingestor starts on caught-up views that know the host, then they stall
+        host_event, host_rules = _host_only()
+        await js.publish(identity_events(NODE), pack(host_event.to_wire()))
+        await js.publish(rules_for_node(NODE), pack(host_rules.to_wire()))
+        await follower.start()
+        task = asyncio.create_task(ingestor.run(stop))
+        assert await follower.wait_caught_up(10)
+        await asyncio.sleep(0.5)
+        await follower.stop()
+    await js.publish(identity_events(NODE), pack(IdentityEvent("started", _workload(), time.time_ns()).to_wire()))
+    await js.publish(rules_for_node(NODE), pack(_ruleset().to_wire()))
+    for b in range(3):
+        await js.publish(raw_events(NODE), _batch(b), headers={"Nats-Msg-Id": f"raw-{b}"})
+    if task is None:
+        task = asyncio.create_task(ingestor.run(stop))
     try:
-        await asyncio.sleep(2 * CATCH_UP_SECONDS + 1.0)  # long enough for a judgement without rules
+        await asyncio.sleep(2 * CATCH_UP_SECONDS + 1.0)  # long enough for a judgement without the rules
         assert store.count(AlertRow) == 0 and store.count(LogRow) == 0
         await follower.start()
         await _until(lambda: store.count(AlertRow) >= 3 * PER_BATCH, 30, "the alerts")

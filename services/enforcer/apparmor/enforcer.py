@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from pathlib import Path
 
 from services.enforcer.apparmor.auditlog import AuditReader, AuditRecord, AuditSource
@@ -30,6 +30,7 @@ from services.enforcer.apparmor.kernel import (
 from services.enforcer.apparmor.profiles import OPERATIONS, PREFIX, generate_profile, profile_name, workload_of
 from services.enforcer.apparmor.report import ENFORCER, AppArmorReport, from_record
 from services.enforcer.base import ProbeResult
+from services.enforcer.reporting import ReportQueue
 from shared.lifecycle import Counters
 from shared.schemas.rules import RuleSet, WorkloadRules
 
@@ -37,7 +38,6 @@ __all__ = ["AppArmorEnforcer"]
 
 log = logging.getLogger("bulwark.enforcer.apparmor")
 
-_MAX_REPORTS = 4096
 _MAX_GONE = 1024  # stopped workloads remembered so late records still name their rule
 
 
@@ -58,7 +58,7 @@ class AppArmorEnforcer:
         self._adopted = False
         self._workloads: dict[str, WorkloadRules] = {}  # profile name -> rules, running workloads
         self._gone: OrderedDict[str, WorkloadRules] = OrderedDict()
-        self._reports: deque[AppArmorReport] = deque()
+        self._reports: ReportQueue[AppArmorReport] = ReportQueue(self.counters)
         self._reader: AuditReader | None = None
         self._closed = False
 
@@ -146,18 +146,12 @@ class AppArmorEnforcer:
         report = from_record(record, wr, wr.workload_id if wr else label.removeprefix(PREFIX), label)
         if report is None:
             return
-        if len(self._reports) >= _MAX_REPORTS:
-            self.counters.inc("reports_lost")
-            return
-        self._reports.append(report)
-        self.counters.inc("denied" if report.ret < 0 else "audited")
+        if self._reports.put(report):
+            self.counters.inc("denied" if report.ret < 0 else "audited")
 
     def take_reports(self) -> list[AppArmorReport]:
         """Reports since the last call (oldest first)."""
-        out: list[AppArmorReport] = []
-        while self._reports:
-            out.append(self._reports.popleft())
-        return out
+        return self._reports.take()
 
     def close(self) -> None:
         """Stop reading audit records and remove every profile this enforcer loaded; safe to call twice."""

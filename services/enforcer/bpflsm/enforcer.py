@@ -8,10 +8,8 @@ publishes them as ``enforce`` raw events, Enforcer ``BPFLSM``). ``close`` detach
 """
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import threading
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from services.enforcer.base import ProbeResult
 from services.enforcer.bpflsm.maps import clear_tables, write_tables
 from services.enforcer.bpflsm.probe import probe_bpf_lsm
 from services.enforcer.bpflsm.rules import KINDS, Classes, compile_tables
+from services.enforcer.reporting import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
 from services.enforcer.signal import BPF_DIR, prepare_bcc, program_text
 from services.enforcer.sigreport import LSM_ENFORCER, LsmRecord, parse_lsm_record
 from services.enforcer.sigrules import RuleRef
@@ -30,7 +29,6 @@ __all__ = ["BpfLsmEnforcer", "HOOKS"]
 log = logging.getLogger("bulwark.enforcer.bpflsm")
 
 HOOKS = ("bprm_check_security", "file_open", "socket_create", "capable")
-_MAX_REPORTS = 4096
 
 
 class BpfLsmEnforcer:
@@ -49,9 +47,11 @@ class BpfLsmEnforcer:
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}      # stable rule ids: a late report never names another rule
         self._classes = Classes()               # stable class ids: a rule change never renumbers
-        self._reports: deque[LsmRecord] = deque(maxlen=_MAX_REPORTS)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reports: ReportQueue[LsmRecord] = ReportQueue(self.counters)
+        self._on_record = record_handler(lambda raw: parse_lsm_record(raw, self._refs), self._reports,
+                                         self.counters, lambda rec: "refused" if rec.refused else "audited",
+                                         "BPF-LSM report", log)
+        self._drain = RingBufferDrain("bpflsm-reports", lambda: self._bpf, self.counters)
         self._closed = False
 
     def probe(self) -> ProbeResult:
@@ -107,51 +107,20 @@ class BpfLsmEnforcer:
             self.counters["namespaces"] = len(tables.namespaces)
             self.counters["verdicts"] = len(tables.verdicts)
             self.counters["paths"] = len(tables.paths)
-            if self._thread is None:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._drain, name="bpflsm-reports", daemon=True)
-                self._thread.start()
+            self._drain.start()
             log.info("rules applied", extra={"version": ruleset.version, "namespaces": len(tables.namespaces),
                                              "verdicts": len(tables.verdicts), "paths": len(tables.paths),
                                              "unsupported": tables.unsupported})
 
-    def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
-        try:
-            rec = parse_lsm_record(ct.string_at(data, size), self._refs)
-            self._reports.append(rec)
-            self.counters.inc("refused" if rec.refused else "audited")
-        except Exception as exc:  # a bad record must not stop the drain
-            self.counters.inc("report_errors")
-            log.warning("undecodable BPF-LSM report", extra={"error": repr(exc)})
-        return 0
-
-    def _drain(self) -> None:
-        while not self._stop.is_set():
-            bpf = self._bpf
-            if bpf is None:
-                break
-            try:
-                bpf.ring_buffer_poll(100)
-            except Exception as exc:
-                self.counters.inc("errors")
-                log.error("ring buffer poll failed", extra={"error": repr(exc)})
-                self._stop.wait(0.1)
-
     def take_reports(self) -> list[LsmRecord]:
         """Refusal and audit reports since the last call (oldest first)."""
-        out: list[LsmRecord] = []
-        while self._reports:
-            out.append(self._reports.popleft())
-        return out
+        return self._reports.take()
 
     def close(self) -> None:
         """Forget every namespace, detach every program and free every map; safe to call twice."""
         with self._lock:
             self._closed = True
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-                self._thread = None
+            self._drain.stop()
             if self._bpf is not None:
                 try:
                     clear_tables(self._bpf)
@@ -161,11 +130,5 @@ class BpfLsmEnforcer:
 
     def stats(self) -> dict[str, int]:
         """Counters for the heartbeat (kernel-side lost reports included)."""
-        lost = 0
-        bpf = self._bpf
-        if bpf is not None:
-            try:
-                lost = int(sum(bpf[b"bw_enf_stats"][ct.c_int(1)]))
-            except Exception:
-                pass
-        return {**self.counters, "reports_lost": lost, "allowed": 0, "denied": self.counters["refused"]}
+        return {**self.counters, "reports_lost": self.counters["reports_lost"] + kernel_reports_lost(self._bpf),
+                "allowed": 0, "denied": self.counters["refused"]}
