@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,12 +19,17 @@ import pytest
 from services.enforcer.bpflsm import BpfLsmEnforcer
 from services.enforcer.select import REGISTRY, choose
 from services.enforcer.sigreport import to_raw_event
-from shared.bus import connect, ensure_streams
-from shared.codec import pack, unpack_map
-from shared.schemas.events import RawBatch
 from shared.schemas.rules import Rule, RuleSet
-from shared.subjects import raw_events, rules_for_node
 from tests.conftest import require_root
+from tests.kernel.bpfkit import (
+    bpftool_show,
+    cap_rule,
+    enforcer_service,
+    held_programs,
+    net_rule,
+    poll_reports,
+    still_loaded,
+)
 from tests.kernel.nsutil import block_exec, file_rule, host_run, private_copy, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.bpflsm, pytest.mark.timeout(900)]  # bcc under TCG: minutes
@@ -41,16 +43,6 @@ SLOW = 180  # s: a Python start under emulation on a busy host
 def sock(family: str, kind: str, proto: int = 0) -> str:
     return (f"{PY} -c 'import socket; socket.socket(socket.{family}, socket.{kind}, {proto}); "
             "print(\"alive\")' 2>&1 | tail -1")
-
-
-def net_rule(protocol: str, action: str = "Block", **kw: object) -> Rule:
-    return Rule(policy=f"net-{protocol}", policy_kind="KubeArmorPolicy", policy_namespace="default",
-                operation="Network", action=action, severity=4, protocol=protocol, **kw)  # type: ignore[arg-type]
-
-
-def cap_rule(cap: str, action: str = "Block") -> Rule:
-    return Rule(policy=f"cap-{cap}", policy_kind="KubeArmorPolicy", policy_namespace="default",
-                operation="Capabilities", action=action, severity=4, capability=cap)
 
 
 @pytest.fixture(autouse=True)
@@ -90,49 +82,18 @@ def copy(tmp_path: Path) -> str:
     return private_copy("/usr/bin/true", tmp_path, "bwtrue")
 
 
-BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
-
-
-def _show(prog_id: int) -> str:
-    return subprocess.run([BPFTOOL, "prog", "show", "id", str(prog_id)], capture_output=True, text=True).stdout
-
-
 def _held_programs(pid: int | None = None) -> set[int]:
     """Ids of the BPF-LSM programs whose fds (program or link) ``pid`` holds."""
-    pid = os.getpid() if pid is None else pid
-    ids: set[int] = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
-    return {i for i in ids if _show(i).split()[1:2] == ["lsm"]}
+    return held_programs(lambda line: line.split()[1:2] == ["lsm"], pid)
 
 
 def _all_held() -> list[str]:
     """Every BPF program this process holds, as bpftool shows it (for failure messages)."""
-    ids: set[int] = set()
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
-    return [_show(i).splitlines()[0] for i in sorted(ids) if _show(i).strip()]
-
-
-def _loaded(ids: set[int]) -> set[int]:
-    return {i for i in ids if _show(i).strip()}
+    return [bpftool_show(i).splitlines()[0] for i in sorted(held_programs(lambda line: bool(line.strip())))]
 
 
 def _reports(enf: BpfLsmEnforcer, n: int, timeout: float = 5) -> list:
-    got: list = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got.extend(enf.take_reports())
-        time.sleep(0.02)
-    return got
+    return poll_reports(enf, n, timeout)
 
 
 def _with_posture(rs: RuleSet, wid: str, **postures: str) -> RuleSet:
@@ -283,48 +244,24 @@ def test_rules_change_at_run_time_without_reloading(lsm, shells, copy, tmp_path)
 async def test_service_refuses_and_publishes(nats_server, shells, tmp_path, btf_tree, copy) -> None:
     """The whole service chooses BPF-LSM first, refuses, and publishes the refusal as an ``enforce`` event."""
     a, _ = shells
-    node = "lsm-node"
-    nc = await connect(nats_server.url, "test")
-    proc = None
-    got: asyncio.Queue = asyncio.Queue()
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js)
-
-        async def on_raw(msg) -> None:
-            got.put_nowait(msg.data)
-
-        await nc.subscribe(raw_events(node), cb=on_raw)
-        await js.publish(rules_for_node(node), pack(ruleset(1, a=(a.mntns, [block_exec(copy)])).to_wire()))
-        env = {**os.environ, "BULWARK_NATS_URL": nats_server.url, "BULWARK_NODE_NAME": node,
-               "BULWARK_DATA_DIR": str(tmp_path), "BULWARK_BTF_TREE_DIR": str(btf_tree),
-               "BULWARK_HEARTBEAT_SECONDS": "0.2", "BULWARK_ENFORCER_ORDER": "bpflsm,fanotify,audit"}
-        log = open(tmp_path / "enforcer.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "services.enforcer"], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    async with enforcer_service(nats_server.url, "lsm-node", ruleset(1, a=(a.mntns, [block_exec(copy)])),
+                                tmp_path, btf_tree, BULWARK_ENFORCER_ORDER="bpflsm,fanotify,audit") as svc:
         deadline = time.monotonic() + 800  # the service compiles the programs (minutes under TCG)
         while time.monotonic() < deadline:  # until the service has loaded the rules
             if a.run(copy)[0] == EPERM_RC:
-                held = _held_programs(proc.pid)
+                held = _held_programs(svc.proc.pid)
                 assert len(held) == 4
                 break
-            assert proc.poll() is None, (tmp_path / "enforcer.log").read_text()[-2000:]
+            svc.alive()
             await asyncio.sleep(0.5)
         else:
             pytest.fail("the service never enforced the rule")
-        batch = RawBatch.from_wire(unpack_map(await asyncio.wait_for(got.get(), 10), ("node", "events")))
-        ev = batch.events[0]
+        ev = await svc.next_event()
         assert ev["kind"] == "enforce" and ev["mntns"] == a.mntns and ev["extra"]["refused"] is True
         assert ev["extra"]["enforcer"] == "BPFLSM" and ev["path"] == copy and ev["ret"] == -1
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert svc.stop(30) == 0
         assert a.run(copy) == (0, "")                                     # stopped: nothing enforced
-        assert _loaded(held) == set()
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        await nc.close()
+        assert still_loaded(held) == set()
 
 
 def test_close_detaches_every_program(loaded, shells, copy) -> None:
@@ -334,7 +271,7 @@ def test_close_detaches_every_program(loaded, shells, copy) -> None:
     held = _held_programs()
     assert len(held) == 4 and a.run(copy)[0] == EPERM_RC
     loaded.close()
-    assert _held_programs() == set() and _loaded(held) == set()
+    assert _held_programs() == set() and still_loaded(held) == set()
     assert a.run(copy) == (0, "")
     loaded.close()
     with pytest.raises(RuntimeError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,12 +18,15 @@ import pytest
 
 from services.enforcer.signal import SignalEnforcer
 from services.enforcer.sigreport import to_raw_event
-from shared.bus import connect, ensure_streams
-from shared.codec import pack, unpack_map
-from shared.schemas.events import RawBatch
-from shared.schemas.rules import Rule
-from shared.subjects import raw_events, rules_for_node
 from tests.conftest import require_root
+from tests.kernel.bpfkit import (
+    cap_rule,
+    enforcer_service,
+    held_programs,
+    net_rule,
+    poll_reports,
+    still_loaded,
+)
 from tests.kernel.nsutil import host_run, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
@@ -36,16 +38,6 @@ PY = sys.executable
 def sock(family: str, kind: str, proto: int = 0) -> str:
     return (f"{PY} -c 'import socket; socket.socket(socket.{family}, socket.{kind}, {proto}); "
             "print(\"alive\")'")
-
-
-def net_rule(protocol: str, action: str = "Block") -> Rule:
-    return Rule(policy=f"net-{protocol}", policy_kind="KubeArmorPolicy", policy_namespace="default",
-                operation="Network", action=action, severity=4, protocol=protocol)
-
-
-def cap_rule(cap: str) -> Rule:
-    return Rule(policy=f"cap-{cap}", policy_kind="KubeArmorPolicy", policy_namespace="default",
-                operation="Capabilities", action="Block", severity=4, capability=cap)
 
 
 @pytest.fixture(autouse=True)
@@ -68,36 +60,12 @@ def enforcer(btf_tree: Path) -> Iterator[SignalEnforcer]:
 
 
 def _held_programs(pid: int | None = None) -> set[int]:
-    """Ids of the bwenf_ programs ``pid`` (this process by default) holds fds of (fdinfo: prog_id)."""
-    pid = os.getpid() if pid is None else pid
-    ids: set[int] = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                ids.add(int(line.split()[1]))
-    return {i for i in ids if "bwenf_" in _show(i)}
-
-
-def _show(prog_id: int) -> str:
-    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True, text=True).stdout
-
-
-def _loaded(ids: set[int]) -> set[int]:
-    """Which of ``ids`` are still loaded in the kernel (a detached, released program is gone)."""
-    return {i for i in ids if _show(i).strip()}
+    """Ids of the bwenf_ programs ``pid`` (this process by default) holds fds of."""
+    return held_programs(lambda line: "bwenf_" in line, pid)
 
 
 def _reports(enf: SignalEnforcer, n: int, timeout: float = 3) -> list:
-    got: list = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got.extend(enf.take_reports())
-        time.sleep(0.02)
-    return got
+    return poll_reports(enf, n, timeout)
 
 
 def test_protocol_kill_only_in_selected_namespace(enforcer, shells) -> None:
@@ -174,7 +142,7 @@ def test_close_detaches_every_program(btf_tree, shells) -> None:
         assert a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED
     finally:
         enf.close()
-    assert _held_programs() == set() and _loaded(held) == set()
+    assert _held_programs() == set() and still_loaded(held) == set()
     assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
     enf.close()  # idempotent
     with pytest.raises(RuntimeError):
@@ -190,43 +158,21 @@ def test_nothing_loaded_without_rules(enforcer, shells) -> None:
 async def test_service_publishes_kill_events(nats_server, shells, tmp_path, btf_tree) -> None:
     """The whole service: the kill is reported on the node's raw subject as an ``enforce`` event."""
     a, _ = shells
-    node = "sig-node"
-    nc = await connect(nats_server.url, "test")
-    proc = None
-    got: asyncio.Queue = asyncio.Queue()
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js)
-        async def on_raw(msg) -> None:
-            got.put_nowait(msg.data)
-
-        await nc.subscribe(raw_events(node), cb=on_raw)
-        await js.publish(rules_for_node(node), pack(ruleset(1, a=(a.mntns, [net_rule("udp")])).to_wire()))
-        env = {**os.environ, "BULWARK_NATS_URL": nats_server.url, "BULWARK_NODE_NAME": node,
-               "BULWARK_DATA_DIR": str(tmp_path), "BULWARK_BTF_TREE_DIR": str(btf_tree),
-               "BULWARK_HEARTBEAT_SECONDS": "0.2"}
-        log = open(tmp_path / "enforcer.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "services.enforcer"], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    async with enforcer_service(nats_server.url, "sig-node", ruleset(1, a=(a.mntns, [net_rule("udp")])),
+                                tmp_path, btf_tree) as svc:
         deadline = time.monotonic() + 120  # the service compiles its programs first (slow on a busy host)
         while time.monotonic() < deadline:  # until the service has loaded the rules
             if a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED:
-                held = _held_programs(proc.pid)
+                held = _held_programs(svc.proc.pid)
                 assert len(held) == 2
                 break
+            svc.alive()
             await asyncio.sleep(0.2)
         else:
             pytest.fail("the service never enforced the rule")
-        batch = RawBatch.from_wire(unpack_map(await asyncio.wait_for(got.get(), 10), ("node", "events")))
-        ev = batch.events[0]
+        ev = await svc.next_event()
         assert ev["kind"] == "enforce" and ev["mntns"] == a.mntns and ev["extra"]["killed"] is True
         assert ev["extra"]["enforcer"] == "eBPF Signal" and ev["extra"]["match"] == "udp"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert svc.stop(15) == 0
         assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")       # stopped: nothing enforced
-        assert _loaded(held) == set()
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        await nc.close()
+        assert still_loaded(held) == set()
