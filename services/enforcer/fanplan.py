@@ -12,8 +12,10 @@ Only the files and directories Block rules name are marked:
   periodically). A mount or filesystem mark would cover them at once but would make every open on
   that filesystem, host processes included, wait for a verdict: not used.
 - paths under /proc and /sys are never marked (the decision reads /proc itself);
-- ``pattern`` and ``exec_name`` rules name no inode: fanotify cannot mark them (counted as
-  ``unmarkable``; the monitor still reports them).
+- ``pattern`` (matchPatterns) and ``exec_name`` rules name no inode: the workload's own mounts get a
+  mount mark (``mount_mask``, as for allow-lists below: FAN_OPEN_EXEC_PERM for Process, FAN_OPEN_PERM
+  for File) and every such access in its namespace is judged by its path. In the host's namespace
+  they cannot be enforced (counted as ``unmarkable``; the monitor still reports them).
 
 Audit and Allow rules need no mark: the matcher lets Block win, and only a Block can deny.
 
@@ -39,6 +41,7 @@ OPERATIONS = frozenset({"Process", "File"})
 _NEVER_MARKED = ("/proc/", "/sys/")
 _MASK = {"Process": fs.FAN_OPEN_EXEC_PERM, "File": fs.FAN_OPEN_PERM}
 _BLOCK_MASK = {"Process": fs.FAN_OPEN_EXEC_PERM | fs.FAN_OPEN_PERM, "File": fs.FAN_OPEN_PERM}
+_BY_PATH_MASK = _MASK  # a pattern or exec-name rule: every exec (Process) or open (File) of the workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,10 @@ def plan(ruleset: RuleSet, host_mntns: int = 0) -> dict[int, NsPlan]:
                 continue
             target = _target(rule)
             if target is None:
-                ns.unmarkable += 1
+                if (rule.pattern or rule.exec_name) and mntns != host_mntns:
+                    ns.mount_mask |= _BY_PATH_MASK[rule.operation]
+                else:
+                    ns.unmarkable += 1
                 continue
             mask = _BLOCK_MASK[rule.operation] | (fs.FAN_EVENT_ON_CHILD if target.kind != "file" else 0)
             ns.targets[target] = ns.targets.get(target, 0) | mask

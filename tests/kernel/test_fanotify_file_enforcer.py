@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import services.enforcer.fanotify as fan_mod
+from services.policy.globs import glob_to_regex
 from shared.matcher import Access, Decision
 from shared.schemas.rules import Rule
 from tests.conftest import require_root
@@ -164,3 +165,24 @@ def test_allow_list_with_block_posture_denies_everything_else(enforcer, tree, sh
     rs.workloads["a"].file_posture = "audit"                    # posture audit: nothing denied
     enforcer.apply(rs)
     assert a.run(str(true)) == (0, "")
+
+
+def test_patterns_and_exec_names_block_in_the_workload_only(enforcer, tree, shells) -> None:
+    """Issue 15: matchPatterns and execname rules name no inode. The workload's own mounts are marked and
+    each open or exec judged by its path: `cat` of a file the glob names and an exec by name fail in the
+    selected namespace; other files, the sibling and the host are untouched."""
+    a, b = shells
+    pattern = Rule(policy="pattern-block", policy_kind="KubeArmorPolicy", policy_namespace="default",
+                   operation="File", action="Block", pattern=glob_to_regex(f"{tree}/d/*secret*"))
+    by_name = Rule(policy="name-block", policy_kind="KubeArmorPolicy", policy_namespace="default",
+                   operation="Process", action="Block", exec_name="bwtrue")
+    enforcer.apply(ruleset(1, a=(a.mntns, [pattern, by_name]), b=(b.mntns, [])))
+    assert DENIED in a.run(f"cat {tree / 'd/secret'}")[1]
+    assert a.run(f"cat {tree / 'other'}") == (0, "data")
+    assert DENIED in a.run(str(tree / "d/bin/bwtrue"))[1]
+    assert a.run("/usr/bin/true") == (0, "")
+    assert b.run(f"cat {tree / 'd/secret'}") == (0, "data") and b.run(str(tree / "d/bin/bwtrue")) == (0, "")
+    assert host_run(f"cat {tree / 'd/secret'}") == (0, "data") and host_run(str(tree / "d/bin/bwtrue")) == (0, "")
+    assert enforcer.stats()["unmarkable"] == 0
+    enforcer.apply(ruleset(2, a=(a.mntns, []), b=(b.mntns, [])))
+    assert a.run(f"cat {tree / 'd/secret'}") == (0, "data") and a.run(str(tree / "d/bin/bwtrue")) == (0, "")
