@@ -6,6 +6,11 @@ workload is asked of ``shared.matcher.decide`` (so enforcement and alerts agree)
 does not yet know Network/Capabilities resources (decide returns None for a rule that names exactly
 that protocol or capability), the rule's own action is used and ``matcher_fallback`` counted.
 
+A network allow-list under a blocking posture (``network_posture: block`` and an Allow rule for
+Network) kills every inet protocol no Allow rule names (``POSTURE_PROTOCOLS``; the kill is reported
+with policy ``DefaultPosture``, as the matcher decides). A protocol allowed only ``fromSource`` cannot
+be told apart by source in the kernel: it is counted unsupported and left to the monitor's report.
+
 Not expressible in the kernel tables (counted, never enforced, still reported by the monitor):
 rules with ``fromSource`` (the source executable is not part of the key), and capabilities the
 kernel checks silently all the time (``NOISY_CAPS``: the cap_capable tracepoint cannot tell such a
@@ -15,10 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.matcher import Access, decide
-from shared.schemas.rules import Rule, RuleSet
+from shared.matcher import POSTURE_POLICY, Access, decide
+from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
-__all__ = ["ANY", "PROTOCOLS", "CAPS", "NOISY_CAPS", "RuleRef", "SignalTables", "compile_tables", "OPERATIONS"]
+__all__ = ["ANY", "PROTOCOLS", "POSTURE_PROTOCOLS", "CAPS", "NOISY_CAPS", "RuleRef", "SignalTables", "compile_tables",
+           "OPERATIONS"]
 
 OPERATIONS = frozenset({"Network", "Capabilities"})
 ANY = 0xFFFFFFFF
@@ -37,6 +43,11 @@ PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "dgram": ((ANY, SOCK_DGRAM, ANY),),
     "rdm": ((ANY, SOCK_RDM, ANY),),
     "seqpacket": ((ANY, SOCK_SEQPACKET, ANY),),
+}
+# what a blocking network posture kills: the inet protocols a KubeArmor allow-list names (never AF_UNIX)
+POSTURE_PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    **{name: PROTOCOLS[name] for name in ("tcp", "udp", "icmp", "icmpv6", "sctp")},
+    "raw": tuple((f, SOCK_RAW, ANY) for f in _INET),
 }
 CAPS: dict[str, int] = {name: i for i, name in enumerate((
     "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
@@ -122,4 +133,27 @@ def compile_tables(ruleset: RuleSet, ids: dict[RuleRef, int] | None = None) -> S
                     tables.net.setdefault((wl.mntns, fam, typ, proto), rid)
             else:
                 tables.cap.setdefault((wl.mntns, CAPS[name]), rid)
+        _network_posture(wl, rules, tables, ids)
     return tables
+
+
+def _network_posture(wl: WorkloadRules, rules: list[Rule], tables: SignalTables, ids: dict[RuleRef, int]) -> None:
+    """The protocols a network allow-list under a ``block`` posture leaves out, killed as DefaultPosture."""
+    allows = [r for r in rules if r.operation == "Network" and r.action == "Allow"]
+    if wl.network_posture != "block" or wl.audited or not allows:
+        return
+    for name, keys in POSTURE_PROTOCOLS.items():
+        named = [r for r in allows if _name(r) == name]
+        if named:
+            if all(r.from_source for r in named):
+                tables.unsupported += 1  # allowed for some programs only: the kernel key has no source
+            continue
+        decision = decide(wl, Access(operation="Network", resource=name, protocol=name))
+        if decision is None or decision.action != "Block" or decision.policy != POSTURE_POLICY:
+            continue
+        ref = RuleRef(wl.workload_id, wl.mntns, "Network", name, POSTURE_POLICY)
+        rid = ids.setdefault(ref, len(ids) + 1)
+        tables.refs[rid] = ref
+        tables.namespaces.add(wl.mntns)
+        for fam, typ, proto in keys:
+            tables.net.setdefault((wl.mntns, fam, typ, proto), rid)

@@ -112,6 +112,24 @@ def test_rules_follow_the_rule_set_and_stopped_workloads_are_ignored(enforcer, s
     assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
 
 
+def test_network_allow_list_with_block_posture_kills_what_it_leaves_out(enforcer, shells) -> None:
+    """Issue 15: allowed TCP, blocking network posture: a UDP socket (curl's DNS) kills the process in the
+    workload and is reported as DefaultPosture; TCP and a Unix socket live; the sibling is untouched."""
+    a, b = shells
+    rs = ruleset(1, a=(a.mntns, [net_rule("tcp", action="Allow")]), b=(b.mntns, []))
+    rs.workloads["a"].network_posture = "block"
+    enforcer.apply(rs)
+    assert a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED
+    assert a.run(sock("AF_INET", "SOCK_STREAM")) == (0, "alive")
+    assert a.run(sock("AF_UNIX", "SOCK_DGRAM")) == (0, "alive")
+    assert b.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
+    [report] = _reports(enforcer, 1)
+    assert to_raw_event(report, "n", 0, "boot").extra["match"] == "udp" and report.ref.policy == "DefaultPosture"
+    rs.workloads["a"].network_posture = "audit"
+    enforcer.apply(rs)
+    assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
+
+
 def _caps_any(enf: SignalEnforcer) -> int:
     import ctypes as ct
 
