@@ -1,5 +1,5 @@
-"""tests/vm boots only the suites asked for (``BULWARK_KLAB_SUITES``, none by default: ``make
-test-kernels`` asks for all): the others are deselected, with a printed line, never skipped."""
+"""tests/vm boots only the suites asked for (``BULWARK_KLAB_SUITES``; unset: bookworm, as CI does;
+``make test-kernels`` asks for all): the others are deselected, with a printed line, never skipped."""
 from __future__ import annotations
 
 import pytest
@@ -20,4 +20,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"kernel lab: booting {sorted(wanted) or 'no guest'} "
-                                "(BULWARK_KLAB_SUITES=all or a comma list for more; make test-kernels)")
+                                "(BULWARK_KLAB_SUITES=all, none or a comma list; make test-kernels boots all)")
