@@ -2,7 +2,8 @@
 
 ``/api/v1/stream?stream=alerts|logs|all`` plus any REST filter (``namespace=``, ``action=Block,Audit``,
 ``q=``...); ``?token=`` or ``Authorization: Bearer`` when tokens are configured (policy violation
-close, 1008, otherwise). A client too slow for its bounded queue misses records; when it catches up
+close, 1008, otherwise). An unknown or repeated parameter is refused the same way (1008, naming it), as
+REST answers 422. A client too slow for its bounded queue misses records; when it catches up
 it receives ``{"Type": "SystemEvent", "Operation": "Dropped", "Message": "dropped N alerts", "Dropped": N, ...}``.
 """
 from __future__ import annotations
@@ -19,9 +20,23 @@ from services.feeder.enrich import rfc3339
 from services.feeder.hub import AlertHub
 from services.feeder.query import QueryError, RecordQuery
 
-__all__ = ["serve_stream", "STREAMS", "dropped_notice"]
+__all__ = ["serve_stream", "STREAMS", "STREAM_PARAMS", "check_stream_params", "dropped_notice"]
 
 STREAMS = {"alerts": frozenset({"alert"}), "logs": frozenset({"log"}), "all": frozenset({"alert", "log"})}
+# the REST filters, plus the stream's own: no paging here (limit, cursor)
+STREAM_PARAMS = frozenset({"namespace", "pod", "container", "host", "policy", "operation", "action", "severity",
+                           "type", "result", "source", "resource", "q", "since", "until", "throttled", "stream",
+                           "token"})
+
+
+def check_stream_params(names: list[str]) -> None:
+    """QueryError naming any parameter the stream does not take, or one given twice."""
+    unknown = sorted({n for n in names if n not in STREAM_PARAMS})
+    if unknown:
+        raise QueryError(f"unknown query parameter(s) {', '.join(repr(n[:40]) for n in unknown[:5])}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise QueryError(f"query parameter(s) given more than once: {', '.join(repeated[:5])}")
 
 
 def dropped_notice(count: int, what: str, *, cluster: str, node: str) -> dict[str, Any]:
@@ -42,6 +57,7 @@ async def serve_stream(ws: WebSocket, hub: AlertHub, auth: ApiAuth, *, queue: in
         return
     stream = params.get("stream", "alerts")
     try:
+        check_stream_params([k for k, _v in ws.query_params.multi_items()])
         if stream not in STREAMS:
             raise QueryError(f"stream: expected alerts, logs or all; got {stream!r}")
         query = RecordQuery.from_params(params)

@@ -186,11 +186,15 @@ def test_websocket_needs_a_token_and_filters(store: RecordStore) -> None:
     auth = ApiAuth(read_tokens=frozenset({"reader"}))
     client = TestClient(create_app(FeederDeps(FeederState(), store, hub, None, auth=auth)))
     for url, headers in (("/api/v1/stream", {}), ("/api/v1/stream?token=bad", {}),
-                         ("/api/v1/stream?token=reader&stream=bogus", {})):
+                         ("/api/v1/stream?token=reader&stream=bogus", {}),
+                         ("/api/v1/stream?token=reader&namespce=demo", {}),          # misspelt: not ignored
+                         ("/api/v1/stream?token=reader&namespace=a&namespace=b", {})):
         with pytest.raises(WebSocketDisconnect) as info:
             with client.websocket_connect(url, headers=headers) as ws:
                 ws.receive_text()
         assert info.value.code == 1008
+        if "namesp" in url:
+            assert "namesp" in info.value.reason
     with client.websocket_connect("/api/v1/stream?namespace=demo&action=Block",
                                   headers={"Authorization": "Bearer reader"}) as ws:
         hub.publish(_alert(2))  # prod: filtered out
