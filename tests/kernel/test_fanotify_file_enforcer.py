@@ -1,8 +1,8 @@
 """Fanotify File rules on the real kernel: opens denied inline (EPERM) only in the selected namespace.
 
 Only files in private temp directories are marked; every enforcer is closed in a fixture finalizer.
-The readOnly/ownerOnly tests spy on the matcher: they check what the enforcer asks it (read or write,
-the thread's uid, the file's owner) and that its verdict is what the kernel enforces.
+The readOnly/ownerOnly tests record what the enforcer asks the real matcher (read or write, the
+thread's uid, the file's owner); the matcher's own verdict is what the kernel must enforce.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 import services.enforcer.fanotify as fan_mod
 from services.policy.globs import glob_to_regex
-from shared.matcher import Access, Decision
+from shared.matcher import Access, Decision, Posture
 from shared.schemas.rules import Rule
 from tests.conftest import require_root
 from tests.kernel.nsutil import file_rule, host_run, private_copy, ruleset
@@ -99,23 +99,21 @@ def test_from_source_is_the_accessing_executable(enforcer, tree, shells) -> None
     assert a.run(f"cat {secret}") == (0, "data")
 
 
-class Spy:
-    """Stands in for the matcher: records each Access, blocks when ``block(access)`` says so."""
+class Recorder:
+    """Wraps the real matcher: records each Access the enforcer asks about; the verdict is the matcher's."""
 
-    def __init__(self, block) -> None:
-        self.block = block
+    def __init__(self) -> None:
         self.seen: list[Access] = []
+        self.real = fan_mod.decide_access
 
-    def __call__(self, rules: list[Rule], access: Access, posture: object = None) -> Decision | None:
+    def __call__(self, rules: list[Rule], access: Access, posture: Posture | None = None) -> Decision | None:
         self.seen.append(access)
-        if self.block(access):
-            return Decision("Block", "spy", "KubeArmorPolicy", 5, "")
-        return None
+        return self.real(rules, access, posture)
 
 
 def test_read_only_asks_the_matcher_read_or_write(enforcer, tree, shells, monkeypatch) -> None:
     a, _ = shells
-    spy = Spy(lambda acc: acc.access == "write")
+    spy = Recorder()
     monkeypatch.setattr(fan_mod, "decide_access", spy)
     secret = tree / "d/secret"
     enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(path=str(secret), read_only=True)])))
@@ -136,7 +134,7 @@ def test_read_only_asks_the_matcher_read_or_write(enforcer, tree, shells, monkey
 
 def test_owner_only_gets_uid_and_file_owner(enforcer, tree, shells, monkeypatch) -> None:
     a, _ = shells
-    spy = Spy(lambda acc: acc.uid != acc.resource_owner_uid)
+    spy = Recorder()
     monkeypatch.setattr(fan_mod, "decide_access", spy)
     secret = tree / "d/secret"
     os.chown(secret, 4321, 4321)
