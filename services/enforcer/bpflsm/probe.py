@@ -1,8 +1,9 @@
 """Whether this kernel runs BPF-LSM programs, and Bulwark's: probed for real, with the kernel's answer.
 
 The probe finds ``bpf_lsm_file_open`` in the kernel's BTF, loads ``r0 = 0; exit`` as a
-BPF_PROG_TYPE_LSM program with the raw ``bpf()`` syscall and attaches it with BPF_LINK_CREATE; both
-are released at once. A no-op LSM hook returning 0 allows everything, so the probe cannot harm anyone.
+BPF_PROG_TYPE_LSM program with the raw ``bpf()`` syscall and attaches it (BPF_LINK_CREATE, or on
+5.7-5.10 BPF_RAW_TRACEPOINT_OPEN); both are released at once. A no-op LSM hook returning 0 allows
+everything, so the probe cannot harm anyone.
 The enforcer's own probe then compiles Bulwark's real LSM programs (bpf/enforce/lsm.c) and loads them
 with their maps empty (nothing is selected, so nothing can be refused), reporting the kernel's answer.
 """
@@ -20,7 +21,7 @@ from services.enforcer.base import ProbeResult
 __all__ = ["btf_func_id", "probe_bpf_lsm", "probe_lsm_source"]
 
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
-_BPF_PROG_LOAD, _BPF_LINK_CREATE = 5, 28
+_BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN, _BPF_LINK_CREATE = 5, 17, 28
 _BPF_PROG_TYPE_LSM, _BPF_LSM_MAC = 29, 27
 _BTF_KIND_FUNC = 12
 _HOOK = "bpf_lsm_file_open"
@@ -87,16 +88,30 @@ def probe_bpf_lsm(btf_path: Path = Path("/sys/kernel/btf/vmlinux")) -> ProbeResu
         return False, (f"BPF_PROG_LOAD(LSM {_HOOK}) refused: {errno.errorcode.get(err, err)} "
                        f"({os.strerror(err)}){'; ' + detail[0] if detail[0] else ''}; lsm={lsms}")
     try:
-        link_attr = ctypes.create_string_buffer(64)
-        struct.pack_into("<IIII", link_attr, 0, prog_fd, 0, _BPF_LSM_MAC, 0)
-        link_fd, err = _bpf(_BPF_LINK_CREATE, link_attr)
+        link_fd, how = _attach(prog_fd)
         if link_fd < 0:
-            return False, (f"BPF_LINK_CREATE(LSM) refused: {errno.errorcode.get(err, err)} "
-                           f"({os.strerror(err)}); lsm={lsms}")
+            err = -link_fd
+            return False, f"{how} refused: {errno.errorcode.get(err, err)} ({os.strerror(err)}); lsm={lsms}"
         os.close(link_fd)
     finally:
         os.close(prog_fd)
-    return True, f"kernel accepts BPF-LSM programs (no-op {_HOOK} loaded and attached); lsm={lsms}"
+    return True, f"kernel accepts BPF-LSM programs (no-op {_HOOK} loaded and attached with {how}); lsm={lsms}"
+
+
+def _attach(prog_fd: int) -> tuple[int, str]:
+    """Attach an LSM program: BPF_LINK_CREATE (5.11+), else BPF_RAW_TRACEPOINT_OPEN with no name, the way
+    5.7-5.10 attach LSM programs (and bcc's attach_lsm always does). (fd or -errno, the command used)."""
+    link_attr = ctypes.create_string_buffer(64)
+    struct.pack_into("<IIII", link_attr, 0, prog_fd, 0, _BPF_LSM_MAC, 0)
+    link_fd, err = _bpf(_BPF_LINK_CREATE, link_attr)
+    if link_fd >= 0:
+        return link_fd, "BPF_LINK_CREATE"
+    if err != errno.EINVAL:
+        return -err, "BPF_LINK_CREATE(LSM)"
+    raw_attr = ctypes.create_string_buffer(16)
+    struct.pack_into("<QI", raw_attr, 0, 0, prog_fd)  # name NULL: the program's own attach_btf_id
+    fd, err = _bpf(_BPF_RAW_TRACEPOINT_OPEN, raw_attr)
+    return (fd, "BPF_RAW_TRACEPOINT_OPEN") if fd >= 0 else (-err, "BPF_RAW_TRACEPOINT_OPEN(LSM)")
 
 
 def probe_lsm_source(btf_tree: Path | None = None) -> str:
