@@ -11,6 +11,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testcase classname="tests.kernel.test_monitor_kinds" name="test_kinds"/>
 <testcase classname="tests.kernel.test_signal_enforcer" name="test_kill"><failure message="x">boom</failure></testcase>
 <testcase classname="tests.kernel.test_fanotify_enforcer" name="test_deny"/>
+<testcase classname="tests.kernel.test_apparmor_enforcer" name="test_missing_profile_means_the_command_never_runs"/>
 </testsuite></testsuites>
 """
 PROBE = """bpf: Failed to load program: Operation not permitted
@@ -31,7 +32,7 @@ def test_row_counts_each_column_and_gives_reasons(tmp_path: Path) -> None:
     assert row.cell("fanotify") == "pass (1)"
     assert row.cell("eBPF signal").startswith("FAIL 1/1: test_kill")
     assert row.cell("BPF-LSM") == "unsupported: BPF_PROG_LOAD(LSM bpf_lsm_file_open) refused: EPERM"
-    assert row.cell("AppArmor") == "unsupported: AppArmor is not active in this kernel"
+    assert row.cell("AppArmor") == "unsupported: AppArmor is not active in this kernel (1 kernel-independent passed)"
     assert row.cell("e2e") == "not run"
     table = render_table([row])
     assert table.splitlines()[0].startswith("| kernel | LSMs | monitor |")
