@@ -130,9 +130,11 @@ run() {  # SUITE RWDIR CMD...
   accel=$(kvm_mode)
   rm -f "$rw/.klab-status"
   log "booting $suite ($accel)"
-  local guest
-  guest="bash $(printf %q "$here/guest.sh") $(printf %q "$rw")"
-  for a in "$@"; do guest+=" $(printf %q "$a")"; done
+  # The command travels in a file, not on the kernel command line: vng passes its command there, and
+  # a line longer than COMMAND_LINE_SIZE (2048 on x86) makes 6.1 panic at boot (fortify_panic).
+  local guest cmdfile=$rw/.klab-cmd.sh
+  printf '%s\n' "$*" > "$cmdfile"
+  guest="bash $(printf %q "$here/guest.sh") $(printf %q "$rw") bash $(printf %q "$cmdfile")"
   boot "$suite" "$accel" "${BULWARK_KLAB_TIMEOUT:-3600}" "$rw" "$guest" || status=$?
   if [ "${status:-0}" = 124 ] || [ "${status:-0}" = 137 ]; then log "$suite guest timed out"; exit 124; fi
   [ -f "$rw/.klab-status" ] || { log "$suite guest returned no status (vng: ${status:-0})"; exit 125; }

@@ -11,12 +11,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["ROOT", "KLAB", "SUITES", "CI_SUITE", "COLUMNS", "Outcome", "Row", "suites_wanted", "boot_and_test",
-           "run_here", "guest_command", "read_row", "render_table"]
+           "BOOT_DEADLINE", "run_here", "guest_command", "read_row", "render_table"]
 
 ROOT = Path(__file__).resolve().parents[2]
 KLAB = ROOT / "scripts/kernel-lab/klab.sh"
@@ -91,14 +92,31 @@ def run_here(results: Path, tests: str) -> int:
                               stderr=subprocess.STDOUT, check=False).returncode
 
 
+# A guest that has not started its command this long after boot began never will (a kernel that
+# panicked early sits there until klab.sh's own hour-long timeout): stopped, status 125.
+BOOT_DEADLINE = float(os.environ.get("BULWARK_KLAB_BOOT_DEADLINE", "900"))
+GUEST_STARTED = b"KLAB-GUEST kernel="
+
+
 def boot_and_test(suite: str, results: Path, tests: str | None = None) -> int:
     """Boot ``suite``, run the tests inside with ``results`` writable; the guest command's status."""
     _fresh(results)
     cmd = guest_command(results, tests or os.environ.get("BULWARK_KLAB_TESTS", DEFAULT_TESTS))
-    with open(results / "console.txt", "wb") as console:
+    console_path = results / "console.txt"
+    with open(console_path, "wb") as console:
         proc = subprocess.Popen(["bash", str(KLAB), "run", suite, str(results), cmd], cwd=ROOT,
                                 stdout=console, stderr=subprocess.STDOUT)
         try:
+            deadline = time.monotonic() + BOOT_DEADLINE
+            while proc.poll() is None and GUEST_STARTED not in console_path.read_bytes():
+                if time.monotonic() > deadline:
+                    console.write(f"\nklab: the guest did not start its command within {BOOT_DEADLINE:.0f} s "
+                                  "(boot failure); stopped\n".encode())
+                    console.flush()
+                    proc.terminate()
+                    proc.wait(60)
+                    return 125
+                time.sleep(2)
             return proc.wait()
         finally:
             if proc.poll() is None:   # interrupted (a timeout, Ctrl-C): klab.sh stops its guest on TERM
