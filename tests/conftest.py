@@ -28,11 +28,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def kernel_features() -> dict[str, str]:
     """Marker -> why this kernel cannot run tests with that marker ("" when it can)."""
-    from services.enforcer.bpflsm import probe_bpf_lsm
+    from services.enforcer.bpflsm import BpfLsmEnforcer, probe_bpf_lsm
 
     missing: dict[str, str] = {}
     try:
         ok, reason = probe_bpf_lsm()
+        if ok:  # the kernel takes LSM programs: do Bulwark's own load here? (5.10 takes the first, not these)
+            enforcer = BpfLsmEnforcer()
+            try:
+                ok, reason = enforcer.probe()
+            finally:
+                enforcer.close()
     except Exception as exc:  # a probe that breaks means "cannot", with the reason
         ok, reason = False, repr(exc)
     missing["bpflsm"] = "" if ok else reason
