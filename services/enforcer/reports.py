@@ -17,6 +17,7 @@ from typing import Any
 from services.enforcer.sigreport import to_raw_event
 from shared.codec import pack
 from shared.lifecycle import Counters
+from shared.retry import retry_until_stopped
 from shared.schemas.events import RawBatch, RawEvent
 from shared.subjects import raw_events
 
@@ -45,24 +46,13 @@ def _raw_event(record: Any, node: str, offset: int, boot_id: str) -> RawEvent:
 
 async def _send(publish: Publish, subject: str, payload: bytes, msg_id: str, n: int, counters: Counters,
                 stop: asyncio.Event, delay: float, max_delay: float, retries_at_stop: int = 3) -> None:
-    attempt = 0
-    while True:
-        try:
-            await publish(subject, payload, msg_id)
-            counters.inc("kills_published", n)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            counters.inc("report_publish_errors")
-            attempt += 1
-            if stop.is_set():
-                if retries_at_stop <= 0:
-                    break
-                retries_at_stop -= 1
-            if attempt <= 3 or attempt % 50 == 0:
-                log.warning("kill report publish failed; retrying", extra={"attempt": attempt, "error": repr(exc)})
-            await asyncio.sleep(min(max_delay, delay * 2 ** min(attempt - 1, 10)))
+    sent = await retry_until_stopped(lambda: publish(subject, payload, msg_id), stop.is_set, delay=delay,
+                                     max_delay=max_delay, retries_at_stop=retries_at_stop,
+                                     on_error=lambda: counters.inc("report_publish_errors"), log=log,
+                                     what="kill report publish", extra=lambda: {"events": n})
+    if sent:
+        counters.inc("kills_published", n)
+        return
     counters.inc("kills_lost", n)
     log.error("kill reports lost", extra={"events": n})
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from shared.codec import pack
 from shared.lifecycle import Counters
+from shared.retry import retry_until_stopped
 from shared.schemas.events import RawEvent
 
 __all__ = ["Batcher", "Publish"]
@@ -130,26 +131,13 @@ class Batcher:
 
     async def _publish(self, payload: bytes, count: int) -> None:
         msg_id = f"{self.msg_id_prefix}:{self._seq}"
-        attempt, left_at_stop = 0, self.retries
-        while True:
-            try:
-                await self.publish(self.subject, payload, msg_id)
-                self.counters.inc("batches")
-                if attempt:
-                    log.info("publish succeeded after retries", extra={"attempts": attempt + 1, "events": count})
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.counters.inc("publish_errors")
-                attempt += 1
-                if self._stopping():
-                    if left_at_stop <= 0:
-                        break
-                    left_at_stop -= 1
-                if attempt <= 3 or attempt % 50 == 0:
-                    log.warning("publish failed; retrying", extra={"attempt": attempt, "error": repr(exc),
-                                                                   "events": count, "queued": len(self.queue)})
-                await asyncio.sleep(min(self.max_retry_delay, self.retry_delay * (2 ** min(attempt - 1, 10))))
+        sent = await retry_until_stopped(
+            lambda: self.publish(self.subject, payload, msg_id), self._stopping, delay=self.retry_delay,
+            max_delay=self.max_retry_delay, retries_at_stop=self.retries,
+            on_error=lambda: self.counters.inc("publish_errors"), log=log, what="publish",
+            extra=lambda: {"events": count, "queued": len(self.queue)})
+        if sent:
+            self.counters.inc("batches")
+            return
         self.counters.inc("lost_publish", count)
         log.error("batch lost: still unpublished at shutdown", extra={"events": count, "seq": self._seq})
