@@ -28,19 +28,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def kernel_features() -> dict[str, str]:
     """Marker -> why this kernel cannot run tests with that marker ("" when it can)."""
-    from services.enforcer.bpflsm import BpfLsmEnforcer, probe_bpf_lsm
+    from services.enforcer.bpflsm import BpfLsmEnforcer
 
     missing: dict[str, str] = {}
+    # the enforcer's own probe: the kernel's refusal when it takes no LSM program (compiling nothing), else
+    # whether Bulwark's programs load (5.10 takes a no-op LSM program, not these)
+    enforcer = BpfLsmEnforcer()
     try:
-        ok, reason = probe_bpf_lsm()
-        if ok:  # the kernel takes LSM programs: do Bulwark's own load here? (5.10 takes the first, not these)
-            enforcer = BpfLsmEnforcer()
-            try:
-                ok, reason = enforcer.probe()
-            finally:
-                enforcer.close()
+        ok, reason = enforcer.probe()
     except Exception as exc:  # a probe that breaks means "cannot", with the reason
         ok, reason = False, repr(exc)
+    finally:
+        enforcer.close()
     missing["bpflsm"] = "" if ok else reason
     enabled = Path("/sys/module/apparmor/parameters/enabled")
     active = enabled.exists() and enabled.read_text().strip() == "Y" and Path("/sys/kernel/security/apparmor").is_dir()

@@ -25,7 +25,8 @@ from services.enforcer.sigrules import OPERATIONS, RuleRef, SignalTables, compil
 from shared.lifecycle import Counters
 from shared.schemas.rules import RuleSet
 
-__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text", "caps_mask", "sync_map"]
+__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text", "load_program", "caps_mask",
+           "sync_map"]
 
 log = logging.getLogger("bulwark.enforcer.signal")
 
@@ -49,6 +50,24 @@ def program_text(bpf_dir: Path, name: str) -> str:
     """``bpf/enforce/<name>`` with bw_enforce.h inlined: bcc only rewrites map calls in its main text."""
     header = (bpf_dir / "enforce/bw_enforce.h").read_text()
     return (bpf_dir / "enforce" / name).read_text().replace('#include "bw_enforce.h"', header, 1)
+
+
+def load_program(bpf_dir: Path, name: str, btf_tree: Path | None, on_record: Any,
+                 attach: Any = None) -> Any:
+    """Compile and load ``bpf/enforce/<name>`` with bcc, run ``attach(bpf)`` (tracepoints; LSM probes
+    attach as the module loads), and open its report ring buffer; everything is released on failure."""
+    prepare_bcc(btf_tree)
+    from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
+
+    bpf = BPF(text=program_text(bpf_dir, name).encode(), cflags=[f"-I{bpf_dir / 'include'}"])
+    try:
+        if attach is not None:
+            attach(bpf)
+        bpf[b"bw_enf_events"].open_ring_buffer(on_record)
+    except Exception:
+        bpf.cleanup()
+        raise
+    return bpf
 
 
 def caps_mask(cap_keys: Any) -> int:
@@ -115,12 +134,11 @@ class SignalEnforcer:
     def _load(self) -> None:
         if self._bpf is not None:
             return
-        prepare_bcc(self.btf_tree)
-        from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
+        attached: list[str] = []
 
-        bpf = BPF(text=program_text(self.bpf_dir, "signal.c").encode(), cflags=[f"-I{self.bpf_dir / 'include'}"])
-        try:
-            attached = []
+        def attach(bpf: Any) -> None:
+            from bcc import BPF
+
             for tp, fn in ATTACHMENTS:
                 category, event = tp.split(":")
                 if not BPF.tracepoint_exists(category, event):
@@ -129,10 +147,8 @@ class SignalEnforcer:
                 attached.append(tp)
             if not attached:
                 raise RuntimeError("none of the tracepoints exists: " + ", ".join(tp for tp, _ in ATTACHMENTS))
-            bpf[b"bw_enf_events"].open_ring_buffer(self._on_record)
-        except Exception:
-            bpf.cleanup()
-            raise
+
+        bpf = load_program(self.bpf_dir, "signal.c", self.btf_tree, self._on_record, attach)
         self._bpf = bpf
         self.attached = tuple(attached)
         self.operations = frozenset(op for tp, op in _OPERATION_OF.items() if tp in attached)

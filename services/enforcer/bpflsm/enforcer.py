@@ -18,7 +18,7 @@ from services.enforcer.bpflsm.maps import clear_tables, write_tables
 from services.enforcer.bpflsm.probe import probe_bpf_lsm
 from services.enforcer.bpflsm.rules import KINDS, Classes, compile_tables
 from services.enforcer.reporting import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
-from services.enforcer.signal import BPF_DIR, prepare_bcc, program_text
+from services.enforcer.signal import BPF_DIR, load_program
 from services.enforcer.sigreport import LSM_ENFORCER, LsmRecord, parse_lsm_record
 from services.enforcer.sigrules import RuleRef
 from shared.lifecycle import Counters
@@ -74,17 +74,8 @@ class BpfLsmEnforcer:
     def _load(self) -> None:
         if self._bpf is not None:
             return
-        prepare_bcc(self.btf_tree)
-        from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
-
         # LSM_PROBE functions are loaded and attached by bcc as the module loads; the maps are empty.
-        bpf = BPF(text=program_text(self.bpf_dir, "lsm.c").encode(), cflags=[f"-I{self.bpf_dir / 'include'}"])
-        try:
-            bpf[b"bw_enf_events"].open_ring_buffer(self._on_record)
-        except Exception:
-            bpf.cleanup()
-            raise
-        self._bpf = bpf
+        self._bpf = load_program(self.bpf_dir, "lsm.c", self.btf_tree, self._on_record)
 
     def _unload(self) -> None:
         bpf, self._bpf = self._bpf, None
