@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -27,7 +27,7 @@ from shared.natsauth import inbox_prefix
 from shared.natscreds import NatsCredentials
 from shared.subjects import STREAMS, StreamSpec
 
-__all__ = ["connect", "FOLLOW_HEARTBEAT_SECONDS", "ensure_streams",
+__all__ = ["connect", "FOLLOW_HEARTBEAT_SECONDS", "follow", "ensure_streams",
            "ensure_stream", "request", "stream_last_seq", "replay_stream",
            "NatsAuthRefused", "login_user", "is_auth_error"]
 
@@ -171,6 +171,15 @@ async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = S
         await ensure_stream(js, spec)
 
 
+async def follow(js: JetStreamContext, subject: str, cb: Callable[[Any], Awaitable[None]] | None = None,
+                 **kwargs: Any) -> Any:
+    """An ordered consumer on ``subject``, as every view that follows a stream uses: the short idle
+    heartbeat (``FOLLOW_HEARTBEAT_SECONDS``) included. ``kwargs`` go to ``js.subscribe`` (stream,
+    deliver_policy, config)."""
+    return await js.subscribe(subject, cb=cb, ordered_consumer=True, idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS,
+                              **kwargs)
+
+
 async def stream_last_seq(js: JetStreamContext, spec: StreamSpec) -> int:
     """The sequence of the newest message in a stream (0 when empty)."""
     info = await js.stream_info(spec.name)
@@ -196,8 +205,7 @@ async def replay_stream(js: JetStreamContext, spec: StreamSpec, handle: Callable
     last = int(info.state.last_seq or 0)
     if not last or not info.state.messages:
         return last
-    sub = await js.subscribe(spec.subjects[0], ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-                             idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS)
+    sub = await follow(js, spec.subjects[0], deliver_policy=DeliverPolicy.ALL)
     try:
         seq = 0
         while seq < last:

@@ -18,7 +18,7 @@ from nats.js.api import DeliverPolicy
 from services.enforcer.reports import report_loop
 from services.enforcer.select import choose
 from services.enforcer.state import AppliedRules
-from shared.bus import FOLLOW_HEARTBEAT_SECONDS, connect, ensure_streams
+from shared.bus import connect, ensure_streams, follow
 from shared.codec import pack, unpack_map
 from shared.config import load_settings
 from shared.errors import DecodeError
@@ -138,8 +138,8 @@ async def main() -> None:
             waiters.add(task)
             task.add_done_callback(waiters.discard)
 
-        await js.subscribe(rules_for_node(node), stream=RULES.name, cb=on_rules, ordered_consumer=True,
-                           deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS)
+        await follow(js, rules_for_node(node), on_rules, stream=RULES.name,
+                     deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
         await nc.subscribe(enforcer_await(node), cb=on_await)
 
         def details() -> dict[str, Any]:

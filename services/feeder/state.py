@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared.bus import FOLLOW_HEARTBEAT_SECONDS, stream_last_seq
+from shared.bus import follow, stream_last_seq
 from shared.codec import unpack
 from shared.errors import DecodeError
 from shared.schemas.identity import IdentityEvent, Workload
@@ -180,13 +180,10 @@ class StateFollower:
 
     async def start(self) -> None:
         """Subscribe (ordered consumers replay the streams from the start) and begin following."""
-        self._subs.append(await self.js.subscribe(
-            IDENTITY.subjects[0], cb=self._on_identity, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL), idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS))
-        self._subs.append(await self.js.subscribe(
-            RULES.subjects[0], cb=self._on_rules, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
-            idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS))
+        self._subs.append(await follow(self.js, IDENTITY.subjects[0], self._on_identity,
+                                       config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)))
+        self._subs.append(await follow(self.js, RULES.subjects[0], self._on_rules,
+                                       config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)))
         self._subs.append(await self.nc.subscribe(HEALTH_ALL, cb=self._on_health))
 
     async def stop(self) -> None:

@@ -16,7 +16,7 @@ from nats.js.api import DeliverPolicy
 
 from services.monitor.namesigs import entry_names
 from services.monitor.visibility import Visibility, needs_owner, visibility_masks, wanted_syscalls
-from shared.bus import FOLLOW_HEARTBEAT_SECONDS
+from shared.bus import follow
 from shared.codec import unpack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
@@ -53,14 +53,10 @@ class FilterFollower:
 
     async def start(self, js: JetStreamContext) -> None:
         """Subscribe to the node's workloads (from the start) and its newest rule set."""
-        self._subs.append(await js.subscribe(identity_events(self.node), stream=IDENTITY.name,
-                                             cb=self._on_identity, ordered_consumer=True,
-                                             deliver_policy=DeliverPolicy.ALL,
-                                             idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS))
-        self._subs.append(await js.subscribe(rules_for_node(self.node), stream=RULES.name,
-                                             cb=self._on_rules, ordered_consumer=True,
-                                             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                                             idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS))
+        self._subs.append(await follow(js, identity_events(self.node), self._on_identity, stream=IDENTITY.name,
+                                       deliver_policy=DeliverPolicy.ALL))
+        self._subs.append(await follow(js, rules_for_node(self.node), self._on_rules, stream=RULES.name,
+                                       deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
         self._resolver = asyncio.create_task(self._resolve_loop())
 
     async def _resolve_loop(self) -> None:

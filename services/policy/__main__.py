@@ -12,7 +12,7 @@ from services.policy.request_handler import PolicyApi, error_reply
 from services.policy.rulesets import RulePublisher
 from services.policy.schema import load_crd_schemas
 from services.policy.store import PolicyStore, Workloads
-from shared.bus import FOLLOW_HEARTBEAT_SECONDS, replay_stream
+from shared.bus import follow, replay_stream
 from shared.codec import pack, unpack, unpack_map
 from shared.config import Settings, load_settings
 from shared.errors import DecodeError
@@ -75,8 +75,7 @@ async def serve(svc: Service, settings: Settings) -> None:
             await msg.respond(pack(reply))
 
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last_identity + 1)
-    identity_sub = await js.subscribe(IDENTITY.subjects[0], cb=on_identity, ordered_consumer=True, config=config,
-                                      idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS)
+    identity_sub = await follow(js, IDENTITY.subjects[0], on_identity, config=config)
     api_sub = await nc.subscribe(POLICY_API, cb=on_request)
 
     async def expire_stopped() -> None:
