@@ -123,7 +123,7 @@ def best(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def start_monitor(tmp: Path):
     """nats-server + the monitor service; (stop function) or None when it cannot start."""
-    from bulwark.natsd import free_port, start_nats_server
+    from bulwark.natsserver.process import free_port, start_nats_server
 
     port = free_port()
     nats = start_nats_server(port, tmp / "nats", log_file=tmp / "nats.log")
@@ -168,8 +168,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)
         return 2
-    from services.enforcer.fanotify import FanotifyEnforcer
-    from services.enforcer.signal import SignalEnforcer
+    from services.enforcer.fanotify.enforcer import FanotifyEnforcer
+    from services.enforcer.signal.enforcer import SignalEnforcer
 
     tmp = Path(tempfile.mkdtemp(prefix="bw-bench-enf-"))
     tmp.chmod(0o755)

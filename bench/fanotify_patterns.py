@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.enforcer_overhead import C_OPEN  # noqa: E402
-from services.enforcer.fanotify import FanotifyEnforcer  # noqa: E402
+from services.enforcer.fanotify.enforcer import FanotifyEnforcer  # noqa: E402
 from services.policy.globs import glob_to_regex  # noqa: E402
 from shared.schemas.rules import Rule  # noqa: E402
 from tests.kernel.nsutil import NsShell, ruleset  # noqa: E402

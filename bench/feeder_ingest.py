@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text  # noqa: E402
 
-from services.feeder.models import AlertRow  # noqa: E402
-from services.feeder.store import RecordStore, make_engine, to_row  # noqa: E402
+from services.feeder.store.database import RecordStore, make_engine, to_row  # noqa: E402
+from services.feeder.store.models import AlertRow  # noqa: E402
 
 NAMESPACES = [f"ns-{i}" for i in range(20)]
 

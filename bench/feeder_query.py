@@ -48,7 +48,7 @@ def _pct(values: list[float], p: float) -> float:
 def load(path: Path, rows: int) -> tuple[float, int]:
     """Migrate, then bulk-insert ``rows`` alerts; returns (seconds, first timestamp)."""
     from bench.feeder_ingest import make_alerts
-    from services.feeder.store import make_engine, to_row
+    from services.feeder.store.database import make_engine, to_row
 
     make_engine(f"sqlite:///{path}").dispose()
     conn = sqlite3.connect(path)
@@ -74,10 +74,10 @@ def serve(db: str, port: int) -> None:
     """The feeder app on ``db`` plus a bench-only route pushing synthetic alerts through the hub."""
     import uvicorn
 
-    from services.feeder.api import FeederDeps, create_app
+    from services.feeder.http.app import FeederDeps, create_app
     from services.feeder.hub import AlertHub
-    from services.feeder.state import FeederState
-    from services.feeder.store import RecordStore, make_engine
+    from services.feeder.store.database import RecordStore, make_engine
+    from services.feeder.views import FeederState
 
     hub = AlertHub()
     app = create_app(FeederDeps(FeederState(), RecordStore(make_engine(db)), hub, None, ws_queue=4096))
@@ -168,7 +168,7 @@ def main() -> int:
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
         return 0
-    from bulwark.natsd import free_port, wait_for_port
+    from bulwark.natsserver.process import free_port, wait_for_port
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "alerts.db"

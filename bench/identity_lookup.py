@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.feeder.enrich import build_alert  # noqa: E402
-from services.feeder.state import FeederState  # noqa: E402
+from services.feeder.views import FeederState  # noqa: E402
 from services.identity.composer import Composer  # noqa: E402
 from services.identity.registry import Registry  # noqa: E402
 from services.identity.runtime.facts import KubeReset, RuntimeContainer  # noqa: E402

@@ -121,7 +121,7 @@ def main() -> int:
     ap.add_argument("--execs", type=int, default=300)
     args = ap.parse_args()
     from services.enforcer.bpflsm import BpfLsmEnforcer
-    from services.enforcer.fanotify import FanotifyEnforcer
+    from services.enforcer.fanotify.enforcer import FanotifyEnforcer
 
     samples: dict[str, list[dict[str, float]]] = {"none": [], "BPFLSM": [], "Fanotify": []}
     failures: dict[str, dict[str, int]] = {"BPFLSM": {}, "Fanotify": {}}

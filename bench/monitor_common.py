@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BTF_TREE = "/tmp/bw-bench-btf"  # the BTF-built header tree bcc compiles against, shared by the benches
 
-from bulwark.natsd import free_port, start_nats_server  # noqa: E402
+from bulwark.natsserver.process import free_port, start_nats_server  # noqa: E402
 from bulwark.procs import terminate  # noqa: E402
 from shared.codec import unpack  # noqa: E402
-from shared.subjects import health  # noqa: E402
+from shared.nats.subjects import health  # noqa: E402
 
 LOADGEN_C = r"""
 #include <fcntl.h>
@@ -118,8 +118,8 @@ class HeldRules:
 def enforcers_holding(ruleset: Any) -> Iterator[list[Any]]:
     """The Fanotify and eBPF-signal enforcers, in this process, holding ``ruleset``; both are closed
     afterwards, whatever happened (also one that loaded when the other failed to)."""
-    from services.enforcer.fanotify import FanotifyEnforcer
-    from services.enforcer.signal import SignalEnforcer
+    from services.enforcer.fanotify.enforcer import FanotifyEnforcer
+    from services.enforcer.signal.enforcer import SignalEnforcer
 
     enforcers: list[Any] = []
     try:

@@ -24,8 +24,8 @@ import os
 from monitor_common import BTF_TREE, MonitorStack, enforcers_holding_100_rules, loadgen_workspace, run_loadgen
 
 from shared.codec import pack
+from shared.nats.subjects import RULES, rules_for_node
 from shared.schemas.rules import RuleSet
-from shared.subjects import RULES, rules_for_node
 
 
 def measure(binary: str, target: str, opens: int, execs: int, reps: int) -> tuple[float, float]:

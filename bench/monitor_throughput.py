@@ -23,8 +23,8 @@ from typing import Any
 from monitor_common import MonitorStack, loadgen_workspace
 
 from shared.codec import pack, unpack
+from shared.nats.subjects import RAW, RULES, raw_events, rules_for_node
 from shared.schemas.rules import RuleSet
-from shared.subjects import RAW, RULES, raw_events, rules_for_node
 
 LOSSES = ("lost_kernel", "lost_kernel_proc", "lost_queue", "lost_publish", "decode_errors")
 

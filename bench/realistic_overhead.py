@@ -608,7 +608,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)
         return 2
-    from services.monitor.btf_tree import ensure_btf_tree
+    from shared.bpf.headers import ensure_btf_tree
 
     ensure_btf_tree(Path(BTF_TREE))
     foreign = bw_programs()

@@ -75,7 +75,7 @@ def load(path: Path, rows: int, distinct: int) -> float:
     """Migrate, then bulk-insert ``rows`` logs: ``distinct`` different records (built by the feeder's
     ``build_log``), repeated with new event ids and times, as real logs repeat; returns seconds."""
     from services.feeder.enrich import build_log
-    from services.feeder.store import make_engine, to_row
+    from services.feeder.store.database import make_engine, to_row
 
     make_engine(f"sqlite:///{path}").dispose()
     wls = _workloads()
@@ -145,9 +145,9 @@ def main() -> int:
 
     from bulwark.discover import discover
     from bulwark.rehearse import Rehearsal, store_records
-    from services.feeder.models import LogRow
-    from services.feeder.query import RecordQuery
-    from services.feeder.store import make_engine
+    from services.feeder.store.database import make_engine
+    from services.feeder.store.models import LogRow
+    from services.feeder.store.query import RecordQuery
     from shared.matcher import Posture
 
     with tempfile.TemporaryDirectory() as tmp:

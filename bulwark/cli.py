@@ -29,7 +29,7 @@ def _api(args: argparse.Namespace, timeout: float = 10.0) -> Api:
 
 
 def _policy_files(target: str) -> list[Path]:
-    from bulwark.policy_cmd import policy_files
+    from bulwark.commands.policy import policy_files
 
     try:
         return policy_files(target)
@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit("bulwark run: no command given (bulwark run [options] -- CMD [ARGS...])")
     settings = _settings(args)
     if not args.nats_url and "BULWARK_NATS_URL" not in os.environ:
-        from bulwark.natsconf import launcher_url
+        from bulwark.natsserver.config import launcher_url
 
         settings.nats_url = launcher_url(settings.data_dir) or settings.nats_url
     return run_workload(settings, argv, namespace=args.namespace, labels=_labels(args.label),
@@ -170,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
-    from bulwark.policy_cmd import validate_paths
+    from bulwark.commands.policy import validate_paths
 
     lines, ok = validate_paths(args.paths)
     for line in lines:
@@ -274,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
 
-    from bulwark.logs_cmd import add_logs_parser
-    from bulwark.natsauth_cmd import add_nats_auth_parser
-    from bulwark.summary_cmd import add_summary_parser
+    from bulwark.commands.logs import add_logs_parser
+    from bulwark.commands.natsauth import add_nats_auth_parser
+    from bulwark.commands.summary import add_summary_parser
 
     add_logs_parser(sub)
     add_summary_parser(sub)

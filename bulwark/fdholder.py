@@ -1,6 +1,6 @@
 """The fanotify holder: keeps the enforcer's fanotify group alive across its crashes and restarts.
 
-``python -m bulwark.fdholder SOCKET``. While an enforcer is attached (``services.enforcer.fanhold``)
+``python -m bulwark.fdholder SOCKET``. While an enforcer is attached (``services.enforcer.fanotify.hold``)
 the holder only keeps a duplicate of the group fd and the journal. When the enforcer's connection
 closes (crash, kill -9, restart, upgrade), the holder:
 
@@ -27,9 +27,9 @@ import struct
 import sys
 from pathlib import Path
 
-from services.enforcer import _fansys as fs
-from services.enforcer.fanhold import recv, send
-from services.enforcer.fanjournal import READING, Journal
+from services.enforcer.fanotify import syscalls as fs
+from services.enforcer.fanotify.hold import recv, send
+from services.enforcer.fanotify.journal import READING, Journal
 from shared.lifecycle import Counters
 from shared.logs import setup_logging
 

@@ -11,12 +11,12 @@ import time
 
 from bulwark.cgroups import create_workload_cgroup, remove_cgroup
 from bulwark.sandbox import GATE_REFUSED, Sandbox, start_sandbox
-from shared.bus import connect, request
 from shared.config import Settings
 from shared.errors import BulwarkError
-from shared.natscreds import credentials_for
+from shared.nats.bus import connect, request
+from shared.nats.creds import credentials_for
+from shared.nats.subjects import IDENTITY_API, enforcer_await
 from shared.schemas.identity import Workload
-from shared.subjects import IDENTITY_API, enforcer_await
 
 __all__ = ["run_workload", "LaunchError", "apparmor_profile"]
 

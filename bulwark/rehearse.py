@@ -100,7 +100,7 @@ def record_workload(r: dict[str, Any]) -> Workload:
 
 def parse_window(text: str, now: float | None = None) -> int:
     """``24h``/``30m``/``7d`` before now, epoch seconds or RFC3339 -> ns; ValueError otherwise."""
-    from services.feeder.query import parse_since
+    from services.feeder.store.query import parse_since
 
     found = _DURATION.match(text.strip())
     if found:
@@ -307,9 +307,9 @@ def history_records(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     until = parse_window(args.until) if getattr(args, "until", "") else None
     labels = dict(kv.split("=", 1) for kv in args.label)
     if args.db_url:
-        from services.feeder.models import AlertRow, LogRow
-        from services.feeder.query import RecordQuery
-        from services.feeder.store import make_engine
+        from services.feeder.store.database import make_engine
+        from services.feeder.store.models import AlertRow, LogRow
+        from services.feeder.store.query import RecordQuery
 
         engine = make_engine(args.db_url, migrate=False)
         q = RecordQuery(namespace=args.namespace, pod=args.pod, container=args.container, host=args.host,
@@ -419,7 +419,7 @@ def rehearse_request(engine: Any, text: str, query: Any, *, labels: dict[str, st
     422 with ``errors`` (each naming its document and field) when the candidate or the posture is invalid;
     else 200 with the report and ``would_block`` (true when something observed would newly be blocked).
     Synchronous and streaming: call it from a thread."""
-    from services.feeder.models import AlertRow, LogRow
+    from services.feeder.store.models import AlertRow, LogRow
     from services.policy.model import to_policy
     from services.policy.parser import parse_documents
     from services.policy.posture import parse_posture_spec

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from bulwark.policy_cmd import policy_files
+from bulwark.commands.policy import policy_files
 from services.policy.compiler import compile_rules
 from services.policy.model import Policy, to_policy
 from services.policy.parser import parse_documents

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bulwark.natsconf import create_streams, prepare_auth
-from bulwark.natsd import start_nats_server, wait_for_port
+from bulwark.natsserver.config import create_streams, prepare_auth
+from bulwark.natsserver.process import start_nats_server, wait_for_port
 from bulwark.procs import terminate
-from services.enforcer.fanhold import HOLDER_ENV
+from services.enforcer.fanotify.hold import HOLDER_ENV
 from shared.config import Settings
 
 __all__ = ["SERVICES", "Supervisor", "backoff"]

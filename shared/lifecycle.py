@@ -11,7 +11,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from shared.codec import pack
-from shared.subjects import health
+from shared.nats.subjects import health
 
 __all__ = ["stop_event_on_signals", "heartbeat_loop", "run_service", "Counters"]
 

@@ -20,10 +20,10 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from shared.bus import connect, ensure_streams
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
 from shared.logs import setup_logging
-from shared.natscreds import credentials_for
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.creds import credentials_for
 
 __all__ = ["Service", "running_service"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.natsd import free_port, start_nats_server
+from bulwark.natsserver.process import free_port, start_nats_server
 from bulwark.procs import terminate
 
 

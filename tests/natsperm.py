@@ -9,12 +9,12 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from bulwark.natsd import nats_server_binary, wait_for_port
+from bulwark.natsserver.process import nats_server_binary, wait_for_port
 from bulwark.procs import terminate
-from shared.bus import connect, login_user
 from shared.codec import pack
-from shared.natsauth import inbox_prefix
-from shared.natscreds import NatsCredentials
+from shared.nats.auth import inbox_prefix
+from shared.nats.bus import connect, login_user
+from shared.nats.creds import NatsCredentials
 
 
 async def publish_ok(url: str, subject: str, creds: NatsCredentials | None = None) -> bool:

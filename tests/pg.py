@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bulwark.natsd import free_port, wait_for_port
+from bulwark.natsserver.process import free_port, wait_for_port
 
 __all__ = ["PgCluster", "start_cluster", "pg_bin_dir", "PgUnavailable"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bulwark.procs import terminate
 from shared.codec import unpack
-from shared.subjects import health
+from shared.nats.subjects import health
 
 
 def start_service(name: str, nats_url: str, data_dir: Path, node: str = "test-node",

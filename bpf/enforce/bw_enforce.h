@@ -2,7 +2,7 @@
  * tracepoints (signal.c) and the BPF-LSM programs (lsm.c) use these maps and functions, so the
  * LSM side (which cannot load on the development VM) only adds its thin hook wrappers.
  *
- * Maps are filled by user space (services/enforcer/sigrules.py) from the node's RuleSet, keyed by
+ * Maps are filled by user space (services/enforcer/signal/rules.py) from the node's RuleSet, keyed by
  * mount namespace: a task whose mntns is not in bw_enf_ns is never looked at further.
  */
 #ifndef BW_ENFORCE_H
@@ -33,7 +33,7 @@ struct bw_verdict {
 	__u32 action;                            /* 1 = block */
 };
 
-/* What every enforcement report starts with (user space: services/enforcer/sigreport.py RECORD_HEAD). */
+/* What every enforcement report starts with (user space: services/enforcer/reports/kernel.py RECORD_HEAD). */
 struct bw_enf_head {
 	__u64 ktime;
 	__u32 pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id, arg0, arg1, arg2;

@@ -1,7 +1,7 @@
 /* The one kernel <-> user-space contract of Bulwark's BPF programs.
  *
  * Every record in the ring buffer starts with struct bw_event_hdr (op code, record size, ktime);
- * user space mirrors these layouts in services/monitor/decoder.py and the start-up self-check
+ * user space mirrors these layouts in services/monitor/decode/exec_record.py and the start-up self-check
  * compares sizeof/offsetof of this file with that mirror.
  * Paths (struct bw_path) hold components LEAF FIRST, each NUL-terminated: "true\0bin\0usr\0"
  * is /usr/bin/true. User space reverses and joins them.

@@ -15,18 +15,18 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from services.enforcer.reports import report_loop
+from services.enforcer.applied import AppliedRules
+from services.enforcer.reports.publish import report_loop
 from services.enforcer.select import choose
-from services.enforcer.state import AppliedRules
-from shared.bus import connect, ensure_streams, follow
 from shared.codec import pack, unpack_map
 from shared.config import load_settings
 from shared.errors import DecodeError
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
 from shared.logs import setup_logging
-from shared.natscreds import credentials_for
+from shared.nats.bus import connect, ensure_streams, follow
+from shared.nats.creds import credentials_for
+from shared.nats.subjects import RULES, enforcer_await, rules_for_node
 from shared.schemas.rules import RuleSet
-from shared.subjects import RULES, enforcer_await, rules_for_node
 
 log = logging.getLogger("bulwark.enforcer")
 

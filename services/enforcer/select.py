@@ -18,8 +18,8 @@ from services.enforcer.audit import AuditOnlyEnforcer
 from services.enforcer.base import Enforcer
 from services.enforcer.bpflsm import BpfLsmEnforcer
 from services.enforcer.composite import CompositeEnforcer
-from services.enforcer.fanotify import FanotifyEnforcer
-from services.enforcer.signal import SignalEnforcer
+from services.enforcer.fanotify.enforcer import FanotifyEnforcer
+from services.enforcer.signal.enforcer import SignalEnforcer
 
 __all__ = ["REGISTRY", "ALL_OPERATIONS", "choose", "probe_all", "parse_order", "effective_order"]
 

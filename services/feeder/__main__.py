@@ -9,22 +9,22 @@ from typing import Any
 
 import uvicorn
 
-from services.feeder.api import FeederDeps, create_app
 from services.feeder.auth import ApiAuth
-from services.feeder.grpc_policy import PolicyService
-from services.feeder.grpc_server import build_grpc_server
+from services.feeder.grpc_api.policy import PolicyService
+from services.feeder.grpc_api.server import build_grpc_server
+from services.feeder.http.app import FeederDeps, create_app
 from services.feeder.hub import AlertHub
 from services.feeder.ingest import Ingestor
-from services.feeder.retention import RetentionPolicy, retention_loop
 from services.feeder.settings import load_feeder_settings, split_tokens
 from services.feeder.siem import SiemSink
-from services.feeder.state import FeederState, StateFollower
-from services.feeder.store import RecordStore, make_engine
+from services.feeder.store.database import RecordStore, make_engine
+from services.feeder.store.retention import RetentionPolicy, retention_loop
 from services.feeder.throttle import Throttler
-from shared.bus import connect, ensure_streams
+from services.feeder.views import FeederState, StateFollower
 from shared.lifecycle import Counters, heartbeat_loop, run_service, stop_event_on_signals
 from shared.logs import setup_logging
-from shared.natscreds import credentials_for
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.creds import credentials_for
 
 log = logging.getLogger("bulwark.feeder")
 

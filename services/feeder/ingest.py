@@ -25,17 +25,17 @@ from services.feeder.hub import AlertHub
 from services.feeder.kinds import access_for
 from services.feeder.losses import BATCH_COUNTERS, LossTracker, heartbeat_losses
 from services.feeder.siem import SiemSink
-from services.feeder.state import FeederState, StateFollower
-from services.feeder.store import RecordStore
+from services.feeder.store.database import RecordStore
 from services.feeder.throttle import Throttler
+from services.feeder.views import FeederState, StateFollower
 from shared.codec import pack, unpack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.loaders import decide_access
+from shared.nats.subjects import DEAD_LETTER, HEALTH_ALL, RAW
 from shared.schemas.events import RawBatch, RawEvent
 from shared.schemas.identity import Workload
 from shared.schemas.rules import WorkloadRules
-from shared.subjects import DEAD_LETTER, HEALTH_ALL, RAW
 from shared.visibility import visible
 
 __all__ = ["Ingestor", "DURABLE", "CATCH_UP_SECONDS", "Records", "ViewsBehind"]

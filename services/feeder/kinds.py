@@ -69,7 +69,7 @@ def access_for(event: RawEvent) -> Access | None:
         return Access("Capabilities", capability, source=event.exe, uid=event.uid, capability=capability)
     if kind == "syscall":
         return Access("Syscall", event.path, source=event.exe, uid=event.uid, syscall=event.syscall)
-    if kind == "enforce":  # a kill by the eBPF signal enforcer (services/enforcer/sigreport.py)
+    if kind == "enforce":  # a kill by the eBPF signal enforcer (services/enforcer/reports/kernel.py)
         # (or a refusal or audit by BPF-LSM, which says the access and whether the uid owns the file)
         match = str(event.extra.get("match", ""))
         extra_access = {"access": str(event.extra["access"])} if event.extra.get("access") else {}

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 
 from services.feeder.cef import to_cef
 from shared.lifecycle import Counters
-from shared.subjects import ALERTS, LOGS, alert_subject, log_subject
+from shared.nats.subjects import ALERTS, LOGS, alert_subject, log_subject
 
 __all__ = ["SiemSink", "encode", "subject_of"]
 

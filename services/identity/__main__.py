@@ -17,13 +17,13 @@ from services.identity.reaper import is_gone
 from services.identity.registry import Registry
 from services.identity.request_handler import IdentityApi
 from services.identity.settings import IdentitySettings, load_identity_settings
-from shared.bus import replay_stream
 from shared.codec import pack, unpack
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
+from shared.nats.bus import replay_stream
+from shared.nats.subjects import IDENTITY, IDENTITY_API
 from shared.schemas.identity import IdentityEvent
 from shared.service import Service, running_service
-from shared.subjects import IDENTITY, IDENTITY_API
 
 log = logging.getLogger("bulwark.identity")
 

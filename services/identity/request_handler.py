@@ -12,8 +12,8 @@ from services.identity.registry import Registry
 from shared.codec import pack
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
+from shared.nats.subjects import identity_events
 from shared.schemas.identity import IdentityEvent, Workload
-from shared.subjects import identity_events
 
 __all__ = ["IdentityApi", "validate_workload"]
 

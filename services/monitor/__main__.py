@@ -10,21 +10,21 @@ import time
 from typing import Any
 
 from services.monitor.batcher import Batcher
-from services.monitor.btf import Btf
-from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
-from services.monitor.decoder import DecodeContext, boot_offset_ns
+from services.monitor.decode.exec_record import DecodeContext, boot_offset_ns
+from services.monitor.decode.records import RecordDecoder
 from services.monitor.follow import FilterFollower
+from services.monitor.kernel_filters import ALL
 from services.monitor.loader import DEFAULT_BPF_DIR, Probes, read_boot_id
 from services.monitor.pump import Pump, tune_gc
-from services.monitor.records import RecordDecoder
 from services.monitor.selfcheck import SelfCheckFailed, run_selfcheck
-from services.monitor.visibility import ALL
-from shared.bus import connect, ensure_streams
+from shared.bpf.btf import Btf
+from shared.bpf.headers import ensure_btf_tree, use_btf_tree
 from shared.config import Settings, load_settings
 from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
 from shared.logs import setup_logging
-from shared.natscreds import credentials_for
-from shared.subjects import raw_events
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.creds import credentials_for
+from shared.nats.subjects import raw_events
 
 log = logging.getLogger("bulwark.monitor")
 

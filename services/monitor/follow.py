@@ -14,15 +14,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from services.monitor.kernel_filters import Visibility, needs_owner, visibility_masks, wanted_syscalls
 from services.monitor.namesigs import entry_names
-from services.monitor.visibility import Visibility, needs_owner, visibility_masks, wanted_syscalls
-from shared.bus import follow
 from shared.codec import unpack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
+from shared.nats.bus import follow
+from shared.nats.subjects import IDENTITY, RULES, identity_events, rules_for_node
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.schemas.rules import RuleSet
-from shared.subjects import IDENTITY, RULES, identity_events, rules_for_node
 
 __all__ = ["FilterFollower"]
 

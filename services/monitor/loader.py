@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.monitor.btf import Btf, BtfError
 from services.monitor.namesigs import SIG_BYTES, entry_names, signature_bits
 from services.monitor.ringbuf import Chunk, RingBuffer
+from shared.bpf.btf import Btf, BtfError
 
 __all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS",
            "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source", "kernel_cflags",
@@ -215,7 +215,7 @@ class Probes:
 
     def set_visibility(self, masks: dict[int, int]) -> None:
         """Replace the visibility map: mntns (0 = every other) -> BW_VIS_* bits, and the path trie
-        with ``masks.paths`` when it has them (:class:`~services.monitor.visibility.Visibility`;
+        with ``masks.paths`` when it has them (:class:`~services.monitor.kernel_filters.Visibility`;
         a plain dict empties the trie), the open prefilter's names with ``masks.names`` (the
         entries' own last names when it has none), and the named capabilities with ``masks.caps``.
 

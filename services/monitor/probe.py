@@ -15,8 +15,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.monitor.btf import VMLINUX_BTF, Btf
-from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.loader import (
     ATTACHMENTS,
     CAP_KPROBE,
@@ -29,6 +27,8 @@ from services.monitor.loader import (
     tracepoint_exists,
     tracepoint_has_field,
 )
+from shared.bpf.btf import VMLINUX_BTF, Btf
+from shared.bpf.headers import ensure_btf_tree, use_btf_tree
 
 __all__ = ["MonitorProbe", "helpers_called", "probe_monitor", "HELPER_SINCE", "FALLBACKS"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from services.monitor.batcher import Batcher
-from services.monitor.records import RecordDecoder
+from services.monitor.decode.records import RecordDecoder
 from services.monitor.ringbuf import Chunk
 from shared.errors import DecodeError
 from shared.lifecycle import Counters

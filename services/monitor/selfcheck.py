@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.monitor.btf import Btf, BtfError
-from services.monitor.decoder import EXEC_LAYOUT, decode_path
-from services.monitor.records import SYS_LAYOUT
+from services.monitor.decode.exec_record import EXEC_LAYOUT, decode_path
+from services.monitor.decode.records import SYS_LAYOUT
+from shared.bpf.btf import Btf, BtfError
 from shared.errors import BulwarkError
 
 __all__ = ["SelfCheckFailed", "SelfReport", "parse_field_list", "compare_offsets",

@@ -12,13 +12,13 @@ from services.policy.request_handler import PolicyApi, error_reply
 from services.policy.rulesets import RulePublisher
 from services.policy.schema import load_crd_schemas
 from services.policy.store import PolicyStore, Workloads
-from shared.bus import follow, replay_stream
 from shared.codec import pack, unpack, unpack_map
 from shared.config import Settings, load_settings
 from shared.errors import DecodeError
+from shared.nats.bus import follow, replay_stream
+from shared.nats.subjects import IDENTITY, POLICIES, POLICY_API
 from shared.schemas.identity import IdentityEvent
 from shared.service import Service, running_service
-from shared.subjects import IDENTITY, POLICIES, POLICY_API
 
 log = logging.getLogger("bulwark.policy")
 

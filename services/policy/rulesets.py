@@ -18,8 +18,8 @@ from shared.codec import pack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.matcher import DEFAULT_POSTURE, Posture
+from shared.nats.subjects import RULES, rules_for_node
 from shared.schemas.rules import RuleSet
-from shared.subjects import RULES, rules_for_node
 
 __all__ = ["RulePublisher"]
 

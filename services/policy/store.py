@@ -19,8 +19,8 @@ from services.policy.model import Policy, to_policy
 from services.policy.validate import admit
 from shared.codec import pack
 from shared.errors import DecodeError, ValidationFailed
+from shared.nats.subjects import POLICY_EVENTS
 from shared.schemas.identity import IdentityEvent, Workload
-from shared.subjects import POLICY_EVENTS
 
 __all__ = ["EVENT_TYPES", "Key", "StoredPolicy", "PolicyStore", "Workloads", "policy_event",
            "publish_policy_event"]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.natsd import free_port
-from shared.natsauth import inbox_prefix
-from shared.natscreds import NatsCredentials
-from shared.subjects import raw_events
+from bulwark.natsserver.process import free_port
+from shared.nats.auth import inbox_prefix
+from shared.nats.creds import NatsCredentials
+from shared.nats.subjects import raw_events
 from tests.docker.engine import PrivateDocker
 from tests.e2e.stack import wait_for_alerts
 from tests.natsperm import anonymous_refused, env_file_credentials, publish_ok

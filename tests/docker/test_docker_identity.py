@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from shared.bus import connect, request
 from shared.codec import unpack
+from shared.nats.bus import connect, request
+from shared.nats.subjects import IDENTITY_API, identity_events
 from shared.schemas.identity import IdentityEvent
-from shared.subjects import IDENTITY_API, identity_events
 from tests.docker.engine import PrivateDocker
 from tests.servicetools import eventually, service_log, start_service, stop_service, wait_healthy
 

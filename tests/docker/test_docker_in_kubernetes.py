@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import connect, request
-from shared.subjects import IDENTITY_API
+from shared.nats.bus import connect, request
+from shared.nats.subjects import IDENTITY_API
 from tests.docker.engine import PrivateDocker
 from tests.fixtures.k8s.fake_apiserver import FakeApiServer, load
 from tests.servicetools import eventually, service_log, start_service, stop_service, wait_healthy

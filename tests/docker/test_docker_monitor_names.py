@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from services.monitor.decode.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.kernel_filters import visibility_masks
 from services.monitor.loader import Probes
 from services.monitor.namesigs import entry_names
-from services.monitor.records import SYS_HEAD, SYS_LAYOUT
-from services.monitor.visibility import visibility_masks
 from shared.schemas.identity import Workload
 from tests.docker.engine import PrivateDocker
 from tests.kernel.conftest import probes  # noqa: F401  (the fixture)

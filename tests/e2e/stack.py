@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bulwark.natsd import free_port
+from bulwark.natsserver.process import free_port
 from bulwark.procs import terminate
 
 BIN = Path(sys.executable).parent

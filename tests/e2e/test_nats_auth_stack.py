@@ -16,12 +16,12 @@ import httpx
 import nats
 import pytest
 
-from shared.natsauth import user_name
+from shared.nats.auth import user_name
+from shared.nats.subjects import IDENTITY, RULES
 from shared.proto_gen import kubearmor_pb2 as pb
 from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.proto_gen import policy_pb2 as ppb
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
-from shared.subjects import IDENTITY, RULES
 from tests.e2e.stack import BIN, Stack, healthy_stack
 from tests.natsperm import PROBE_NAME, probe
 

@@ -1,9 +1,9 @@
 """The NATS helper against a real nats-server."""
 from __future__ import annotations
 
-from shared.bus import connect, ensure_streams, request, stream_last_seq
 from shared.codec import pack, unpack
-from shared.subjects import POLICIES, POLICY_EVENTS, STREAMS
+from shared.nats.bus import connect, ensure_streams, request, stream_last_seq
+from shared.nats.subjects import POLICIES, POLICY_EVENTS, STREAMS
 
 
 async def test_streams_are_created_once_and_request_reply_works(nats_server) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.subjects import raw_events
+from shared.nats.subjects import raw_events
 from tests.integration.test_feeder_live import _beats, _events, _setup, make_feeder  # noqa: F401
 from tests.integration.test_feeder_pipeline import NODE, _until
 

@@ -13,15 +13,15 @@ from sqlalchemy import create_engine, text
 
 from services.feeder.hub import AlertHub
 from services.feeder.ingest import CATCH_UP_SECONDS, Ingestor
-from services.feeder.models import AlertRow, LogRow
 from services.feeder.siem import SiemSink
-from services.feeder.state import FeederState, StateFollower
-from services.feeder.store import RecordStore, make_engine
-from shared.bus import connect, ensure_streams
+from services.feeder.store.database import RecordStore, make_engine
+from services.feeder.store.models import AlertRow, LogRow
+from services.feeder.views import FeederState, StateFollower
 from shared.codec import pack
 from shared.lifecycle import Counters
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.subjects import ALERTS, identity_events, raw_events, rules_for_node
 from shared.schemas import IdentityEvent, RawBatch, RawEvent, RuleSet, Workload, WorkloadRules
-from shared.subjects import ALERTS, identity_events, raw_events, rules_for_node
 from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, Feeder, _ruleset, _workload
 
 BATCHES, PER_BATCH = 120, 5

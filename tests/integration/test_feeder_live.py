@@ -15,14 +15,14 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from shared.bus import connect, ensure_streams
 from shared.codec import pack, unpack
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.subjects import POLICY_API, health, identity_events, raw_events, rules_for_node
 from shared.proto_gen import kubearmor_pb2 as pb
 from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.proto_gen import policy_pb2 as ppb
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
 from shared.schemas import IdentityEvent, RawBatch, RawEvent, Rule, RuleSet, Workload, WorkloadRules
-from shared.subjects import POLICY_API, health, identity_events, raw_events, rules_for_node
 from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, Feeder, _ruleset, _until, _workload
 
 QUIET_MNTNS = 4026532999

@@ -19,13 +19,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import connect as ws_connect
 
-from bulwark.natsd import free_port, wait_for_port
-from shared.bus import connect, ensure_streams
+from bulwark.natsserver.process import free_port, wait_for_port
 from shared.codec import pack, unpack
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.subjects import DEAD_LETTER, health, identity_events, raw_events, rules_for_node
 from shared.proto_gen import kubearmor_pb2 as pb
 from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.schemas import IdentityEvent, RawBatch, RawEvent, Rule, RuleSet, Workload, WorkloadRules
-from shared.subjects import DEAD_LETTER, health, identity_events, raw_events, rules_for_node
 
 NODE = "test-node"
 MNTNS, PIDNS = 4026532777, 4026532778
@@ -229,7 +229,7 @@ async def test_policy_api_is_proxied_to_the_policy_service(nats_server: Any, fee
             reply = {"ok": True, "found": req["name"] == "p"}
         await msg.respond(pack(reply))
 
-    from shared.subjects import POLICY_API
+    from shared.nats.subjects import POLICY_API
 
     await nc.subscribe(POLICY_API, cb=policy)
     await nc.flush()

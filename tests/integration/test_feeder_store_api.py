@@ -9,14 +9,14 @@ import httpx
 import pytest
 from sqlalchemy import inspect, text
 
-from services.feeder.api import FeederDeps, create_app
 from services.feeder.auth import ApiAuth
+from services.feeder.http.app import FeederDeps, create_app
 from services.feeder.hub import AlertHub
-from services.feeder.migrate import head_revision, upgrade
-from services.feeder.models import AlertRow, LogRow
-from services.feeder.retention import RetentionPolicy, trim_once
-from services.feeder.state import FeederState
-from services.feeder.store import RecordStore, make_engine
+from services.feeder.store.database import RecordStore, make_engine
+from services.feeder.store.migrate import head_revision, upgrade
+from services.feeder.store.models import AlertRow, LogRow
+from services.feeder.store.retention import RetentionPolicy, trim_once
+from services.feeder.views import FeederState
 
 
 def _alert(i: int, **kw: Any) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def test_migrations_reach_head_and_carry_an_old_database_forward(db_url: str) ->
 
 
 def st_query(**kw: Any) -> Any:
-    from services.feeder.query import RecordQuery
+    from services.feeder.store.query import RecordQuery
 
     return RecordQuery(**kw)
 

@@ -19,14 +19,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.bus import connect, ensure_streams
 from shared.codec import pack
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.subjects import identity_events, raw_events
 from shared.proto_gen import kubearmor_pb2 as pb
 from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.proto_gen import policy_pb2 as ppb
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
 from shared.schemas import IdentityEvent
-from shared.subjects import identity_events, raw_events
 from tests.integration.test_feeder_live import _events
 from tests.integration.test_feeder_pipeline import NODE, Feeder, _workload
 from tests.servicetools import service_log, start_service, stop_service, wait_healthy

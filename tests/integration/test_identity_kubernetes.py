@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import connect, request
 from shared.codec import unpack
+from shared.nats.bus import connect, request
+from shared.nats.subjects import IDENTITY_API, POLICY_API, identity_events
 from shared.schemas.identity import IdentityEvent
-from shared.subjects import IDENTITY_API, POLICY_API, identity_events
 from tests.conftest import require_root
 from tests.fixtures.k8s.fake_apiserver import FakeApiServer, load, load_events
 from tests.servicetools import eventually, service_log, start_service, stop_service, wait_healthy

@@ -24,11 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bulwark.natsd import free_port, wait_for_port
+from bulwark.natsserver.process import free_port, wait_for_port
 from bulwark.procs import terminate
-from services.feeder.store import RecordStore, make_engine
-from shared.bus import connect, request
-from shared.subjects import POLICY_API
+from services.feeder.store.database import RecordStore, make_engine
+from shared.nats.bus import connect, request
+from shared.nats.subjects import POLICY_API
 from tests.conftest import NatsServer
 from tests.servicetools import service_log, start_service
 
@@ -272,9 +272,9 @@ def test_oversized_bodies_get_413_before_they_are_read(stack: RestStack) -> None
 
 
 async def test_body_limit_is_a_setting_and_never_more_than_the_bus_carries(stack: RestStack) -> None:
-    from services.feeder.api import FeederDeps, create_app
+    from services.feeder.http.app import FeederDeps, create_app
     from services.feeder.hub import AlertHub
-    from services.feeder.state import FeederState
+    from services.feeder.views import FeederState
 
     nc = await connect(stack.nats.url, "bounds-app")
     engine = make_engine(stack.feeders["sqlite"].db_url, migrate=False)

@@ -14,11 +14,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from bulwark.natsd import free_port, start_nats_server
+from bulwark.natsserver.process import free_port, start_nats_server
 from bulwark.procs import terminate
-from shared.bus import NatsAuthRefused, connect, ensure_streams, request
-from shared.natsauth import CLUSTER_ROLES, DURABLES, NODE_ROLES, inbox_prefix, render_authorization, user_name
-from shared.subjects import IDENTITY, POLICY_API, POLICY_EVENTS, RAW, RULES, raw_events
+from shared.nats.auth import CLUSTER_ROLES, DURABLES, NODE_ROLES, inbox_prefix, render_authorization, user_name
+from shared.nats.bus import NatsAuthRefused, connect, ensure_streams, request
+from shared.nats.subjects import IDENTITY, POLICY_API, POLICY_EVENTS, RAW, RULES, raw_events
 from tests.conftest import require_root
 from tests.natsperm import probe, publish_ok
 from tests.servicetools import service_log, start_service, stop_service, wait_healthy

@@ -17,20 +17,20 @@ from typing import Any
 import nats
 import yaml
 
-from bulwark.natsconf import create_streams
-from bulwark.natsd import free_port
-from bulwark.natsdeploy import (
+from bulwark.natsserver.config import create_streams
+from bulwark.natsserver.deploy import (
     CALLOUT_SEED_KEY,
     SECRET_AUTH,
     SECRET_USERS,
     render_kubernetes,
 )
+from bulwark.natsserver.process import free_port
 from bulwark.procs import terminate
-from shared.bus import connect
 from shared.codec import pack
 from shared.config import Settings
-from shared.natscreds import NatsCredentials, credentials_for
-from shared.subjects import POLICY_EVENTS, raw_events
+from shared.nats.bus import connect
+from shared.nats.creds import NatsCredentials, credentials_for
+from shared.nats.subjects import POLICY_EVENTS, raw_events
 from tests.fixtures.k8s.fake_apiserver import FakeApiServer
 from tests.natsperm import anonymous_refused, login_refused, probe, publish_ok, start_nats
 from tests.servicetools import service_log, start_service, stop_service, wait_healthy

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bulwark.natsconf import create_streams
-from bulwark.natsd import free_port
-from bulwark.natsdeploy import render_compose
+from bulwark.natsserver.config import create_streams
+from bulwark.natsserver.deploy import render_compose
+from bulwark.natsserver.process import free_port
 from bulwark.procs import terminate
 from shared.config import Settings
-from shared.natscreds import NatsCredentials, credentials_for
-from shared.subjects import POLICY_EVENTS, raw_events
+from shared.nats.creds import NatsCredentials, credentials_for
+from shared.nats.subjects import POLICY_EVENTS, raw_events
 from tests.natsperm import anonymous_refused, env_file_credentials, probe, publish_ok, start_nats
 
 

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.bus import connect, ensure_streams, request, stream_last_seq
 from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
+from shared.nats.bus import connect, ensure_streams, request, stream_last_seq
+from shared.nats.subjects import POLICIES, POLICY_API, RULES, health, identity_events, rules_for_node
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.schemas.rules import RuleSet
-from shared.subjects import POLICIES, POLICY_API, RULES, health, identity_events, rules_for_node
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "test-node"

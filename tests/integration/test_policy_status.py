@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.bus import connect, ensure_streams, request
 from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
 from shared.matcher import Access, decide
+from shared.nats.bus import connect, ensure_streams, request
+from shared.nats.subjects import POLICY_API, POLICY_EVENTS, RULES, identity_events, rules_for_node
 from shared.schemas.identity import IdentityEvent, Workload
 from shared.schemas.rules import RuleSet
-from shared.subjects import POLICY_API, POLICY_EVENTS, RULES, identity_events, rules_for_node
 from tests.servicetools import eventually, service_log, start_service, stop_service
 
 NODE = "status-node"

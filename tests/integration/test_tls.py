@@ -20,22 +20,22 @@ import uvicorn
 from websockets.asyncio.client import connect as ws_connect
 
 from bulwark.client import Api
-from bulwark.natsconf import nats_tls_block
-from bulwark.natsd import free_port, wait_for_port
+from bulwark.natsserver.config import nats_tls_block
+from bulwark.natsserver.process import free_port, wait_for_port
 from bulwark.procs import terminate
-from services.feeder.api import FeederDeps, create_app
 from services.feeder.auth import ApiAuth
+from services.feeder.http.app import FeederDeps, create_app
 from services.feeder.hub import AlertHub
-from services.feeder.state import FeederState
-from services.feeder.store import RecordStore, make_engine
-from shared.bus import connect, ensure_streams, request
+from services.feeder.store.database import RecordStore, make_engine
+from services.feeder.views import FeederState
 from shared.config import Settings
-from shared.natsauth import CLUSTER_ROLES, render_authorization, user_name
+from shared.nats.auth import CLUSTER_ROLES, render_authorization, user_name
+from shared.nats.bus import connect, ensure_streams, request
+from shared.nats.subjects import POLICY_API
 from shared.proto_gen import kubearmor_pb2 as pb
 from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.proto_gen import policy_pb2 as ppb
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
-from shared.subjects import POLICY_API
 from tests.integration.test_feeder_pipeline import Feeder
 from tests.natsperm import start_nats
 from tests.servicetools import service_log, start_service, stop_service, wait_healthy

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from shared.bus import connect, ensure_streams
 from shared.codec import pack, unpack_map
+from shared.nats.bus import connect, ensure_streams
+from shared.nats.subjects import raw_events, rules_for_node
 from shared.schemas.events import RawBatch
 from shared.schemas.rules import Rule, RuleSet
-from shared.subjects import raw_events, rules_for_node
 
 __all__ = ["REPO", "PY", "bpftool_show", "held_programs", "still_loaded", "net_rule", "cap_rule",
            "poll_reports", "EnforcerService", "enforcer_service"]

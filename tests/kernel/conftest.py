@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from services.enforcer.fanotify import FanotifyEnforcer
-from services.monitor.btf import Btf
-from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
+from services.enforcer.fanotify.enforcer import FanotifyEnforcer
 from services.monitor.loader import Probes
+from shared.bpf.btf import Btf
+from shared.bpf.headers import ensure_btf_tree, use_btf_tree
 from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell, bound
 

@@ -255,7 +255,7 @@ spec:
 @pytest.fixture
 def slow_nats(tmp_path: Path) -> Iterator[str]:
     """A real nats-server given the time a software-emulated guest needs to start it (minutes, not 10 s)."""
-    from bulwark.natsd import free_port, start_nats_server, wait_for_port
+    from bulwark.natsserver.process import free_port, start_nats_server, wait_for_port
     from bulwark.procs import terminate
 
     port = free_port()
@@ -275,8 +275,8 @@ def test_bulwark_run_starts_under_the_profile_loaded_before_the_gate(slow_nats: 
     require_root()
     import asyncio
 
-    from shared.bus import connect, ensure_streams, request
-    from shared.subjects import POLICY_API
+    from shared.nats.bus import connect, ensure_streams, request
+    from shared.nats.subjects import POLICY_API
     from tests.servicetools import service_log, start_service, stop_service, wait_healthy
 
     blocked, ro_file = private_copy("/usr/bin/true", tmp_path, "blocked"), tmp_path / "readonly.txt"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from services.enforcer.bpflsm import BpfLsmEnforcer
+from services.enforcer.reports.kernel import to_raw_event
 from services.enforcer.select import REGISTRY, choose
-from services.enforcer.sigreport import to_raw_event
 from shared.schemas.rules import Rule, RuleSet
 from tests.conftest import require_root
 from tests.kernel.bpfkit import (

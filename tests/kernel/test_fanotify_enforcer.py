@@ -19,10 +19,10 @@ import pytest
 from bulwark.procs import terminate
 from services.enforcer.bpflsm import btf_func_id
 from services.enforcer.select import choose, probe_all
-from shared.bus import connect, ensure_streams, request
 from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
-from shared.subjects import enforcer_await, health, rules_for_node
+from shared.nats.bus import connect, ensure_streams, request
+from shared.nats.subjects import enforcer_await, health, rules_for_node
 from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell, block_exec, host_run, private_copy, ruleset
 
@@ -168,7 +168,7 @@ def test_every_exec_in_a_loop_is_denied_in_the_namespace_and_allowed_on_the_host
 
 HARNESS = """
 import sys, time
-from services.enforcer.fanotify import FanotifyEnforcer
+from services.enforcer.fanotify.enforcer import FanotifyEnforcer
 from tests.kernel.nsutil import block_exec, ruleset
 enf = FanotifyEnforcer(holder=sys.argv[4] or None)
 if sys.argv[3] == "stall":

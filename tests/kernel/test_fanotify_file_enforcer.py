@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import services.enforcer.fanotify as fan_mod
+import services.enforcer.fanotify.enforcer as fan_mod
 from services.policy.globs import glob_to_regex
 from shared.matcher import Access, Decision, Posture
 from shared.schemas.rules import Rule

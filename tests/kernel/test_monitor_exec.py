@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from shared.bus import connect
 from shared.codec import unpack
-from shared.subjects import health, raw_events
+from shared.nats.bus import connect
+from shared.nats.subjects import health, raw_events
 from tests.conftest import NatsServer, require_root
 from tests.kernel.nsutil import bound
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from services.enforcer.fanotify import FanotifyEnforcer
+from services.enforcer.fanotify.enforcer import FanotifyEnforcer
+from services.monitor.decode.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.kernel_filters import FILE_PATHS, Visibility, visibility_masks
 from services.monitor.loader import Probes
 from services.monitor.namesigs import entry_names
-from services.monitor.records import SYS_HEAD, SYS_LAYOUT
-from services.monitor.visibility import FILE_PATHS, Visibility, visibility_masks
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule
 from tests.kernel.nsutil import NsShell, file_rule, ruleset

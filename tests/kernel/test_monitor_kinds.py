@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from shared.codec import pack, unpack
+from shared.nats.subjects import RULES, health, rules_for_node
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
-from shared.subjects import RULES, health, rules_for_node
 from tests.kernel.nsutil import NsShell, bound
 from tests.kernel.test_monitor_exec import NODE, Monitor, monitor  # noqa: F401  (fixture)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from services.monitor.btf import Btf
-from services.monitor.btf_tree import ensure_btf_tree, use_btf_tree
 from services.monitor.loader import DEFAULT_BPF_DIR
 from services.monitor.selfcheck import run_selfcheck
+from shared.bpf.btf import Btf
+from shared.bpf.headers import ensure_btf_tree, use_btf_tree
 from tests.conftest import require_root
 from tests.kernel.nsutil import bound
 
@@ -64,7 +64,7 @@ def test_tree_defines_every_helper_bcc_names_and_what_this_kernel_has(tmp_path: 
     """bcc's helpers.h names helpers this kernel may lack (cgrp_storage_get on 6.1): the tree defines
     those as absent so it compiles, and says which ones the kernel has (BW_HELPER_<name>)."""
     require_root()
-    from services.monitor.btf_tree import ABSENT_HELPER_ID, bcc_helper_names
+    from shared.bpf.headers import ABSENT_HELPER_ID, bcc_helper_names
 
     btf = Btf.load()
     kconfig = (ensure_btf_tree(tmp_path / "bcc-btf", btf=btf) / "include/linux/kconfig.h").read_text()

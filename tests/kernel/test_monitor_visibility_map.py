@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from services.monitor.decode.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.kernel_filters import CAPS_NAMED, KIND_BITS, visibility_masks
 from services.monitor.loader import Probes
-from services.monitor.records import SYS_HEAD, SYS_LAYOUT
-from services.monitor.visibility import CAPS_NAMED, KIND_BITS, visibility_masks
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule
 from tests.kernel.nsutil import NsShell, ruleset

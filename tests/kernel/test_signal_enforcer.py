@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from services.enforcer.signal import SignalEnforcer
-from services.enforcer.sigreport import to_raw_event
+from services.enforcer.reports.kernel import to_raw_event
+from services.enforcer.signal.enforcer import SignalEnforcer
 from tests.conftest import require_root
 from tests.kernel.bpfkit import (
     cap_rule,

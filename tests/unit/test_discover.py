@@ -10,9 +10,9 @@ import yaml
 from bulwark.discover import discover, render_policies, resolve_in, strip_comments
 from bulwark.rehearse import Rehearsal, merge_policies, parse_window, record_access, rehearse, selected, store_records
 from services.feeder.enrich import build_alert, build_log
-from services.feeder.models import LogRow
-from services.feeder.query import RecordQuery
-from services.feeder.store import RecordStore, make_engine
+from services.feeder.store.database import RecordStore, make_engine
+from services.feeder.store.models import LogRow
+from services.feeder.store.query import RecordQuery
 from services.policy.model import to_policy
 from services.policy.validate import admit
 from shared.matcher import Decision, Posture

@@ -1,4 +1,4 @@
-"""What a thread blocked in an open asked for, read from /proc (services/enforcer/fanaccess.py), with a
+"""What a thread blocked in an open asked for, read from /proc (services/enforcer/fanotify/access.py), with a
 real child process that runs for a while and then blocks opening a FIFO (as a fanotify waiter does)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.enforcer.fanaccess import open_access
+from services.enforcer.fanotify.access import open_access
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers of x86_64")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from services.enforcer.reporting import ReportQueue
-from services.enforcer.reports import report_loop
+from services.enforcer.reports.publish import report_loop
+from services.enforcer.reports.queue import ReportQueue
 from shared.codec import unpack
 from shared.lifecycle import Counters
 from shared.schemas.events import RawEvent

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
+from services.enforcer.applied import AppliedRules
 from services.enforcer.audit import AuditOnlyEnforcer
 from services.enforcer.base import Enforcer
 from services.enforcer.select import choose, parse_order, probe_all
-from services.enforcer.state import AppliedRules
 from shared.schemas.rules import RuleSet, WorkloadRules
 
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from services.enforcer.composite import CompositeEnforcer, restrict
-from services.enforcer.sigreport import KillRecord, to_raw_event
-from services.enforcer.sigrules import ANY, CAPS, RuleRef, compile_tables
+from services.enforcer.reports.kernel import KillRecord, to_raw_event
+from services.enforcer.signal.rules import ANY, CAPS, RuleRef, compile_tables
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
 
@@ -96,7 +96,7 @@ def test_composite_gives_each_part_its_operations() -> None:
 def _lsm_record(kind: int, action: int, args: tuple[int, int, int], res: bytes, rule_id: int = 1) -> bytes:
     import struct
 
-    from services.enforcer.sigreport import LSM_RES_LEN, RECORD_HEAD
+    from services.enforcer.reports.kernel import LSM_RES_LEN, RECORD_HEAD
 
     exe = struct.pack("<HHHH768s", 13, 1, 3, 0, b"true\0bin\0usr\0")  # /usr/bin/true, leaf first
     head = RECORD_HEAD.pack(7, 10, 11, 1, 0, 0, 4026532000, 4026531836, 1, 0, kind | (action << 8), rule_id,
@@ -105,7 +105,7 @@ def _lsm_record(kind: int, action: int, args: tuple[int, int, int], res: bytes, 
 
 
 def test_bpflsm_records_become_refused_or_audited_events() -> None:
-    from services.enforcer.sigreport import parse_lsm_record
+    from services.enforcer.reports.kernel import parse_lsm_record
 
     ref = RuleRef("w1", 4026532000, "File", "/etc/", "no-etc")
     rec = parse_lsm_record(_lsm_record(2, 1, (1, 0, 0), b"/etc/hosts"), {1: ref})

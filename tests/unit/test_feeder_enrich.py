@@ -98,7 +98,7 @@ def test_a_kill_report_says_killed_by_the_signal_enforcer() -> None:
 
 
 def test_the_enforcer_is_named_per_operation_from_the_heartbeat() -> None:
-    from services.feeder.state import FeederState
+    from services.feeder.views import FeederState
 
     state = FeederState()
     state.apply_heartbeat({"service": "enforcer", "node": "n1", "details": {

@@ -8,7 +8,7 @@ import pytest
 from services.feeder.auth import ApiAuth, bearer_token
 from services.feeder.cef import to_cef
 from services.feeder.hub import AlertHub
-from services.feeder.query import QueryError, RecordQuery, decode_cursor, encode_cursor
+from services.feeder.store.query import QueryError, RecordQuery, decode_cursor, encode_cursor
 from services.feeder.throttle import Throttler
 from shared.schemas.identity import Workload
 from shared.visibility import parse_visibility, visible

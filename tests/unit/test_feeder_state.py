@@ -1,10 +1,10 @@
 """The feeder's pure views: identity map with stopped workloads and host fallback, rules, health."""
 from __future__ import annotations
 
-from services.feeder import state as state_mod
-from services.feeder.api import health_report
+from services.feeder import views as state_mod
+from services.feeder.http.app import health_report
 from services.feeder.hub import AlertHub
-from services.feeder.state import FeederState
+from services.feeder.views import FeederState
 from shared.schemas import IdentityEvent, RuleSet, Workload, WorkloadRules
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from services.feeder.store import AlertQuery, AlertStore, make_engine, parse_since
+from services.feeder.store.database import AlertQuery, AlertStore, make_engine, parse_since
 
 
 def _alert(eid: str, ts: int, **kw: str) -> dict[str, object]:

@@ -99,7 +99,7 @@ def _env(container: dict) -> dict[str, dict]:
 
 
 def test_generated_nats_secrets_are_valid_for_the_kubernetes_api(tmp_path: Path) -> None:
-    from bulwark.natsdeploy import render_kubernetes
+    from bulwark.natsserver.deploy import render_kubernetes
 
     docs = [d for d in yaml.safe_load_all(render_kubernetes(tmp_path).read_text()) if d]
     assert {d["kind"] for d in docs} == {"Secret"}
@@ -108,7 +108,7 @@ def test_generated_nats_secrets_are_valid_for_the_kubernetes_api(tmp_path: Path)
 
 
 def test_each_cluster_service_gets_only_its_own_nats_user() -> None:
-    from bulwark.natsdeploy import CALLOUT_SEED_KEY, SECRET_USERS
+    from bulwark.natsserver.deploy import CALLOUT_SEED_KEY, SECRET_USERS
 
     seen = {}
     for d in _by_kind("Deployment"):
@@ -142,7 +142,7 @@ def test_node_agents_log_in_with_a_projected_serviceaccount_token_and_hold_no_se
 
 
 def test_nats_reads_the_generated_authorization() -> None:
-    from bulwark.natsdeploy import SECRET_AUTH
+    from bulwark.natsserver.deploy import SECRET_AUTH
 
     (sts,) = [d for d in _by_kind("StatefulSet") if d["metadata"]["name"] == "bulwark-nats"]
     pod = sts["spec"]["template"]["spec"]

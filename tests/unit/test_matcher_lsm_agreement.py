@@ -24,8 +24,8 @@ from services.enforcer.bpflsm.rules import (
     compile_tables,
     slot,
 )
-from services.enforcer.sigrules import CAPS
-from services.monitor.kinds_kernel import protocol_name
+from services.enforcer.signal.rules import CAPS
+from services.monitor.decode.kinds import protocol_name
 from services.policy.compiler import compile_rules
 from services.policy.model import to_policy
 from services.policy.validate import admit

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.monitor.btf_tree import fix_vmlinux_text
 from services.monitor.selfcheck import compare_offsets, parse_field_list
+from shared.bpf.headers import fix_vmlinux_text
 
 REPO = Path(__file__).resolve().parents[2]
 

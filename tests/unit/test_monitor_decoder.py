@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from services.monitor.decoder import EXEC_LAYOUT, EXEC_SIZE, DecodeContext, decode, decode_path
+from services.monitor.decode.exec_record import EXEC_LAYOUT, EXEC_SIZE, DecodeContext, decode, decode_path
 from shared.codec import pack, unpack
 from shared.errors import DecodeError
 from shared.schemas.events import RawEvent

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from services.monitor.btf import Btf, BtfError
 from services.monitor.loader import kernel_cflags
 from services.monitor.namesigs import SIG_BITS, SIG_BYTES, entry_name, entry_names, name_signature, signature_bits
+from shared.bpf.btf import Btf, BtfError
 
 
 def test_entry_name_is_the_last_component() -> None:

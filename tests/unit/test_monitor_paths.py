@@ -1,9 +1,9 @@
-"""The in-kernel path filter's entries (services.monitor.visibility): which (mntns, prefix) entries
+"""The in-kernel path filter's entries (services.monitor.kernel_filters): which (mntns, prefix) entries
 the trie gets, when a namespace falls back to every file event, and that no path a rule matches is
 ever left uncovered (checked against shared.matcher itself)."""
 from __future__ import annotations
 
-from services.monitor.visibility import (
+from services.monitor.kernel_filters import (
     FILE_PATHS,
     PATH_KEY_LEN,
     Visibility,

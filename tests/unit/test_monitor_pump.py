@@ -7,9 +7,9 @@ import struct
 import pytest
 
 from services.monitor.batcher import Batcher
-from services.monitor.decoder import DecodeContext
+from services.monitor.decode.exec_record import DecodeContext
+from services.monitor.decode.records import RecordDecoder
 from services.monitor.pump import Pump
-from services.monitor.records import RecordDecoder
 from shared.lifecycle import Counters
 from tests.unit.test_monitor_records import chunk_of, proc_rec, sys_rec
 

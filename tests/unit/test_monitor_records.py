@@ -5,10 +5,10 @@ import struct
 
 import pytest
 
-from services.monitor.decoder import DecodeContext
-from services.monitor.kinds_kernel import protocol_name, sockaddr
-from services.monitor.records import PROC_SIZE, SYS_HEAD, SYS_LAYOUT, RecordDecoder
-from services.monitor.visibility import ALL, CAPS_NAMED, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
+from services.monitor.decode.exec_record import DecodeContext
+from services.monitor.decode.kinds import protocol_name, sockaddr
+from services.monitor.decode.records import PROC_SIZE, SYS_HEAD, SYS_LAYOUT, RecordDecoder
+from services.monitor.kernel_filters import ALL, CAPS_NAMED, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
 from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
 from shared.schemas.identity import Workload

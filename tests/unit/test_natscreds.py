@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.natscreds import CredentialsError, credentials_for
+from shared.nats.creds import CredentialsError, credentials_for
 
 
 def test_no_credentials_means_the_url_carries_them() -> None:

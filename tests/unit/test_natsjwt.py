@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared import natsjwt
+from shared.nats import jwt as natsjwt
 
 
 def test_a_signed_token_decodes_and_verifies_against_its_issuer() -> None:

@@ -179,7 +179,7 @@ def test_missing_api_version_is_defaulted_with_a_warning_and_a_wrong_one_is_an_e
 
 
 def test_validate_command_prints_warnings_after_ok(tmp_path) -> None:
-    from bulwark.policy_cmd import validate_paths
+    from bulwark.commands.policy import validate_paths
 
     f = tmp_path / "p.yaml"
     f.write_text(KSP.replace("apiVersion:", "Version:"))

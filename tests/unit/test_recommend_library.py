@@ -162,7 +162,7 @@ def test_reports_carry_the_same_content_in_three_forms() -> None:
 
 
 def test_results_are_written_as_policy_files_and_three_reports(tmp_path) -> None:
-    from bulwark.policy_cmd import validate_paths
+    from bulwark.commands.policy import validate_paths
     from bulwark.recommend.cmd import write_results
 
     target = Target("web", "shop", {"app": "web"}, "img:1")

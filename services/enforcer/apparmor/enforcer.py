@@ -30,7 +30,7 @@ from services.enforcer.apparmor.kernel import (
 from services.enforcer.apparmor.profiles import OPERATIONS, PREFIX, generate_profile, profile_name, workload_of
 from services.enforcer.apparmor.report import ENFORCER, AppArmorReport, from_record
 from services.enforcer.base import ProbeResult
-from services.enforcer.reporting import ReportQueue
+from services.enforcer.reports.queue import ReportQueue
 from shared.lifecycle import Counters
 from shared.schemas.rules import RuleSet, WorkloadRules
 

@@ -112,7 +112,7 @@ def access_of(record: AuditRecord) -> tuple[str, str, str, dict[str, Any]] | Non
         name = record.get("capname", "")
         return "Capabilities", "CAP_" + name.upper(), "", {"capability": name, "cap": _int(record.get("capability"))}
     if "family" in record or "sock_type" in record:
-        from services.monitor.kinds_kernel import FAMILIES, SOCK_TYPES, protocol_name
+        from services.monitor.decode.kinds import FAMILIES, SOCK_TYPES, protocol_name
 
         family, stype = _FAMILIES.get(record.get("family", ""), -1), _TYPES.get(record.get("sock_type", ""), -1)
         proto = protocol_name(family, stype, _int(record.get("protocol"), 0))

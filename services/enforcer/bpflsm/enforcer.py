@@ -17,10 +17,10 @@ from services.enforcer.base import ProbeResult
 from services.enforcer.bpflsm.maps import clear_tables, write_tables
 from services.enforcer.bpflsm.probe import probe_bpf_lsm
 from services.enforcer.bpflsm.rules import KINDS, Classes, compile_tables
-from services.enforcer.reporting import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
-from services.enforcer.signal import BPF_DIR, load_program
-from services.enforcer.sigreport import LSM_ENFORCER, LsmRecord, parse_lsm_record
-from services.enforcer.sigrules import RuleRef
+from services.enforcer.reports.kernel import LSM_ENFORCER, LsmRecord, parse_lsm_record
+from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
+from services.enforcer.signal.enforcer import BPF_DIR, load_program
+from services.enforcer.signal.rules import RuleRef
 from shared.lifecycle import Counters
 from shared.schemas.rules import RuleSet
 

@@ -117,7 +117,7 @@ def _attach(prog_fd: int) -> tuple[int, str]:
 def probe_lsm_source(btf_tree: Path | None = None) -> str:
     """Compile bpf/enforce/lsm.c with bcc and try to load it (maps empty: it could deny nothing)."""
     try:
-        from services.enforcer.signal import BPF_DIR, prepare_bcc, program_text
+        from services.enforcer.signal.enforcer import BPF_DIR, prepare_bcc, program_text
 
         prepare_bcc(btf_tree)
         from bcc import BPF

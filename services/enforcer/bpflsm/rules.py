@@ -11,7 +11,7 @@ then decided here, for every source class and access slot, and the kernel only f
   path only when its entry is a prefix of it), so ``DIR + NOWHERE`` stands for every direct child
   no exact entry names, and ``DIR + NOWHERE/NOWHERE`` for everything deeper. No entry: class 0.
 - Sources (fromSource): the same over the executables' paths and directories.
-- Network: the monitor's protocol name of (family, type, protocol) (services/monitor/kinds_kernel.py);
+- Network: the monitor's protocol name of (family, type, protocol) (services/monitor/decode/kinds.py);
   Capabilities: the capability.
 
 Slots: access (read, write, exec) x owner (the caller's uid owns the file, or not).
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.enforcer.sigrules import CAPS, RuleRef
-from services.monitor.kinds_kernel import protocol_name
+from services.enforcer.signal.rules import CAPS, RuleRef
+from services.monitor.decode.kinds import protocol_name
 from shared.matcher import ALLOWING, Access, Decision, Posture, decide
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 

@@ -3,7 +3,7 @@
 nats-server sends each login that no static user matches to ``$SYS.REQ.USER.AUTH``. A node agent logs
 in as user ``monitor`` or ``enforcer`` with its projected token as the password; the verifier (a
 TokenReview) says which node the token's pod runs on, and the answer is a user JWT with that role's rights on
-that node only (``shared.natsauth``). So a node's agents can publish only ``bulwark.raw.<their node>``,
+that node only (``shared.nats.auth``). So a node's agents can publish only ``bulwark.raw.<their node>``,
 whatever they claim, and no node holds another node's credentials.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Protocol
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from shared import natsjwt
 from shared.lifecycle import Counters
-from shared.natsauth import AUTH_CALLOUT_SUBJECT, NODE_ROLES, permissions_for, user_name
+from shared.nats import jwt as natsjwt
+from shared.nats.auth import AUTH_CALLOUT_SUBJECT, NODE_ROLES, permissions_for, user_name
 
 __all__ = ["AuthCallout", "NodeVerifier"]
 
@@ -44,7 +44,7 @@ class AuthCallout:
             counters.setdefault(name, 0)
 
     async def start(self, nc: Client) -> None:
-        """Subscribe to the callout subject (the identity user may, see shared.natsauth)."""
+        """Subscribe to the callout subject (the identity user may, see shared.nats.auth)."""
         await nc.subscribe(AUTH_CALLOUT_SUBJECT, cb=self._on_request)
 
     async def _on_request(self, msg: Msg) -> None:

@@ -15,10 +15,10 @@ from nats.aio.client import Client
 
 from services.identity.backoff import Backoff
 from services.identity.runtime.facts import KubeEvent, KubeReset
-from shared.bus import request
 from shared.errors import ServiceUnavailable
 from shared.lifecycle import Counters
-from shared.subjects import POLICY_API
+from shared.nats.bus import request
+from shared.nats.subjects import POLICY_API
 
 __all__ = ["POLICY_RESOURCES", "PolicySink", "policy_requests", "API_VERSION"]
 

@@ -1,0 +1,221 @@
+"""eBPF signal enforcer: kills processes of selected workloads at the hook (Network protocols, capabilities).
+
+A tracepoint the kernel lacks (``capability:cap_capable`` appeared after 6.12) is left out: the probe
+says so, and ``operations`` then claims only what is attached (selection gives the rest to others).
+
+bcc programs on ``syscalls:sys_enter_socket`` and ``capability:cap_capable`` (bpf/enforce/signal.c)
+call ``bpf_send_signal(SIGKILL)`` when the current task's mount namespace is selected and the
+(family, type, protocol) or capability is blocked for it (tables from ``sigrules``). This is not a
+refusal: socket() completes and the process dies before it returns to user space; a capability use
+may complete before the process dies. Every kill is reported through a ring buffer that a thread
+drains into ``take_reports()`` (the service publishes them as ``enforce`` raw events).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from services.enforcer.base import ProbeResult
+from services.enforcer.reports.kernel import KillRecord, parse_record
+from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
+from services.enforcer.signal.rules import OPERATIONS, RuleRef, SignalTables, compile_tables
+from shared.lifecycle import Counters
+from shared.schemas.rules import RuleSet
+
+__all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text", "load_program", "caps_mask",
+           "sync_map"]
+
+log = logging.getLogger("bulwark.enforcer.signal")
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+ATTACHMENTS = (("syscalls:sys_enter_socket", "bwenf_socket"), ("capability:cap_capable", "bwenf_cap"))
+_OPERATION_OF = {"syscalls:sys_enter_socket": "Network", "capability:cap_capable": "Capabilities"}
+
+
+def prepare_bcc(tree: Path | None = None) -> None:
+    """Point bcc at the monitor's BTF header tree (built once per kernel, shared with the monitor)."""
+    from shared.bpf.headers import ensure_btf_tree, use_btf_tree
+
+    if tree is None:
+        from shared.config import load_settings
+
+        tree = load_settings().btf_tree
+    use_btf_tree(ensure_btf_tree(tree))
+
+
+def program_text(bpf_dir: Path, name: str) -> str:
+    """``bpf/enforce/<name>`` with bw_enforce.h inlined: bcc only rewrites map calls in its main text."""
+    header = (bpf_dir / "enforce/bw_enforce.h").read_text()
+    return (bpf_dir / "enforce" / name).read_text().replace('#include "bw_enforce.h"', header, 1)
+
+
+def load_program(bpf_dir: Path, name: str, btf_tree: Path | None, on_record: Any,
+                 attach: Any = None) -> Any:
+    """Compile and load ``bpf/enforce/<name>`` with bcc, run ``attach(bpf)`` (tracepoints; LSM probes
+    attach as the module loads), and open its report ring buffer; everything is released on failure."""
+    prepare_bcc(btf_tree)
+    from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
+
+    bpf = BPF(text=program_text(bpf_dir, name).encode(), cflags=[f"-I{bpf_dir / 'include'}"])
+    try:
+        if attach is not None:
+            attach(bpf)
+        bpf[b"bw_enf_events"].open_ring_buffer(on_record)
+    except Exception:
+        bpf.cleanup()
+        raise
+    return bpf
+
+
+def caps_mask(cap_keys: Any) -> int:
+    """Bit n set when some (mntns, cap) verdict names capability n (< 64): bw_enf_caps_any."""
+    mask = 0
+    for _mntns, cap in cap_keys:
+        if cap < 64:
+            mask |= 1 << cap
+    return mask
+
+
+def sync_map(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -> None:
+    """Make a bcc map hold exactly ``wanted``: add/update first, then delete what is gone."""
+    current = {bytes(k): k for k in table.keys()}
+    keep = set()
+    for key, val in wanted.items():
+        k = make_key(table.Key(), key)
+        table[k] = make_val(table.Leaf(), val)
+        keep.add(bytes(k))
+    for raw, k in current.items():
+        if raw not in keep:
+            try:
+                del table[k]
+            except KeyError:
+                pass
+
+
+class SignalEnforcer:
+    """Network protocol and capability blocks by SIGKILL at the tracepoint, per mount namespace."""
+
+    name = "eBPF Signal"
+    operations = OPERATIONS
+
+    def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None) -> None:
+        self.counters = Counters(killed=0, reports_lost=0, report_errors=0, unsupported_rules=0,
+                                 matcher_fallback=0, errors=0, namespaces=0)
+        self.bpf_dir = bpf_dir
+        self.btf_tree = btf_tree
+        self._bpf: Any = None
+        self._lock = threading.Lock()
+        self._refs: dict[int, RuleRef] = {}
+        self._ids: dict[RuleRef, int] = {}  # stable rule ids: a late report never names another rule
+        self._reports: ReportQueue[KillRecord] = ReportQueue(self.counters)
+        self._on_record = record_handler(lambda raw: parse_record(raw, self._refs), self._reports, self.counters,
+                                         lambda _rec: "killed", "kill report", log)
+        self._drain = RingBufferDrain("signal-reports", lambda: self._bpf, self.counters)
+        self._closed = False
+        self.attached: tuple[str, ...] = tuple(tp for tp, _ in ATTACHMENTS)
+        self.operations = OPERATIONS
+
+    def probe(self) -> ProbeResult:
+        """Compile, load and attach the programs with empty tables (nothing can be killed), then detach."""
+        try:
+            self._load()
+        except Exception as exc:
+            return False, f"signal programs refused: {exc}"
+        finally:
+            self._unload()
+        missing = [tp for tp, _ in ATTACHMENTS if tp not in self.attached]
+        why = (f"; not on this kernel: {', '.join(missing)} "
+               f"({', '.join(_OPERATION_OF[m] for m in missing)} not enforced by signal)") if missing else ""
+        return True, f"tracepoints + bpf_send_signal(SIGKILL) load ({', '.join(self.attached)}){why}"
+
+    def _load(self) -> None:
+        if self._bpf is not None:
+            return
+        attached: list[str] = []
+
+        def attach(bpf: Any) -> None:
+            from bcc import BPF
+
+            for tp, fn in ATTACHMENTS:
+                category, event = tp.split(":")
+                if not BPF.tracepoint_exists(category, event):
+                    continue  # e.g. capability:cap_capable is newer than 6.12
+                bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                attached.append(tp)
+            if not attached:
+                raise RuntimeError("none of the tracepoints exists: " + ", ".join(tp for tp, _ in ATTACHMENTS))
+
+        bpf = load_program(self.bpf_dir, "signal.c", self.btf_tree, self._on_record, attach)
+        self._bpf = bpf
+        self.attached = tuple(attached)
+        self.operations = frozenset(op for tp, op in _OPERATION_OF.items() if tp in attached)
+
+    def _unload(self) -> None:
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+
+    def apply(self, ruleset: RuleSet) -> None:
+        """Load on first use, then make the kernel tables hold exactly this rule set's blocks."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("signal enforcer is closed")
+            tables = compile_tables(ruleset, self._ids)
+            self.counters["unsupported_rules"] = tables.unsupported
+            self.counters["matcher_fallback"] = tables.matcher_fallback
+            if not tables.namespaces and self._bpf is None:
+                self._refs = {}
+                return  # nothing to enforce: do not even load
+            self._load()
+            self._write(tables)
+            self._drain.start()
+            log.info("rules applied", extra={"version": ruleset.version, "namespaces": len(tables.namespaces),
+                                             "net_keys": len(tables.net), "cap_keys": len(tables.cap)})
+
+    def _write(self, tables: SignalTables) -> None:
+        """Namespaces last when adding, first when removing: a selected namespace always has its rules."""
+        bpf = self._bpf
+        self._refs = {**self._refs, **tables.refs}  # reports in flight for removed rules still resolve
+
+        def verdict(leaf: Any, rid: int) -> Any:
+            leaf.rule_id, leaf.action = rid, 1
+            return leaf
+
+        def net_key(k: Any, key: tuple[int, int, int, int]) -> Any:
+            k.mntns, k.family, k.type, k.protocol = key
+            return k
+
+        def cap_key(k: Any, key: tuple[int, int]) -> Any:
+            k.mntns, k.cap = key
+            return k
+
+        ns_map, caps_any = bpf[b"bw_enf_ns"], bpf[b"bw_enf_caps_any"]
+        for k in list(ns_map.keys()):
+            if k.value not in tables.namespaces:
+                del ns_map[k]
+        wanted = caps_mask(tables.cap)
+        caps_any[ct.c_int(0)] = ct.c_uint64(caps_any[ct.c_int(0)].value | wanted)  # new bits before their verdicts
+        sync_map(bpf[b"bw_enf_net"], tables.net, net_key, verdict)
+        sync_map(bpf[b"bw_enf_cap"], tables.cap, cap_key, verdict)
+        caps_any[ct.c_int(0)] = ct.c_uint64(wanted)  # old bits once their verdicts are gone
+        for ns in tables.namespaces:
+            ns_map[ct.c_uint32(ns)] = ct.c_uint32(1)
+        self.counters["namespaces"] = len(tables.namespaces)
+
+    def take_reports(self) -> list[KillRecord]:
+        """Kill reports since the last call (oldest first)."""
+        return self._reports.take()
+
+    def close(self) -> None:
+        """Detach every program and free every map; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._drain.stop()
+            self._unload()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the heartbeat (kernel-side lost reports included)."""
+        return {**self.counters, "reports_lost": self.counters["reports_lost"] + kernel_reports_lost(self._bpf)}

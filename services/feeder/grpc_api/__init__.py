@@ -1,0 +1,1 @@
+"""The gRPC listeners: KubeArmor's log service (karmor logs) and policy service."""

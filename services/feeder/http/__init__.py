@@ -1,0 +1,1 @@
+"""The REST and websocket API: the app, the alert and log routes, the live streams."""

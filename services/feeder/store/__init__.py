@@ -1,0 +1,1 @@
+"""Where alerts and logs are kept: SQLAlchemy models, migrations, queries and retention (SQLite or PostgreSQL)."""

@@ -1,0 +1,261 @@
+"""Stateful decoding of every ring-buffer record into RawEvent wire maps (plain dicts, for speed).
+
+Process records (BW_OP_PROC) carry a process's exe once; they fill :class:`ProcCache` and produce no
+event. Every other record becomes one map with the fields of :class:`shared.schemas.events.RawEvent`
+(same keys, same order). Layouts mirror bpf/include/events.h; the self-check compares them.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from services.monitor.decode import exec_record as exec_decoder
+from services.monitor.decode.exec_record import HEADER, DecodeContext, decode_path
+from services.monitor.decode.kinds import KIND_OF_OP, describe
+from services.monitor.decode.syscall_table import SYSCALL_NUMBERS, syscall_name
+from services.monitor.ringbuf import RECORD_HEADER
+from shared.errors import DecodeError
+
+__all__ = ["RecordDecoder", "ProcCache", "SYS_HEAD", "SYS_LAYOUT", "PROC_SIZE", "OP_PROC",
+           "DIR_CWD", "DIR_FD", "NAME_FAULT", "NAME_TRUNC", "AUX_STR", "SOCK"]
+
+OP_PROC = 2
+DIR_CWD, DIR_FD, NAME_FAULT, NAME_TRUNC, AUX_STR, SOCK = 1, 2, 4, 8, 16, 32
+
+# struct bw_event_hdr + struct bw_task_info
+_TASK = struct.Struct("<IIQ" "10I" "Q" "16s")
+# struct bw_sys_event up to aux: hdr, task, ret, args[6], syscall, flags, name_len, aux_len, pad[3]
+SYS_HEAD = struct.Struct("<IIQ" "10I" "Q" "16s" "q" "6q" "i" "HHH" "6x")
+_PATH_SIZE = 776
+_AUX_OFF, _NAME_OFF, _DIR_OFF = SYS_HEAD.size, SYS_HEAD.size + 128, SYS_HEAD.size + 128 + 512
+SYS_SIZE = _DIR_OFF + _PATH_SIZE
+PROC_SIZE = _TASK.size + _PATH_SIZE
+SYS_LAYOUT: dict[str, int] = {"sizeof": SYS_SIZE, "ret": 80, "syscall": 136, "aux": _AUX_OFF,
+                              "name": _NAME_OFF, "dir": _DIR_OFF, "proc_sizeof": PROC_SIZE}
+
+
+# a record's event: buf[at:at + size] -> wire map, or None (process records)
+Handler = Callable[[bytes, int, int], "dict[str, Any] | None"]
+# the ring buffer's 8-byte header (len, page offset) then struct bw_event_hdr (op, size, ktime)
+_FRAME = struct.Struct("<II" "IIQ")
+_SYSCALL_NAMES: dict[int, str] = {nr: name for name, nr in SYSCALL_NUMBERS.items()}
+_KTIME = struct.Struct("<Q")
+_SAME_LIMIT = 4096  # records remembered for decoding their repeats
+_SAME_BYPASS = 65536  # records decoded in full, without looking, when repeats were rare
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+
+
+class ProcCache:
+    """tgid -> canonical exe, from process records; /proc/<tgid>/exe when a record was missed."""
+
+    def __init__(self, limit: int = 131072) -> None:
+        self.limit = limit
+        self._exe: dict[int, str] = {}
+        self.misses = 0
+        self.records = 0
+
+    def put(self, tgid: int, exe: str) -> None:
+        """Remember ``tgid``'s exe (the newest record wins)."""
+        self.records += 1
+        self._exe.pop(tgid, None)
+        self._exe[tgid] = exe
+        if len(self._exe) > self.limit:
+            del self._exe[next(iter(self._exe))]
+
+    def get(self, tgid: int) -> str:
+        """The exe of ``tgid``; falls back to /proc (counted in ``misses``)."""
+        exe = self._exe.get(tgid)
+        if exe is not None:
+            return exe
+        self.misses += 1
+        try:
+            exe = os.readlink(f"/proc/{tgid}/exe")
+        except OSError:
+            exe = ""
+        self._exe[tgid] = exe
+        return exe
+
+    def peek(self, tgid: int) -> str:
+        """The cached exe of ``tgid``, or "" (no /proc fallback)."""
+        return self._exe.get(tgid, "")
+
+    def forget(self, tgid: int) -> None:
+        """Drop ``tgid`` (its process exited)."""
+        self._exe.pop(tgid, None)
+
+
+class RecordDecoder:
+    """Bytes from the ring buffer -> RawEvent maps (or None for process records).
+
+    Handlers decode the record at ``buf[at:at + size]`` in place: a chunk copied out of the ring
+    buffer is decoded without a copy per record.
+    """
+
+    def __init__(self, ctx: DecodeContext, procs: ProcCache | None = None) -> None:
+        self.ctx = ctx
+        self.procs = procs or ProcCache()
+        self._prefix = f"{ctx.node}:{ctx.boot_id}:"
+        self._comms: dict[bytes, str] = {}
+        self._names: dict[bytes, str] = {}
+        self._same: dict[bytes, dict[str, Any]] = {}
+        self._same_hits = 0
+        self._same_bypass = 0
+        self._handlers: dict[int, Handler] = {exec_decoder.OP_EXEC: self._exec, OP_PROC: self._proc}
+        for op in KIND_OF_OP:
+            self._handlers[op] = self._sys
+
+    def feed(self, data: bytes) -> dict[str, Any] | None:
+        """Decode one record; DecodeError when it is short, unknown or inconsistent."""
+        if len(data) < HEADER.size:
+            raise DecodeError(f"record of {len(data)} bytes is shorter than the header")
+        op, size, _ktime = HEADER.unpack_from(data, 0)
+        return self._handler(op, size, len(data))(data, 0, size)
+
+    def feed_chunk(self, chunk: bytes, offsets: list[int]) -> tuple[list[dict[str, Any]], list[DecodeError]]:
+        """Decode every record of a :meth:`RingBuffer.take` chunk: (events, one error per bad record).
+
+        A record that fails for any reason is an error here (counted by the caller), never lost silently.
+        """
+        events: list[dict[str, Any]] = []
+        errors: list[DecodeError] = []
+        append, frame, handlers = events.append, _FRAME.unpack_from, self._handlers
+        for off in offsets:
+            try:
+                length, _page, op, size, _ktime = frame(chunk, off)
+                handler = handlers.get(op)
+                if handler is None or size > length or length < HEADER.size:
+                    handler = self._handler(op, size, length)
+                event = handler(chunk, off + RECORD_HEADER, size)
+            except DecodeError as exc:
+                errors.append(exc)
+                continue
+            except Exception as exc:  # a decoder bug must not lose the record silently either
+                errors.append(DecodeError(f"record at {off}: {exc!r}"))
+                continue
+            if event is not None:
+                append(event)
+        return events, errors
+
+    def _handler(self, op: int, size: int, length: int) -> Handler:
+        """The handler of ``op`` for a record of ``length`` bytes claiming ``size``; DecodeError if none."""
+        if length < HEADER.size:
+            raise DecodeError(f"record of {length} bytes is shorter than the header")
+        handler = self._handlers.get(op)
+        if handler is None:
+            raise DecodeError(f"unknown op code {op}")
+        if size > length:
+            raise DecodeError(f"op {op}: header size {size} exceeds the record ({length} bytes)")
+        return handler
+
+    def _exec(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
+        return exec_decoder.decode(buf[at:at + size], self.ctx).to_wire()
+
+    def _proc(self, buf: bytes, at: int, size: int) -> None:
+        if size != PROC_SIZE:
+            raise DecodeError(f"process record is {size} bytes, expected {PROC_SIZE}")
+        pid = _TASK.unpack_from(buf, at)[3]
+        self.procs.put(pid, decode_path(buf[at + _TASK.size:at + size])[0])
+        return None
+
+    def _comm(self, raw: bytes) -> str:
+        comm = self._comms.get(raw)
+        if comm is None:
+            if len(self._comms) > 4096:
+                self._comms.clear()
+            comm = self._comms[raw] = _text(raw)
+        return comm
+
+    def _name(self, raw: bytes) -> str:
+        name = self._names.get(raw)
+        if name is None:
+            if len(self._names) > 4096:
+                self._names.clear()
+            name = self._names[raw] = _text(raw)
+        return name
+
+    def _sys(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
+        """A record the same as an earlier one but for its time (a thread repeating a syscall) is
+        decoded from that one's event while the process cache still gives its exe and parent's; the
+        rest in full. Exits always in full (they change state)."""
+        if self._same_bypass:
+            self._same_bypass -= 1
+            return self._sys_full(buf, at, size)
+        key = buf[at + HEADER.size:at + size]
+        same = self._same.get(key)
+        if same is not None and (self.procs.peek(same["pid"]) != same["exe"]
+                                 or self.procs.peek(same["ppid"]) != same["parent_exe"]):
+            same = None                   # an exec, an exit or a late process record since
+        if same is None:
+            event = self._sys_full(buf, at, size)
+            if event["kind"] != "exit":
+                if len(self._same) >= _SAME_LIMIT:
+                    self._forget_same()
+                self._same[key] = event
+            return event
+        self._same_hits += 1
+        ktime = _KTIME.unpack_from(buf, at + 8)[0]
+        event = same.copy()
+        event["ts_ns"] = self.ctx.boot_offset_ns + ktime
+        event["event_id"] = f"{self._prefix}{ktime}:{same['tid']}"
+        event["extra"] = same["extra"].copy()
+        return event
+
+    def _forget_same(self) -> None:
+        """The remembered records are full: start again, or stop looking for a while when fewer
+        than half of the records decoded since were repeats (the lookup would cost more than it saves)."""
+        if self._same_hits < _SAME_LIMIT:
+            self._same_bypass = _SAME_BYPASS
+        self._same.clear()
+        self._same_hits = 0
+
+    def _sys_full(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
+        if size < _NAME_OFF:
+            raise DecodeError(f"record is {size} bytes, shorter than {_NAME_OFF}")
+        (op, _size, ktime, pid, tid, ppid, ns_pid, ns_ppid, uid, gid, mntns, pidns, _pad, cgroup_id,
+         comm, ret, a0, a1, a2, a3, a4, a5, nr, flags, name_len, aux_len) = SYS_HEAD.unpack_from(buf, at)
+        name = ""
+        if name_len:
+            if _NAME_OFF + name_len > size:
+                raise DecodeError(f"name of {name_len} bytes overruns the record")
+            raw = buf[at + _NAME_OFF:at + _NAME_OFF + name_len]
+            name = self._names.get(raw) or self._name(raw)
+        extra: dict[str, Any] = {}
+        cwd = ""
+        path = name
+        if flags & (DIR_CWD | DIR_FD):
+            if size < SYS_SIZE:
+                raise DecodeError(f"record with a dir is {size} bytes, expected {SYS_SIZE}")
+            base, cut = decode_path(buf[at + _DIR_OFF:at + SYS_SIZE])
+            if flags & DIR_CWD:
+                cwd = base
+            if cut:
+                extra["truncated"] = ["dir"]
+            if base.startswith("/"):
+                path = posixpath.normpath(posixpath.join(base, name)) if name else base
+                if name:
+                    extra["filename"] = name
+        if flags & NAME_FAULT:
+            extra["name_fault"] = True
+        if flags & NAME_TRUNC:
+            extra["name_truncated"] = True
+        procs = self.procs
+        exe = procs.get(pid)
+        if op == 4:                       # exit: the process is gone after this record
+            procs.forget(pid)
+        aux = buf[at + _AUX_OFF:at + _AUX_OFF + aux_len] if aux_len else b""
+        sysname = _SYSCALL_NAMES.get(nr) or syscall_name(nr) if nr >= 0 else ""
+        path, open_flags = describe(op, sysname, flags, (a0, a1, a2, a3, a4, a5), ret, path, aux, exe, extra)
+        return {
+            "kind": KIND_OF_OP[op], "ts_ns": self.ctx.boot_offset_ns + ktime, "node": self.ctx.node,
+            "pid": pid, "tid": tid, "ppid": ppid, "ns_pid": ns_pid, "ns_ppid": ns_ppid, "uid": uid,
+            "gid": gid, "mntns": mntns, "pidns": pidns, "cgroup_id": cgroup_id,
+            "comm": self._comms.get(comm) or self._comm(comm), "exe": exe, "path": path, "ret": ret,
+            "syscall": sysname, "parent_exe": procs.peek(ppid), "cwd": cwd, "flags": open_flags,
+            "event_id": f"{self._prefix}{ktime}:{tid}", "extra": extra,
+        }

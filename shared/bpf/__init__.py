@@ -1,0 +1,1 @@
+"""The BPF toolchain every node service shares: BTF reading, the header tree bcc compiles against, path decoding."""

@@ -1,0 +1,1 @@
+"""NATS for every service: connection and streams, subjects, per-service credentials and accounts."""
