@@ -136,9 +136,11 @@ def _confine(profile: str) -> None:
         os._exit(APPARMOR_REFUSED)
 
 
-def _run_command(argv: list[str], gate_r: int) -> None:
-    """PID 2: wait at the gate, enter the AppArmor profile and apply Landlock if asked, then exec;
-    never returns."""
+def _run_command(argv: list[str], gate_r: int, info_w: int) -> None:
+    """PID 2: say it is at the gate, wait there, enter the AppArmor profile and apply Landlock if
+    asked, then exec; never returns."""
+    os.write(info_w, b"ready\n")
+    os.close(info_w)
     gate = _read_gate(gate_r)
     if gate[:1] != b"g" or b"\0" not in gate:
         os._exit(GATE_REFUSED)
@@ -156,14 +158,15 @@ def _run_command(argv: list[str], gate_r: int) -> None:
         os._exit(126 if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC) else 127)
 
 
-def _run_init(argv: list[str], gate_r: int) -> None:
+def _run_init(argv: list[str], gate_r: int, info_w: int) -> None:
     """PID 1 of the new namespace: mount /proc, start the command, forward signals, reap; never returns."""
     libc = _libc()
     libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     child = os.fork()
     if child == 0:
-        _run_command(argv, gate_r)
+        _run_command(argv, gate_r, info_w)
     os.close(gate_r)
+    os.close(info_w)
     for sig in _FORWARDED:
         signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
     code = GATE_REFUSED
@@ -192,10 +195,9 @@ def _run_keeper(argv: list[str], hostname: str, gate_r: int, gate_w: int, info_w
         os.write(info_w, f"error:{exc}".encode())
         os._exit(GATE_REFUSED)
     if init == 0:
-        os.close(info_w)
-        _run_init(argv, gate_r)
+        _run_init(argv, gate_r, info_w)
     os.close(gate_r)
-    os.write(info_w, str(init).encode())
+    os.write(info_w, f"init:{init}\n".encode())
     os.close(info_w)
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_IGN)
@@ -204,7 +206,8 @@ def _run_keeper(argv: list[str], hostname: str, gate_r: int, gate_w: int, info_w
 
 
 def start_sandbox(argv: list[str], hostname: str) -> Sandbox:
-    """Fork the sandbox for ``argv``; returns once its namespaces exist and the command waits at the gate."""
+    """Fork the sandbox for ``argv``; returns once its namespaces exist, /proc is mounted and the command
+    waits at the gate (so everything the sandbox does before the command runs has happened by then)."""
     gate_r, gate_w = os.pipe()
     info_r, info_w = os.pipe()
     keeper = os.fork()
@@ -216,10 +219,21 @@ def start_sandbox(argv: list[str], hostname: str) -> Sandbox:
             os._exit(GATE_REFUSED)
     os.close(gate_r)
     os.close(info_w)
-    report = os.read(info_r, 256).decode()
+    report = _read_all(info_r)  # the keeper's "init:<pid>" and the command's "ready", in either order
     os.close(info_r)
-    if not report or report.startswith("error:"):
+    lines = report.split("\n")
+    init = next((line[5:] for line in lines if line.startswith("init:")), "")
+    if "ready" not in lines or not init.isdigit():
         os.close(gate_w)
         os.waitpid(keeper, 0)
-        raise OSError(report[6:] or "sandbox failed to start")
-    return Sandbox(keeper_pid=keeper, init_pid=int(report), gate_fd=gate_w)
+        error = next((line[6:] for line in lines if line.startswith("error:")), "")
+        raise OSError(error or f"sandbox failed to start: {report!r}")
+    return Sandbox(keeper_pid=keeper, init_pid=int(init), gate_fd=gate_w)
+
+
+def _read_all(fd: int) -> str:
+    """Everything written to ``fd`` until every writer closed it."""
+    chunks = []
+    while chunk := os.read(fd, 256):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")

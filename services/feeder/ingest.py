@@ -252,6 +252,9 @@ class Ingestor:
                 self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
         if not known:
             self.counters.inc("host_fallback")
+        elif _launcher_setup(workload, ev):
+            self.counters.inc("launcher_setup")
+            return caught_up
         # the entry carries postures; `ld.so FILE` is judged as an exec of FILE too (shared.loaders)
         decision = decide_access(compiled if compiled is not None else [], access)
         now_ns = time.time_ns()
@@ -298,6 +301,12 @@ class Ingestor:
         except Exception as exc:
             self.counters.inc("dead_letter_errors")
             log.warning("dead-letter publish failed", extra={"error": repr(exc)})
+
+
+def _launcher_setup(workload: Workload, ev: RawEvent) -> bool:
+    """True for what ``bulwark run`` itself did in a workload's namespaces before registering it
+    (unshare, mount /proc, its own Python's capability checks): not the workload's doing."""
+    return workload.source == "launcher" and 0 < ev.ts_ns < workload.started_ns
 
 
 def _instance(msg: Msg) -> str:

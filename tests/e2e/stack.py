@@ -48,9 +48,54 @@ class Stack:
             out.append(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
         return "\n".join(out)
 
+    def bpf_programs(self) -> set[int]:
+        """Ids of the BPF programs the stack's processes hold now (their fds' fdinfo), so a test can check
+        that they are gone after stop without counting programs that other processes load meanwhile."""
+        return {prog for pid in _descendants(self.proc.pid) for prog in _prog_ids_of(pid)}
+
     def stop(self) -> int:
         """SIGTERM ``bulwark up`` and wait; returns its exit status."""
         return terminate(self.proc, grace=30, group=True)
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _prog_ids_of(pid: int) -> set[int]:
+    ids = set()
+    try:
+        fdinfos = list(Path(f"/proc/{pid}/fdinfo").iterdir())
+    except OSError:
+        return ids
+    for fdinfo in fdinfos:
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        ids.update(int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:"))
+    return ids
+
+
+def live_bpf_programs() -> set[int]:
+    """Ids of every BPF program loaded now."""
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
+    return {int(line.split(":")[0]) for line in out.splitlines() if line and line[0].isdigit()}
 
 
 def start_stack(data_dir: Path, node: str = "e2e-node", btf_tree: Path | None = None,

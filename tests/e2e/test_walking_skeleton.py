@@ -14,24 +14,21 @@ import httpx
 import pytest
 
 from tests.e2e.collectors import GrpcAlertCollector, WebsocketCollector
-from tests.e2e.stack import Stack, healthy_stack, wait_for_alerts
+from tests.e2e.stack import Stack, healthy_stack, live_bpf_programs, wait_for_alerts
 
 POLICIES = Path(__file__).parent / "policies"
 pytestmark = pytest.mark.e2e
 
 
-def _bpf_prog_ids() -> set[str]:
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    return {line.split(":")[0] for line in out.splitlines() if line and line[0].isdigit()}
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    before = _bpf_prog_ids()
+    ours: set[int] = set()
     with healthy_stack(tmp_path_factory.mktemp("e2e") / "data") as s:
+        ours = s.bpf_programs()
+        assert ours, "the stack holds no BPF programs: the monitor is not running"
         yield s
-    leftover = _bpf_prog_ids() - before
-    assert not leftover, f"BPF programs left attached after stop: {leftover}"
+    leftover = ours & live_bpf_programs()
+    assert not leftover, f"BPF programs left attached after stop: {sorted(leftover)}"
 
 
 def _alerts(stack: Stack, **params: object) -> list[dict]:
@@ -137,3 +134,28 @@ def test_policies_are_listed_with_what_they_select_and_can_be_deleted(stack: Sta
     assert stack.cli("delete", "-f", str(POLICIES / "block-sleep.yaml")).returncode == 0
     ran = stack.cli("run", "--namespace", "demo", "--label", "app=demo", "--", "/usr/bin/sleep", "0.1")
     assert ran.returncode == 0, ran.stderr
+
+
+def test_a_workloads_logs_start_at_its_command(stack: Stack) -> None:
+    """Nothing the launcher does before the command (unshare, mount /proc, its own Python's capability
+    checks) is logged as the workload's: the workload's first record is the command's exec. (What the
+    kernel does inside that execve, before the new image replaces the launcher's, comes after it.)"""
+    ran = stack.cli("run", "--namespace", "quiet", "--label", "app=quiet", "--name", "quiet-wl", "--",
+                    "/usr/bin/true")
+    assert ran.returncode == 0, ran.stderr
+
+    def logs() -> list[dict]:
+        resp = httpx.get(f"{stack.rest_url}/api/v1/logs", params={"namespace": "quiet", "limit": 1000}, timeout=5)
+        resp.raise_for_status()
+        return resp.json()
+
+    def is_exec(record: dict) -> bool:
+        return record["Operation"] == "Process" and record.get("Resource", "").startswith("/usr/bin/true")
+
+    deadline = time.monotonic() + 20
+    while not any(is_exec(r) for r in logs()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    records = sorted(logs(), key=lambda r: r["UpdatedTime"])  # the event's own time, microseconds
+    brief = [(r["UpdatedTime"][11:], r["Operation"], r.get("PID"), r.get("ProcessName"), r.get("Resource"))
+             for r in records]
+    assert records and is_exec(records[0]), brief

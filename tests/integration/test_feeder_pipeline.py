@@ -253,3 +253,50 @@ async def _collect(call: Any, into: list[pb.Alert]) -> None:
             into.append(alert)
     except (asyncio.CancelledError, grpc.aio.AioRpcError):
         pass
+
+
+LAUNCHED_MNTNS, LAUNCHED_PIDNS = 4026532901, 4026532902
+
+
+def _launched_exec(ts_ns: int, exe: str, path: str, event_id: str) -> dict[str, Any]:
+    return RawEvent(kind="exec", ts_ns=ts_ns, node=NODE, pid=7000, tid=7000, ppid=6999, ns_pid=2, ns_ppid=1,
+                    uid=0, gid=0, mntns=LAUNCHED_MNTNS, pidns=LAUNCHED_PIDNS, cgroup_id=1, comm="x", exe=exe,
+                    path=path, ret=0, syscall="execve", cwd="/", event_id=event_id).to_wire()
+
+
+async def test_events_before_a_launched_workload_registered_are_not_its_logs(nats_server: Any,
+                                                                           feeder: Feeder) -> None:
+    started = time.time_ns()
+    wl = Workload(id="l" * 64, name="quiet", namespace="quiet", kind="container", node=NODE,
+                  mntns=LAUNCHED_MNTNS, pidns=LAUNCHED_PIDNS, labels={"app": "quiet"}, pod="quiet",
+                  source="launcher", started_ns=started)
+    entry = WorkloadRules(workload_id=wl.id, mntns=LAUNCHED_MNTNS, pidns=LAUNCHED_PIDNS)
+    rules = RuleSet(node=NODE, version=1, policy_seq=1, identity_seq=1, workloads={wl.id: entry})
+    nc = await connect(nats_server.url, "test")
+    beats: list[dict[str, Any]] = []
+
+    async def on_beat(msg: Any) -> None:
+        beats.append(unpack(msg.data))
+
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await nc.subscribe(health("feeder", NODE), cb=on_beat)
+        await js.publish(identity_events(NODE), pack(IdentityEvent("started", wl, started).to_wire()))
+        await js.publish(rules_for_node(NODE), pack(rules.to_wire()))
+        events = [_launched_exec(started - 5_000_000, "/usr/bin/python3.11", "/usr/bin/python3.11", "setup"),
+                  _launched_exec(started + 5_000_000, "/usr/bin/python3.11", "/usr/bin/true", "command")]
+        await js.publish(raw_events(NODE), pack(RawBatch(node=NODE, seq=1, events=events).to_wire()))
+        async with httpx.AsyncClient(base_url=feeder.base, timeout=5) as http:
+            async def logged() -> list[dict[str, Any]]:
+                return list((await http.get("/api/v1/logs", params={"namespace": "quiet"})).json())
+
+            async def command_logged() -> bool:
+                return bool(await logged())
+
+            await _until(command_logged, 20.0, "the command's log")
+            await _until(lambda: beats and beats[-1]["details"].get("launcher_setup") == 1, 10.0,
+                         "launcher_setup counted")
+            assert [r["Resource"] for r in await logged()] == ["/usr/bin/true"]
+    finally:
+        await nc.close()

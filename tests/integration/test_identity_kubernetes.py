@@ -20,7 +20,10 @@ from tests.servicetools import eventually, service_log, start_service, stop_serv
 
 NODE = "k8s-node"
 CRI_ID = os.urandom(32).hex()
-CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
+# every hierarchy a container's cgroup may live in here: cgroup v1 (pids) and v2 (the unified tree,
+# /sys/fs/cgroup itself on a v2-only host, /sys/fs/cgroup/unified on a hybrid one)
+CGROUP_ROOTS = {"v1-pids": Path("/sys/fs/cgroup/pids"), "v2": Path("/sys/fs/cgroup"),
+                "v2-hybrid": Path("/sys/fs/cgroup/unified")}
 CRD = "/apis/security.kubearmor.com/v1/"
 
 
@@ -35,22 +38,35 @@ def _script(api: FakeApiServer) -> None:
         api.add_list(CRD + plural, load("empty-list.json"))
 
 
-def _contained_sleeper() -> tuple[subprocess.Popen[bytes], Path]:
+def _hierarchies() -> list[str]:
+    """The keys of CGROUP_ROOTS that are mounted here (v1 or v2, by the filesystem type)."""
+    mounted = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _src, target, fstype, *_ = line.split()
+        mounted[target] = fstype
+    return [key for key, root in CGROUP_ROOTS.items()
+            if mounted.get(str(root)) == ("cgroup" if key.startswith("v1") else "cgroup2")]
+
+
+def _contained_sleeper(root: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """A process with its own mount namespace in a cgroup named like a containerd container."""
-    cgroup = CGROUP_ROOT / "bulwark-test" / CRI_ID
+    cgroup = root / "bulwark-test" / CRI_ID
     cgroup.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(["unshare", "--mount", "--", "sleep", "60"])
     (cgroup / "cgroup.procs").write_text(str(proc.pid))
     return proc, cgroup
 
 
-async def test_pods_namespaces_nodes_and_policies_from_kubernetes(nats_server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hierarchy", _hierarchies() or ["none"])
+async def test_pods_namespaces_nodes_and_policies_from_kubernetes(nats_server, tmp_path: Path,
+                                                                 hierarchy: str) -> None:
+    """Run once per cgroup hierarchy mounted here (this machine: v1 pids and the hybrid v2 tree)."""
     require_root()
-    if not CGROUP_ROOT.is_dir():
-        pytest.skip("no cgroup v1 pids hierarchy to place a fake containerd container in")
+    if hierarchy == "none":
+        pytest.skip(f"none of {[str(r) for r in CGROUP_ROOTS.values()]} is a mounted cgroup hierarchy")
     api = FakeApiServer().start()
     _script(api)
-    sleeper, cgroup = _contained_sleeper()
+    sleeper, cgroup = _contained_sleeper(CGROUP_ROOTS[hierarchy])
     env = {"BULWARK_KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig")), "BULWARK_DOCKER_HOST": "off",
            "BULWARK_CRI_SCAN_SECONDS": "0.2", "BULWARK_BACKOFF_INITIAL_SECONDS": "0.1"}
     policy = start_service("policy", nats_server.url, tmp_path, node=NODE)
