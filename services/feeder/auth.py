@@ -32,6 +32,8 @@ GRPC_SCOPES: dict[str, str | None] = {
     "/feeder.LogService/HealthCheck": None,
     "/policy.PolicyService/containerPolicy": WRITE,
     "/policy.PolicyService/hostPolicy": WRITE,
+    "/policy.PolicyService/networkPolicy": WRITE,
+    "/policy.ProbeService/getProbeData": READ,
 }
 _OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 

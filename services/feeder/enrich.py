@@ -24,6 +24,7 @@ import os
 import time
 from typing import Any
 
+from services.feeder.eventdata import event_data, exec_event
 from services.feeder.kinds import kind_fields
 from shared.matcher import Decision
 from shared.schemas.events import RawEvent
@@ -73,12 +74,21 @@ def _action(decision: Decision, workload: Workload) -> str:
     return decision.action
 
 
+def _refresh_event_data(record: dict[str, Any]) -> None:
+    """Set EventData from Data (and Resource); none when there are no pairs."""
+    parsed = event_data(record)
+    if parsed:
+        record["EventData"] = parsed
+    else:
+        record.pop("EventData", None)
+
+
 def _common(event: RawEvent, workload: Workload, cluster: str, now_ns: int) -> dict[str, Any]:
     """The fields alerts and logs share (who, where, when, what)."""
     ts_ns = event.ts_ns if event.ts_ns >= _WALLCLOCK_MIN_NS or not now_ns else now_ns
     fields = kind_fields(event)
     container = workload.kind != "host"
-    return {
+    record: dict[str, Any] = {
         "Timestamp": ts_ns // 1_000_000_000,
         "UpdatedTime": rfc3339(ts_ns),
         "ClusterName": cluster,
@@ -105,7 +115,10 @@ def _common(event: RawEvent, workload: Workload, cluster: str, now_ns: int) -> d
         "TTY": "",
         "NodeID": event.node,
         "UserName": "",
+        "ExecEvent": exec_event(event.comm),
     }
+    _refresh_event_data(record)
+    return record
 
 
 def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, cluster: str,
@@ -124,6 +137,7 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
         common["Result"] = str(event.extra["result"])
     if operation:
         common["Operation"] = operation
+        _refresh_event_data(common)
     return {
         **common,
         "PolicyName": decision.policy,

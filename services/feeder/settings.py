@@ -38,6 +38,9 @@ class FeederSettings(Settings):
     api_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     api_read_tokens: SecretStr | None = None
     api_write_tokens: SecretStr | None = None
+    # the node's IP, sent as HostIP in KubeArmor messages (empty: the default route's source address,
+    # else 127.0.0.1)
+    node_ip: str = ""
     # gRPC TLS (both set = TLS on the LogService/PolicyService port)
     grpc_tls_cert: Path | None = None
     grpc_tls_key: Path | None = None

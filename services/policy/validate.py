@@ -231,7 +231,10 @@ def admit(doc: dict[str, Any], document: str = "") -> Admitted:
             out_meta[key] = meta[key]
     stored = {"apiVersion": API_VERSION, "kind": clean["kind"], "metadata": out_meta,
               "spec": clean.get("spec") if isinstance(clean.get("spec"), dict) else {}}
-    if not _section_rules(stored["spec"]) and clean["kind"] != "KubeArmorNetworkPolicy":
+    if clean["kind"] == "KubeArmorNetworkPolicy":
+        warnings.append(FieldError("kind", "KubeArmorNetworkPolicy is stored but not enforced: Bulwark does not "
+                                           "compile network policies yet, so this policy blocks nothing", document))
+    elif not _section_rules(stored["spec"]):
         named = ", ".join(k for k in _OTHER_RULES if stored["spec"].get(k))
         warnings.append(FieldError("spec", f"has only rules Bulwark does not enforce ({named}): "
                                            "the policy enforces nothing here", document))

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.codec import pack
@@ -28,7 +29,7 @@ from shared.proto_gen import policy_pb2 as ppb
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
 from shared.schemas import IdentityEvent
 from tests.integration.test_feeder_live import _events
-from tests.integration.test_feeder_pipeline import NODE, Feeder, _workload
+from tests.integration.test_feeder_pipeline import NODE, Feeder, _until, _workload
 from tests.servicetools import service_log, start_service, stop_service, wait_healthy
 
 READER, WRITER = "reader-token", "writer-token"
@@ -146,3 +147,48 @@ async def test_bulwark_logs_sends_the_token(nats_server: Any, stack: Feeder) -> 
         assert flagged.returncode == 1 and "UNAUTHENTICATED" in flagged.stderr, flagged.stderr
     finally:
         await nc.close()
+
+
+NSP = {"metadata": {"name": "nsp-egress-block-dns"},
+       "spec": {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": "*"}},
+                "egress": [{"to": [{"ipBlock": {"cidr": "1.1.1.1/32"}}],
+                            "ports": [{"port": "dns", "protocol": "UDP"}]}],
+                "severity": 5, "action": "Block"}}
+
+
+async def _network_policy(channel: grpc.aio.Channel, event: str, token: str | None, obj: Any = None) -> int:
+    body = json.dumps({"type": event, "object": NSP if obj is None else obj}).encode()
+    stub = ppb_grpc.PolicyServiceStub(channel)
+    return (await stub.networkPolicy(ppb.policy(policy=body), metadata=_auth(token), timeout=15)).status
+
+
+async def test_network_policy_is_served_with_the_write_token(stack: Feeder) -> None:
+    """karmor vm policy add of a KubeArmorNetworkPolicy: before, UNIMPLEMENTED."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await _network_policy(channel, "ADDED", None)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as reader:
+            await _network_policy(channel, "ADDED", READER)
+        assert reader.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert await _network_policy(channel, "ADDED", WRITER) == ppb.Applied
+        assert await _network_policy(channel, "ADDED", WRITER, {**NSP, "kind": "KubeArmorPolicy"}) == ppb.Invalid
+        assert await _network_policy(channel, "DELETED", WRITER) == ppb.Deleted
+        assert await _network_policy(channel, "DELETED", WRITER) == ppb.NotExist
+
+
+async def test_probe_data_needs_the_read_token(stack: Feeder) -> None:
+    """karmor probe's getProbeData: before, UNIMPLEMENTED."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        stub = ppb_grpc.ProbeServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await stub.getProbeData(empty_pb2.Empty(), timeout=15)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        replies: list[Any] = []
+
+        async def named() -> bool:  # the services' heartbeats name the node once the feeder has heard one
+            replies.append(await stub.getProbeData(empty_pb2.Empty(), metadata=_auth(READER), timeout=15))
+            return NODE in replies[-1].nodeMap
+
+        await _until(named, 10, "the node in getProbeData")
+        assert NODE in replies[-1].hostMap

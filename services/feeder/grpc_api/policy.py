@@ -2,9 +2,10 @@
 
 Each rpc takes ``{bytes policy}`` holding JSON ``{"type": "ADDED|MODIFIED|DELETED", "object": <policy>}``.
 containerPolicy takes KubeArmorPolicy objects (a missing ``kind`` is filled in), hostPolicy
-KubeArmorHostPolicy ones. Status: ADDED/MODIFIED -> Applied (new or unchanged) or Modified (changed),
-Invalid when the JSON or the policy is invalid; DELETED -> Deleted or NotExist; Failure when the
-policy service does not answer.
+KubeArmorHostPolicy ones, networkPolicy KubeArmorNetworkPolicy ones (the policy service validates
+and stores them; they are not enforced yet, see services.policy.compiler). Status: ADDED/MODIFIED ->
+Applied (new or unchanged) or Modified (changed), Invalid when the JSON or the policy is invalid;
+DELETED -> Deleted or NotExist; Failure when the policy service does not answer.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ __all__ = ["PolicyService", "parse_policy_event"]
 
 log = logging.getLogger("bulwark.feeder.policy")
 
-_KINDS = {"container": "KubeArmorPolicy", "host": "KubeArmorHostPolicy"}
+_KINDS = {"container": "KubeArmorPolicy", "host": "KubeArmorHostPolicy", "network": "KubeArmorNetworkPolicy"}
 
 
 def parse_policy_event(data: bytes, scope: str) -> tuple[str, dict[str, Any]]:
@@ -64,6 +65,10 @@ class PolicyService(ppb_grpc.PolicyServiceServicer):
     async def hostPolicy(self, req: ppb.policy, context: grpc.aio.ServicerContext) -> ppb.response:
         """Apply or delete a KubeArmorHostPolicy."""
         return ppb.response(status=await self.handle(req.policy, "host"))
+
+    async def networkPolicy(self, req: ppb.policy, context: grpc.aio.ServicerContext) -> ppb.response:
+        """Apply or delete a KubeArmorNetworkPolicy."""
+        return ppb.response(status=await self.handle(req.policy, "network"))
 
     async def handle(self, data: bytes, scope: str) -> ppb.PolicyStatus:
         """The PolicyStatus for one request."""
