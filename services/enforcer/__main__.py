@@ -1,9 +1,10 @@
 """``python -m services.enforcer``: apply the node's newest RuleSet with the best enforcer available.
 
-Wiring only: settings -> logging -> NATS -> choose enforcers -> follow the RULES stream -> answer
-"await" requests (with the workload's rules, for the launcher's Landlock sandbox) -> publish kill
-reports -> heartbeat. SIGTERM/SIGINT detach the enforcer first (releasing every mark and program,
-except what a holder keeps for the next enforcer: see ``fanotify``).
+Wiring only, inside the service runner (shared.service): settings -> logging -> choose enforcers ->
+NATS -> follow the RULES stream -> answer "await" requests (with the workload's rules, for the
+launcher's Landlock sandbox) -> publish kill reports -> heartbeat. On SIGTERM/SIGINT the loops end
+(the report loop sends the last kill reports), then the enforcer detaches (releasing every mark and
+program, except what a holder keeps for the next enforcer: see ``fanotify``), then NATS drains.
 """
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ from services.enforcer.select import choose
 from shared.codec import pack, unpack_map
 from shared.config import load_settings
 from shared.errors import DecodeError
-from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
-from shared.logs import setup_logging
-from shared.nats.bus import connect, ensure_streams, follow
-from shared.nats.creds import credentials_for
+from shared.lifecycle import Counters
+from shared.nats.bus import follow
 from shared.nats.subjects import RULES, enforcer_await, rules_for_node
 from shared.schemas.rules import RuleSet
+from shared.service import Service, running_service
 
 log = logging.getLogger("bulwark.enforcer")
 
@@ -89,87 +89,89 @@ async def main() -> None:
     # busy loop adds to a marked exec (measured: 13 ms -> 4 ms per exec with a CPU-bound thread).
     sys.setswitchinterval(0.001)
     settings = load_settings()
-    setup_logging("enforcer", settings.log_level)
-    node = settings.node_name
-    stop = stop_event_on_signals()
-    enforcer = choose(settings.enforcer_order)
-    counters = Counters(decode_errors=0, apply_errors=0)
+    async with running_service("enforcer", settings, client=f"enforcer-{settings.node_name}", connect=False,
+                               grace=None, drain_timeout=3) as svc:
+        enforcer = choose(settings.enforcer_order)  # before NATS: the kernel side does not wait for it
+        waiters: set[asyncio.Task[None]] = set()
+
+        async def release() -> None:
+            await svc.finish_tasks()  # the report loop publishes the last kill reports
+            # Marks go first, nothing may wait on us while NATS shuts down; with a fanotify holder the
+            # group and its marks stay with it (a restart or upgrade: the holder answers until the next
+            # enforcer takes over, denying in selected namespaces). Its own stop is the full release.
+            getattr(enforcer, "detach", enforcer.close)()
+            for task in list(waiters):
+                task.cancel()
+            await svc.drain()
+            log.info("enforcer stopped", extra={"enforcer": enforcer.name})
+
+        svc.on_stop(release)
+        svc.counters.update(decode_errors=0, apply_errors=0)
+        await svc.connect()
+        await serve(svc, enforcer, waiters)
+
+
+async def serve(svc: Service, enforcer: Any, waiters: set[asyncio.Task[None]]) -> None:
+    """Follow the node's rule sets, answer await requests (tasks in ``waiters``), publish kill reports,
+    keep the kernel state held and send the heartbeat until stopped."""
+    js, nc, counters, stop = svc.js, svc.nc, svc.counters, svc.stop
+    node = svc.settings.node_name
     applied = AppliedRules()
-    waiters: set[asyncio.Task[None]] = set()
-    background: list[asyncio.Task[None]] = []
-    nc = None
-    try:
-        nc = await connect(settings.nats_url, f"enforcer-{node}", credentials=credentials_for(settings, "enforcer"))
-        js = nc.jetstream()
-        await ensure_streams(js)
 
-        async def on_rules(msg: Msg) -> None:
-            try:
-                ruleset = RuleSet.from_wire(unpack_map(msg.data, ("node", "version", "workloads")))
-            except DecodeError as exc:
-                counters.inc("decode_errors")
-                log.error("bad rule set skipped", extra={"error": str(exc), "subject": msg.subject})
-                return
-            try:
-                await asyncio.to_thread(enforcer.apply, ruleset)
-            except Exception:
-                counters.inc("apply_errors")
-                log.exception("applying rule set failed", extra={"version": ruleset.version})
-                return
-            await applied.set(ruleset)
+    async def on_rules(msg: Msg) -> None:
+        try:
+            ruleset = RuleSet.from_wire(unpack_map(msg.data, ("node", "version", "workloads")))
+        except DecodeError as exc:
+            counters.inc("decode_errors")
+            log.error("bad rule set skipped", extra={"error": str(exc), "subject": msg.subject})
+            return
+        try:
+            await asyncio.to_thread(enforcer.apply, ruleset)
+        except Exception:
+            counters.inc("apply_errors")
+            log.exception("applying rule set failed", extra={"version": ruleset.version})
+            return
+        await applied.set(ruleset)
 
-        async def answer(msg: Msg) -> None:
-            try:
-                req = unpack_map(msg.data, ("workload_id",))
-                workload_id, timeout = str(req["workload_id"]), float(req.get("timeout", 5.0))
-            except (DecodeError, TypeError, ValueError) as exc:
-                await msg.respond(pack({"ok": False, "reason": f"bad request: {exc}"}))
-                return
-            ruleset = await applied.wait_covering(workload_id, timeout)
-            if ruleset is None:
-                reply: dict[str, Any] = {"ok": False, "version": applied.version, "enforcer": alert_name(enforcer),
-                                         "reason": f"no applied rule set covers {workload_id!r} after {timeout}s"}
-            else:
-                reply = await_reply(ruleset, workload_id, enforcer)
-            await msg.respond(pack(reply))
+    async def answer(msg: Msg) -> None:
+        try:
+            req = unpack_map(msg.data, ("workload_id",))
+            workload_id, timeout = str(req["workload_id"]), float(req.get("timeout", 5.0))
+        except (DecodeError, TypeError, ValueError) as exc:
+            await msg.respond(pack({"ok": False, "reason": f"bad request: {exc}"}))
+            return
+        ruleset = await applied.wait_covering(workload_id, timeout)
+        if ruleset is None:
+            reply: dict[str, Any] = {"ok": False, "version": applied.version, "enforcer": alert_name(enforcer),
+                                     "reason": f"no applied rule set covers {workload_id!r} after {timeout}s"}
+        else:
+            reply = await_reply(ruleset, workload_id, enforcer)
+        await msg.respond(pack(reply))
 
-        async def on_await(msg: Msg) -> None:
-            task = asyncio.create_task(answer(msg))  # callbacks run one at a time: never wait here
-            waiters.add(task)
-            task.add_done_callback(waiters.discard)
+    async def on_await(msg: Msg) -> None:
+        task = asyncio.create_task(answer(msg))  # callbacks run one at a time: never wait here
+        waiters.add(task)
+        task.add_done_callback(waiters.discard)
 
-        await follow(js, rules_for_node(node), on_rules, stream=RULES.name,
-                     deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
-        await nc.subscribe(enforcer_await(node), cb=on_await)
+    await follow(js, rules_for_node(node), on_rules, stream=RULES.name,
+                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+    await nc.subscribe(enforcer_await(node), cb=on_await)
 
-        def details() -> dict[str, Any]:
-            return {"enforcer": alert_name(enforcer), "enforcers": by_operation(enforcer), "active": enforcer.name,
-                    "version": applied.version, **enforcer.stats(), **counters}
+    def details() -> dict[str, Any]:
+        return {"enforcer": alert_name(enforcer), "enforcers": by_operation(enforcer), "active": enforcer.name,
+                "version": applied.version, **enforcer.stats(), **counters}
 
-        async def publish(subject: str, payload: bytes, msg_id: str) -> None:
-            await js.publish(subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
+    async def publish(subject: str, payload: bytes, msg_id: str) -> None:
+        await js.publish(subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
 
-        take = getattr(enforcer, "take_reports", None)
-        if take is not None:
-            background.append(asyncio.create_task(report_loop(take, publish, node, stop, counters)))
-        background.append(asyncio.create_task(_refresh_loop(enforcer, stop, counters)))
-        background.append(asyncio.create_task(_hold_loop(enforcer, stop)))
-        log.info("enforcer running", extra={"enforcer": enforcer.name, "node": node})
-        await heartbeat_loop(nc, "enforcer", node, settings.heartbeat_seconds, details, stop)
-        await asyncio.gather(*background, return_exceptions=True)  # last kill reports go out
-    finally:
-        # Marks go first, nothing may wait on us while NATS shuts down; with a fanotify holder the
-        # group and its marks stay with it (a restart or upgrade: the holder answers until the next
-        # enforcer takes over, denying in selected namespaces). Its own stop is the full release.
-        getattr(enforcer, "detach", enforcer.close)()
-        for task in [*waiters, *background]:
-            task.cancel()
-        if nc is not None:
-            try:
-                await asyncio.wait_for(nc.drain(), timeout=3)
-            except Exception:
-                await nc.close()
-        log.info("enforcer stopped", extra={"enforcer": enforcer.name})
+    take = getattr(enforcer, "take_reports", None)
+    if take is not None:
+        svc.spawn(report_loop(take, publish, node, stop, counters), name="reports")
+    svc.spawn(_refresh_loop(enforcer, stop, counters), name="refresh")
+    svc.spawn(_hold_loop(enforcer, stop), name="hold")
+    log.info("enforcer running", extra={"enforcer": enforcer.name, "node": node})
+    svc.heartbeat(details)
+    await svc.wait_stopped()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The monitor: process, file, network, capability and syscall events from the kernel, filtered there
-by visibility, batched onto ``bulwark.raw.<node>``. Wiring only."""
+by visibility, batched onto ``bulwark.raw.<node>``. Wiring only, inside the service runner
+(shared.service): the kernel self-check runs before NATS is connected (failing it: exit 2); on the way
+out the filters are unfollowed, the programs unloaded and the batcher flushed before the NATS drain."""
 from __future__ import annotations
 
 import asyncio
@@ -20,11 +22,8 @@ from services.monitor.selfcheck import SelfCheckFailed, run_selfcheck
 from shared.bpf.btf import Btf
 from shared.bpf.headers import ensure_btf_tree, use_btf_tree
 from shared.config import Settings, load_settings
-from shared.lifecycle import Counters, heartbeat_loop, stop_event_on_signals
-from shared.logs import setup_logging
-from shared.nats.bus import connect, ensure_streams
-from shared.nats.creds import credentials_for
 from shared.nats.subjects import raw_events
+from shared.service import Service, running_service
 
 log = logging.getLogger("bulwark.monitor")
 
@@ -67,20 +66,27 @@ def prepare_kernel_side(settings: Settings) -> Btf:
 
 
 async def run(settings: Settings) -> int:
-    """Run until SIGINT/SIGTERM; returns the process exit code."""
-    stop = stop_event_on_signals()
-    try:
-        btf = prepare_kernel_side(settings)
-    except SelfCheckFailed as exc:
-        log.error("refusing to run", extra={"reason": str(exc)})
-        return 2
-    nc = await connect(settings.nats_url, f"{SERVICE}-{settings.node_name}",
-                       credentials=credentials_for(settings, SERVICE))
-    js = nc.jetstream()
-    await ensure_streams(js)
+    """Run until SIGINT/SIGTERM; returns the process exit code. The self-check comes before NATS."""
+    async with running_service(SERVICE, settings, client=f"{SERVICE}-{settings.node_name}", connect=False) as svc:
+        try:
+            btf = prepare_kernel_side(settings)
+        except SelfCheckFailed as exc:
+            log.error("refusing to run", extra={"reason": str(exc)})
+            return 2
+        await svc.connect()
+        await serve(svc, settings, btf)
+    log.info("monitor stopped", extra=dict(svc.counters))
+    return 0
+
+
+async def serve(svc: Service, settings: Settings, btf: Btf) -> None:
+    """Load the programs, follow the node's filters and pump events into batches until stopped.
+    On the way out: unfollow, unload the programs, then flush the batcher (before the NATS drain)."""
+    js, stop = svc.js, svc.stop
     boot_id = read_boot_id()
     ctx = DecodeContext(settings.node_name, boot_id, boot_offset_ns())
-    counters = Counters(decode_errors=0, lost_kernel=0, lost_kernel_proc=0, exe_from_proc=0)
+    counters = svc.counters
+    counters.update(decode_errors=0, lost_kernel=0, lost_kernel_proc=0, exe_from_proc=0)
 
     async def publish(subject: str, payload: bytes, msg_id: str) -> None:
         await js.publish(subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
@@ -113,20 +119,9 @@ async def run(settings: Settings) -> int:
                                                             "process,file,network,capabilities"),
                               hosts=_setting(settings, "visibility_hosts", "none"))
     drain = asyncio.Event()
-    batch_task = asyncio.create_task(batcher.run(drain))
-    beat_task: asyncio.Task[None] | None = None
-    try:
-        probes.open(pump.record)
-        probes.set_visibility({0: ALL})   # everything until the node's rule set says otherwise
-        probes.set_config(owner=True)
-        await follower.start(js)
-        tune_gc()
-        beat_task = asyncio.create_task(
-            heartbeat_loop(nc, SERVICE, settings.node_name, settings.heartbeat_seconds, details, stop))
-        log.info("monitor running", extra={"node": settings.node_name})
-        await pump.run(stop, hold=lambda: batcher.queued() > batcher.queue_size // 2)
-    finally:
-        stop.set()
+    batch_task = svc.spawn(batcher.run(drain), name="batcher")
+
+    async def unload() -> None:
         await follower.stop()
         probes.cleanup()
         drain.set()
@@ -134,18 +129,21 @@ async def run(settings: Settings) -> int:
             await asyncio.wait_for(batch_task, timeout=10)
         except TimeoutError:
             log.error("batches still unsent at exit", extra={"queued": batcher.queued()})
-        if beat_task is not None:
-            await beat_task
-        await nc.drain()
-    log.info("monitor stopped", extra=dict(counters))
-    return 0
+
+    svc.on_stop(unload)
+    probes.open(pump.record)
+    probes.set_visibility({0: ALL})   # everything until the node's rule set says otherwise
+    probes.set_config(owner=True)
+    await follower.start(js)
+    tune_gc()
+    svc.heartbeat(details)
+    log.info("monitor running", extra={"node": settings.node_name})
+    await pump.run(stop, hold=lambda: batcher.queued() > batcher.queue_size // 2)
 
 
 def main() -> None:
     """Entry point: ``python -m services.monitor``."""
-    settings = load_settings()
-    setup_logging(SERVICE, settings.log_level)
-    sys.exit(asyncio.run(run(settings)))
+    sys.exit(asyncio.run(run(load_settings())))
 
 
 if __name__ == "__main__":
