@@ -28,11 +28,12 @@ def _api(args: argparse.Namespace, timeout: float = 10.0) -> Api:
     return Api(_settings(args).rest_url, timeout=timeout, token=token)
 
 
-def _policy_files(target: str) -> list[Path]:
+def _policy_files(targets: list[str]) -> list[Path]:
+    """Every policy file the ``-f`` arguments name, in order (all resolved before any is used)."""
     from bulwark.commands.policy import policy_files
 
     try:
-        return policy_files(target)
+        return [path for target in targets for path in policy_files(target)]
     except FileNotFoundError as exc:
         raise SystemExit(f"bulwark: {exc}") from None
 
@@ -225,14 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=0.0, help="keep trying for this many seconds")
     status.set_defaults(func=cmd_status)
 
-    apply = sub.add_parser("apply", help="apply the policies in a file or directory")
+    apply = sub.add_parser("apply", help="apply the policies in files or directories")
     _common(apply)
-    apply.add_argument("-f", "--file", required=True)
+    apply.add_argument("-f", "--file", action="append", required=True, metavar="FILE|DIR",
+                       help="a policy file or a directory of them; repeat for more")
     apply.set_defaults(func=cmd_apply)
 
-    delete = sub.add_parser("delete", help="delete the policies named in a file")
+    delete = sub.add_parser("delete", help="delete the policies named in files")
     _common(delete)
-    delete.add_argument("-f", "--file", required=True)
+    delete.add_argument("-f", "--file", action="append", required=True, metavar="FILE|DIR",
+                        help="a policy file or a directory of them; repeat for more")
     delete.set_defaults(func=cmd_delete)
 
     get = sub.add_parser("get", help="list policies or alerts")

@@ -147,7 +147,7 @@ LIBRARY: tuple[HardeningRule, ...] = (
         mitre=("T1528", "T1552.007"), nist=("AC-6", "IA-5"),
         cis=("CIS Kubernetes Benchmark 5.1.6: service account tokens are only mounted where necessary",)),
     HardeningRule(
-        id="raw-sockets", severity=6, categories=("network", "raw-socket"), always=True,
+        id="raw-sockets", severity=6, categories=("network", "raw-socket", "model-sandbox"), always=True,
         title="No raw socket is opened",
         description="Raw sockets forge packets, sniff traffic and scan networks; ordinary services never need them.",
         protocols=("raw",), capabilities=("net_raw",),
@@ -155,7 +155,7 @@ LIBRARY: tuple[HardeningRule, ...] = (
         cis=("CIS Kubernetes Benchmark 5.2: minimize the admission of containers with the NET_RAW capability",
              "CIS Docker Benchmark 5.3: restrict Linux kernel capabilities within containers")),
     HardeningRule(
-        id="remote-access-tools", severity=6, categories=("remote-access", "least-functionality"),
+        id="remote-access-tools", severity=6, categories=("remote-access", "least-functionality", "model-sandbox"),
         title="No remote shell, tunnel or listener tool runs",
         description="SSH, telnet, rsh and netcat-like tools open interactive or reverse shells and tunnels.",
         programs=("ssh", "sshd", "dropbear", "telnet", "telnetd", "in.telnetd", "rsh", "rlogin", "rexec", "nc",
@@ -163,13 +163,14 @@ LIBRARY: tuple[HardeningRule, ...] = (
         mitre=("T1021.004", "T1219", "T1572", "T1059.004"), nist=("AC-17", "CM-7"),
         stig=("RHEL-09-215040",)),
     HardeningRule(
-        id="remote-file-copy", severity=5, categories=("remote-copy", "least-functionality"),
+        id="remote-file-copy", severity=5, categories=("remote-copy", "least-functionality", "model-sandbox"),
         title="No tool downloads or copies files from elsewhere",
         description="Downloaders and copy tools bring in second-stage payloads and carry data out.",
         programs=("curl", "wget", "scp", "sftp", "rsync", "ftp", "tftp", "lftp", "aria2c"),
         mitre=("T1105", "T1048"), nist=("CM-7", "SC-7"), stig=("RHEL-09-215060",)),
     HardeningRule(
-        id="crypto-miners", severity=8, categories=("crypto-miner", "resource-hijacking"), always=True,
+        id="crypto-miners", severity=8, categories=("crypto-miner", "resource-hijacking", "model-sandbox"),
+        always=True,
         title="No crypto-miner runs and nothing runs from scratch directories",
         description="Miners are dropped into writable scratch directories and run under their usual names; "
                     "a workload's own programs never live in /tmp or /dev/shm.",
@@ -213,6 +214,25 @@ LIBRARY: tuple[HardeningRule, ...] = (
                     "or hides files.",
         programs=("chmod", "chown", "chgrp", "chattr", "setfacl", "setcap"),
         mitre=("T1222.002", "T1548.001"), nist=("AC-3", "CM-5")),
+    # The model sandbox (--tag model-sandbox): loading an untrusted model file (a pickle runs code when
+    # it is loaded) needs no program besides the loader itself and no network; these two rules and the
+    # ones above tagged model-sandbox refuse what a booby-trapped model does first.
+    HardeningRule(
+        id="interpreter-exec", needs=SHELLS, severity=7, categories=("model-sandbox", "execution"),
+        title="No shell or script interpreter is started",
+        description="Code hidden in a model file (pickle's __reduce__, a Keras Lambda layer) reaches the "
+                    "system through os.system or subprocess: a shell or another interpreter. The loader "
+                    "itself needs none.",
+        programs=(*SHELLS, "ksh", "csh", "tcsh", "fish", "perl", "ruby", "node", "nodejs", "lua", "php", "tclsh"),
+        mitre=("T1059", "T1059.004", "T1059.006"), nist=("CM-7", "SI-3"),
+        cis=("CIS Docker Benchmark 4.3: ensure unnecessary packages are not installed in the container",)),
+    HardeningRule(
+        id="outbound-network", severity=7, categories=("model-sandbox", "network", "exfiltration"), always=True,
+        title="No network socket is opened",
+        description="A model loads from local files; a TCP, UDP or ICMP socket opened while loading one is a "
+                    "download of a second stage, a reverse shell or data leaving.",
+        protocols=("tcp", "udp", "icmp"),
+        mitre=("T1041", "T1105", "T1071"), nist=("SC-7", "AC-4")),
     HardeningRule(
         id="mount-tools", severity=6, categories=("escape", "filesystem"),
         title="No filesystem is mounted or unmounted",

@@ -159,3 +159,31 @@ def test_a_workloads_logs_start_at_its_command(stack: Stack) -> None:
     brief = [(r["UpdatedTime"][11:], r["Operation"], r.get("PID"), r.get("ProcessName"), r.get("Resource"))
              for r in records]
     assert records and is_exec(records[0]), brief
+
+
+def test_apply_and_delete_take_every_file_given(stack: Stack, tmp_path: Path) -> None:
+    """``-f`` repeats as with kubectl: every file named is applied (not only the last), then deleted."""
+    names = ["multi-one", "multi-two", "multi-three"]
+    files = []
+    for name in names:
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(f"apiVersion: security.kubearmor.com/v1\nkind: KubeArmorPolicy\n"
+                     f"metadata: {{name: {name}, namespace: multi}}\n"
+                     f"spec:\n  selector: {{matchLabels: {{app: multi}}}}\n"
+                     f"  process: {{matchPaths: [{{path: /usr/bin/{name}}}]}}\n  action: Audit\n")
+        files.append(f)
+    (tmp_path / "more").mkdir()
+    files[2].rename(tmp_path / "more" / files[2].name)
+    args = ["-f", str(files[0]), "-f", str(files[1]), "-f", str(tmp_path / "more")]
+
+    def listed() -> set[str]:
+        body = httpx.get(f"{stack.rest_url}/api/v1/policies", timeout=5).json()
+        items = body["policies"] if isinstance(body, dict) else body
+        return {p["name"] for p in items if p.get("namespace") == "multi"}
+
+    applied = stack.cli("apply", *args)
+    assert applied.returncode == 0, applied.stderr
+    assert listed() == set(names), applied.stdout
+    deleted = stack.cli("delete", *args)
+    assert deleted.returncode == 0, deleted.stderr
+    assert listed() == set()

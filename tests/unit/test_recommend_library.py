@@ -62,7 +62,7 @@ def test_the_library_covers_what_karmor_recommend_covers() -> None:
 
 def test_tags_select_by_id_category_or_reference() -> None:
     assert [r.id for r in rules_for_tags(["cron"])] == ["cron-jobs"]
-    assert {r.id for r in rules_for_tags(["t1105"])} == {"package-manager-exec", "remote-file-copy"}
+    assert {r.id for r in rules_for_tags(["t1105"])} == {"package-manager-exec", "remote-file-copy", "outbound-network"}
     assert {r.id for r in rules_for_tags(["MITRE-T1496", "raw-sockets"])} == {"crypto-miners", "raw-sockets"}
     assert rules_for_tags([]) == list(LIBRARY)
     assert rules_for_tags(["no-such-tag"]) == []
