@@ -1,4 +1,8 @@
-"""The fanotify holder: keeps the enforcer's fanotify group alive across its crashes and restarts.
+"""The fd holder: keeps the enforcer's kernel state alive across its crashes, kill -9 and restarts.
+
+Two kinds of state: the fanotify group (below) and the BPF enforcers' attached programs, by generation
+(``bulwark.bpfstore``: a new enforcer's programs are attached and armed before the holder drops the
+older generation's, so a blocked operation is blocked throughout; SIGTERM drops every generation).
 
 ``python -m bulwark.fdholder SOCKET``. While an enforcer is attached (``services.enforcer.fanotify.hold``)
 the holder only keeps a duplicate of the group fd and the journal. When the enforcer's connection
@@ -27,9 +31,10 @@ import struct
 import sys
 from pathlib import Path
 
+from bulwark.bpfstore import BpfStore
 from services.enforcer.fanotify import syscalls as fs
-from services.enforcer.fanotify.hold import recv, send
 from services.enforcer.fanotify.journal import READING, Journal
+from services.enforcer.holding import MAX_FDS, recv, send
 from shared.lifecycle import Counters
 from shared.logs import setup_logging
 
@@ -49,6 +54,8 @@ class Holder:
         self.selected: frozenset[int] = frozenset()
         self.counters = Counters(attaches=0, orphans_allowed=0, orphans_denied=0, orphans_unknown=0,
                                  gap_allowed=0, gap_denied=0, errors=0)
+        self.bpf = BpfStore(self.counters)
+        self.bpf_clients: list[socket.socket] = []  # BPF enforcers' connections: their end says nothing
         self.stopping = False
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
 
@@ -100,10 +107,14 @@ class Holder:
             log.error("attach refused: the peer is not root")
             return
         try:
-            msg, fds = recv(conn, 2)
+            msg, fds = recv(conn, MAX_FDS)
         except OSError as exc:
             log.warning("attach failed", extra={"error": str(exc)})
             conn.close()
+            return
+        if msg.startswith(b"BPF "):
+            self.bpf.handle(conn, msg, fds)
+            self.bpf_clients.append(conn)  # kept open: the enforcer sees our death (a restart) as its end
             return
         if msg != b"ATTACH" or self.client is not None or (fds and self.fan >= 0):
             reason = b"BUSY" if self.client is not None else b"CONFLICT" if fds and self.fan >= 0 else b"BAD"
@@ -162,6 +173,21 @@ class Holder:
         self.client = None
         log.warning("enforcer detached: answering in its place", extra={"selected": len(self.selected)})
         self._answer_orphans()
+
+    def _from_bpf_client(self, conn: socket.socket) -> None:
+        """A BPF enforcer's message (``BPF RELEASE``), or its end: what it handed over stays held."""
+        try:
+            msg, fds = recv(conn, MAX_FDS)
+        except OSError:
+            msg, fds = b"", []
+        if msg:
+            self.bpf.handle(conn, msg, fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        self.bpf_clients.remove(conn)
+        log.info("BPF enforcer detached", extra={"held": self.bpf.summary()})
 
     # -- answering ------------------------------------------------------------------------------
     def _deny(self, tid: int) -> bool:
@@ -242,13 +268,14 @@ class Holder:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        log.info("fanotify holder listening", extra={"socket": self.path})
+        log.info("fd holder listening", extra={"socket": self.path})
         while not self.stopping:
             fds = [wake_r, self.listener.fileno()]
             if self.client is not None:
                 fds.append(self.client.fileno())
             elif self.fan >= 0:
                 fds.append(self.fan)
+            fds.extend(c.fileno() for c in self.bpf_clients)
             try:
                 ready, _, _ = select.select(fds, [], [])
             except InterruptedError:
@@ -262,13 +289,18 @@ class Holder:
                 self._from_client()
             elif self.client is None and self.fan >= 0 and self.fan in ready:
                 self._read_events()
+            for conn in [c for c in self.bpf_clients if c.fileno() in ready]:
+                self._from_bpf_client(conn)
             if self.listener.fileno() in ready and not self.stopping:
                 self._accept()
         self.close()
 
     def close(self) -> None:
-        """Drop the group (full stop), the connection and the socket file."""
+        """Drop the group and every BPF generation (full stop), the connections and the socket file."""
         self._drop_group()
+        self.bpf.close_all()
+        for conn in self.bpf_clients:
+            conn.close()
         if self.client is not None:
             self.client.close()
         self.listener.close()
@@ -276,7 +308,7 @@ class Holder:
             os.unlink(self.path)
         except OSError:
             pass
-        log.info("fanotify holder stopped", extra=dict(self.counters))
+        log.info("fd holder stopped", extra=dict(self.counters))
 
 
 def _peer_creds(conn: socket.socket) -> tuple[int, int, int]:

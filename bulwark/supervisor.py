@@ -1,4 +1,4 @@
-"""``bulwark up``: the embedded nats-server, the fanotify holder and the five services on this host,
+"""``bulwark up``: the embedded nats-server, the fd holder and the five services on this host,
 in the foreground, each restarted with back-off when it dies."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from bulwark.natsserver.config import create_streams, prepare_auth
 from bulwark.natsserver.process import start_nats_server, wait_for_port
 from bulwark.procs import terminate
-from services.enforcer.fanotify.hold import HOLDER_ENV
+from services.enforcer.holding import HOLDER_ENV
 from shared.config import Settings
 
 __all__ = ["SERVICES", "Supervisor", "backoff"]
@@ -43,8 +43,8 @@ class Child:
 
 
 class Supervisor:
-    """Starts NATS, the fanotify holder, then the services; restarts any of them that dies (with
-    back-off, logged on stderr); stops all on a signal."""
+    """Starts NATS, the fd holder (the enforcer's fanotify group and BPF programs), then the services;
+    restarts any of them that dies (with back-off, logged on stderr); stops all on a signal."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -117,7 +117,7 @@ class Supervisor:
                 f"  NATS     {s.nats_url}  (JetStream in {s.data_dir / 'nats'}"
                 f"{'; per-service users in ' + str(s.data_dir / 'nats-auth') if s.nats_auth else ''})\n"
                 f"  data     {s.data_dir}  logs {self.log_dir}\n"
-                f"  services {', '.join(SERVICES)}, nats-server and the fanotify holder, each restarted "
+                f"  services {', '.join(SERVICES)}, nats-server and the fd holder, each restarted "
                 f"if it dies; stop with Ctrl-C")
 
     def check(self, now: float) -> None:
@@ -164,14 +164,14 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if HOLDER in self.children:  # the full release of the fanotify group and its marks
+        if HOLDER in self.children:  # the full release: the fanotify group's marks, the held BPF programs
             terminate(self.children[HOLDER].proc, grace=5)
         if NATS in self.children:
             terminate(self.children[NATS].proc, grace=5)
 
 
 def holder_socket(data_dir: Path) -> Path:
-    """Where the fanotify holder listens: in the data directory, or under /run when that path is too
+    """Where the fd holder listens: in the data directory, or under /run when that path is too
     long for a unix socket (108 bytes)."""
     path = data_dir / "run" / "fanotify.sock"
     if len(str(path).encode()) < 100:

@@ -5,15 +5,21 @@ and stay attached until ``close``; with no namespace selected they return at onc
 changes only rewrite maps (``maps.write_tables`` from ``rules.compile_tables``). Refused and audited
 operations are reported through a ring buffer that a thread drains into ``take_reports()`` (the service
 publishes them as ``enforce`` raw events, Enforcer ``BPFLSM``). ``close`` detaches every program.
+
+With a holder (``bpfhold``, as the signal enforcer) the programs are handed over after the first rule
+set is written and outlive us: a kill -9 or restart leaves them refusing with the last rules until the
+next enforcer's are armed; ``detach()`` (SIGTERM) leaves them to the holder, ``close()`` is the full stop.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from services.enforcer.base import ProbeResult
+from services.enforcer.bpfhold import ProgramHold, note_orphans, take_attachments, unload
 from services.enforcer.bpflsm.maps import clear_tables, write_tables
 from services.enforcer.bpflsm.probe import probe_bpf_lsm
 from services.enforcer.bpflsm.rules import KINDS, Classes, compile_tables
@@ -37,12 +43,15 @@ class BpfLsmEnforcer:
     name = LSM_ENFORCER
     operations = frozenset(KINDS)
 
-    def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None) -> None:
+    def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None, holder: str | None = None) -> None:
         self.counters = Counters(refused=0, audited=0, reports_lost=0, report_errors=0, unsupported_rules=0,
                                  unenforced=0, errors=0, namespaces=0, verdicts=0, paths=0)
         self.bpf_dir = bpf_dir
         self.btf_tree = btf_tree
         self._bpf: Any = None
+        self._links: list[int] = []  # attachment fds (ours, out of bcc's tables: see bpfhold)
+        self._armed_ns = 0           # CLOCK_MONOTONIC when our programs first had rules
+        self._hold = ProgramHold("bpflsm", holder, self.counters, self._orphans)
         self._lock = threading.Lock()
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}      # stable rule ids: a late report never names another rule
@@ -75,12 +84,14 @@ class BpfLsmEnforcer:
         if self._bpf is not None:
             return
         # LSM_PROBE functions are loaded and attached by bcc as the module loads; the maps are empty.
-        self._bpf = load_program(self.bpf_dir, "lsm.c", self.btf_tree, self._on_record)
+        bpf = load_program(self.bpf_dir, "lsm.c", self.btf_tree, self._on_record)
+        self._links = take_attachments(bpf)
+        self._bpf = bpf
 
     def _unload(self) -> None:
         bpf, self._bpf = self._bpf, None
         if bpf is not None:
-            bpf.cleanup()
+            unload(bpf, self._links)
 
     def apply(self, ruleset: RuleSet) -> None:
         """Load on first use, then make the kernel maps hold exactly this rule set's verdicts."""
@@ -91,10 +102,14 @@ class BpfLsmEnforcer:
             self.counters["unsupported_rules"] = tables.unsupported
             self.counters["unenforced"] = tables.unenforced
             if not tables.namespaces and self._bpf is None:
+                self._hold.settle()  # what an older enforcer left must not keep refusing
                 return  # nothing to enforce: do not even load
             self._load()
             self._refs = {**self._refs, **tables.refs}  # reports in flight for removed rules still resolve
             write_tables(self._bpf, tables)
+            if not self._hold.held:  # armed: only now may the older generation go
+                self._armed_ns = self._armed_ns or time.monotonic_ns()
+                self._hold.hold(self._bpf, self._links, self._armed_ns)
             self.counters["namespaces"] = len(tables.namespaces)
             self.counters["verdicts"] = len(tables.verdicts)
             self.counters["paths"] = len(tables.paths)
@@ -107,11 +122,34 @@ class BpfLsmEnforcer:
         """Refusal and audit reports since the last call (oldest first)."""
         return self._reports.take()
 
-    def close(self) -> None:
-        """Forget every namespace, detach every program and free every map; safe to call twice."""
+    def keep_held(self) -> None:
+        """Hand our programs to a holder that restarted (or was unreachable); cheap when held."""
+        with self._lock:
+            if not self._closed and self._bpf is not None and self._armed_ns:
+                self._hold.keep_held(self._bpf, self._links, self._armed_ns)
+
+    def detach(self) -> None:
+        """Stop, leaving our programs (and their last rules) to the holder, if it has them; else ``close``."""
         with self._lock:
             self._closed = True
             self._drain.stop()
+            self._hold.close()
+            self._unload()
+
+    def _orphans(self, records: list[bytes], armed_ns: int) -> None:
+        def key(raw: bytes) -> tuple[int, int]:
+            head = parse_lsm_record(raw, {}).head
+            return head.ktime, head.mntns
+
+        note_orphans(records, key, armed_ns, self.counters, log)
+
+    def close(self) -> None:
+        """Forget every namespace, detach every program (the holder's copies too) and free every map;
+        safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._drain.stop()
+            self._hold.release()
             if self._bpf is not None:
                 try:
                     clear_tables(self._bpf)

@@ -16,34 +16,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Iterable
 
+from services.enforcer.holding import HOLDER_ENV, HolderError, connect, peer_alive, recv, send
+
 __all__ = ["HolderClient", "HolderError", "HOLDER_ENV", "recv", "send"]
-
-HOLDER_ENV = "BULWARK_FANOTIFY_HOLDER"  # the holder's socket path; unset: the enforcer holds alone
-_MAX_MSG = 1 << 20
-
-
-class HolderError(RuntimeError):
-    """The holder refused or could not be reached."""
-
-
-def send(sock: socket.socket, data: bytes, fds: Iterable[int] = ()) -> None:
-    """One message, with ``fds`` passed as SCM_RIGHTS."""
-    fds = list(fds)
-    if fds:
-        socket.send_fds(sock, [data], fds)
-    else:
-        sock.sendall(data)
-
-
-def recv(sock: socket.socket, max_fds: int = 4) -> tuple[bytes, list[int]]:
-    """One message and the fds it carried (b"" when the peer is gone)."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, max_fds)
-    for fd in fds:
-        os.set_inheritable(fd, False)
-    return data, fds
 
 
 class HolderClient:
@@ -55,20 +32,7 @@ class HolderClient:
 
     def attach(self, own: tuple[int, int] | None = None, timeout: float = 5.0) -> tuple[int, int] | None:
         """Connect and attach; returns the holder's (group fd, journal fd), or None when it adopted ``own``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            try:
-                sock.settimeout(max(0.1, deadline - time.monotonic()))
-                sock.connect(self.path)
-                send(sock, b"ATTACH", own or ())
-                reply, fds = recv(sock, 2)
-                break
-            except OSError as exc:
-                sock.close()
-                if time.monotonic() >= deadline:
-                    raise HolderError(f"fanotify holder at {self.path} unreachable: {exc}") from exc
-                time.sleep(0.1)
+        sock, reply, fds = connect(self.path, b"ATTACH", own or (), max_fds=2, timeout=timeout)
         if reply != b"OK":
             for fd in fds:
                 os.close(fd)
@@ -92,19 +56,7 @@ class HolderClient:
 
     def alive(self) -> bool:
         """False when the holder closed the connection (it died or restarted)."""
-        if self.sock is None:
-            return False
-        try:
-            self.sock.setblocking(False)
-            try:
-                return self.sock.recv(1, socket.MSG_PEEK) != b""
-            finally:
-                self.sock.setblocking(True)
-                self.sock.settimeout(5.0)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
+        return peer_alive(self.sock)
 
     def selected(self, mntns: Iterable[int]) -> None:
         """Tell the holder which namespaces it must deny in while no enforcer reads."""

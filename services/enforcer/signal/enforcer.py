@@ -9,16 +9,22 @@ call ``bpf_send_signal(SIGKILL)`` when the current task's mount namespace is sel
 refusal: socket() completes and the process dies before it returns to user space; a capability use
 may complete before the process dies. Every kill is reported through a ring buffer that a thread
 drains into ``take_reports()`` (the service publishes them as ``enforce`` raw events).
+
+With a holder (``bpfhold``, ``BULWARK_FANOTIFY_HOLDER``) the armed programs are handed over and outlive
+us: a kill -9 or restart leaves them killing with the last rules until the next enforcer's are armed.
+``detach()`` (SIGTERM) leaves them to the holder; ``close()`` is the full stop.
 """
 from __future__ import annotations
 
 import ctypes as ct
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from services.enforcer.base import ProbeResult
+from services.enforcer.bpfhold import ProgramHold, note_orphans, take_attachments, unload
 from services.enforcer.reports.kernel import KillRecord, parse_record
 from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
 from services.enforcer.signal.rules import OPERATIONS, RuleRef, SignalTables, compile_tables
@@ -30,7 +36,7 @@ __all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_t
 
 log = logging.getLogger("bulwark.enforcer.signal")
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 ATTACHMENTS = (("syscalls:sys_enter_socket", "bwenf_socket"), ("capability:cap_capable", "bwenf_cap"))
 _OPERATION_OF = {"syscalls:sys_enter_socket": "Network", "capability:cap_capable": "Capabilities"}
 
@@ -101,12 +107,15 @@ class SignalEnforcer:
     name = "eBPF Signal"
     operations = OPERATIONS
 
-    def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None) -> None:
+    def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None, holder: str | None = None) -> None:
         self.counters = Counters(killed=0, reports_lost=0, report_errors=0, unsupported_rules=0,
                                  matcher_fallback=0, errors=0, namespaces=0)
         self.bpf_dir = bpf_dir
         self.btf_tree = btf_tree
         self._bpf: Any = None
+        self._links: list[int] = []  # attachment fds (ours, out of bcc's tables: see bpfhold)
+        self._armed_ns = 0           # CLOCK_MONOTONIC when our programs first had rules
+        self._hold = ProgramHold("signal", holder, self.counters, self._orphans)
         self._lock = threading.Lock()
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}  # stable rule ids: a late report never names another rule
@@ -149,6 +158,7 @@ class SignalEnforcer:
                 raise RuntimeError("none of the tracepoints exists: " + ", ".join(tp for tp, _ in ATTACHMENTS))
 
         bpf = load_program(self.bpf_dir, "signal.c", self.btf_tree, self._on_record, attach)
+        self._links = take_attachments(bpf)
         self._bpf = bpf
         self.attached = tuple(attached)
         self.operations = frozenset(op for tp, op in _OPERATION_OF.items() if tp in attached)
@@ -156,7 +166,7 @@ class SignalEnforcer:
     def _unload(self) -> None:
         bpf, self._bpf = self._bpf, None
         if bpf is not None:
-            bpf.cleanup()
+            unload(bpf, self._links)
 
     def apply(self, ruleset: RuleSet) -> None:
         """Load on first use, then make the kernel tables hold exactly this rule set's blocks."""
@@ -168,9 +178,13 @@ class SignalEnforcer:
             self.counters["matcher_fallback"] = tables.matcher_fallback
             if not tables.namespaces and self._bpf is None:
                 self._refs = {}
+                self._hold.settle()  # what an older enforcer left must not keep killing
                 return  # nothing to enforce: do not even load
             self._load()
             self._write(tables)
+            if not self._hold.held:  # armed: only now may the older generation go
+                self._armed_ns = self._armed_ns or time.monotonic_ns()
+                self._hold.hold(self._bpf, self._links, self._armed_ns)
             self._drain.start()
             log.info("rules applied", extra={"version": ruleset.version, "namespaces": len(tables.namespaces),
                                              "net_keys": len(tables.net), "cap_keys": len(tables.cap)})
@@ -209,12 +223,34 @@ class SignalEnforcer:
         """Kill reports since the last call (oldest first)."""
         return self._reports.take()
 
-    def close(self) -> None:
-        """Detach every program and free every map; safe to call twice."""
+    def keep_held(self) -> None:
+        """Hand our programs to a holder that restarted (or was unreachable); cheap when held."""
+        with self._lock:
+            if not self._closed and self._bpf is not None:
+                self._hold.keep_held(self._bpf, self._links, self._armed_ns)
+
+    def detach(self) -> None:
+        """Stop, leaving our programs (and their last rules) to the holder, if it has them; else ``close``."""
         with self._lock:
             self._closed = True
             self._drain.stop()
+            self._hold.close()
             self._unload()
+
+    def close(self) -> None:
+        """Detach every program (the holder's copies too) and free every map; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._drain.stop()
+            self._hold.release()
+            self._unload()
+
+    def _orphans(self, records: list[bytes], armed_ns: int) -> None:
+        def key(raw: bytes) -> tuple[int, int]:
+            rec = parse_record(raw, {})
+            return rec.ktime, rec.mntns
+
+        note_orphans(records, key, armed_ns, self.counters, log)
 
     def stats(self) -> dict[str, int]:
         """Counters for the heartbeat (kernel-side lost reports included)."""
