@@ -13,8 +13,6 @@
 #include "bw_path.h"
 
 #define BW_ANY 0xFFFFFFFFu                   /* wildcard family / protocol in a key */
-#define BW_ENF_NET 1                          /* record.kind */
-#define BW_ENF_CAP 2
 
 struct bw_net_key {
 	__u32 mntns;
@@ -31,20 +29,6 @@ struct bw_cap_key {
 struct bw_verdict {
 	__u32 rule_id;                           /* user space maps it back to workload, policy, match */
 	__u32 action;                            /* 1 = block */
-};
-
-/* What every enforcement report starts with (user space: services/enforcer/reports/kernel.py RECORD_HEAD). */
-struct bw_enf_head {
-	__u64 ktime;
-	__u32 pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id, arg0, arg1, arg2;
-	__u64 cgroup_id;
-	char comm[BW_COMM_LEN];
-};
-
-/* One enforcement, reported to user space (the alert must say the process was killed/refused). */
-struct bw_enf_record {
-	struct bw_enf_head h;
-	struct bw_path exe;                      /* last: user space decodes it with the monitor's decoder */
 };
 
 BPF_HASH(bw_enf_ns, __u32, __u32, 4096);                          /* selected mount namespaces */
@@ -108,44 +92,51 @@ static __always_inline struct bw_verdict *bw_match_cap(__u32 mntns, __u32 cap)
 	return bw_enf_cap.lookup(&k);
 }
 
-/* The head of a report: who did it, in which namespaces, and what rule it broke. */
-static __always_inline void bw_enf_fill(struct bw_enf_head *h, struct task_struct *task, __u32 mntns,
+/* The start of a report (struct bw_enf_event, bw_lsm_event in events.h): its header, who did it, in
+ * which namespaces, and what rule it broke. */
+static __always_inline void bw_enf_fill(struct bw_event_hdr *hdr, __u32 op, __u32 size, struct bw_task_info *t,
+					struct bw_enf_info *enf, struct task_struct *task, __u32 mntns,
 					__u32 kind, __u32 rule_id, __u32 a0, __u32 a1, __u32 a2)
 {
 	__u64 id = bpf_get_current_pid_tgid(), ugid = bpf_get_current_uid_gid();
 	struct bw_ids ids = {};
 
-	h->ktime = bpf_ktime_get_ns();
-	h->pid = id >> 32;
-	h->tid = (__u32)id;
-	h->uid = (__u32)ugid;
-	h->gid = ugid >> 32;
-	h->mntns = mntns;
+	hdr->op = op;
+	hdr->size = size;
+	hdr->ktime = bpf_ktime_get_ns();
+	t->pid = id >> 32;
+	t->tid = (__u32)id;
+	t->uid = (__u32)ugid;
+	t->gid = ugid >> 32;
+	t->mntns = mntns;
 	bw_task_ids(task, &ids);
-	h->ppid = ids.ppid;
-	h->pidns = ids.pidns;
-	h->ns_pid = ids.ns_pid;
-	h->ns_ppid = ids.ns_ppid;
-	h->kind = kind;
-	h->rule_id = rule_id;
-	h->arg0 = a0;
-	h->arg1 = a1;
-	h->arg2 = a2;
-	h->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
+	t->ppid = ids.ppid;
+	t->pidns = ids.pidns;
+	t->ns_pid = ids.ns_pid;
+	t->ns_ppid = ids.ns_ppid;
+	t->pad = 0;
+	t->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(t->comm, sizeof(t->comm));
+	enf->kind = kind;
+	enf->rule_id = rule_id;
+	enf->args[0] = a0;
+	enf->args[1] = a1;
+	enf->args[2] = a2;
+	enf->pad = 0;
 }
 
 static __always_inline void bw_enf_report(struct task_struct *task, __u32 mntns, __u32 kind,
 					  struct bw_verdict *v, __u32 a0, __u32 a1, __u32 a2)
 {
-	struct bw_enf_record *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
+	struct bw_enf_event *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
 
 	bw_enf_stat(0);
 	if (!r) {
 		bw_enf_stat(1);
 		return;
 	}
-	bw_enf_fill(&r->h, task, mntns, kind, v->rule_id, a0, a1, a2);
+	bw_enf_fill(&r->hdr, BW_OP_ENF_SIGNAL, sizeof(*r), &r->task, &r->enf, task, mntns, kind, v->rule_id,
+		    a0, a1, a2);
 	bw_task_exe(&r->exe, task);
 	bw_enf_events.ringbuf_submit(r, 0);
 }

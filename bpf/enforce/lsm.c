@@ -16,15 +16,10 @@
 #include "bw_enforce.h"
 
 #define BW_EPERM 1
-#define BW_LSM_PATH 248                      /* LPM data is at most 256 bytes: mntns + kind + path */
-#define BW_LSM_PROCESS 1                     /* kinds: also bits of the namespace's flags */
-#define BW_LSM_FILE 2
-#define BW_LSM_NETWORK 3
-#define BW_LSM_CAP 4
+/* kinds BW_LSM_PROCESS .. BW_LSM_CAP, actions BW_ACT_* and BW_LSM_PATH: events.h (they are in reports);
+ * the kinds are also bits of the namespace's flags */
 #define BW_LSM_SOURCE 5
 #define BW_LSM_NEEDS_SOURCE 8                /* flags bit (kind + 8): this kind's verdicts use sources */
-#define BW_ACT_BLOCK 1
-#define BW_ACT_AUDIT 2
 #define BW_FMODE_WRITE 0x2
 #define BW_FMODE_EXEC 0x20
 #define BW_O_TRUNC 01000
@@ -58,13 +53,6 @@ struct bw_lsm_verdict {
 struct bw_lsm_scratch {
 	struct bw_lsm_pkey res;
 	struct bw_lsm_pkey src;
-};
-
-/* A refused or audited operation: the head, the resource's path (files, exec), the executable. */
-struct bw_lsm_record {
-	struct bw_enf_head h;
-	char res[BW_LSM_PATH];
-	struct bw_path exe;
 };
 
 BPF_LPM_TRIE(bw_lsm_paths, struct bw_lsm_pkey, struct bw_lsm_entry, 65536);
@@ -135,14 +123,15 @@ static __always_inline void bw_lsm_report(__u32 mntns, __u32 kind, __u32 action,
 					  __u32 a0, __u32 a1, __u32 a2, const char *res)
 {
 	struct task_struct *task = bw_current();
-	struct bw_lsm_record *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
+	struct bw_lsm_event *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
 
 	bw_enf_stat(0);
 	if (!r) {
 		bw_enf_stat(1);
 		return;
 	}
-	bw_enf_fill(&r->h, task, mntns, kind | (action << 8), rule_id, a0, a1, a2);
+	bw_enf_fill(&r->hdr, BW_OP_ENF_LSM, sizeof(*r), &r->task, &r->enf, task, mntns, kind | (action << 8),
+		    rule_id, a0, a1, a2);
 	r->res[0] = 0;
 	if (res)
 		bpf_probe_read_kernel_str(r->res, sizeof(r->res), res);

@@ -329,7 +329,7 @@ static __always_inline int bw_sys_exit_common(long ret, __s32 nr)
 	if (!e || !e->pad[0])
 		return 0;                            /* not armed: the kind was not visible */
 	e->pad[0] = 0;
-	if (e->syscall == (__u32)nr) {
+	if (e->syscall == nr) {
 		struct task_struct *task = bw_current();
 
 		e->ret = ret;

@@ -1,8 +1,10 @@
 /* The one kernel <-> user-space contract of Bulwark's BPF programs.
  *
  * Every record in the ring buffer starts with struct bw_event_hdr (op code, record size, ktime);
- * user space mirrors these layouts in services/monitor/decode/exec_record.py and the start-up self-check
- * compares sizeof/offsetof of this file with that mirror.
+ * user space declares these constants and layouts once, in shared/bpf/abi.py, and the monitor's
+ * start-up self-check compares every member of every struct here (through the BTF of the compiled
+ * self-check program, bpf/selfcheck/selfcheck.c) with that copy: a struct added here must be added
+ * there and to the self-check's anchor.
  * Paths (struct bw_path) hold components LEAF FIRST, each NUL-terminated: "true\0bin\0usr\0"
  * is /usr/bin/true. User space reverses and joins them.
  */
@@ -18,6 +20,8 @@ enum bw_op {
 	BW_OP_NET = 6,                           /* socket, connect, accept, bind, listen */
 	BW_OP_CAP = 7,                           /* capability:cap_capable */
 	BW_OP_SYSCALL = 8,                       /* setuid family, ptrace, mount, and wanted raw syscalls */
+	BW_OP_ENF_SIGNAL = 9,                    /* struct bw_enf_event: the signal enforcer killed a process */
+	BW_OP_ENF_LSM = 10,                      /* struct bw_lsm_event: BPF-LSM refused or audited an operation */
 };
 
 /* Visibility bits: bw_visibility maps mntns to the kinds emitted (bw_vis_default: any other mntns). */
@@ -113,6 +117,7 @@ struct bw_proc_event {
 
 #define BW_SYS_NAME_LEN 512
 #define BW_SYS_AUX_LEN 128
+#define BW_MOUNT_SOURCE_LEN 96               /* a mount's aux: source, then fstype to BW_SYS_AUX_LEN */
 
 /* struct bw_sys_event.flags */
 #define BW_SYS_F_DIR_CWD 1                   /* dir holds the cwd: name is relative to it */
@@ -138,7 +143,7 @@ struct bw_sys_event {
 	struct bw_task_info task;
 	__s64 ret;
 	__s64 args[6];
-	__u32 syscall;                           /* x86_64 syscall number (-1 when none) */
+	__s32 syscall;                           /* x86_64 syscall number (-1 when none) */
 	__u16 flags;                             /* BW_SYS_F_* */
 	__u16 name_len;                          /* bytes of name used, NUL included (0: none) */
 	__u16 aux_len;                           /* bytes of aux used */
@@ -146,6 +151,43 @@ struct bw_sys_event {
 	__u8 aux[BW_SYS_AUX_LEN];
 	char name[BW_SYS_NAME_LEN];
 	struct bw_path dir;                      /* only with BW_SYS_F_DIR_*: sent in full */
+};
+
+/* struct bw_enf_info.kind of the signal enforcer (bpf/enforce/signal.c) */
+#define BW_ENF_NET 1
+#define BW_ENF_CAP 2
+/* ... and of the BPF-LSM enforcer (bpf/enforce/lsm.c): the kind in the low byte, the action in the next */
+#define BW_LSM_PROCESS 1
+#define BW_LSM_FILE 2
+#define BW_LSM_NETWORK 3
+#define BW_LSM_CAP 4
+#define BW_ACT_BLOCK 1
+#define BW_ACT_AUDIT 2
+#define BW_LSM_PATH 248                      /* LPM data is at most 256 bytes: mntns + kind + path */
+
+/* What an enforcement program judged, and by which rule. */
+struct bw_enf_info {
+	__u32 kind;                              /* BW_ENF_*, or BW_LSM_* | BW_ACT_* << 8 */
+	__u32 rule_id;                           /* user space maps it back to workload, policy, match */
+	__u32 args[3];                           /* family, type, protocol | cap | access, owner */
+	__u32 pad;
+};
+
+/* One process killed by the signal enforcer (the alert must say the process was killed). */
+struct bw_enf_event {
+	struct bw_event_hdr hdr;
+	struct bw_task_info task;
+	struct bw_enf_info enf;
+	struct bw_path exe;
+};
+
+/* An operation BPF-LSM refused or audited: the resource's path (files, exec) and the executable. */
+struct bw_lsm_event {
+	struct bw_event_hdr hdr;
+	struct bw_task_info task;
+	struct bw_enf_info enf;
+	char res[BW_LSM_PATH];
+	struct bw_path exe;
 };
 
 #endif /* BW_EVENTS_H */

@@ -1,7 +1,9 @@
 /* Start-up self-check, run once in the monitor's own process (BW_SELF_TGID, passed with -D):
  *  - the offset of every kernel member in bw_fields.h, both as offsetof() and as a member access,
  *    for user space to compare with BTF;
- *  - the layout of struct bw_exec_event, for user space to compare with its decoder;
+ *  - every record of events.h, as members of the anchor map's value: this program's BTF (which bcc
+ *    loads with it) then holds their layout as compiled, and user space compares every member with
+ *    shared/bpf/abi.py;
  *  - this process's identity as the exec programs' helpers see it (mntns, also through the BTF
  *    task pointer the other programs use; pidns, exe, cwd). */
 #include "events.h"
@@ -22,15 +24,27 @@ struct bw_self_report {
 	struct bw_path cwd;
 };
 
+/* Every struct of events.h (shared/bpf/abi.py RECORDS), for the BTF of this program to describe. */
+struct bw_abi_anchor {
+	struct bw_event_hdr hdr;
+	struct bw_path path;
+	struct bw_task_info task;
+	struct bw_enf_info enf_info;
+	struct bw_exec_event exec;
+	struct bw_proc_event proc;
+	struct bw_sys_event sys;
+	struct bw_enf_event enf;
+	struct bw_lsm_event lsm;
+};
+
 BPF_ARRAY(bw_self_fields, __u64, 128);       /* [2i] offsetof, [2i+1] member access */
 BPF_ARRAY(bw_self_sizes, __u64, 16);
-BPF_ARRAY(bw_self_layout, __u64, 32);
 BPF_ARRAY(bw_self_report, struct bw_self_report, 1);
+BPF_ARRAY(bw_abi_anchor, struct bw_abi_anchor, 1);
 
 /* bcc rewrites map calls only outside macros: the X-macros below call these. */
 static __always_inline void bw_put_field(int k, __u64 v) { bw_self_fields.update(&k, &v); }
 static __always_inline void bw_put_size(int k, __u64 v) { bw_self_sizes.update(&k, &v); }
-static __always_inline void bw_put_layout(int k, __u64 v) { bw_self_layout.update(&k, &v); }
 
 int bwmon_selfchk(void *ctx)
 {
@@ -51,26 +65,6 @@ int bwmon_selfchk(void *ctx)
 	i = 0;
 #define BW_X_SIZE(s) { bw_put_size(i, sizeof(struct s)); i++; }
 	BW_SIZES(BW_X_SIZE)
-
-	/* same order as decoder.EXEC_LAYOUT's keys */
-	i = 0;
-#define BW_X_LAYOUT(expr) { bw_put_layout(i, (expr)); i++; }
-	BW_X_LAYOUT(sizeof(struct bw_exec_event))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, pid))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, ret))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, comm))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, filename))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, exe))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, parent_exe))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_exec_event, cwd))
-	/* then records.SYS_LAYOUT's keys */
-	BW_X_LAYOUT(sizeof(struct bw_sys_event))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, ret))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, syscall))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, aux))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, name))
-	BW_X_LAYOUT(__builtin_offsetof(struct bw_sys_event, dir))
-	BW_X_LAYOUT(sizeof(struct bw_proc_event))
 
 	r = bw_self_report.lookup(&key);
 	if (!r)

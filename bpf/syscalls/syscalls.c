@@ -40,10 +40,10 @@ int bwmon_mount_e(struct bw_tp_sys_enter *ctx)
 	e->args[0] = BW_AT_FDCWD;
 	bw_sys_name(e, (const char *)ctx->args[1]);
 	bw_sys_dir(e, task, BW_AT_FDCWD);
-	if (ctx->args[0] && bpf_probe_read_user_str(e->aux, 96, (const void *)ctx->args[0]) > 0)
+	if (ctx->args[0] && bpf_probe_read_user_str(e->aux, BW_MOUNT_SOURCE_LEN, (const void *)ctx->args[0]) > 0)
 		e->flags |= BW_SYS_F_AUX_STR;
 	if (ctx->args[2])
-		bpf_probe_read_user_str(e->aux + 96, 32, (const void *)ctx->args[2]);
+		bpf_probe_read_user_str(e->aux + BW_MOUNT_SOURCE_LEN, BW_SYS_AUX_LEN - BW_MOUNT_SOURCE_LEN, (const void *)ctx->args[2]);
 	e->aux_len = sizeof(e->aux);
 	bw_sys_stash_put(e);
 	return 0;
@@ -113,7 +113,7 @@ int bwmon_raw_x(struct bw_tp_raw_sys_exit *ctx)
 
 	if (!e)
 		return 0;
-	if (e->syscall == (__u32)ctx->id) {
+	if (e->syscall == (__s32)ctx->id) {
 		struct task_struct *task = bw_current();
 
 		e->ret = ctx->ret;

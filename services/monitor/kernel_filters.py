@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.monitor.decode.kinds import CAPABILITIES
 from services.monitor.decode.syscall_table import SYSCALL_NUMBERS
+from shared.bpf.abi import BW_VIS_CAPABILITIES, BW_VIS_FILE, BW_VIS_NETWORK, BW_VIS_PROCESS, BW_VIS_SYSCALL
+from shared.bpf.names import CAPABILITIES
 from shared.matcher import ALLOWING, BLOCKING
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet
@@ -30,9 +31,11 @@ __all__ = ["KIND_BITS", "OPERATION_BITS", "ALL", "FILE_PATHS", "CAPS_NAMED", "PA
            "visibility_masks", "file_prefixes", "path_entries", "wanted_syscalls", "DEDICATED_SYSCALLS",
            "PATH_ARG", "needs_owner"]
 
-KIND_BITS = {"process": 1, "file": 2, "network": 4, "capabilities": 8}
-OPERATION_BITS = {"Process": 1, "File": 2, "Network": 4, "Capabilities": 8, "Syscall": 16}
-ALL = 31
+KIND_BITS = {"process": BW_VIS_PROCESS, "file": BW_VIS_FILE, "network": BW_VIS_NETWORK,
+             "capabilities": BW_VIS_CAPABILITIES}
+OPERATION_BITS = {"Process": BW_VIS_PROCESS, "File": BW_VIS_FILE, "Network": BW_VIS_NETWORK,
+                  "Capabilities": BW_VIS_CAPABILITIES, "Syscall": BW_VIS_SYSCALL}
+ALL = BW_VIS_PROCESS | BW_VIS_FILE | BW_VIS_NETWORK | BW_VIS_CAPABILITIES | BW_VIS_SYSCALL
 FILE_PATHS = 32      # BW_VIS_FILE_PATHS: file events only for paths in the trie (bpf/include/bw_maps.h)
 CAPS_NAMED = 64      # BW_VIS_CAPS_NAMED: capability events only for the capabilities in bw_caps_named
 PATH_KEY_LEN = 252   # BW_PATH_KEY_LEN: bytes of path in a trie key

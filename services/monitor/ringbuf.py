@@ -18,6 +18,8 @@ import mmap
 import struct
 from collections.abc import Callable
 
+from shared.bpf.abi import BPF_RINGBUF_HDR_SZ
+
 __all__ = ["RECORD_HEADER", "Chunk", "RingBuffer"]
 
 _BUSY, _DISCARD = 1 << 31, 1 << 30
@@ -28,7 +30,7 @@ _BUSY, _DISCARD = 1 << 31, 1 << 30
 _U64 = struct.Struct("Q")
 _U32 = struct.Struct("I")
 # the ring's own 8-byte header in front of each record: u32 len (| busy, discard bits), u32 page offset
-RECORD_HEADER = 8
+RECORD_HEADER = BPF_RINGBUF_HDR_SZ
 
 # (bytes copied out of the ring, offset of every committed record's 8-byte ring header in them)
 Chunk = tuple[bytes, list[int]]
@@ -66,10 +68,10 @@ class RingBuffer:
                 if length & _BUSY:
                     break                              # reserved, not committed yet
                 size = length & ~(_BUSY | _DISCARD)
-                cons += (size + 8 + 7) & ~7
+                cons += (size + RECORD_HEADER + 7) & ~7
                 if not length & _DISCARD:
                     taken += 1
-                    handle(view[off + 8:off + 8 + size].tobytes())
+                    handle(view[off + RECORD_HEADER:off + RECORD_HEADER + size].tobytes())
                 if cons >= prod:
                     prod = _U64.unpack_from(self._prod, 0)[0]
         finally:

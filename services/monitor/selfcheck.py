@@ -1,8 +1,10 @@
-"""Refuse to run with wrong offsets: compare what bcc compiled with the kernel's BTF, and what the
-programs report about this very process with what /proc says about it.
+"""Refuse to run with wrong offsets: compare what bcc compiled with the kernel's BTF, the records of
+bpf/include/events.h as compiled with their Python copy (shared/bpf/abi.py), and what the programs
+report about this very process with what /proc says about it.
 
 Compiled offsets are read from a tiny program (bpf/selfcheck/selfcheck.c) built with the same headers
-as the real ones and run once, in this process, on ``getppid()``.
+as the real ones and run once, in this process, on ``getppid()``; the records' layout from that
+program's own BTF, read back from the kernel through its anchor map (every member of every record).
 """
 from __future__ import annotations
 
@@ -10,25 +12,25 @@ import ctypes as ct
 import logging
 import os
 import re
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from services.monitor.decode.exec_record import EXEC_LAYOUT, decode_path
-from services.monitor.decode.records import SYS_LAYOUT
+from shared.bpf import abi
+from shared.bpf.abicheck import AbiCheck, compare_abi
 from shared.bpf.btf import Btf, BtfError
+from shared.bpf.paths import decode_path
+from shared.bpf.progbtf import map_btf
 from shared.errors import BulwarkError
 
-__all__ = ["SelfCheckFailed", "SelfReport", "parse_field_list", "compare_offsets",
-           "check_tracepoint_formats", "run_selfcheck"]
+__all__ = ["SelfCheckFailed", "SelfReport", "BwSelfReport", "parse_field_list", "compare_offsets",
+           "check_tracepoint_formats", "check_abi", "run_selfcheck"]
 
 log = logging.getLogger("bulwark.monitor.selfcheck")
 
 _FIELD_RE = re.compile(r"X\((\w+),\s*([\w.]+)\)")
 _SIZE_RE = re.compile(r"X\((\w+)\)")
-_REPORT_HEAD = struct.Struct("<6I")
-_PATH_SIZE = 776
+_ANCHOR = "bw_abi_anchor"
 # tracepoint field -> byte offset our structs in bpf/include/bw_tp.h assume
 TRACEPOINT_FIELDS: dict[str, dict[str, int]] = {
     "syscalls/sys_enter_execve": {"filename": 16},
@@ -52,9 +54,17 @@ class SelfCheckFailed(BulwarkError):
     """The programs would read the kernel wrongly here; the monitor must not run."""
 
 
+class BwSelfReport(abi.Record):
+    """struct bw_self_report of bpf/selfcheck/selfcheck.c (compared with BTF like the records)."""
+
+    C_NAME = "bw_self_report"
+    _fields_ = [("seen", ct.c_uint32), ("tgid", ct.c_uint32), ("mntns", ct.c_uint32), ("pidns", ct.c_uint32),
+                ("ns_pid", ct.c_uint32), ("mntns_btf", ct.c_uint32), ("exe", abi.BwPath), ("cwd", abi.BwPath)]
+
+
 @dataclass(frozen=True, slots=True)
 class SelfReport:
-    """This process as the BPF helpers see it."""
+    """This process as the BPF helpers see it; ``abi_compared``: members compared with BTF, per struct."""
 
     tgid: int
     mntns: int
@@ -62,6 +72,7 @@ class SelfReport:
     ns_pid: int
     exe: str
     cwd: str
+    abi_compared: dict[str, int] = field(default_factory=dict)
 
 
 def parse_field_list(header: str) -> tuple[list[tuple[str, str]], list[str]]:
@@ -130,6 +141,21 @@ def check_syscall_slots(tracefs: Path = Path("/sys/kernel/tracing")) -> list[str
     return problems
 
 
+def check_abi(anchor_map_fd: int) -> AbiCheck:
+    """Every member of every record (and of the self-check's report) in the BTF of the program that
+    created ``anchor_map_fd``, compared with shared/bpf/abi.py."""
+    try:
+        found = map_btf(anchor_map_fd)
+        btf = Btf(found.blob)
+        anchor = btf.type_info(found.value_type_id)
+    except BtfError as exc:
+        return AbiCheck(problems=[f"the self-check program's BTF: {exc}"])
+    check = compare_abi(btf, (*abi.RECORDS, BwSelfReport))
+    if anchor.name != _ANCHOR:
+        check.problems.append(f"the anchor map's value is {anchor.kind} {anchor.name}, not struct {_ANCHOR}")
+    return check
+
+
 def _read_array(table: Any, n: int) -> list[int]:
     return [int(table[ct.c_int(i)].value) for i in range(n)]
 
@@ -148,6 +174,10 @@ def _runtime_problems(report: SelfReport) -> list[str]:
     return problems
 
 
+def _fail(problems: list[str]) -> NoReturn:
+    raise SelfCheckFailed("BPF self-check failed: " + "; ".join(problems))
+
+
 def run_selfcheck(bpf_dir: Path, btf: Btf) -> SelfReport:
     """Compile and run the self-check program once; SelfCheckFailed lists every problem found."""
     from bcc import BPF  # imported late: needs BCC_KERNEL_SOURCE set first
@@ -162,26 +192,27 @@ def run_selfcheck(bpf_dir: Path, btf: Btf) -> SelfReport:
         flat = _read_array(bpf[b"bw_self_fields"], 2 * len(fields))
         compiled = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(fields))]
         compiled_sizes = _read_array(bpf[b"bw_self_sizes"], len(sizes))
-        layout = _read_array(bpf[b"bw_self_layout"], len(EXEC_LAYOUT) + len(SYS_LAYOUT))
         raw_obj = bpf[b"bw_self_report"][ct.c_int(0)]
         raw = ct.string_at(ct.addressof(raw_obj), ct.sizeof(raw_obj))
+        abi_check = check_abi(bpf[_ANCHOR.encode()].map_fd)
     finally:
         bpf.cleanup()
     problems += compare_offsets(btf, fields, compiled, sizes, compiled_sizes)
-    for (name, want), got in zip([*EXEC_LAYOUT.items(), *SYS_LAYOUT.items()], layout, strict=True):
-        if got != want:
-            problems.append(f"layout {name}: compiled {got}, decoder expects {want}")
-    seen, tgid, mntns, pidns, ns_pid, mntns_btf = _REPORT_HEAD.unpack_from(raw, 0)
-    base = _REPORT_HEAD.size
-    if not seen:
+    problems += abi_check.problems
+    if len(raw) != ct.sizeof(BwSelfReport):
+        problems.append(f"self-check report is {len(raw)} bytes, expected {ct.sizeof(BwSelfReport)}")
+    if abi_check.problems or len(raw) != ct.sizeof(BwSelfReport):
+        _fail(problems)                     # the report below would be read with a wrong layout
+    own = BwSelfReport.from_buffer_copy(raw)
+    if not own.seen:
         raise SelfCheckFailed("self-check program did not run (tracepoint syscalls:sys_enter_getppid)")
-    report = SelfReport(tgid, mntns, pidns, ns_pid, decode_path(raw[base:base + _PATH_SIZE])[0],
-                        decode_path(raw[base + _PATH_SIZE:base + 2 * _PATH_SIZE])[0])
+    report = SelfReport(own.tgid, own.mntns, own.pidns, own.ns_pid, decode_path(bytes(own.exe))[0],
+                        decode_path(bytes(own.cwd))[0], abi_check.compared)
     problems += _runtime_problems(report)
-    if mntns_btf != mntns:
-        problems.append(f"own mntns through the BTF task pointer: {mntns_btf}, explicit reads: {mntns}")
+    if own.mntns_btf != own.mntns:
+        problems.append(f"own mntns through the BTF task pointer: {own.mntns_btf}, explicit reads: {own.mntns}")
     if problems:
-        raise SelfCheckFailed("BPF self-check failed: " + "; ".join(problems))
-    log.info("self-check passed", extra={"fields": len(fields), "mntns": mntns, "pidns": pidns,
-                                         "exe": report.exe})
+        _fail(problems)
+    log.info("self-check passed", extra={"fields": len(fields), "abi_members": sum(abi_check.compared.values()),
+                                         "mntns": own.mntns, "pidns": own.pidns, "exe": report.exe})
     return report

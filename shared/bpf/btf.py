@@ -1,7 +1,8 @@
-"""A minimal reader of the kernel's BTF: struct member offsets and enum sizes, nothing more.
+"""A minimal reader of BTF: struct members (offsets, types, sizes), arrays, ints and enum sizes.
 
-Used to fix bpftool's C dump for bcc (1-byte enums) and to check, before any program runs, that the
-offsets bcc compiled agree with the running kernel's own type information.
+Used to fix bpftool's C dump for bcc (1-byte enums), to check, before any program runs, that the
+offsets bcc compiled agree with the running kernel's own type information, and to read the layout
+of Bulwark's own records from the BTF of a loaded program (:mod:`shared.bpf.abicheck`).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Btf", "BtfError", "VMLINUX_BTF"]
+__all__ = ["Btf", "BtfError", "Member", "TypeInfo", "VMLINUX_BTF"]
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 
@@ -19,6 +20,11 @@ _MODIFIERS = {_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG}
 # bytes that follow the 12-byte common type record: fixed, and per vlen entry
 _FIXED_EXTRA = {_INT: 4, _ARRAY: 12, _VAR: 4, _DECL_TAG: 4}
 _PER_VLEN = {_STRUCT: 12, _UNION: 12, _ENUM: 8, _ENUM64: 12, _FUNC_PROTO: 8, _DATASEC: 12}
+_KIND_NAMES = {_INT: "int", _PTR: "ptr", _ARRAY: "array", _STRUCT: "struct", _UNION: "union", _ENUM: "enum",
+               _FWD: "fwd", _FUNC: "func", _FUNC_PROTO: "func_proto", _VAR: "var", _DATASEC: "datasec",
+               _FLOAT: "float", _ENUM64: "enum"}
+_INT_SIGNED = 1
+_PTR_SIZE = 8
 
 
 class BtfError(Exception):
@@ -31,6 +37,31 @@ class _Type:
     name: str
     size_or_type: int
     members: list[tuple[str, int, int]] = field(default_factory=list)  # (name, type id, bit offset)
+    bitfields: list[int] = field(default_factory=list)  # per member: bitfield size (0: not a bitfield)
+    extra: tuple[int, int] = (0, 0)  # array: (element type id, nelems); int: (encoding, bits)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A struct/union member: name, type id, bit offset and bitfield size (0 when not a bitfield)."""
+
+    name: str
+    type_id: int
+    bit_offset: int
+    bitfield: int
+
+
+@dataclass(frozen=True, slots=True)
+class TypeInfo:
+    """A type with modifiers and typedefs resolved: kind name, name, size in bytes; for an int
+    whether it is signed, for an array its element type id and count."""
+
+    kind: str
+    name: str
+    size: int
+    signed: bool = False
+    elem: int = 0
+    nelems: int = 0
 
 
 class Btf:
@@ -70,6 +101,7 @@ class Btf:
                     pos += 12
                     t.members.append((self._name(mname) if mname else "", mtype,
                                       moff & 0xFFFFFF if kflag else moff))
+                    t.bitfields.append(moff >> 24 if kflag else 0)
                 if t.name:
                     self._structs.setdefault((kind, t.name), len(self.types))
             elif kind == _ENUM and name_off:
@@ -78,6 +110,14 @@ class Btf:
                     ename, evalue = struct.unpack_from("<Ii", data, pos)
                     pos += 8
                     values[self._name(ename)] = evalue
+            elif kind == _ARRAY:
+                elem, _index, nelems = struct.unpack_from("<III", data, pos)
+                t.extra = (elem, nelems)
+                pos += 12
+            elif kind == _INT:
+                (enc,) = struct.unpack_from("<I", data, pos)
+                t.extra = ((enc >> 24) & 0xF, enc & 0xFF)
+                pos += 4
             else:
                 pos += _FIXED_EXTRA.get(kind, 0) + _PER_VLEN.get(kind, 0) * vlen
             self.types.append(t)
@@ -120,6 +160,29 @@ class Btf:
         if bits % 8:
             raise BtfError(f"{struct_name}.{path} is a bitfield")
         return bits // 8
+
+    def members(self, tid: int) -> list[Member]:
+        """The members of struct/union type ``tid`` (modifiers resolved), in order."""
+        t = self._resolve(tid)
+        if t.kind not in (_STRUCT, _UNION):
+            raise BtfError(f"type id {tid} is not a struct or union")
+        return [Member(name, mtype, bitoff, bits)
+                for (name, mtype, bitoff), bits in zip(t.members, t.bitfields, strict=True)]
+
+    def type_info(self, tid: int) -> TypeInfo:
+        """What type id ``tid`` is, modifiers and typedefs resolved."""
+        t = self._resolve(tid)
+        kind = _KIND_NAMES.get(t.kind, str(t.kind))
+        if t.kind == _ARRAY:
+            elem, nelems = t.extra
+            return TypeInfo(kind, t.name, nelems * self.type_info(elem).size, elem=elem, nelems=nelems)
+        if t.kind == _PTR:
+            return TypeInfo(kind, t.name, _PTR_SIZE)
+        if t.kind == _INT:
+            return TypeInfo(kind, t.name, t.size_or_type, signed=bool(t.extra[0] & _INT_SIGNED))
+        if t.kind in (_STRUCT, _UNION, _ENUM, _ENUM64, _FLOAT):
+            return TypeInfo(kind, t.name, t.size_or_type)
+        return TypeInfo(kind, t.name, 0)
 
     def sizeof(self, struct_name: str) -> int:
         """Size in bytes of ``struct name``."""

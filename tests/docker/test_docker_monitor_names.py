@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from services.monitor.decode.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.decode.records import SYS_HEAD
 from services.monitor.kernel_filters import visibility_masks
 from services.monitor.loader import Probes
 from services.monitor.namesigs import entry_names
+from shared.bpf.abi import BW_OP_FILE, BwSysEvent, offset
 from shared.schemas.identity import Workload
 from tests.docker.engine import PrivateDocker
 from tests.kernel.conftest import probes  # noqa: F401  (the fixture)
@@ -19,7 +20,8 @@ from tests.kernel.nsutil import file_rule, ruleset
 
 pytestmark = [pytest.mark.docker, pytest.mark.kernel]
 
-OP_FILE = 5
+OP_FILE = BW_OP_FILE
+_NAME = offset(BwSysEvent, "name")
 
 
 def _emitted_names(mon: Probes, records: list[bytes], mntns: int) -> set[bytes]:
@@ -29,7 +31,7 @@ def _emitted_names(mon: Probes, records: list[bytes], mntns: int) -> set[bytes]:
     for rec in records:
         head = SYS_HEAD.unpack_from(rec)
         if head[0] == OP_FILE and head[10] == mntns and head[15] >= 0:
-            out.add(rec[SYS_LAYOUT["name"]:SYS_LAYOUT["name"] + head[-2]].rstrip(b"\0"))
+            out.add(rec[_NAME:_NAME + head[-2]].rstrip(b"\0"))
     records.clear()
     return out
 

@@ -16,20 +16,22 @@ from pathlib import Path
 import pytest
 
 from services.enforcer.fanotify.enforcer import FanotifyEnforcer
-from services.monitor.decode.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.decode.records import SYS_HEAD
 from services.monitor.kernel_filters import FILE_PATHS, Visibility, visibility_masks
 from services.monitor.loader import Probes
 from services.monitor.namesigs import entry_names
+from shared.bpf.abi import BW_OP_FILE, BwSysEvent, offset
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule
 from tests.kernel.nsutil import NsShell, file_rule, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
 
-OP_FILE = 5
+OP_FILE = BW_OP_FILE
 NR_FCHOWN = 93  # x86_64
 _MNTNS, _RET = 10, 15  # indexes of bw_task_info.mntns and the record's ret in SYS_HEAD's fields
 DENIED = "Operation not permitted"
+_NAME = offset(BwSysEvent, "name")
 
 
 @pytest.fixture
@@ -70,7 +72,7 @@ def _file_events(probes: Probes, records: list[bytes]) -> dict[bytes, list[tuple
         head = SYS_HEAD.unpack_from(rec)
         if head[0] != OP_FILE:
             continue
-        name = rec[SYS_LAYOUT["name"]:SYS_LAYOUT["name"] + head[-2]].rstrip(b"\0")
+        name = rec[_NAME:_NAME + head[-2]].rstrip(b"\0")
         out.setdefault(name, []).append((head[_MNTNS], head[_RET]))
     records.clear()
     return out

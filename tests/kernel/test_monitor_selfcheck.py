@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.monitor.loader import DEFAULT_BPF_DIR
-from services.monitor.selfcheck import run_selfcheck
+from services.monitor.selfcheck import BwSelfReport, SelfCheckFailed, run_selfcheck
+from shared.bpf import abi
 from shared.bpf.btf import Btf
 from shared.bpf.headers import ensure_btf_tree, use_btf_tree
 from tests.conftest import require_root
@@ -41,6 +42,32 @@ def test_selfcheck_sees_this_process(tmp_path: Path, restore_bcc_env: object) ->
     report = run_selfcheck(DEFAULT_BPF_DIR, btf)
     assert report.mntns == os.stat("/proc/self/ns/mnt").st_ino and report.tgid == os.getpid()
     assert report.exe == os.path.realpath("/proc/self/exe") and report.cwd == os.getcwd()
+    # every member of every record of events.h, as this kernel loaded the compiled program's BTF
+    assert set(report.abi_compared) == {cls.C_NAME for cls in abi.RECORDS} | {"bw_self_report"}
+    assert sum(report.abi_compared[cls.C_NAME] for cls in abi.RECORDS) == abi.field_count(abi.RECORDS)
+    assert report.abi_compared["bw_self_report"] == abi.field_count((BwSelfReport,))
+    assert report.abi_compared["bw_enf_event"] == abi.field_count((abi.BwEnfEvent,)) > 0
+    assert report.abi_compared["bw_lsm_event"] == abi.field_count((abi.BwLsmEvent,)) > 0
+
+
+def test_a_record_that_differs_from_abi_fails_the_selfcheck(tmp_path: Path, restore_bcc_env: object) -> None:
+    """events.h changed without shared/bpf/abi.py: the real self-check names every member that moved."""
+    require_root()
+    btf = Btf.load()
+    use_btf_tree(ensure_btf_tree(tmp_path / "bcc-btf", btf=btf))
+    bpf_dir = tmp_path / "bpf"
+    shutil.copytree(DEFAULT_BPF_DIR, bpf_dir)
+    events = bpf_dir / "include/events.h"
+    text = events.read_text()
+    anchor = "\t__u32 rule_id;"
+    assert text.count(anchor) == 1
+    events.write_text(text.replace(anchor, "\t__u32 sabotage;\n" + anchor))
+    with pytest.raises(SelfCheckFailed) as failed:
+        run_selfcheck(bpf_dir, btf)
+    message = str(failed.value)
+    assert "bw_enf_info.rule_id: offset BTF 8, abi.py 4" in message
+    assert "bw_lsm_event.enf.sabotage: in the compiled struct, not in abi.py" in message
+    assert "sizeof(struct bw_enf_event)" in message and "bw_lsm_event.exe: offset BTF" in message
 
 
 def test_monitor_refuses_to_run_with_wrong_offsets(tmp_path: Path, nats_server) -> None:

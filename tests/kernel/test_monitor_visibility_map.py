@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from services.monitor.decode.records import SYS_HEAD, SYS_LAYOUT
+from services.monitor.decode.records import SYS_HEAD
 from services.monitor.kernel_filters import CAPS_NAMED, KIND_BITS, visibility_masks
 from services.monitor.loader import Probes
+from shared.bpf.abi import BW_OP_CAP, BW_OP_FILE, BwSysEvent, offset
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule
 from tests.kernel.nsutil import NsShell, ruleset
@@ -19,9 +20,10 @@ from tests.kernel.nsutil import NsShell, ruleset
 pytestmark = pytest.mark.kernel
 
 FILE = KIND_BITS["file"]
-OP_FILE, OP_CAP = 5, 7
+OP_FILE, OP_CAP = BW_OP_FILE, BW_OP_CAP
 CAP_CHOWN, CAP_NET_RAW = 0, 13
 _MNTNS = 10  # index of bw_task_info.mntns in SYS_HEAD's fields
+_NAME = offset(BwSysEvent, "name")
 
 
 def _emitted_for(probes: Probes, records: list[bytes], shells: tuple[NsShell, ...], marker: Path) -> set[int]:
@@ -36,7 +38,7 @@ def _emitted_for(probes: Probes, records: list[bytes], shells: tuple[NsShell, ..
         if head[0] != OP_FILE:
             continue
         name_len = head[-2]
-        if rec[SYS_LAYOUT["name"]:SYS_LAYOUT["name"] + name_len] == want:
+        if rec[_NAME:_NAME + name_len] == want:
             found.add(head[_MNTNS])
     return found
 

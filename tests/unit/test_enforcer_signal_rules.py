@@ -94,14 +94,23 @@ def test_composite_gives_each_part_its_operations() -> None:
 
 
 def _lsm_record(kind: int, action: int, args: tuple[int, int, int], res: bytes, rule_id: int = 1) -> bytes:
-    import struct
+    """A struct bw_lsm_event as bpf/enforce/lsm.c writes it (built from shared/bpf/abi.py)."""
+    import ctypes
 
-    from services.enforcer.reports.kernel import LSM_RES_LEN, RECORD_HEAD
+    from shared.bpf import abi
 
-    exe = struct.pack("<HHHH768s", 13, 1, 3, 0, b"true\0bin\0usr\0")  # /usr/bin/true, leaf first
-    head = RECORD_HEAD.pack(7, 10, 11, 1, 0, 0, 4026532000, 4026531836, 1, 0, kind | (action << 8), rule_id,
-                            *args, 99, b"bwtrue".ljust(16, b"\0"))
-    return head + res.ljust(LSM_RES_LEN, b"\0") + exe
+    rec = abi.BwLsmEvent()
+    rec.hdr.op, rec.hdr.size, rec.hdr.ktime = abi.BW_OP_ENF_LSM, ctypes.sizeof(rec), 7
+    t = rec.task
+    t.pid, t.tid, t.ppid, t.mntns, t.pidns, t.ns_pid, t.cgroup_id, t.comm = (
+        10, 11, 1, 4026532000, 4026531836, 1, 99, b"bwtrue")
+    rec.enf.kind, rec.enf.rule_id = kind | (action << 8), rule_id
+    rec.enf.args[:] = args
+    rec.res = res
+    rec.exe.len, rec.exe.flags, rec.exe.depth = 13, abi.BW_PATH_COMPLETE, 3
+    exe = b"true\0bin\0usr\0"  # /usr/bin/true, leaf first (a char array field would stop at the first NUL)
+    ctypes.memmove(ctypes.addressof(rec) + abi.offset(abi.BwLsmEvent, "exe.buf"), exe, len(exe))
+    return bytes(rec)
 
 
 def test_bpflsm_records_become_refused_or_audited_events() -> None:

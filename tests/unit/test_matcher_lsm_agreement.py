@@ -25,10 +25,10 @@ from services.enforcer.bpflsm.rules import (
     slot,
 )
 from services.enforcer.signal.rules import CAPS
-from services.monitor.decode.kinds import protocol_name
 from services.policy.compiler import compile_rules
 from services.policy.model import to_policy
 from services.policy.validate import admit
+from shared.bpf.names import protocol_name
 from shared.matcher import Access, decide
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules

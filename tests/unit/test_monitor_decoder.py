@@ -5,7 +5,9 @@ import struct
 
 import pytest
 
-from services.monitor.decode.exec_record import EXEC_LAYOUT, EXEC_SIZE, DecodeContext, decode, decode_path
+from services.monitor.decode.exec_record import EXEC_SIZE, DecodeContext, decode
+from shared.bpf.abi import BwExecEvent, offset
+from shared.bpf.paths import decode_path
 from shared.codec import pack, unpack
 from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
@@ -39,7 +41,7 @@ def exec_rec(*, filename: str = "/usr/bin/true", ret: int = 0, syscall: int = 0,
 
 def test_layout_constants_match_the_c_header() -> None:
     assert EXEC_SIZE == 2944 == len(exec_rec())
-    assert EXEC_LAYOUT["ret"] == 80 and EXEC_LAYOUT["exe"] == 616 and EXEC_LAYOUT["cwd"] == 2168
+    assert [offset(BwExecEvent, m) for m in ("ret", "exe", "cwd")] == [80, 616, 2168]
 
 
 def test_successful_exec_decodes_every_field() -> None:

@@ -6,9 +6,11 @@ import struct
 import pytest
 
 from services.monitor.decode.exec_record import DecodeContext
-from services.monitor.decode.kinds import protocol_name, sockaddr
-from services.monitor.decode.records import PROC_SIZE, SYS_HEAD, SYS_LAYOUT, RecordDecoder
+from services.monitor.decode.kinds import sockaddr
+from services.monitor.decode.records import PROC_SIZE, SYS_HEAD, SYS_SIZE, RecordDecoder
 from services.monitor.kernel_filters import ALL, CAPS_NAMED, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
+from shared.bpf.abi import BwSysEvent, offset
+from shared.bpf.names import protocol_name
 from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
 from shared.schemas.identity import Workload
@@ -44,8 +46,9 @@ def proc_rec(pid: int, exe: list[str]) -> bytes:
 
 
 def test_layout() -> None:
-    assert SYS_LAYOUT == {"sizeof": 1568, "ret": 80, "syscall": 136, "aux": 152, "name": 280, "dir": 792,
-                          "proc_sizeof": 856}
+    assert (SYS_SIZE, PROC_SIZE) == (1568, 856)
+    assert [offset(BwSysEvent, m) for m in ("ret", "syscall", "aux", "name", "dir")] == [80, 136, 152, 280, 792]
+    assert SYS_HEAD.format == "<IIQIIIIIIIIIIQ16sq6qiHHH6x"  # the decoder's hot format: pad[3] skipped
 
 
 def test_process_record_feeds_the_exe_of_later_events() -> None:

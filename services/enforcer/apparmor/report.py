@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.enforcer.apparmor.auditlog import AuditRecord
+from shared.bpf.names import FAMILIES, SOCK_TYPES, protocol_name
 from shared.loaders import decide_access
 from shared.matcher import Access
 from shared.schemas.events import RawEvent
@@ -112,8 +113,6 @@ def access_of(record: AuditRecord) -> tuple[str, str, str, dict[str, Any]] | Non
         name = record.get("capname", "")
         return "Capabilities", "CAP_" + name.upper(), "", {"capability": name, "cap": _int(record.get("capability"))}
     if "family" in record or "sock_type" in record:
-        from services.monitor.decode.kinds import FAMILIES, SOCK_TYPES, protocol_name
-
         family, stype = _FAMILIES.get(record.get("family", ""), -1), _TYPES.get(record.get("sock_type", ""), -1)
         proto = protocol_name(family, stype, _int(record.get("protocol"), 0))
         return "Network", proto, "", {"protocol": proto, "family": FAMILIES.get(family, record.get("family", "")),

@@ -11,7 +11,7 @@ then decided here, for every source class and access slot, and the kernel only f
   path only when its entry is a prefix of it), so ``DIR + NOWHERE`` stands for every direct child
   no exact entry names, and ``DIR + NOWHERE/NOWHERE`` for everything deeper. No entry: class 0.
 - Sources (fromSource): the same over the executables' paths and directories.
-- Network: the monitor's protocol name of (family, type, protocol) (services/monitor/decode/kinds.py);
+- Network: the monitor's protocol name of (family, type, protocol) (shared/bpf/names.py);
   Capabilities: the capability.
 
 Slots: access (read, write, exec) x owner (the caller's uid owns the file, or not).
@@ -27,19 +27,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.enforcer.signal.rules import CAPS, RuleRef
-from services.monitor.decode.kinds import protocol_name
+from shared.bpf.abi import (
+    BW_ACT_AUDIT,
+    BW_ACT_BLOCK,
+    BW_LSM_CAP,
+    BW_LSM_FILE,
+    BW_LSM_NETWORK,
+    BW_LSM_PATH,
+    BW_LSM_PROCESS,
+)
+from shared.bpf.names import protocol_name
 from shared.matcher import ALLOWING, Access, Decision, Posture, decide
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
 __all__ = ["KINDS", "SOURCE", "NEEDS_SOURCE", "BLOCK", "AUDIT", "ANY", "PATH_BYTES", "NOWHERE", "SLOTS",
            "Classes", "LsmTables", "compile_tables", "net_keys", "slot"]
 
-KINDS = {"Process": 1, "File": 2, "Network": 3, "Capabilities": 4}
+KINDS = {"Process": BW_LSM_PROCESS, "File": BW_LSM_FILE, "Network": BW_LSM_NETWORK, "Capabilities": BW_LSM_CAP}
 SOURCE = 5
 NEEDS_SOURCE = 8
-BLOCK, AUDIT = 1, 2
+BLOCK, AUDIT = BW_ACT_BLOCK, BW_ACT_AUDIT
 ANY = 0xFFFFFFFF
-PATH_BYTES = 247            # BW_LSM_PATH - 1: path bytes an LPM key holds besides its NUL
+PATH_BYTES = BW_LSM_PATH - 1  # path bytes an LPM key holds besides its NUL
 NOWHERE = "\x01"            # a name no rule names: the representative of "everything else"
 SLOTS = 8
 _ACCESS = {"read": 0, "write": 1, "exec": 2}

@@ -1,4 +1,4 @@
-"""Kill reports: the kernel's struct bw_enf_record -> KillRecord -> a RawEvent of kind ``enforce``.
+"""Kill reports: the kernel's struct bw_enf_event -> KillRecord -> a RawEvent of kind ``enforce``.
 
 The event goes out on ``raw_events(node)`` like the monitor's, so the feeder judges it with the same
 matcher. What the feeder reads (see services/feeder/kinds.py, kind ``enforce``):
@@ -10,37 +10,60 @@ matcher. What the feeder reads (see services/feeder/kinds.py, kind ``enforce``):
   ``extra["result"]`` ("Killed (SIGKILL)") is the Result text: the operation was not refused, the
   process was killed at the hook. ``ret`` is 0 (the syscall itself was not failed).
 
-The BPF-LSM enforcer's reports (``struct bw_lsm_record``: the same head, the resource's path, the
+The BPF-LSM enforcer's reports (``struct bw_lsm_event``: the same start, the resource's path, the
 executable) become the same kind of event with ``extra["enforcer"]`` "BPFLSM", ``killed`` False and
 ``extra["refused"]``: True with ``ret`` -EPERM when the kernel refused the operation, False with
 ``ret`` 0 when it only audited it; ``extra["access"]`` (read, write, exec) and ``extra["owner"]``
 say what the kernel judged, ``extra["match"]`` is the resource (path, protocol or capability name).
+
+Both records are declared in bpf/include/events.h; their layouts come from :mod:`shared.bpf.abi`.
 """
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+import ctypes
+from dataclasses import dataclass, replace
+from typing import Any
 
 from services.enforcer.signal.rules import CAPS, RuleRef
+from shared.bpf.abi import (
+    BW_ACT_BLOCK,
+    BW_ENF_CAP,
+    BW_ENF_NET,
+    BW_LSM_CAP,
+    BW_LSM_FILE,
+    BW_LSM_NETWORK,
+    BW_LSM_PROCESS,
+    BW_OP_ENF_LSM,
+    BW_OP_ENF_SIGNAL,
+    BwEnfEvent,
+    BwLsmEvent,
+    c_text,
+    layout,
+    offset,
+)
+from shared.bpf.names import FAMILIES, SOCK_TYPES, protocol_name
+from shared.bpf.paths import PATH_SIZE, decode_path
+from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
 
-__all__ = ["KillRecord", "LsmRecord", "parse_record", "parse_lsm_record", "to_raw_event", "RECORD_HEAD",
-           "ENFORCER", "LSM_ENFORCER", "RESULT_KILLED", "LSM_RES_LEN"]
+__all__ = ["KillRecord", "LsmRecord", "parse_record", "parse_lsm_record", "to_raw_event", "ENFORCER",
+           "LSM_ENFORCER", "RESULT_KILLED"]
 
 ENFORCER = "eBPF Signal"
 LSM_ENFORCER = "BPFLSM"
 RESULT_KILLED = "Killed (SIGKILL)"
-LSM_RES_LEN = 248  # BW_LSM_PATH in bpf/enforce/lsm.c
 _EPERM = 1
-# kinds of bpf/enforce/lsm.c (low byte of the record's kind; the next byte is the action)
-_LSM_KINDS = {1: "Process", 2: "File", 3: "Network", 4: "Capabilities"}
+# BPF-LSM kinds (low byte of the record's kind; the next byte is the action)
+_LSM_KINDS = {BW_LSM_PROCESS: "Process", BW_LSM_FILE: "File", BW_LSM_NETWORK: "Network",
+              BW_LSM_CAP: "Capabilities"}
 _LSM_ACCESS = ("read", "write", "exec")
-_LSM_BLOCK = 1
-# ktime, 14 x u32 (pid tid ppid uid gid mntns pidns ns_pid ns_ppid kind rule_id arg0 arg1 arg2), cgroup, comm
-RECORD_HEAD = struct.Struct("=Q14IQ16s")
-_KIND_NET, _KIND_CAP = 1, 2
-_FAMILIES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET"}
-_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET"}
+# hdr, task, enf of both records (pads skipped): op size ktime, pid tid ppid ns_pid ns_ppid uid gid mntns
+# pidns cgroup_id comm, kind rule_id arg0 arg1 arg2
+_HEAD = layout(BwEnfEvent, stop="exe", skip=("task.pad", "enf.pad"))
+_ENF_SIZE = ctypes.sizeof(BwEnfEvent)
+_ENF_EXE = offset(BwEnfEvent, "exe")
+_LSM_SIZE = ctypes.sizeof(BwLsmEvent)
+_LSM_RES, _LSM_EXE = offset(BwLsmEvent, "res"), offset(BwLsmEvent, "exe")
 _CAP_NAMES = {v: k for k, v in CAPS.items()}
 
 
@@ -69,14 +92,14 @@ class KillRecord:
     @property
     def operation(self) -> str:
         """KubeArmor Operation."""
-        return "Network" if self.kind == _KIND_NET else "Capabilities"
+        return "Network" if self.kind == BW_ENF_NET else "Capabilities"
 
     @property
     def resource(self) -> str:
         """KubeArmor-style Resource text."""
-        if self.kind == _KIND_NET:
+        if self.kind == BW_ENF_NET:
             fam, typ, proto = self.args
-            return (f"domain={_FAMILIES.get(fam, str(fam))} type={_TYPES.get(typ, str(typ))} "
+            return (f"domain={FAMILIES.get(fam, str(fam))} type={SOCK_TYPES.get(typ, str(typ))} "
                     f"protocol={proto}")
         return "CAP_" + _CAP_NAMES.get(self.args[0], str(self.args[0])).upper()
 
@@ -104,45 +127,46 @@ class LsmRecord:
             return self.path
         if self.operation == "Capabilities":
             return _CAP_NAMES.get(self.head.args[0], str(self.head.args[0]))
-        from services.monitor.decode.kinds import protocol_name
-
         return protocol_name(*self.head.args).lower()
 
 
-def parse_lsm_record(data: bytes, refs: dict[int, RuleRef]) -> LsmRecord:
-    """Decode one BPF-LSM ring-buffer record (ValueError/DecodeError when malformed)."""
-    from services.monitor.decode.exec_record import decode_path
+def _head(data: bytes, op: int, size: int, what: str) -> tuple[Any, ...]:
+    """The common start of an enforcement record of op code ``op`` and ``size`` bytes."""
+    if len(data) < size:
+        raise DecodeError(f"{what} of {len(data)} bytes, expected {size}")
+    head = _HEAD.unpack_from(data)
+    if head[0] != op or head[1] != size:
+        raise DecodeError(f"{what}: op {head[0]}, size {head[1]}; expected op {op}, size {size}")
+    return head
 
-    if len(data) < RECORD_HEAD.size + LSM_RES_LEN:
-        raise ValueError(f"BPF-LSM record of {len(data)} bytes")
-    (ktime, pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id, a0, a1, a2, cgroup_id,
-     comm) = RECORD_HEAD.unpack_from(data)
-    res = data[RECORD_HEAD.size:RECORD_HEAD.size + LSM_RES_LEN].split(b"\0", 1)[0].decode(errors="replace")
-    exe, _trunc = decode_path(data[RECORD_HEAD.size + LSM_RES_LEN:])
-    op_kind, action = kind & 0xFF, (kind >> 8) & 0xFF
+
+def _kill_record(head: tuple[Any, ...], exe: str, refs: dict[int, RuleRef]) -> KillRecord:
+    (_op, _size, ktime, pid, tid, ppid, ns_pid, ns_ppid, uid, gid, mntns, pidns, cgroup_id, comm, kind,
+     rule_id, a0, a1, a2) = head
+    return KillRecord(ktime, pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id,
+                      (a0, a1, a2), cgroup_id, c_text(comm), exe, refs.get(rule_id))
+
+
+def parse_lsm_record(data: bytes, refs: dict[int, RuleRef]) -> LsmRecord:
+    """Decode one BPF-LSM ring-buffer record (struct bw_lsm_event; DecodeError when malformed)."""
+    exe, _trunc = decode_path(data[_LSM_EXE:_LSM_EXE + PATH_SIZE])
+    raw = _kill_record(_head(data, BW_OP_ENF_LSM, _LSM_SIZE, "BPF-LSM record"), exe, refs)
+    op_kind, action = raw.kind & 0xFF, (raw.kind >> 8) & 0xFF
     if op_kind not in _LSM_KINDS:
-        raise ValueError(f"BPF-LSM record of kind {op_kind}")
+        raise DecodeError(f"BPF-LSM record of kind {op_kind}")
     operation = _LSM_KINDS[op_kind]
-    sig_kind = _KIND_NET if operation == "Network" else _KIND_CAP
-    head = KillRecord(ktime, pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, sig_kind, rule_id,
-                      (a0, a1, a2), cgroup_id, comm.split(b"\0", 1)[0].decode(errors="replace"), exe,
-                      refs.get(rule_id))
+    head = replace(raw, kind=BW_ENF_NET if operation == "Network" else BW_ENF_CAP)
+    a0, a1, _a2 = raw.args
     access = _LSM_ACCESS[a0] if operation in ("Process", "File") and a0 < 3 else ""
-    return LsmRecord(head, operation, action == _LSM_BLOCK, access, bool(a1) and bool(access), res)
+    return LsmRecord(head, operation, action == BW_ACT_BLOCK, access, bool(a1) and bool(access),
+                     c_text(data[_LSM_RES:_LSM_EXE]))
 
 
 def parse_record(data: bytes, refs: dict[int, RuleRef]) -> KillRecord:
-    """Decode one ring-buffer record (ValueError/DecodeError when malformed)."""
-    from services.monitor.decode.exec_record import decode_path  # the same bw_path layout as the monitor's
-
-    if len(data) < RECORD_HEAD.size:
-        raise ValueError(f"kill record of {len(data)} bytes")
-    (ktime, pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id, a0, a1, a2, cgroup_id,
-     comm) = RECORD_HEAD.unpack_from(data)
-    exe, _trunc = decode_path(data[RECORD_HEAD.size:])
-    return KillRecord(ktime, pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id,
-                      (a0, a1, a2), cgroup_id, comm.split(b"\0", 1)[0].decode(errors="replace"), exe,
-                      refs.get(rule_id))
+    """Decode one signal enforcer ring-buffer record (struct bw_enf_event; DecodeError when malformed)."""
+    head = _head(data, BW_OP_ENF_SIGNAL, _ENF_SIZE, "kill record")
+    exe, _trunc = decode_path(data[_ENF_EXE:_ENF_EXE + PATH_SIZE])
+    return _kill_record(head, exe, refs)
 
 
 def _lsm_raw_event(rec: LsmRecord, node: str, boot_offset_ns: int, boot_id: str) -> RawEvent:
@@ -172,7 +196,7 @@ def to_raw_event(rec: KillRecord | LsmRecord, node: str, boot_offset_ns: int, bo
         kind="enforce", ts_ns=rec.ktime + boot_offset_ns, node=node, pid=rec.pid, tid=rec.tid, ppid=rec.ppid,
         ns_pid=rec.ns_pid, ns_ppid=rec.ns_ppid, uid=rec.uid, gid=rec.gid, mntns=rec.mntns, pidns=rec.pidns,
         cgroup_id=rec.cgroup_id, comm=rec.comm, exe=rec.exe, path=rec.resource, ret=0,
-        syscall="socket" if rec.kind == _KIND_NET else "capable",
+        syscall="socket" if rec.kind == BW_ENF_NET else "capable",
         event_id=f"{boot_id}:enforce:{rec.ktime}:{rec.tid}",
         extra={"killed": True, "signal": "SIGKILL", "enforcer": ENFORCER, "result": RESULT_KILLED,
                "operation": rec.operation, "resource": rec.resource, "match": match,

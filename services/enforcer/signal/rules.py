@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.bpf.names import CAPABILITIES
 from shared.matcher import POSTURE_POLICY, Access, decide
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
@@ -49,13 +50,7 @@ POSTURE_PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
     **{name: PROTOCOLS[name] for name in ("tcp", "udp", "icmp", "icmpv6", "sctp")},
     "raw": tuple((f, SOCK_RAW, ANY) for f in _INET),
 }
-CAPS: dict[str, int] = {name: i for i, name in enumerate((
-    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
-    "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
-    "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
-    "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
-    "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read",
-    "perfmon", "bpf", "checkpoint_restore"))}
+CAPS: dict[str, int] = {name: i for i, name in enumerate(CAPABILITIES)}
 NOISY_CAPS = frozenset({"sys_admin", "sys_resource", "ipc_lock"})
 
 

@@ -1,43 +1,43 @@
 """Pure decoders from ring-buffer records to :class:`RawEvent`, chosen by the record's op code.
 
-The layouts here mirror ``bpf/include/events.h`` (the one kernel<->user contract); the monitor's
-start-up self-check compares :data:`EXEC_LAYOUT` with what the compiler made of that header.
+The layouts come from :mod:`shared.bpf.abi` (the Python copy of ``bpf/include/events.h``, which the
+monitor's start-up self-check compares with the compiled header's BTF).
 """
 from __future__ import annotations
 
+import ctypes
 import posixpath
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.bpf.abi import (
+    BW_EXEC_FILENAME_FROM_KERNEL,
+    BW_EXEC_FILENAME_TRUNCATED,
+    BW_OP_EXEC,
+    BW_SYS_EXECVE,
+    BW_SYS_EXECVEAT,
+    BwEventHdr,
+    BwExecEvent,
+    c_text,
+    layout,
+    offset,
+)
+from shared.bpf.paths import PATH_SIZE, decode_path
 from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
 
-__all__ = ["DecodeContext", "decode", "decode_path", "boot_offset_ns", "HEADER", "OP_EXEC",
-           "EXEC_SIZE", "EXEC_LAYOUT", "AT_FDCWD"]
+__all__ = ["DecodeContext", "decode", "boot_offset_ns", "HEADER", "EXEC_SIZE", "AT_FDCWD"]
 
-OP_EXEC = 1
 AT_FDCWD = -100
-SYSCALLS = {0: "execve", 1: "execveat"}
-
-PATH_COMPLETE = 1
-PATH_TRUNCATED = 2
-FILENAME_TRUNCATED = 1
-FILENAME_FROM_KERNEL = 2
+SYSCALLS = {BW_SYS_EXECVE: "execve", BW_SYS_EXECVEAT: "execveat"}
 
 # struct bw_event_hdr: op, size, ktime
-HEADER = struct.Struct("<IIQ")
-# struct bw_exec_event up to (not including) the three struct bw_path members
-_EXEC_HEAD = struct.Struct("<IIQ" "10I" "i" "3I" "Q" "q" "16s" "512s")
-# struct bw_path: len, flags, depth, pad, buf[BW_PATH_BUF]
-_PATH = struct.Struct("<HHHH768s")
-EXEC_SIZE = _EXEC_HEAD.size + 3 * _PATH.size
-EXEC_LAYOUT: dict[str, int] = {
-    "sizeof": EXEC_SIZE, "pid": 16, "ret": 80, "comm": 88, "filename": 104,
-    "exe": _EXEC_HEAD.size, "parent_exe": _EXEC_HEAD.size + _PATH.size,
-    "cwd": _EXEC_HEAD.size + 2 * _PATH.size,
-}
+HEADER = layout(BwEventHdr)
+# struct bw_exec_event up to (not including) its three struct bw_path members
+_EXEC_HEAD = layout(BwExecEvent, stop="exe")
+EXEC_SIZE = ctypes.sizeof(BwExecEvent)
+_EXE, _PARENT, _CWD = (offset(BwExecEvent, name) for name in ("exe", "parent_exe", "cwd"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,28 +54,6 @@ def boot_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-
-
-def decode_path(raw: bytes) -> tuple[str, bool]:
-    """A struct bw_path as (path, truncated); components come leaf first, NUL-terminated."""
-    if len(raw) != _PATH.size:
-        raise DecodeError(f"path record is {len(raw)} bytes, expected {_PATH.size}")
-    length, flags, depth, _pad, buf = _PATH.unpack(raw)
-    if length > len(buf):
-        raise DecodeError(f"path length {length} exceeds its buffer")
-    if not flags & (PATH_COMPLETE | PATH_TRUNCATED):
-        return "", False
-    parts = [p.decode("utf-8", "backslashreplace") for p in buf[:length].split(b"\0") if p]
-    if len(parts) != depth:
-        raise DecodeError(f"path has {len(parts)} components, header says {depth}")
-    joined = "/".join(reversed(parts))
-    if flags & PATH_COMPLETE:
-        return "/" + joined, False
-    return ".../" + joined, True
-
-
 def _resolve(filename: str, cwd: str, dirfd: int) -> str:
     """The program asked for: relative names (against the cwd) made absolute when the cwd is known."""
     if not filename or filename.startswith("/") or dirfd != AT_FDCWD or not cwd.startswith("/"):
@@ -90,20 +68,19 @@ def _decode_exec(data: bytes, ctx: DecodeContext) -> RawEvent:
      flags, at_flags, _pad, cgroup_id, ret, comm, filename_raw) = _EXEC_HEAD.unpack_from(data, 0)
     if syscall not in SYSCALLS:
         raise DecodeError(f"exec record has unknown syscall {syscall}")
-    base = _EXEC_HEAD.size
-    exe, exe_cut = decode_path(data[base:base + _PATH.size])
-    parent_exe, parent_cut = decode_path(data[base + _PATH.size:base + 2 * _PATH.size])
-    cwd, cwd_cut = decode_path(data[base + 2 * _PATH.size:base + 3 * _PATH.size])
-    filename = _text(filename_raw)
+    exe, exe_cut = decode_path(data[_EXE:_EXE + PATH_SIZE])
+    parent_exe, parent_cut = decode_path(data[_PARENT:_PARENT + PATH_SIZE])
+    cwd, cwd_cut = decode_path(data[_CWD:_CWD + PATH_SIZE])
+    filename = c_text(filename_raw)
     path = _resolve(filename, cwd if not cwd_cut else "", dirfd)
     extra: dict[str, object] = {}
     if path != filename:
         extra["filename"] = filename
-    if syscall == 1:
+    if syscall == BW_SYS_EXECVEAT:
         extra["dirfd"] = dirfd
-    if flags & FILENAME_TRUNCATED:
+    if flags & BW_EXEC_FILENAME_TRUNCATED:
         extra["filename_truncated"] = True
-    if flags & FILENAME_FROM_KERNEL:
+    if flags & BW_EXEC_FILENAME_FROM_KERNEL:
         extra["filename_from_kernel"] = True
     cut = [name for name, c in (("exe", exe_cut), ("parent_exe", parent_cut), ("cwd", cwd_cut)) if c]
     if cut:
@@ -111,14 +88,14 @@ def _decode_exec(data: bytes, ctx: DecodeContext) -> RawEvent:
     return RawEvent(
         kind="exec", ts_ns=ctx.boot_offset_ns + ktime, node=ctx.node, pid=pid, tid=tid, ppid=ppid,
         ns_pid=ns_pid, ns_ppid=ns_ppid, uid=uid, gid=gid, mntns=mntns, pidns=pidns,
-        cgroup_id=cgroup_id, comm=_text(comm), exe=exe, path=path, ret=ret,
+        cgroup_id=cgroup_id, comm=c_text(comm), exe=exe, path=path, ret=ret,
         syscall=SYSCALLS[syscall], parent_exe=parent_exe, cwd=cwd, flags=at_flags,
         event_id=f"{ctx.node}:{ctx.boot_id}:{ktime}:{tid}", extra=extra,
     )
 
 
 _DECODERS: dict[int, tuple[int, Callable[[bytes, DecodeContext], RawEvent]]] = {
-    OP_EXEC: (EXEC_SIZE, _decode_exec),
+    BW_OP_EXEC: (EXEC_SIZE, _decode_exec),
 }
 
 

@@ -8,41 +8,27 @@ import ipaddress
 import struct
 from typing import Any
 
-__all__ = ["KIND_OF_OP", "describe", "sockaddr", "protocol_name", "CAPABILITIES", "FAMILIES",
-           "SOCK_TYPES"]
+from shared.bpf.abi import (
+    BW_MOUNT_SOURCE_LEN,
+    BW_OP_CAP,
+    BW_OP_EXIT,
+    BW_OP_FILE,
+    BW_OP_FORK,
+    BW_OP_NET,
+    BW_OP_SYSCALL,
+    BW_SYS_AUX_LEN,
+    BW_SYS_F_OWNER,
+    BW_SYS_F_SOCK,
+    c_text,
+)
+from shared.bpf.names import CAPABILITIES, FAMILIES, SOCK_TYPES, protocol_name
 
-OP_FORK, OP_EXIT, OP_FILE, OP_NET, OP_CAP, OP_SYSCALL = 3, 4, 5, 6, 7, 8
-KIND_OF_OP = {OP_FORK: "fork", OP_EXIT: "exit", OP_FILE: "file", OP_NET: "network",
-              OP_CAP: "capability", OP_SYSCALL: "syscall"}
+__all__ = ["KIND_OF_OP", "describe", "sockaddr"]
+
+KIND_OF_OP = {BW_OP_FORK: "fork", BW_OP_EXIT: "exit", BW_OP_FILE: "file", BW_OP_NET: "network",
+              BW_OP_CAP: "capability", BW_OP_SYSCALL: "syscall"}
 AT_FDCWD = -100
 _OPEN_SYSCALLS = {"open", "openat", "openat2", "creat"}
-
-FAMILIES = {0: "AF_UNSPEC", 1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK",
-            17: "AF_PACKET"}
-SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET"}
-_IP_PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP", 255: "RAW"}
-CAPABILITIES = (
-    "chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap linux_immutable "
-    "net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner sys_module sys_rawio "
-    "sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice sys_resource sys_time "
-    "sys_tty_config mknod lease audit_write audit_control setfcap mac_override mac_admin syslog "
-    "wake_alarm block_suspend audit_read perfmon bpf checkpoint_restore").split()
-
-
-def protocol_name(family: int, sock_type: int, protocol: int) -> str:
-    """TCP, UDP, ICMP, ICMPv6, SCTP, RAW for IP sockets; the socket type's name otherwise."""
-    sock_type &= 0xF
-    if family in (2, 10):
-        if protocol in _IP_PROTOCOLS:
-            return _IP_PROTOCOLS[protocol]
-        if sock_type == 1:
-            return "TCP"
-        if sock_type == 2:
-            return "UDP"
-        if sock_type == 3:
-            return "RAW"
-        return f"IPPROTO_{protocol}"
-    return SOCK_TYPES.get(sock_type, f"type_{sock_type}").removeprefix("SOCK_").lower()
 
 
 def sockaddr(raw: bytes) -> dict[str, Any]:
@@ -60,9 +46,9 @@ def sockaddr(raw: bytes) -> dict[str, Any]:
     elif family == 1:
         body = raw[2:]
         if body[:1] == b"\0":
-            out["addr"] = "@" + body[1:].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+            out["addr"] = "@" + c_text(body[1:])
         else:
-            out["addr"] = body.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+            out["addr"] = c_text(body)
     return out
 
 
@@ -73,7 +59,7 @@ def _network(nr_name: str, flags: int, args: tuple[int, ...], ret: int, aux: byt
         extra["fd"] = ret
     else:
         extra["fd"] = fd
-    if flags & 32:                                   # BW_SYS_F_SOCK
+    if flags & BW_SYS_F_SOCK:
         extra["family"] = FAMILIES.get(family, str(family))
         extra["type"] = SOCK_TYPES.get(sock_type & 0xF, str(sock_type & 0xF))
         extra["protocol"] = protocol_name(family, sock_type, protocol)
@@ -96,14 +82,14 @@ def _network(nr_name: str, flags: int, args: tuple[int, ...], ret: int, aux: byt
 def describe(op: int, nr_name: str, flags: int, args: tuple[int, ...], ret: int, path: str,
              aux: bytes, exe: str, extra: dict[str, Any]) -> tuple[str, int]:
     """(resource path, flags field) of a record; kind-specific details go into ``extra``."""
-    if op == OP_FILE:
+    if op == BW_OP_FILE:
         if args[0] != AT_FDCWD:
             extra["dirfd"] = args[0]
         if nr_name in _OPEN_SYSCALLS:
             extra["mode"] = args[2]
             if nr_name == "openat2":
                 extra["resolve"] = args[3]
-            if flags & 256:                              # BW_SYS_F_OWNER
+            if flags & BW_SYS_F_OWNER:
                 extra["owner_uid"] = args[4]
             return path, args[1] & 0xFFFFFFFF
         if "chown" in nr_name:
@@ -111,26 +97,26 @@ def describe(op: int, nr_name: str, flags: int, args: tuple[int, ...], ret: int,
             extra["owner_gid"] = args[2] if args[2] != 0xFFFFFFFF else -1
             return path, args[3]
         return path, args[1]                            # unlinkat's flag (AT_REMOVEDIR)
-    if op == OP_NET:
+    if op == BW_OP_NET:
         return _network(nr_name, flags, args, ret, aux, extra), 0
-    if op == OP_CAP:
+    if op == BW_OP_CAP:
         cap = args[0]
         extra["cap"] = cap
         extra["capability"] = CAPABILITIES[cap] if 0 <= cap < len(CAPABILITIES) else f"cap_{cap}"
         return "CAP_" + extra["capability"].upper(), 0
-    if op == OP_FORK:
+    if op == BW_OP_FORK:
         extra["child_pid"] = args[0]
         extra["child_ns_pid"] = args[1]
         return exe, 0
-    if op == OP_EXIT:
+    if op == BW_OP_EXIT:
         code = args[0]
         extra["exit_code"] = (code >> 8) & 0xFF
         extra["signal"] = code & 0x7F
         return exe, 0
-    # OP_SYSCALL
+    # BW_OP_SYSCALL
     if nr_name == "mount":
-        extra["source"] = aux[:96].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-        extra["fstype"] = aux[96:128].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+        extra["source"] = c_text(aux[:BW_MOUNT_SOURCE_LEN])
+        extra["fstype"] = c_text(aux[BW_MOUNT_SOURCE_LEN:BW_SYS_AUX_LEN])
         return path, args[3]
     if nr_name == "umount2":
         return path, args[1]

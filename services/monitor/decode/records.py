@@ -2,10 +2,11 @@
 
 Process records (BW_OP_PROC) carry a process's exe once; they fill :class:`ProcCache` and produce no
 event. Every other record becomes one map with the fields of :class:`shared.schemas.events.RawEvent`
-(same keys, same order). Layouts mirror bpf/include/events.h; the self-check compares them.
+(same keys, same order). Layouts come from :mod:`shared.bpf.abi`.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import posixpath
 import struct
@@ -13,42 +14,50 @@ from collections.abc import Callable
 from typing import Any
 
 from services.monitor.decode import exec_record as exec_decoder
-from services.monitor.decode.exec_record import HEADER, DecodeContext, decode_path
+from services.monitor.decode.exec_record import HEADER, DecodeContext
 from services.monitor.decode.kinds import KIND_OF_OP, describe
 from services.monitor.decode.syscall_table import SYSCALL_NUMBERS, syscall_name
-from services.monitor.ringbuf import RECORD_HEADER
+from shared.bpf.abi import (
+    BPF_RINGBUF_HDR_SZ,
+    BW_OP_EXEC,
+    BW_OP_EXIT,
+    BW_OP_PROC,
+    BW_SYS_F_DIR_CWD,
+    BW_SYS_F_DIR_FD,
+    BW_SYS_F_NAME_FAULT,
+    BW_SYS_F_NAME_TRUNC,
+    BwEventHdr,
+    BwProcEvent,
+    BwSysEvent,
+    c_text,
+    layout,
+    offset,
+)
+from shared.bpf.paths import decode_path
 from shared.errors import DecodeError
 
-__all__ = ["RecordDecoder", "ProcCache", "SYS_HEAD", "SYS_LAYOUT", "PROC_SIZE", "OP_PROC",
-           "DIR_CWD", "DIR_FD", "NAME_FAULT", "NAME_TRUNC", "AUX_STR", "SOCK"]
+__all__ = ["RecordDecoder", "ProcCache", "SYS_HEAD", "SYS_SIZE", "PROC_SIZE"]
 
-OP_PROC = 2
-DIR_CWD, DIR_FD, NAME_FAULT, NAME_TRUNC, AUX_STR, SOCK = 1, 2, 4, 8, 16, 32
-
-# struct bw_event_hdr + struct bw_task_info
-_TASK = struct.Struct("<IIQ" "10I" "Q" "16s")
-# struct bw_sys_event up to aux: hdr, task, ret, args[6], syscall, flags, name_len, aux_len, pad[3]
-SYS_HEAD = struct.Struct("<IIQ" "10I" "Q" "16s" "q" "6q" "i" "HHH" "6x")
-_PATH_SIZE = 776
-_AUX_OFF, _NAME_OFF, _DIR_OFF = SYS_HEAD.size, SYS_HEAD.size + 128, SYS_HEAD.size + 128 + 512
-SYS_SIZE = _DIR_OFF + _PATH_SIZE
-PROC_SIZE = _TASK.size + _PATH_SIZE
-SYS_LAYOUT: dict[str, int] = {"sizeof": SYS_SIZE, "ret": 80, "syscall": 136, "aux": _AUX_OFF,
-                              "name": _NAME_OFF, "dir": _DIR_OFF, "proc_sizeof": PROC_SIZE}
+# struct bw_proc_event up to its exe: hdr, task
+_TASK = layout(BwProcEvent, stop="exe")
+# struct bw_sys_event up to aux: hdr, task, ret, args[6], syscall, flags, name_len, aux_len (pad skipped)
+SYS_HEAD = layout(BwSysEvent, stop="aux", skip=("pad",))
+_AUX_OFF, _NAME_OFF, _DIR_OFF = (offset(BwSysEvent, name) for name in ("aux", "name", "dir"))
+SYS_SIZE = ctypes.sizeof(BwSysEvent)
+PROC_SIZE = ctypes.sizeof(BwProcEvent)
+_PROC_PID = 3                     # index of task.pid in _TASK's values
+_PROC_EXE = offset(BwProcEvent, "exe")
 
 
 # a record's event: buf[at:at + size] -> wire map, or None (process records)
 Handler = Callable[[bytes, int, int], "dict[str, Any] | None"]
-# the ring buffer's 8-byte header (len, page offset) then struct bw_event_hdr (op, size, ktime)
-_FRAME = struct.Struct("<II" "IIQ")
+# the ring buffer's own header (len, page offset) then struct bw_event_hdr (op, size, ktime)
+_FRAME = struct.Struct("<II" + HEADER.format.lstrip("<"))
 _SYSCALL_NAMES: dict[int, str] = {nr: name for name, nr in SYSCALL_NUMBERS.items()}
-_KTIME = struct.Struct("<Q")
+_KTIME = layout(BwEventHdr, start="ktime")
+_KTIME_OFF = offset(BwEventHdr, "ktime")
 _SAME_LIMIT = 4096  # records remembered for decoding their repeats
 _SAME_BYPASS = 65536  # records decoded in full, without looking, when repeats were rare
-
-
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
 
 
 class ProcCache:
@@ -106,7 +115,7 @@ class RecordDecoder:
         self._same: dict[bytes, dict[str, Any]] = {}
         self._same_hits = 0
         self._same_bypass = 0
-        self._handlers: dict[int, Handler] = {exec_decoder.OP_EXEC: self._exec, OP_PROC: self._proc}
+        self._handlers: dict[int, Handler] = {BW_OP_EXEC: self._exec, BW_OP_PROC: self._proc}
         for op in KIND_OF_OP:
             self._handlers[op] = self._sys
 
@@ -131,7 +140,7 @@ class RecordDecoder:
                 handler = handlers.get(op)
                 if handler is None or size > length or length < HEADER.size:
                     handler = self._handler(op, size, length)
-                event = handler(chunk, off + RECORD_HEADER, size)
+                event = handler(chunk, off + BPF_RINGBUF_HDR_SZ, size)
             except DecodeError as exc:
                 errors.append(exc)
                 continue
@@ -159,8 +168,8 @@ class RecordDecoder:
     def _proc(self, buf: bytes, at: int, size: int) -> None:
         if size != PROC_SIZE:
             raise DecodeError(f"process record is {size} bytes, expected {PROC_SIZE}")
-        pid = _TASK.unpack_from(buf, at)[3]
-        self.procs.put(pid, decode_path(buf[at + _TASK.size:at + size])[0])
+        pid = _TASK.unpack_from(buf, at)[_PROC_PID]
+        self.procs.put(pid, decode_path(buf[at + _PROC_EXE:at + size])[0])
         return None
 
     def _comm(self, raw: bytes) -> str:
@@ -168,7 +177,7 @@ class RecordDecoder:
         if comm is None:
             if len(self._comms) > 4096:
                 self._comms.clear()
-            comm = self._comms[raw] = _text(raw)
+            comm = self._comms[raw] = c_text(raw)
         return comm
 
     def _name(self, raw: bytes) -> str:
@@ -176,7 +185,7 @@ class RecordDecoder:
         if name is None:
             if len(self._names) > 4096:
                 self._names.clear()
-            name = self._names[raw] = _text(raw)
+            name = self._names[raw] = c_text(raw)
         return name
 
     def _sys(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
@@ -199,7 +208,7 @@ class RecordDecoder:
                 self._same[key] = event
             return event
         self._same_hits += 1
-        ktime = _KTIME.unpack_from(buf, at + 8)[0]
+        ktime = _KTIME.unpack_from(buf, at + _KTIME_OFF)[0]
         event = same.copy()
         event["ts_ns"] = self.ctx.boot_offset_ns + ktime
         event["event_id"] = f"{self._prefix}{ktime}:{same['tid']}"
@@ -228,11 +237,11 @@ class RecordDecoder:
         extra: dict[str, Any] = {}
         cwd = ""
         path = name
-        if flags & (DIR_CWD | DIR_FD):
+        if flags & (BW_SYS_F_DIR_CWD | BW_SYS_F_DIR_FD):
             if size < SYS_SIZE:
                 raise DecodeError(f"record with a dir is {size} bytes, expected {SYS_SIZE}")
             base, cut = decode_path(buf[at + _DIR_OFF:at + SYS_SIZE])
-            if flags & DIR_CWD:
+            if flags & BW_SYS_F_DIR_CWD:
                 cwd = base
             if cut:
                 extra["truncated"] = ["dir"]
@@ -240,13 +249,13 @@ class RecordDecoder:
                 path = posixpath.normpath(posixpath.join(base, name)) if name else base
                 if name:
                     extra["filename"] = name
-        if flags & NAME_FAULT:
+        if flags & BW_SYS_F_NAME_FAULT:
             extra["name_fault"] = True
-        if flags & NAME_TRUNC:
+        if flags & BW_SYS_F_NAME_TRUNC:
             extra["name_truncated"] = True
         procs = self.procs
         exe = procs.get(pid)
-        if op == 4:                       # exit: the process is gone after this record
+        if op == BW_OP_EXIT:              # the process is gone after this record
             procs.forget(pid)
         aux = buf[at + _AUX_OFF:at + _AUX_OFF + aux_len] if aux_len else b""
         sysname = _SYSCALL_NAMES.get(nr) or syscall_name(nr) if nr >= 0 else ""
