@@ -261,10 +261,31 @@ static __always_inline struct bw_sys_event *bw_sys_enter_begin(__u32 op, __u32 v
 }
 
 /* Write `e` to the ring buffer: cut after the name unless a dir path follows. */
+/* SIGNAL_GROUP_EXIT (include/linux/sched/signal.h): a fatal signal is being delivered to the group */
+#define BW_SIGNAL_GROUP_EXIT 0x4
+
+/* Whether the current process is already being killed (a SIGKILL sent, e.g. by the signal enforcer at
+ * this syscall's entry): the syscall completes, but the process never returns to user space. */
+static __always_inline int bw_dying(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct signal_struct *sig = NULL;
+	unsigned int flags = 0;
+
+	BW_READ(sig, task, signal);
+	if (!sig)
+		return 0;
+	BW_READ(flags, sig, flags);
+	return (flags & BW_SIGNAL_GROUP_EXIT) != 0;
+}
+
 static __always_inline void bw_sys_emit(struct bw_sys_event *e)
 {
 	__u64 size = sizeof(*e);
 	__u32 op = e->hdr.op;
+
+	if (bw_dying())
+		e->flags |= BW_SYS_F_DYING;
 
 	if (!(e->flags & (BW_SYS_F_DIR_CWD | BW_SYS_F_DIR_FD))) {
 		size = __builtin_offsetof(struct bw_sys_event, name) + e->name_len;

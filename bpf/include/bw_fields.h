@@ -55,7 +55,9 @@
 	X(css_set, dfl_cgrp) \
 	X(cgroup, kn) \
 	X(kernfs_node, id) \
-	X(task_struct, comm)
+	X(task_struct, comm) \
+	X(task_struct, signal) \
+	X(signal_struct, flags)
 
 #define BW_SIZES(X) \
 	X(upid) \

@@ -129,6 +129,7 @@ struct bw_proc_event {
 #define BW_SYS_F_RETRY 64                    /* internal: aux holds the name pointer and dirfd */
 #define BW_SYS_F_OPEN 128                    /* an open: at exit args[4] = owner uid of the opened file */
 #define BW_SYS_F_OWNER 256                   /* args[4] holds that owner uid */
+#define BW_SYS_F_DYING 512                   /* a fatal signal (SIGKILL) was already on its way to the process */
 
 /* File, network, capability, process-lifecycle and syscall records share one layout. The record is
  * cut after name[name_len] unless a dir path follows (hdr.size says how much was sent). args, per op:

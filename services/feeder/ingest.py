@@ -264,6 +264,9 @@ class Ingestor:
             else:
                 self.counters.inc("not_visible")
             return caught_up
+        if _killed_by_its_block(ev, decision.action):
+            self.counters.inc("killed_duplicates")
+            return caught_up
         # the rule's operation: a loader's open is judged (and alerted) as the exec it stands for
         operation = decision.rule.operation if decision.rule is not None else access.operation
         alert = build_alert(ev, workload, decision, cluster=self.cluster, operation=operation,
@@ -307,6 +310,13 @@ def _launcher_setup(workload: Workload, ev: RawEvent) -> bool:
     """True for what ``bulwark run`` itself did in a workload's namespaces before registering it
     (unshare, mount /proc, its own Python's capability checks): not the workload's doing."""
     return workload.source == "launcher" and 0 < ev.ts_ns < workload.started_ns
+
+
+def _killed_by_its_block(ev: RawEvent, action: str) -> bool:
+    """True for the monitor's record of a blocked operation whose process was already being killed
+    when the syscall returned: the signal enforcer killed it at the syscall's entry and its own report
+    is the alert (one operation, one alert; the kernel completed the call, the process never saw it)."""
+    return action == "Block" and ev.kind != "enforce" and ev.ret >= 0 and bool(ev.extra.get("dying"))
 
 
 def _instance(msg: Msg) -> str:

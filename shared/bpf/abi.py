@@ -71,6 +71,7 @@ BW_SYS_F_SOCK = 32
 BW_SYS_F_RETRY = 64
 BW_SYS_F_OPEN = 128
 BW_SYS_F_OWNER = 256
+BW_SYS_F_DYING = 512
 
 # bw_enf_info.kind of the signal enforcer
 BW_ENF_NET = 1

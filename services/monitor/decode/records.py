@@ -24,6 +24,7 @@ from shared.bpf.abi import (
     BW_OP_PROC,
     BW_SYS_F_DIR_CWD,
     BW_SYS_F_DIR_FD,
+    BW_SYS_F_DYING,
     BW_SYS_F_NAME_FAULT,
     BW_SYS_F_NAME_TRUNC,
     BwEventHdr,
@@ -253,6 +254,8 @@ class RecordDecoder:
             extra["name_fault"] = True
         if flags & BW_SYS_F_NAME_TRUNC:
             extra["name_truncated"] = True
+        if flags & BW_SYS_F_DYING and op != BW_OP_EXIT:
+            extra["dying"] = True         # killed on its way back to user space (the signal enforcer)
         procs = self.procs
         exe = procs.get(pid)
         if op == BW_OP_EXIT:              # the process is gone after this record
