@@ -106,6 +106,7 @@ static __always_inline int bw_announce(struct bw_task_info *t, struct task_struc
 	pe->hdr.ktime = bpf_ktime_get_ns();
 	bpf_probe_read_kernel(&pe->task, sizeof(pe->task), t);
 	bw_task_exe(&pe->exe, task);
+	bw_task_tty(pe->tty, task);
 	if (bw_events.ringbuf_output(pe, sizeof(*pe), BW_RB_NO_WAKEUP)) {
 		bw_stat(BW_STAT_PROC_LOST);
 		return -1;

@@ -57,7 +57,9 @@
 	X(kernfs_node, id) \
 	X(task_struct, comm) \
 	X(task_struct, signal) \
-	X(signal_struct, flags)
+	X(signal_struct, flags) \
+	X(signal_struct, tty) \
+	X(tty_struct, name)
 
 #define BW_SIZES(X) \
 	X(upid) \

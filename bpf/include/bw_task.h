@@ -138,4 +138,20 @@ static __always_inline void bw_task_ids(struct task_struct *task, struct bw_ids 
 		ids->ns_ppid = par.nr;
 }
 
+/* The name of `task`'s controlling tty (signal->tty->name, e.g. "pts0"); "" when it has none. */
+static __always_inline void bw_task_tty(char *out, struct task_struct *task)
+{
+	struct signal_struct *sig = NULL;
+	struct tty_struct *tty = NULL;
+
+	out[0] = 0;
+	BW_READ(sig, task, signal);
+	if (!sig)
+		return;
+	BW_READ(tty, sig, tty);
+	if (!tty)
+		return;
+	bpf_probe_read_kernel_str(out, BW_TTY_LEN, &tty->name);
+}
+
 #endif /* BW_TASK_H */

@@ -37,6 +37,7 @@ enum bw_syscall {
 };
 
 #define BW_COMM_LEN 16
+#define BW_TTY_LEN 16                        /* the controlling tty's name (tty->name: pts0, tty1, ttyS0) */
 #define BW_FILENAME_LEN 512
 #define BW_NAME_MAX 256                      /* bytes read per path component (NAME_MAX + NUL) */
 #define BW_PATH_SPAN 512                     /* a component may only start below this offset */
@@ -89,6 +90,7 @@ struct bw_exec_event {
 	struct bw_path exe;                      /* caller's mm->exe_file */
 	struct bw_path parent_exe;               /* real_parent's mm->exe_file */
 	struct bw_path cwd;                      /* caller's fs->pwd */
+	char tty[BW_TTY_LEN];                    /* caller's controlling tty, "" when none */
 };
 
 /* Who did it: filled for every record but exec's (which predates it and keeps its own fields). */
@@ -113,6 +115,7 @@ struct bw_proc_event {
 	struct bw_event_hdr hdr;
 	struct bw_task_info task;
 	struct bw_path exe;
+	char tty[BW_TTY_LEN];                    /* its controlling tty, "" when none */
 };
 
 #define BW_SYS_NAME_LEN 512

@@ -52,6 +52,7 @@ static __always_inline int bw_exec_enter(const char *filename, __u32 syscall, __
 	if (parent)
 		bw_task_exe(&e->parent_exe, parent);
 	bw_task_cwd(&e->cwd, task);
+	bw_task_tty(e->tty, task);
 	return 0;
 }
 

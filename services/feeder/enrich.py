@@ -112,7 +112,7 @@ def _common(event: RawEvent, workload: Workload, cluster: str, now_ns: int) -> d
         "Data": fields["Data"],
         "Result": result_text(event.ret),
         "Cwd": event.cwd,
-        "TTY": "",
+        "TTY": str(event.extra.get("tty", "")),
         "NodeID": event.node,
         "UserName": "",
         "ExecEvent": exec_event(event.comm),

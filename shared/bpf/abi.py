@@ -42,6 +42,7 @@ BW_SYS_EXECVE = 0
 BW_SYS_EXECVEAT = 1
 
 BW_COMM_LEN = 16
+BW_TTY_LEN = 16
 BW_FILENAME_LEN = 512
 BW_NAME_MAX = 256
 BW_PATH_SPAN = 512
@@ -128,14 +129,14 @@ class BwExecEvent(Record):
                 ("mntns", c_uint32), ("pidns", c_uint32), ("syscall", c_uint32), ("dirfd", c_int32),
                 ("flags", c_uint32), ("at_flags", c_uint32), ("pad", c_uint32), ("cgroup_id", c_uint64),
                 ("ret", c_int64), ("comm", c_char * BW_COMM_LEN), ("filename", c_char * BW_FILENAME_LEN),
-                ("exe", BwPath), ("parent_exe", BwPath), ("cwd", BwPath)]
+                ("exe", BwPath), ("parent_exe", BwPath), ("cwd", BwPath), ("tty", c_char * BW_TTY_LEN)]
 
 
 class BwProcEvent(Record):
     """struct bw_proc_event (BW_OP_PROC): a process's exe, once per process."""
 
     C_NAME = "bw_proc_event"
-    _fields_ = [("hdr", BwEventHdr), ("task", BwTaskInfo), ("exe", BwPath)]
+    _fields_ = [("hdr", BwEventHdr), ("task", BwTaskInfo), ("exe", BwPath), ("tty", c_char * BW_TTY_LEN)]
 
 
 class BwSysEvent(Record):

@@ -5,11 +5,13 @@ namespaces, namespaced pids, canonical caller executable (KubeArmor's Source) an
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -184,3 +186,43 @@ async def test_execveat_and_a_non_leader_thread(monitor: Monitor) -> None:
     assert ev["tid"] != ev["pid"]                        # came from a second thread, stash moved at exec
     # the name was empty: the kernel's own name for the program (sched_process_exec) fills in
     assert ev["path"] == f"/dev/fd/{ev['extra']['dirfd']}" and ev["extra"]["filename_from_kernel"]
+
+
+def _run_on_a_pty(argv: list[str]) -> tuple[str, str]:
+    """Run ``argv`` as the session leader of a fresh pty (its controlling tty); (tty name, output)."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)                       # /dev/pts/N; the kernel calls it ptsN
+
+    def own_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=own_tty)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:                        # EIO: every writer is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        proc.wait(timeout=bound(30))
+    finally:
+        os.close(master)
+    return name.replace("/dev/pts/", "pts"), out.decode(errors="replace")
+
+
+async def test_execs_name_the_controlling_tty(monitor: Monitor) -> None:
+    tty, out = _run_on_a_pty(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c",
+                              "stat -L -c %i /proc/self/ns/pid; /usr/bin/true"])
+    pidns = int(out.split()[0])
+
+    def mine(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in events if e["pidns"] == pidns and e["kind"] == "exec" and e["path"] == "/usr/bin/true"]
+
+    events = await monitor.events_until(lambda evs: bool(mine(evs)))
+    [true] = mine(events)
+    assert true["extra"].get("tty") == tty, true

@@ -1,7 +1,7 @@
 """The pure alert builder: KubeArmor field names, values and the Action/Result/Enforcer rules."""
 from __future__ import annotations
 
-from services.feeder.enrich import alert_time_ns, build_alert, event_id_of, result_text, rfc3339
+from services.feeder.enrich import alert_time_ns, build_alert, build_log, event_id_of, result_text, rfc3339
 from shared.matcher import Decision
 from shared.schemas.alert import ALERT_FIELDS
 from shared.schemas.events import RawEvent
@@ -106,3 +106,9 @@ def test_the_enforcer_is_named_per_operation_from_the_heartbeat() -> None:
     assert state.enforcer_name("n1", "Network") == "eBPF Signal"
     assert state.enforcer_name("n1", "File") == "Fanotify"
     assert state.enforcer_name("n2") == ""
+
+
+def test_tty_is_the_controlling_tty_the_monitor_saw() -> None:
+    on_tty = build_alert(_event(extra={"tty": "pts0"}), _workload(), _decision(), cluster="c", enforcer_name="x")
+    assert on_tty["TTY"] == "pts0"
+    assert build_log(_event(), _workload(), cluster="c")["TTY"] == ""

@@ -27,7 +27,8 @@ def path_rec(components: list[str] | None, flags: int = COMPLETE) -> bytes:
 
 def exec_rec(*, filename: str = "/usr/bin/true", ret: int = 0, syscall: int = 0, dirfd: int = -100,
              flags: int = 0, at_flags: int = 0, exe: bytes | None = None, parent: bytes | None = None,
-             cwd: bytes | None = None, op: int = 1, size: int | None = None, ktime: int = 123_456) -> bytes:
+             cwd: bytes | None = None, op: int = 1, size: int | None = None, ktime: int = 123_456,
+             tty: bytes = b"") -> bytes:
     head = struct.pack("<IIQ", op, EXEC_SIZE if size is None else size, ktime)
     ids = struct.pack("<10I", 4242, 4243, 4000, 2, 1, 1000, 1001, 4026532000, 4026532001, syscall)
     rest = struct.pack("<i3IQq", dirfd, flags, at_flags, 0, 77, ret)
@@ -36,11 +37,12 @@ def exec_rec(*, filename: str = "/usr/bin/true", ret: int = 0, syscall: int = 0,
     return (head + ids + rest + comm + fname
             + (exe if exe is not None else path_rec(["usr", "bin", "dash"]))
             + (parent if parent is not None else path_rec(["usr", "bin", "dash"]))
-            + (cwd if cwd is not None else path_rec(["work", "main"])))
+            + (cwd if cwd is not None else path_rec(["work", "main"]))
+            + tty.ljust(16, b"\0"))
 
 
 def test_layout_constants_match_the_c_header() -> None:
-    assert EXEC_SIZE == 2944 == len(exec_rec())
+    assert EXEC_SIZE == 2960 == len(exec_rec())
     assert [offset(BwExecEvent, m) for m in ("ret", "exe", "cwd")] == [80, 616, 2168]
 
 
@@ -106,3 +108,8 @@ def test_invalid_utf8_does_not_break_the_wire() -> None:
 def test_bad_records_raise_decode_error(data: bytes, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode(data, CTX)
+
+
+def test_the_callers_controlling_tty_is_kept() -> None:
+    assert decode(exec_rec(tty=b"pts0"), CTX).extra["tty"] == "pts0"
+    assert "tty" not in decode(exec_rec(), CTX).extra

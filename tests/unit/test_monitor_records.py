@@ -41,12 +41,12 @@ def sys_rec(op: int, nr: int, args: tuple[int, ...] = (0,) * 6, ret: int = 0, fl
     return struct.pack("<II", op, len(body)) + body[8:]
 
 
-def proc_rec(pid: int, exe: list[str]) -> bytes:
-    return task(2, PROC_SIZE, pid) + path_rec(exe)
+def proc_rec(pid: int, exe: list[str], tty: bytes = b"") -> bytes:
+    return task(2, PROC_SIZE, pid) + path_rec(exe) + tty.ljust(16, b"\0")
 
 
 def test_layout() -> None:
-    assert (SYS_SIZE, PROC_SIZE) == (1568, 856)
+    assert (SYS_SIZE, PROC_SIZE) == (1568, 872)
     assert [offset(BwSysEvent, m) for m in ("ret", "syscall", "aux", "name", "dir")] == [80, 136, 152, 280, 792]
     assert SYS_HEAD.format == "<IIQIIIIIIIIIIQ16sq6qiHHH6x"  # the decoder's hot format: pad[3] skipped
 
@@ -199,3 +199,11 @@ def test_records_that_never_repeat_still_decode_when_the_lookup_is_bypassed() ->
         rec = sys_rec(5, 257, ret=i, name=f"/f{i}")
         assert dec.feed(rec) == RecordDecoder(CTX).feed(rec)
     assert dec._same_bypass > 0                                  # repeats were rare: not looked up
+
+
+def test_the_controlling_tty_of_a_process_record_names_its_events() -> None:
+    with_tty, without = RecordDecoder(CTX), RecordDecoder(CTX)
+    with_tty.feed(proc_rec(100, ["bin", "sh"], tty=b"pts3"))
+    without.feed(proc_rec(100, ["bin", "sh"]))
+    assert with_tty.feed(sys_rec(5, 257, name="/etc/hosts"))["extra"]["tty"] == "pts3"
+    assert "tty" not in without.feed(sys_rec(5, 257, name="/etc/hosts"))["extra"]

@@ -17,6 +17,7 @@ from shared.bpf.abi import (
     BW_OP_EXEC,
     BW_SYS_EXECVE,
     BW_SYS_EXECVEAT,
+    BW_TTY_LEN,
     BwEventHdr,
     BwExecEvent,
     c_text,
@@ -37,7 +38,7 @@ HEADER = layout(BwEventHdr)
 # struct bw_exec_event up to (not including) its three struct bw_path members
 _EXEC_HEAD = layout(BwExecEvent, stop="exe")
 EXEC_SIZE = ctypes.sizeof(BwExecEvent)
-_EXE, _PARENT, _CWD = (offset(BwExecEvent, name) for name in ("exe", "parent_exe", "cwd"))
+_EXE, _PARENT, _CWD, _TTY = (offset(BwExecEvent, name) for name in ("exe", "parent_exe", "cwd", "tty"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,9 @@ def _decode_exec(data: bytes, ctx: DecodeContext) -> RawEvent:
     cut = [name for name, c in (("exe", exe_cut), ("parent_exe", parent_cut), ("cwd", cwd_cut)) if c]
     if cut:
         extra["truncated"] = cut
+    tty = c_text(data[_TTY:_TTY + BW_TTY_LEN])
+    if tty:
+        extra["tty"] = tty
     return RawEvent(
         kind="exec", ts_ns=ctx.boot_offset_ns + ktime, node=ctx.node, pid=pid, tid=tid, ppid=ppid,
         ns_pid=ns_pid, ns_ppid=ns_ppid, uid=uid, gid=gid, mntns=mntns, pidns=pidns,

@@ -27,6 +27,7 @@ from shared.bpf.abi import (
     BW_SYS_F_DYING,
     BW_SYS_F_NAME_FAULT,
     BW_SYS_F_NAME_TRUNC,
+    BW_TTY_LEN,
     BwEventHdr,
     BwProcEvent,
     BwSysEvent,
@@ -34,7 +35,7 @@ from shared.bpf.abi import (
     layout,
     offset,
 )
-from shared.bpf.paths import decode_path
+from shared.bpf.paths import PATH_SIZE, decode_path
 from shared.errors import DecodeError
 
 __all__ = ["RecordDecoder", "ProcCache", "SYS_HEAD", "SYS_SIZE", "PROC_SIZE"]
@@ -48,6 +49,7 @@ SYS_SIZE = ctypes.sizeof(BwSysEvent)
 PROC_SIZE = ctypes.sizeof(BwProcEvent)
 _PROC_PID = 3                     # index of task.pid in _TASK's values
 _PROC_EXE = offset(BwProcEvent, "exe")
+_PROC_TTY = offset(BwProcEvent, "tty")
 
 
 # a record's event: buf[at:at + size] -> wire map, or None (process records)
@@ -62,21 +64,33 @@ _SAME_BYPASS = 65536  # records decoded in full, without looking, when repeats w
 
 
 class ProcCache:
-    """tgid -> canonical exe, from process records; /proc/<tgid>/exe when a record was missed."""
+    """tgid -> canonical exe (and controlling tty), from process records; /proc/<tgid>/exe when a
+    record was missed."""
 
     def __init__(self, limit: int = 131072) -> None:
         self.limit = limit
         self._exe: dict[int, str] = {}
+        self._tty: dict[int, str] = {}  # only processes that have one
         self.misses = 0
         self.records = 0
 
-    def put(self, tgid: int, exe: str) -> None:
-        """Remember ``tgid``'s exe (the newest record wins)."""
+    def put(self, tgid: int, exe: str, tty: str = "") -> None:
+        """Remember ``tgid``'s exe and tty (the newest record wins)."""
         self.records += 1
         self._exe.pop(tgid, None)
         self._exe[tgid] = exe
         if len(self._exe) > self.limit:
             del self._exe[next(iter(self._exe))]
+        if tty:
+            self._tty[tgid] = tty
+            if len(self._tty) > self.limit:
+                del self._tty[next(iter(self._tty))]
+        else:
+            self._tty.pop(tgid, None)
+
+    def tty(self, tgid: int) -> str:
+        """The controlling tty of ``tgid`` as its process record said, or ""."""
+        return self._tty.get(tgid, "")
 
     def get(self, tgid: int) -> str:
         """The exe of ``tgid``; falls back to /proc (counted in ``misses``)."""
@@ -98,6 +112,7 @@ class ProcCache:
     def forget(self, tgid: int) -> None:
         """Drop ``tgid`` (its process exited)."""
         self._exe.pop(tgid, None)
+        self._tty.pop(tgid, None)
 
 
 class RecordDecoder:
@@ -170,7 +185,8 @@ class RecordDecoder:
         if size != PROC_SIZE:
             raise DecodeError(f"process record is {size} bytes, expected {PROC_SIZE}")
         pid = _TASK.unpack_from(buf, at)[_PROC_PID]
-        self.procs.put(pid, decode_path(buf[at + _PROC_EXE:at + size])[0])
+        exe = decode_path(buf[at + _PROC_EXE:at + _PROC_EXE + PATH_SIZE])[0]
+        self.procs.put(pid, exe, c_text(buf[at + _PROC_TTY:at + _PROC_TTY + BW_TTY_LEN]))
         return None
 
     def _comm(self, raw: bytes) -> str:
@@ -258,6 +274,9 @@ class RecordDecoder:
             extra["dying"] = True         # killed on its way back to user space (the signal enforcer)
         procs = self.procs
         exe = procs.get(pid)
+        tty = procs.tty(pid)
+        if tty:
+            extra["tty"] = tty
         if op == BW_OP_EXIT:              # the process is gone after this record
             procs.forget(pid)
         aux = buf[at + _AUX_OFF:at + _AUX_OFF + aux_len] if aux_len else b""
