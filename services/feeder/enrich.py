@@ -114,7 +114,7 @@ def _common(event: RawEvent, workload: Workload, cluster: str, now_ns: int) -> d
         "Cwd": event.cwd,
         "TTY": str(event.extra.get("tty", "")),
         "NodeID": event.node,
-        "UserName": "",
+        "UserName": str(event.extra.get("user", "")),
         "ExecEvent": exec_event(event.comm),
     }
     _refresh_event_data(record)

@@ -14,6 +14,7 @@ from typing import Any
 from services.monitor.batcher import Batcher
 from services.monitor.decode.exec_record import DecodeContext, boot_offset_ns
 from services.monitor.decode.records import RecordDecoder
+from services.monitor.decode.users import UserNames
 from services.monitor.follow import FilterFollower
 from services.monitor.kernel_filters import ALL
 from services.monitor.loader import DEFAULT_BPF_DIR, Probes, read_boot_id
@@ -96,7 +97,7 @@ async def serve(svc: Service, settings: Settings, btf: Btf) -> None:
                       queue_size=max(16384, 32 * settings.batch_max_events),
                       msg_id_prefix=f"{settings.node_name}:{boot_id}:{time.time_ns()}")
 
-    decoder = RecordDecoder(ctx)
+    decoder = RecordDecoder(ctx, users=UserNames())
     loss_health = LossHealth()
 
     def details() -> dict[str, Any]:

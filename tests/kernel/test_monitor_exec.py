@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -226,3 +227,33 @@ async def test_execs_name_the_controlling_tty(monitor: Monitor) -> None:
     events = await monitor.events_until(lambda evs: bool(mine(evs)))
     [true] = mine(events)
     assert true["extra"].get("tty") == tty, true
+
+
+async def test_execs_name_the_user_as_the_namespace_sees_it(monitor: Monitor, tmp_path: Path) -> None:
+    """uid 4242 is "modelrunner" in a mount namespace whose /etc/passwd says so (the command's own
+    process is gone by then: its parent, alive in the same namespace, is read instead)."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh\nmodelrunner:x:4242:4242::/nonexistent:/bin/false\n")
+    passwd.chmod(0o644)
+    script = (f"mount --bind {passwd} /etc/passwd && stat -L -c %i /proc/self/ns/pid && "
+              f"setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/true && read done")
+    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", script],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        pidns = int(proc.stdout.readline())
+
+        def mine(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in events if e["pidns"] == pidns and e["kind"] == "exec" and e["path"] == "/usr/bin/true"]
+
+        events = await monitor.events_until(lambda evs: bool(mine(evs)))
+        [true] = mine(events)
+        assert (true["uid"], true["extra"].get("user")) == (4242, "modelrunner"), true
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()                               # the namespace's shell ends
+        proc.wait(timeout=bound(30))
+    try:                                                     # the host does not name uid 4242 so
+        assert pwd.getpwuid(4242).pw_name != "modelrunner"
+    except KeyError:
+        pass

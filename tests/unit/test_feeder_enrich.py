@@ -108,7 +108,9 @@ def test_the_enforcer_is_named_per_operation_from_the_heartbeat() -> None:
     assert state.enforcer_name("n2") == ""
 
 
-def test_tty_is_the_controlling_tty_the_monitor_saw() -> None:
-    on_tty = build_alert(_event(extra={"tty": "pts0"}), _workload(), _decision(), cluster="c", enforcer_name="x")
-    assert on_tty["TTY"] == "pts0"
-    assert build_log(_event(), _workload(), cluster="c")["TTY"] == ""
+def test_tty_and_user_name_are_what_the_monitor_saw() -> None:
+    seen = build_alert(_event(extra={"tty": "pts0", "user": "alice"}), _workload(), _decision(), cluster="c",
+                       enforcer_name="x")
+    assert (seen["TTY"], seen["UserName"]) == ("pts0", "alice")
+    unseen = build_log(_event(), _workload(), cluster="c")
+    assert (unseen["TTY"], unseen["UserName"]) == ("", "")

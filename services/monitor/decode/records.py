@@ -17,6 +17,7 @@ from services.monitor.decode import exec_record as exec_decoder
 from services.monitor.decode.exec_record import HEADER, DecodeContext
 from services.monitor.decode.kinds import KIND_OF_OP, describe
 from services.monitor.decode.syscall_table import SYSCALL_NUMBERS, syscall_name
+from services.monitor.decode.users import UserNames
 from shared.bpf.abi import (
     BPF_RINGBUF_HDR_SZ,
     BW_OP_EXEC,
@@ -122,9 +123,10 @@ class RecordDecoder:
     buffer is decoded without a copy per record.
     """
 
-    def __init__(self, ctx: DecodeContext, procs: ProcCache | None = None) -> None:
+    def __init__(self, ctx: DecodeContext, procs: ProcCache | None = None, users: UserNames | None = None) -> None:
         self.ctx = ctx
         self.procs = procs or ProcCache()
+        self.users = users  # None: events carry no user names
         self._prefix = f"{ctx.node}:{ctx.boot_id}:"
         self._comms: dict[bytes, str] = {}
         self._names: dict[bytes, str] = {}
@@ -179,7 +181,22 @@ class RecordDecoder:
         return handler
 
     def _exec(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
-        return exec_decoder.decode(buf[at:at + size], self.ctx).to_wire()
+        event = exec_decoder.decode(buf[at:at + size], self.ctx).to_wire()
+        if self.users is not None:
+            user = self.users.name(event["mntns"], event["cgroup_id"], event["uid"], (event["pid"], event["ppid"]))
+            if user:
+                event["extra"]["user"] = user
+        return event
+
+    def _who(self, extra: dict[str, Any], pid: int, ppid: int, mntns: int, cgroup_id: int, uid: int) -> None:
+        """The process's controlling tty and its user's name, into ``extra`` when known."""
+        tty = self.procs.tty(pid)
+        if tty:
+            extra["tty"] = tty
+        if self.users is not None:
+            user = self.users.name(mntns, cgroup_id, uid, (pid, ppid))
+            if user:
+                extra["user"] = user
 
     def _proc(self, buf: bytes, at: int, size: int) -> None:
         if size != PROC_SIZE:
@@ -274,9 +291,7 @@ class RecordDecoder:
             extra["dying"] = True         # killed on its way back to user space (the signal enforcer)
         procs = self.procs
         exe = procs.get(pid)
-        tty = procs.tty(pid)
-        if tty:
-            extra["tty"] = tty
+        self._who(extra, pid, ppid, mntns, cgroup_id, uid)
         if op == BW_OP_EXIT:              # the process is gone after this record
             procs.forget(pid)
         aux = buf[at + _AUX_OFF:at + _AUX_OFF + aux_len] if aux_len else b""
