@@ -30,6 +30,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def as_root() -> None:
+    """The test needs root (BPF, fanotify, namespaces); ``pytest.mark.usefixtures("as_root")``."""
+    require_root()
+
+
+@pytest.fixture(scope="module")
+def btf_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh directory for the module's bcc header tree (built from this kernel's BTF on first use)."""
+    return tmp_path_factory.mktemp("btf") / "bcc-btf"
+
+
+@pytest.fixture
 def shells() -> Iterator[tuple[NsShell, NsShell]]:
     """Two shells, each in its own mount namespace (a selected workload and its sibling)."""
     a, b = NsShell(), NsShell()

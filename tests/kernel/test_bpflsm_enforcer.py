@@ -20,7 +20,6 @@ from services.enforcer.bpflsm import BpfLsmEnforcer
 from services.enforcer.reports.kernel import to_raw_event
 from services.enforcer.select import REGISTRY, choose
 from shared.schemas.rules import Rule, RuleSet
-from tests.conftest import require_root
 from tests.kernel.bpfkit import (
     bpftool_show,
     cap_rule,
@@ -32,7 +31,9 @@ from tests.kernel.bpfkit import (
 )
 from tests.kernel.nsutil import block_exec, file_rule, host_run, private_copy, ruleset
 
-pytestmark = [pytest.mark.kernel, pytest.mark.bpflsm, pytest.mark.timeout(900)]  # bcc under TCG: minutes
+# bcc under TCG: minutes
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.bpflsm,
+              pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 EPERM_RC = 126  # sh: a refused exec
@@ -43,16 +44,6 @@ SLOW = 180  # s: a Python start under emulation on a busy host
 def sock(family: str, kind: str, proto: int = 0) -> str:
     return (f"{PY} -c 'import socket; socket.socket(socket.{family}, socket.{kind}, {proto}); "
             "print(\"alive\")' 2>&1 | tail -1")
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    require_root()
-
-
-@pytest.fixture(scope="module")
-def btf_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("btf") / "bcc-btf"
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,14 @@ from collections.abc import Iterator
 import pytest
 
 from bulwark.procs import terminate
-from tests.conftest import require_root
 from tests.kernel.bpfkit import held_programs
 from tests.kernel.holdkit import Enforcers, gone, holder_process
 from tests.kernel.nsutil import NsShell, bound, host_run, private_copy
 
-pytestmark = [pytest.mark.kernel, pytest.mark.bpflsm, pytest.mark.timeout(1800)]  # bcc under TCG: minutes
+# bcc under TCG: minutes
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.bpflsm,
+              pytest.mark.timeout(1800)]
 EPERM_RC = 126  # sh: a refused exec
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    require_root()
 
 
 @pytest.fixture

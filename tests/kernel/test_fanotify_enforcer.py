@@ -23,17 +23,11 @@ from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
 from shared.nats.bus import connect, ensure_streams, request
 from shared.nats.subjects import enforcer_await, health, rules_for_node
-from tests.conftest import require_root
 from tests.kernel.nsutil import NsShell, block_exec, host_run, private_copy, ruleset
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(90)]
 REPO = Path(__file__).resolve().parents[2]
 EPERM_RC = 126
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    require_root()
 
 
 @pytest.fixture

@@ -18,16 +18,10 @@ import services.enforcer.fanotify.enforcer as fan_mod
 from services.policy.globs import glob_to_regex
 from shared.matcher import Access, Decision, Posture
 from shared.schemas.rules import Rule
-from tests.conftest import require_root
 from tests.kernel.nsutil import file_rule, host_run, private_copy, ruleset
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(90)]
 DENIED = "Operation not permitted"
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    require_root()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import pytest
 
 from services.enforcer.reports.kernel import to_raw_event
 from services.enforcer.signal.enforcer import SignalEnforcer
-from tests.conftest import require_root
 from tests.kernel.bpfkit import (
     cap_rule,
     enforcer_service,
@@ -29,7 +28,7 @@ from tests.kernel.bpfkit import (
 )
 from tests.kernel.nsutil import host_run, ruleset
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(120)]
 REPO = Path(__file__).resolve().parents[2]
 KILLED = 128 + signal.SIGKILL
 PY = sys.executable
@@ -38,16 +37,6 @@ PY = sys.executable
 def sock(family: str, kind: str, proto: int = 0) -> str:
     return (f"{PY} -c 'import socket; socket.socket(socket.{family}, socket.{kind}, {proto}); "
             "print(\"alive\")'")
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    require_root()
-
-
-@pytest.fixture(scope="module")
-def btf_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("btf") / "bcc-btf"
 
 
 @pytest.fixture

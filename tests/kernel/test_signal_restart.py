@@ -20,12 +20,11 @@ import pytest
 
 from bulwark.procs import terminate
 from services.enforcer.signal.enforcer import SignalEnforcer
-from tests.conftest import require_root
 from tests.kernel.bpfkit import held_programs, net_rule, poll_reports, still_loaded
 from tests.kernel.holdkit import Enforcers, gone, holder_process, start_holder
 from tests.kernel.nsutil import NsShell, bound, host_run, ruleset
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(300)]
 PY = sys.executable
 
 # A selected workload's loop: each child creates a UDP socket (blocked: SIGKILL at the hook) and exits 0
@@ -46,16 +45,6 @@ print(ok, n, flush=True)
 
 UDP = f"{PY} -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM); print(\"alive\")'"
 KILLED = 128 + 9
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    require_root()
-
-
-@pytest.fixture(scope="module")
-def btf_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("btf") / "bcc-btf"
 
 
 @pytest.fixture
