@@ -19,7 +19,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(data_dir=getattr(args, "data_dir", None), rest_port=getattr(args, "rest_port", None),
                          grpc_port=getattr(args, "grpc_port", None), nats_port=getattr(args, "nats_port", None),
                          nats_url=getattr(args, "nats_url", None), rest_host=getattr(args, "rest_host", None),
-                         node_name=getattr(args, "node_name", None), nats_auth=getattr(args, "nats_auth", None))
+                         node_name=getattr(args, "node_name", None), nats_auth=getattr(args, "nats_auth", None),
+                         nats_server_tls_cert=getattr(args, "nats_tls_cert", None),
+                         nats_server_tls_key=getattr(args, "nats_tls_key", None))
 
 
 def _api(args: argparse.Namespace, timeout: float = 10.0) -> Api:
@@ -59,6 +61,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not args.nats_url and "BULWARK_NATS_URL" not in os.environ:
         settings.nats_url = f"nats://127.0.0.1:{settings.nats_port}"
+    try:
+        settings.nats_server_tls()
+    except ValueError as exc:
+        print(f"bulwark up: {exc}", file=sys.stderr)
+        return 2
     return run_up(settings)
 
 
@@ -219,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--node-name", help="this node's name (env BULWARK_NODE_NAME, default the hostname)")
     up.add_argument("--nats-auth", action="store_true", default=None,
                     help="one NATS user per service with only the subjects it needs (env BULWARK_NATS_AUTH)")
+    up.add_argument("--nats-tls-cert", type=Path, metavar="PEM",
+                    help="nats-server speaks only TLS with this certificate (env BULWARK_NATS_SERVER_TLS_CERT; "
+                         "services trust it unless BULWARK_NATS_TLS_CA names a CA)")
+    up.add_argument("--nats-tls-key", type=Path, metavar="PEM", help="its key (env BULWARK_NATS_SERVER_TLS_KEY)")
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="exit 0 once every service reports healthy")

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bulwark.natsserver.config import create_streams, prepare_auth
+from bulwark.natsserver.config import create_streams, prepare_auth, prepare_tls
 from bulwark.natsserver.process import start_nats_server, wait_for_port
 from bulwark.procs import terminate
 from services.enforcer.holding import HOLDER_ENV
@@ -68,6 +68,9 @@ class Supervisor:
         })
         if s.db_url:
             env["BULWARK_DB_URL"] = s.db_url
+        server_tls = s.nats_server_tls()
+        if server_tls is not None and s.nats_tls_ca is None:
+            env["BULWARK_NATS_TLS_CA"] = str(server_tls[0])  # a self-signed certificate is its own CA
         return env
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
@@ -96,9 +99,16 @@ class Supervisor:
         """Start NATS, the holder and every service."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        server_tls = self.settings.nats_server_tls()
+        if server_tls is not None and self.settings.nats_tls_ca is None:
+            os.environ["BULWARK_NATS_TLS_CA"] = str(server_tls[0])  # this process's own clients (streams)
         if self.settings.nats_auth:
-            auth = prepare_auth(self.settings.data_dir, self.settings.node_name, self.settings.nats_port)
+            cert, key = server_tls or (None, None)
+            auth = prepare_auth(self.settings.data_dir, self.settings.node_name, self.settings.nats_port,
+                                tls_cert=cert, tls_key=key)
             self.nats_config, self.nats_urls = auth.config, auth.urls
+        elif server_tls is not None:
+            self.nats_config = prepare_tls(self.settings.data_dir, self.settings.nats_port, *server_tls)
         self.nats = start_nats_server(self.settings.nats_port, self.settings.data_dir / "nats",
                                       log_file=self.log_dir / "nats.log", config=self.nats_config)
         self.children[NATS] = Child(NATS, self.nats)

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    # `bulwark up`'s own nats-server speaks only TLS with these (clients trust BULWARK_NATS_TLS_CA,
+    # which defaults to this certificate for the services `bulwark up` starts)
+    nats_server_tls_cert: Path | None = None
+    nats_server_tls_key: Path | None = None
     db_url: str | None = None
     btf_tree_dir: Path | None = None
     enforcer_order: str = "bpflsm,fanotify,audit"
@@ -91,6 +95,19 @@ class Settings(BaseSettings):
             if not path or not path.is_file():
                 raise ValueError(f"{what}: {path} is not a readable file")
         return {"ssl_certfile": str(self.rest_tls_cert), "ssl_keyfile": str(self.rest_tls_key)}
+
+    def nats_server_tls(self) -> tuple[Path, Path] | None:
+        """(cert, key) for the embedded nats-server's TLS; None when not configured. ValueError naming
+        the setting when only one is given or a file is unreadable."""
+        cert, key = self.nats_server_tls_cert, self.nats_server_tls_key
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            raise ValueError("NATS server TLS needs both BULWARK_NATS_SERVER_TLS_CERT and BULWARK_NATS_SERVER_TLS_KEY")
+        for what, path in (("BULWARK_NATS_SERVER_TLS_CERT", cert), ("BULWARK_NATS_SERVER_TLS_KEY", key)):
+            if not path.is_file():
+                raise ValueError(f"{what}: {path} is not a readable file")
+        return cert.resolve(), key.resolve()
 
     def nats_tls_context(self) -> ssl.SSLContext | None:
         """The TLS context for NATS client connections (None when not configured)."""

@@ -13,8 +13,8 @@ from shared.nats.auth import CLUSTER_ROLES, NODE_ROLES, new_password, render_aut
 from shared.nats.bus import connect, ensure_streams
 from shared.nats.creds import NatsCredentials
 
-__all__ = ["AuthFiles", "prepare_auth", "launcher_url", "load_passwords", "node_users", "create_streams",
-           "write_private", "nats_tls_block"]
+__all__ = ["AuthFiles", "prepare_auth", "prepare_tls", "launcher_url", "load_passwords", "node_users",
+           "create_streams", "write_private", "nats_tls_block"]
 
 AUTH_DIR = "nats-auth"
 
@@ -83,6 +83,17 @@ def prepare_auth(data_dir: Path, node: str, port: int, *, tls_cert: Path | None 
     urls.update({r: _url(user_name(r, node), passwords[user_name(r, node)], port) for r in NODE_ROLES})
     write_private(folder / "launcher.url", urls["launcher"])
     return AuthFiles(config=config, urls=urls)
+
+
+def prepare_tls(data_dir: Path, port: int, tls_cert: Path, tls_key: Path) -> Path:
+    """nats.conf for a server without per-service users that speaks only TLS; returns its path."""
+    folder = data_dir / AUTH_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = folder / "nats-tls.conf"
+    write_private(config, f'listen: "127.0.0.1:{port}"\n'
+                          f'jetstream {{ store_dir: {json.dumps(str(data_dir / "nats"))} }}\n'
+                          + nats_tls_block(tls_cert, tls_key))
+    return config
 
 
 def launcher_url(data_dir: Path) -> str | None:
