@@ -45,6 +45,7 @@ class HardeningRule:
     capabilities: tuple[str, ...] = ()    # Capabilities
     needs: tuple[str, ...] = ()           # programs whose presence alone makes the rule apply (a shell)
     always: bool = False                  # applies whatever the image holds
+    opt_in: str = ""                      # chosen only when this tag (or the rule's id) is asked for
 
     @property
     def tags(self) -> list[str]:
@@ -219,6 +220,7 @@ LIBRARY: tuple[HardeningRule, ...] = (
     # ones above tagged model-sandbox refuse what a booby-trapped model does first.
     HardeningRule(
         id="interpreter-exec", needs=SHELLS, severity=7, categories=("model-sandbox", "execution"),
+        opt_in="model-sandbox",
         title="No shell or script interpreter is started",
         description="Code hidden in a model file (pickle's __reduce__, a Keras Lambda layer) reaches the "
                     "system through os.system or subprocess: a shell or another interpreter. The loader "
@@ -228,6 +230,7 @@ LIBRARY: tuple[HardeningRule, ...] = (
         cis=("CIS Docker Benchmark 4.3: ensure unnecessary packages are not installed in the container",)),
     HardeningRule(
         id="outbound-network", severity=7, categories=("model-sandbox", "network", "exfiltration"), always=True,
+        opt_in="model-sandbox",
         title="No network socket is opened",
         description="A model loads from local files; a TCP, UDP or ICMP socket opened while loading one is a "
                     "download of a second stage, a reverse shell or data leaving.",
@@ -251,12 +254,16 @@ def rule_by_id(rule_id: str) -> HardeningRule:
 
 
 def rules_for_tags(tags: list[str]) -> list[HardeningRule]:
-    """The rules having any of ``tags`` (a rule id, a category or a reference id; case ignored); all when empty."""
-    if not tags:
-        return list(LIBRARY)
+    """The rules having any of ``tags`` (a rule id, a category or a reference id; case ignored); all when
+    empty. An opt-in rule (the model sandbox's: no shell, no network at all) only by its id or opt-in tag:
+    it would break an ordinary workload."""
     wanted = {t.strip().lower() for t in tags if t.strip()}
 
     def names(rule: HardeningRule) -> set[str]:
+        if rule.opt_in:
+            return {rule.id, rule.opt_in}
         return {rule.id, *rule.categories, *rule.mitre, *rule.nist, *rule.stig, *rule.tags}
 
+    if not wanted:
+        return [r for r in LIBRARY if not r.opt_in]
     return [r for r in LIBRARY if wanted & {n.lower() for n in names(r)}]

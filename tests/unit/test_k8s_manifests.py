@@ -79,6 +79,16 @@ def test_node_agents_get_host_pid_and_named_capabilities_but_are_not_privileged(
     assert names["sys-kernel"]["hostPath"]["path"] == "/sys/kernel"
 
 
+def test_the_enforcer_keeps_its_kernel_state_with_a_holder_in_its_pod() -> None:
+    (ds,) = _by_kind("DaemonSet")
+    containers = {c["name"]: c for c in ds["spec"]["template"]["spec"]["containers"]}
+    enforcer, holder = containers["enforcer"], containers["holder"]
+    env = {e["name"]: e.get("value") for e in enforcer["env"]}
+    assert holder["command"][-1] == env["BULWARK_FANOTIFY_HOLDER"] == "/run/bulwark/holder.sock"
+    mounts = [{m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (enforcer, holder)]
+    assert all(m["holder-run"] == "/run/bulwark" for m in mounts)
+
+
 def test_cluster_services_run_unprivileged() -> None:
     for c in _containers("Deployment") + _containers("StatefulSet"):
         sc = c["securityContext"]
@@ -134,6 +144,9 @@ def test_node_agents_log_in_with_a_projected_serviceaccount_token_and_hold_no_se
     assert source["serviceAccountToken"]["audience"] == "bulwark-nats"
     assert not any("secret" in v for v in pod["volumes"])
     for c in pod["containers"]:
+        if c["name"] == "holder":                   # talks to no one but the enforcer: no NATS login
+            assert not any(m["name"] == "nats-token" for m in c["volumeMounts"]) and "env" not in c
+            continue
         env = _env(c)
         mount = next(m for m in c["volumeMounts"] if m["name"] == "nats-token")
         token_file = f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"

@@ -62,9 +62,9 @@ def test_the_library_covers_what_karmor_recommend_covers() -> None:
 
 def test_tags_select_by_id_category_or_reference() -> None:
     assert [r.id for r in rules_for_tags(["cron"])] == ["cron-jobs"]
-    assert {r.id for r in rules_for_tags(["t1105"])} == {"package-manager-exec", "remote-file-copy", "outbound-network"}
+    assert {r.id for r in rules_for_tags(["t1105"])} == {"package-manager-exec", "remote-file-copy"}
     assert {r.id for r in rules_for_tags(["MITRE-T1496", "raw-sockets"])} == {"crypto-miners", "raw-sockets"}
-    assert rules_for_tags([]) == list(LIBRARY)
+    assert rules_for_tags([]) == [r for r in LIBRARY if not r.opt_in]
     assert rules_for_tags(["no-such-tag"]) == []
 
 
@@ -172,3 +172,12 @@ def test_results_are_written_as_policy_files_and_three_reports(tmp_path) -> None
     assert ok and len(lines) == len(data["workloads"][0]["policies"]) and all(x.startswith("OK ") for x in lines)
     assert {p.name for p in tmp_path.iterdir()} == {"policies", "report.json", "report.txt", "report.html"}
     assert data["workloads"][0]["policies"][0]["file"].endswith("policies/shop-web/package-manager-exec.yaml")
+
+
+def test_the_model_sandbox_rules_are_chosen_only_when_asked_for() -> None:
+    """No shell and no network at all would break an ordinary workload: never in the default set."""
+    default = {r.id for r in rules_for_tags([])}
+    sandbox = {r.id for r in rules_for_tags(["model-sandbox"])}
+    opt_in = {"interpreter-exec", "outbound-network"}
+    assert opt_in <= sandbox and not opt_in & default
+    assert {"raw-sockets", "remote-file-copy"} <= sandbox <= default | opt_in
