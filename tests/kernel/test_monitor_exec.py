@@ -231,12 +231,15 @@ async def test_execs_name_the_controlling_tty(monitor: Monitor) -> None:
 
 async def test_execs_name_the_user_as_the_namespace_sees_it(monitor: Monitor, tmp_path: Path) -> None:
     """uid 4242 is "modelrunner" in a mount namespace whose /etc/passwd says so (the command's own
-    process is gone by then: its parent, alive in the same namespace, is read instead)."""
+    process is gone by the time its event is decoded: its parent, alive in the same namespace, is read)."""
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0:root:/root:/bin/sh\nmodelrunner:x:4242:4242::/nonexistent:/bin/false\n")
     passwd.chmod(0o644)
+    # The command runs in a mount namespace made after the bind mount, so nothing in it can have been
+    # seen with the host's passwd (a namespace's table is read once, then only for unknown uids).
+    inner = "setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/true && read done"
     script = (f"mount --bind {passwd} /etc/passwd && stat -L -c %i /proc/self/ns/pid && "
-              f"setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/true && read done")
+              f"exec unshare --mount /usr/bin/sh -c '{inner}'")
     proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", script],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
