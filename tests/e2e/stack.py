@@ -16,6 +16,7 @@ import pytest
 
 from bulwark.natsserver.process import free_port
 from bulwark.procs import terminate
+from tests.kernel.bpfkit import prog_ids_of
 
 BIN = Path(sys.executable).parent
 
@@ -51,7 +52,7 @@ class Stack:
     def bpf_programs(self) -> set[int]:
         """Ids of the BPF programs the stack's processes hold now (their fds' fdinfo), so a test can check
         that they are gone after stop without counting programs that other processes load meanwhile."""
-        return {prog for pid in _descendants(self.proc.pid) for prog in _prog_ids_of(pid)}
+        return {prog for pid in _descendants(self.proc.pid) for prog in prog_ids_of(pid)}
 
     def stop(self) -> int:
         """SIGTERM ``bulwark up`` and wait; returns its exit status."""
@@ -75,21 +76,6 @@ def _descendants(root: int) -> set[int]:
         found.add(pid)
         todo.extend(children.get(pid, ()))
     return found
-
-
-def _prog_ids_of(pid: int) -> set[int]:
-    ids = set()
-    try:
-        fdinfos = list(Path(f"/proc/{pid}/fdinfo").iterdir())
-    except OSError:
-        return ids
-    for fdinfo in fdinfos:
-        try:
-            text = fdinfo.read_text()
-        except OSError:
-            continue
-        ids.update(int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:"))
-    return ids
 
 
 def live_bpf_programs() -> set[int]:

@@ -27,6 +27,22 @@ PY = sys.executable
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
 
 
+def prog_ids_of(pid: int) -> set[int]:
+    """Ids of the BPF programs process ``pid`` holds (from its fds' fdinfo); empty when it is gone."""
+    ids: set[int] = set()
+    try:
+        fdinfos = list(Path(f"/proc/{pid}/fdinfo").iterdir())
+    except OSError:
+        return ids
+    for fdinfo in fdinfos:
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        ids.update(int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:"))
+    return ids
+
+
 def bpftool_show(prog_id: int) -> str:
     """``bpftool prog show id N`` ("" once the program is gone)."""
     return subprocess.run([BPFTOOL, "prog", "show", "id", str(prog_id)], capture_output=True, text=True).stdout

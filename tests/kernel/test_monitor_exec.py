@@ -24,6 +24,7 @@ from shared.codec import unpack
 from shared.nats.bus import connect
 from shared.nats.subjects import health, raw_events
 from tests.conftest import NatsServer, require_root
+from tests.kernel.bpfkit import prog_ids_of
 from tests.kernel.nsutil import bound
 
 pytestmark = pytest.mark.kernel
@@ -32,20 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 NODE = "test-node"
 SH = os.path.realpath("/usr/bin/sh")           # /usr/bin/dash on Debian
 UNSHARE = os.path.realpath("/usr/bin/unshare")
-
-
-def prog_ids_of(pid: int) -> set[int]:
-    """Ids of the BPF programs process ``pid`` holds (from its fds' fdinfo)."""
-    ids = set()
-    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = fdinfo.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                ids.add(int(line.split()[1]))
-    return ids
 
 
 def our_programs() -> list[dict[str, Any]]:
