@@ -7,6 +7,11 @@ Requests and replies::
           "errors": [], "warnings": [{"document", "path", "message"}]}
       -> {"ok": false, "errors": [{"document", "path", "message"}], "results": [], "warnings": []}
     {"op": "delete", "kind", "namespace", "name"} -> {"ok": true, "found": bool}
+    {"op": "compile", "text": str, "workloads": [Workload maps], "default_posture": "file=block,...",
+     "applied": bool}
+      -> {"ok": true, "workloads": {id: WorkloadRules map}, "errors": []}   (rehearsal: the candidate in
+         ``text`` plus, when ``applied``, the stored policies it does not replace; nothing is stored)
+      -> {"ok": false, "errors": [...]}   (the candidate, the posture or a workload is invalid)
     {"op": "list"} -> {"ok": true, "policies": [{"kind", "namespace", "name", "status": "applied"|"invalid",
                                                  "reason": str (why invalid; "" when applied),
                                                  "selects": [workload names], "policy_seq": int, "spec": {...}}]}
@@ -21,19 +26,23 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from services.policy.compiler import selects
+from services.policy.compiler import compile_rules, selects
+from services.policy.model import Policy, to_policy
 from services.policy.parser import parse_documents
+from services.policy.posture import parse_posture_spec
 from services.policy.rulesets import RulePublisher
 from services.policy.store import PolicyStore, Workloads, publish_policy_event
 from services.policy.validate import KINDS, NAMESPACED, Admitted, admit, canonical_kind
-from shared.errors import FieldError, ValidationFailed
+from shared.errors import DecodeError, FieldError, ValidationFailed
 from shared.lifecycle import Counters
+from shared.schemas.identity import Workload
 
 __all__ = ["PolicyApi", "error_reply"]
 
 log = logging.getLogger("bulwark.policy.api")
 
 
+MAX_COMPILE_WORKLOADS = 100  # compiled rules of each must fit one NATS reply
 MAX_REPLY_ERRORS = 200  # a reply must fit a NATS message: 5,000 documents x 101 errors would not
 
 
@@ -73,8 +82,10 @@ class PolicyApi:
             return await self.delete(request)
         if op == "list":
             return self.list()
+        if op == "compile":
+            return self.compile(request)
         self.counters.inc("bad_requests")
-        return error_reply(f"unknown op {op!r}: expected apply, delete or list", "op")
+        return error_reply(f"unknown op {op!r}: expected apply, delete, list or compile", "op")
 
     async def apply(self, request: dict[str, Any]) -> dict[str, Any]:
         """Validate every document, then publish ADDED/MODIFIED for those that changed."""
@@ -139,6 +150,44 @@ class PolicyApi:
             await self.publisher.publish_all()
         log.info("policy deleted", extra={"kind": kind, "namespace": namespace, "policy": name})
         return {"ok": True, "found": True, "errors": []}
+
+    def compile(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Compile a candidate set (plus the applied policies it does not replace) for given workloads."""
+        text, raw = request.get("text"), request.get("workloads")
+        if not isinstance(text, str):
+            self.counters.inc("bad_requests")
+            return error_reply("compile needs 'text': the candidate policies' YAML or JSON", "text")
+        if not isinstance(raw, list) or len(raw) > MAX_COMPILE_WORKLOADS:
+            self.counters.inc("bad_requests")
+            return error_reply(f"compile needs 'workloads': a list of at most {MAX_COMPILE_WORKLOADS}", "workloads")
+        try:
+            posture = parse_posture_spec(str(request.get("default_posture") or ""), self.publisher.default_posture)
+        except ValueError as exc:
+            return error_reply(str(exc), "default_posture")
+        try:
+            workloads = [Workload.from_wire(w) for w in raw]
+        except DecodeError as exc:
+            return error_reply(str(exc), "workloads")
+        errors: list[FieldError] = []
+        candidate: list[Policy] = []
+        try:
+            docs = parse_documents(text, "candidate")
+        except ValidationFailed as exc:
+            docs, errors = [], list(exc.errors)
+        for label, doc in docs:
+            try:
+                candidate.append(to_policy(admit(doc, label).doc))
+            except ValidationFailed as exc:
+                errors.extend(exc.errors)
+        if not errors and not candidate:
+            errors.append(FieldError("", "no policy documents found", "candidate"))
+        if errors:
+            return {"ok": False, "errors": _errors(errors)}
+        keys = {p.key for p in candidate}
+        kept = [p for p in self.store.policies() if p.key not in keys] if request.get("applied", True) else []
+        ruleset = compile_rules(kept + candidate, workloads, "rehearse", default_posture=posture)
+        return {"ok": True, "errors": [],
+                "workloads": {k: wr.to_wire() for k, wr in ruleset.workloads.items()}}
 
     def list(self) -> dict[str, Any]:
         """Every stored policy: applied (with the workloads it selects now) or invalid (with why)."""

@@ -178,21 +178,3 @@ def test_store_records_streams_every_matching_row_in_chunks(tmp_path: Path) -> N
     store.insert_records([], rows)
     got = list(store_records(store.engine, LogRow, RecordQuery(namespace="shop"), chunk=3))
     assert [r["Resource"] for r in got] == [f"/bin/p{i}" for i in range(10)]
-
-
-def test_the_rest_entry_point_names_bad_fields_and_streams_the_store(tmp_path: Path) -> None:
-    from bulwark.rehearse import rehearse_request
-
-    store = RecordStore(make_engine(f"sqlite:///{tmp_path / 'feeder.db'}"))
-    store.insert_records([], history())
-    bad = "kind: KubeArmorPolicy\nmetadata: {name: x, namespace: shop}\nspec: {severity: 99, process: {}}\n"
-    code, body = rehearse_request(store.engine, bad, RecordQuery(namespace="shop"))
-    assert code == 422 and "spec.severity" in {e["path"] for e in body["errors"]}
-    assert rehearse_request(store.engine, "", RecordQuery(), posture_spec="file=maybe")[0] == 422
-    tight = yaml.safe_dump({"apiVersion": "security.kubearmor.com/v1", "kind": "KubeArmorPolicy",
-                            "metadata": {"name": "tight", "namespace": "shop"},
-                            "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "Allow",
-                                     "process": {"matchPaths": [{"path": "/bin/sh"}]}}})
-    code, body = rehearse_request(store.engine, tight, RecordQuery(namespace="shop"), labels={"app": "web"},
-                                  posture_spec="file=block")
-    assert code == 200 and body["would_block"] and body["totals"]["blocked"] == 2 and body["records"] == len(history())

@@ -9,6 +9,7 @@
     POST   /api/v1/policies                  body: YAML or JSON text -> policy service (200/413/422/503); write scope
     GET    /api/v1/policies                  -> {"ok": true, "policies": [...]}
     DELETE /api/v1/policies/{kind}/{name}?namespace=NS  (200, 404 when not found, 503); write scope
+    POST   /api/v1/policies/rehearse         body: candidate policies; replays stored history (rehearse.py)
     WS     /api/v1/stream                    new records as JSON text messages (see ws.py)
 
 With tokens configured (auth.py) every /api route needs ``Authorization: Bearer``. A policy body larger
@@ -28,6 +29,7 @@ from nats.errors import MaxPayloadError
 
 from services.feeder.auth import READ, WRITE, ApiAuth, bearer_token
 from services.feeder.http.records import add_record_routes
+from services.feeder.http.rehearse import rehearse_params, run_rehearsal
 from services.feeder.http.websocket import serve_stream
 from services.feeder.hub import AlertHub
 from services.feeder.store.database import RecordStore
@@ -174,6 +176,19 @@ def create_app(deps: FeederDeps) -> FastAPI:
         if reply.get("ok"):
             return JSONResponse({"ok": True, "results": reply.get("results", [])})
         return JSONResponse({"ok": False, "errors": reply.get("errors", [])}, status_code=422)
+
+    @app.post("/api/v1/policies/rehearse", dependencies=[Depends(require_read)], tags=["policies"])
+    async def rehearse_policies(d: Deps, req: Request) -> JSONResponse:
+        query, options = rehearse_params(req)
+        try:
+            text = await read_body(req, d.body_limit())
+        except BodyError as exc:
+            return exc.response()
+
+        async def ask(payload: dict[str, Any]) -> dict[str, Any]:
+            return await policy_request(d, payload)
+
+        return await run_rehearsal(d.store.engine, text, query, options, ask, 2 * d.policy_timeout)
 
     @app.get("/api/v1/policies", dependencies=[Depends(require_read)], tags=["policies"])
     async def list_policies(d: Deps) -> JSONResponse:
