@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bulwark.client import Api, ApiError
 from shared.bounded import InputError, load_documents, read_text_file
@@ -69,6 +70,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_up(settings)
 
 
+def _resources(by_node: dict[str, Any]) -> str:
+    """`` cpu 0.4% rss 61.2 MiB`` per node (the node named when there are several)."""
+    parts = []
+    for node, use in sorted(by_node.items()):
+        if "cpu_percent" in use and "rss_bytes" in use:
+            where = f" {node}:" if len(by_node) > 1 else ""
+            parts.append(f"{where} cpu {float(use['cpu_percent']):.1f}% rss {int(use['rss_bytes']) / 2**20:.1f} MiB")
+    return "".join(parts)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     api = _api(args, timeout=3)
     deadline = time.monotonic() + args.wait
@@ -77,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             code, body = api.health()
             if code == 200 and body.get("healthy"):
                 for name, info in sorted(body.get("services", {}).items()):
-                    print(f"{name:10} {info.get('status', '?')}")
+                    print(f"{name:10} {info.get('status', '?'):9}{_resources(info.get('resources') or {})}")
                 return 0
             last = body
         except ApiError as exc:

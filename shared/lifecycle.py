@@ -12,6 +12,7 @@ from nats.aio.client import Client
 
 from shared.codec import pack
 from shared.nats.subjects import health
+from shared.resources import ResourceUse
 
 __all__ = ["stop_event_on_signals", "heartbeat_loop", "run_service", "Counters"]
 
@@ -37,11 +38,13 @@ def stop_event_on_signals() -> asyncio.Event:
 
 async def heartbeat_loop(nc: Client, service: str, node: str, interval: float,
                          details: Callable[[], dict[str, Any]], stop: asyncio.Event) -> None:
-    """Publish ``{service, node, status, details}`` on the health subject until ``stop`` is set."""
+    """Publish ``{service, node, status, details}`` on the health subject until ``stop`` is set; the
+    details always carry the process's ``cpu_percent`` (since the last beat) and ``rss_bytes``."""
     subject = health(service, node)
+    use = ResourceUse()
     while not stop.is_set():
         try:
-            info = details()
+            info = {**details(), **use.sample()}
             await nc.publish(subject, pack({"service": service, "node": node, "ts_ns": time.time_ns(),
                                             "status": info.pop("status", "ok"), "details": info}))
         except Exception:

@@ -187,3 +187,12 @@ def test_apply_and_delete_take_every_file_given(stack: Stack, tmp_path: Path) ->
     deleted = stack.cli("delete", *args)
     assert deleted.returncode == 0, deleted.stderr
     assert listed() == set()
+
+
+def test_status_reports_each_services_cpu_and_memory(stack: Stack) -> None:
+    done = stack.cli("status")
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert set(lines) == {"monitor", "enforcer", "identity", "policy", "feeder"}, done.stdout
+    for name, line in lines.items():
+        assert " cpu " in line and "% rss " in line and line.endswith(" MiB"), (name, line)

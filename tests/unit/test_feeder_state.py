@@ -60,6 +60,20 @@ def test_heartbeats_feed_enforcer_names_and_health() -> None:
     assert report["healthy"] is False and report["services"]["monitor"]["age_seconds"] == 4.0
 
 
+def test_heartbeats_carry_each_process_cpu_and_memory() -> None:
+    from shared.resources import ResourceUse
+
+    use = ResourceUse()
+    sum(i * i for i in range(200_000))  # some CPU between the samples
+    sample = use.sample()
+    assert sample["cpu_percent"] > 0 and sample["rss_bytes"] > 1 << 20
+    s = FeederState()
+    s.apply_heartbeat({"service": "monitor", "node": "n1", "details": {"events": 3, **sample}}, now=100.0)
+    s.apply_heartbeat({"service": "monitor", "node": "n2", "details": {}}, now=100.0)
+    resources = health_report(s, 3.0, now=101.0)["services"]["monitor"]["resources"]
+    assert resources == {"n1": sample, "n2": {}}
+
+
 async def test_hub_drops_and_counts_for_slow_subscribers() -> None:
     hub = AlertHub()
     with hub.subscribe("ws", maxsize=1) as slow, hub.subscribe("grpc", maxsize=5) as fast:

@@ -110,7 +110,8 @@ async def read_body(req: Request, limit: int) -> str:
 
 def health_report(state: FeederState, window: float, now: float | None = None) -> dict[str, Any]:
     """Each service's newest heartbeat (any node): ok when it arrived within ``window`` seconds; its
-    ``status`` says ``degraded`` while a monitor is losing events (announced as EventsLost alerts)."""
+    ``status`` says ``degraded`` while a monitor is losing events (announced as EventsLost alerts);
+    ``resources`` gives each node's process CPU (% of one CPU since its previous beat) and RSS."""
     now = time.time() if now is None else now
     services: dict[str, Any] = {}
     for name in SERVICES:
@@ -122,6 +123,8 @@ def health_report(state: FeederState, window: float, now: float | None = None) -
             "age_seconds": round(now - newest.last_seen, 3) if newest else None,
             "status": newest.status if newest else "missing",
             "nodes": sorted(e.node for e in entries),
+            "resources": {e.node: {k: e.details[k] for k in ("cpu_percent", "rss_bytes") if k in e.details}
+                          for e in entries},
         }
     return {"healthy": all(s["ok"] for s in services.values()), "services": services}
 
