@@ -1,10 +1,11 @@
 /* BPF-LSM enforcer: exec (bprm_check_security), file opens (file_open), sockets (socket_create) and
  * capabilities (capable), refused inline with -EPERM, only for tasks whose mount namespace is selected.
  *
- * The kernel does not run the matcher: user space (services/enforcer/lsmrules.py) splits every path a
- * namespace's rules name into classes, asks shared.matcher.decide once per (class, source class,
+ * The kernel does not run the matcher: user space (services/enforcer/bpflsm/rules.py) splits every path
+ * a namespace's rules name into classes, asks shared.matcher.decide once per (class, source class,
  * access, owner) and writes the answers here. The kernel only finds the classes:
- *   - a path (bpf_d_path) is looked up in an LPM trie keyed (mntns, kind, path): exact entries are the
+ *   - a path (bpf_d_path; a dentry walk where the kernel refuses that helper here, 5.10) is looked up
+ *     in an LPM trie keyed (mntns, kind, path): exact entries are the
  *     path with its NUL, directory entries the directory with its '/' (the longest one wins); a
  *     directory entry has two classes: a direct child, or deeper (the rest of the path has a '/');
  *   - the source (the current task's executable, for fromSource) the same way, kind BW_LSM_SOURCE,
@@ -59,6 +60,26 @@ BPF_LPM_TRIE(bw_lsm_paths, struct bw_lsm_pkey, struct bw_lsm_entry, 65536);
 BPF_HASH(bw_lsm_verdicts, struct bw_lsm_vkey, struct bw_lsm_verdict, 65536);
 BPF_HASH(bw_lsm_net, struct bw_net_key, __u32, 16384);
 BPF_PERCPU_ARRAY(bw_lsm_scratch_map, struct bw_lsm_scratch, 1);
+
+/* A path into `out` (BW_LSM_PATH bytes): the length with its NUL, or negative. 5.10 refuses bpf_d_path
+ * in LSM hooks; the enforcer then compiles this file with BW_NO_D_PATH and paths are walked instead. */
+#ifdef BW_NO_D_PATH
+#include "bw_lsm_path.h"
+BPF_PERCPU_ARRAY(bw_lsm_walk_map, struct bw_lsm_walk, 1);
+
+static __always_inline long bw_lsm_d_path(struct path *path, char *out)
+{
+	__u32 zero = 0;
+	struct bw_lsm_walk *w = bw_lsm_walk_map.lookup(&zero);
+
+	return w ? bw_lsm_walk_path(w, path, out) : -1;
+}
+#else
+static __always_inline long bw_lsm_d_path(struct path *path, char *out)
+{
+	return bpf_d_path(path, out, BW_LSM_PATH);
+}
+#endif
 
 static __always_inline __u32 bw_lsm_flags(__u32 *mntns_out)
 {
@@ -115,7 +136,7 @@ static __always_inline __u32 bw_lsm_source(struct bw_lsm_scratch *s, __u32 mntns
 	exe = mm->exe_file;
 	if (!exe)
 		return 0;
-	n = bpf_d_path((struct path *)&exe->f_path, s->src.path, BW_LSM_PATH);
+	n = bw_lsm_d_path((struct path *)&exe->f_path, s->src.path);
 	return bw_lsm_path_class(&s->src, mntns, BW_LSM_SOURCE, n);
 }
 
@@ -191,7 +212,7 @@ static __always_inline int bw_lsm_file(struct file *file, __u32 kind, __u32 acce
 	s = bw_lsm_scratch_map.lookup(&zero);
 	if (!s)
 		return 0;
-	n = bpf_d_path((struct path *)&file->f_path, s->res.path, BW_LSM_PATH);
+	n = bw_lsm_d_path((struct path *)&file->f_path, s->res.path);
 	res = bw_lsm_path_class(&s->res, mntns, kind, n);
 	src = bw_lsm_source(s, mntns, flags, kind);
 	owner = file->f_inode->i_uid.val == (__u32)bpf_get_current_uid_gid();

@@ -20,12 +20,13 @@ from typing import Any
 
 from services.enforcer.base import ProbeResult
 from services.enforcer.bpfhold import ProgramHold, note_orphans, take_attachments, unload
+from services.enforcer.bpflsm.load import D_PATH, load_lsm
 from services.enforcer.bpflsm.maps import clear_tables, write_tables
 from services.enforcer.bpflsm.probe import probe_bpf_lsm
 from services.enforcer.bpflsm.rules import KINDS, Classes, compile_tables
 from services.enforcer.reports.kernel import LSM_ENFORCER, LsmRecord, parse_lsm_record
 from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
-from services.enforcer.signal.enforcer import BPF_DIR, load_program
+from services.enforcer.signal.enforcer import BPF_DIR
 from services.enforcer.signal.rules import RuleRef
 from shared.lifecycle import Counters
 from shared.schemas.rules import RuleSet
@@ -62,6 +63,7 @@ class BpfLsmEnforcer:
                                          "BPF-LSM report", log)
         self._drain = RingBufferDrain("bpflsm-reports", lambda: self._bpf, self.counters)
         self._closed = False
+        self.paths_read_by = D_PATH
 
     def probe(self) -> ProbeResult:
         """A no-op LSM program must load and attach, then Bulwark's own (maps empty: they refuse nothing)."""
@@ -78,13 +80,14 @@ class BpfLsmEnforcer:
                 self._load()
             except Exception as exc:
                 return False, f"kernel accepts BPF-LSM, but Bulwark's LSM programs are refused: {exc}"
-        return True, f"BPF-LSM programs load and attach ({', '.join(HOOKS)}); {reason}"
+        return True, (f"BPF-LSM programs load and attach ({', '.join(HOOKS)}; paths read by "
+                      f"{self.paths_read_by}); {reason}")
 
     def _load(self) -> None:
         if self._bpf is not None:
             return
         # LSM_PROBE functions are loaded and attached by bcc as the module loads; the maps are empty.
-        bpf = load_program(self.bpf_dir, "lsm.c", self.btf_tree, self._on_record)
+        bpf, self.paths_read_by = load_lsm(self.bpf_dir, self.btf_tree, self._on_record)
         self._links = take_attachments(bpf)
         self._bpf = bpf
 

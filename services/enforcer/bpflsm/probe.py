@@ -117,17 +117,15 @@ def _attach(prog_fd: int) -> tuple[int, str]:
 def probe_lsm_source(btf_tree: Path | None = None) -> str:
     """Compile bpf/enforce/lsm.c with bcc and try to load it (maps empty: it could deny nothing)."""
     try:
-        from services.enforcer.signal.enforcer import BPF_DIR, prepare_bcc, program_text
-
-        prepare_bcc(btf_tree)
-        from bcc import BPF
+        from services.enforcer.bpflsm.load import load_lsm
+        from services.enforcer.signal.enforcer import BPF_DIR
     except Exception as exc:
         return f"lsm.c not tried: {exc!r}"
     try:
-        bpf = BPF(text=program_text(BPF_DIR, "lsm.c").encode(), cflags=[f"-I{BPF_DIR / 'include'}"])
+        bpf, paths = load_lsm(BPF_DIR, btf_tree, lambda *_args: None)
     except Exception as exc:
         if "compile" in str(exc).lower():
             return f"lsm.c does not compile: {exc}"
         return f"lsm.c compiles, its load is refused: {exc}"
     bpf.cleanup()
-    return "lsm.c compiles and loads"
+    return f"lsm.c compiles and loads (paths read by {paths})"

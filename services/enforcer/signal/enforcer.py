@@ -59,13 +59,15 @@ def program_text(bpf_dir: Path, name: str) -> str:
 
 
 def load_program(bpf_dir: Path, name: str, btf_tree: Path | None, on_record: Any,
-                 attach: Any = None) -> Any:
-    """Compile and load ``bpf/enforce/<name>`` with bcc, run ``attach(bpf)`` (tracepoints; LSM probes
-    attach as the module loads), and open its report ring buffer; everything is released on failure."""
+                 attach: Any = None, defines: tuple[str, ...] = ()) -> Any:
+    """Compile and load ``bpf/enforce/<name>`` with bcc (``-D`` each of ``defines``), run ``attach(bpf)``
+    (tracepoints; LSM probes attach as the module loads), and open its report ring buffer; everything is
+    released on failure."""
     prepare_bcc(btf_tree)
     from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
 
-    bpf = BPF(text=program_text(bpf_dir, name).encode(), cflags=[f"-I{bpf_dir / 'include'}"])
+    bpf = BPF(text=program_text(bpf_dir, name).encode(),
+              cflags=[f"-I{bpf_dir / 'include'}", *(f"-D{d}" for d in defines)])
     try:
         if attach is not None:
             attach(bpf)
