@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.proto_gen import policy_pb2 as ppb
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
 from shared.schemas import IdentityEvent, RawBatch, RawEvent, Rule, RuleSet, Workload, WorkloadRules
-from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, Feeder, _ruleset, _until, _workload
+from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, _ruleset, _until, _workload
 
 QUIET_MNTNS = 4026532999
 
@@ -44,21 +43,6 @@ async def _setup(url: str, ruleset: RuleSet | None = None, workloads: list[Workl
         await js.publish(identity_events(NODE), pack(IdentityEvent("started", wl, time.time_ns()).to_wire()))
     await js.publish(rules_for_node(NODE), pack((ruleset or _ruleset()).to_wire()))
     return nc, js
-
-
-@pytest.fixture
-async def make_feeder(nats_server: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[Feeder] = []
-
-    async def make(**env: str) -> Feeder:
-        f = Feeder(nats_server.url, tmp_path / "data", **env)
-        started.append(f)
-        await f.ready()
-        return f
-
-    yield make
-    for f in started:
-        assert f.stop() == 0, f.log.read_text()[-3000:]
 
 
 async def _beats(nc: Any) -> list[dict[str, Any]]:
@@ -175,24 +159,25 @@ async def test_a_slow_grpc_watcher_is_told_what_it_missed(nats_server: Any, make
         async for a in fast_call:
             fast.append(a)
 
+    def accounted(alerts: list[pb.Alert]) -> tuple[int, int]:
+        """(alerts received, alerts the notices among them say were dropped)."""
+        notices = [a for a in alerts if a.Type == "SystemEvent"]
+        assert all(n.Message.startswith("dropped ") for n in notices)
+        return len(alerts) - len(notices), sum(int(n.EventData["Dropped"]) for n in notices)
+
     reader = asyncio.create_task(read_fast())
     total = 1200
-    for b in range(0, total, 4):  # small batches: the fast watcher keeps up with its queue of 16
+    for b in range(0, total, 4):  # small batches, so that the fast watcher mostly keeps up with its queue of 16
         await js.publish(raw_events(NODE), _events(4, path=long_path, prefix=f"b{b}"))
         await asyncio.sleep(0.01)
-    await _until(lambda: len(fast) == total, 30, "every alert on the fast watcher")
-    await _until(lambda: beats[-1].get("dropped_grpc", 0) > 0, 5, "drops counted")
+    # How much each watcher receives depends on scheduling; that every alert is received or announced does not.
+    await _until(lambda: sum(accounted(fast)) == total, 120, "every alert on the fast watcher, or its drop notice")
     slow: list[pb.Alert] = []
-    while True:
-        try:
-            slow.append(await asyncio.wait_for(slow_call.read(), 2))
-        except TimeoutError:
-            break
-    notices = [a for a in slow if a.Type == "SystemEvent"]
-    real = [a for a in slow if a.Type != "SystemEvent"]
-    missed = sum(int(n.EventData["Dropped"]) for n in notices)
-    assert notices and all(n.Message.startswith("dropped ") for n in notices)
-    assert len(real) + missed == total and missed == beats[-1]["dropped_grpc"]
+    while sum(accounted(slow)) < total:  # it never read: its queue of 16 overflowed
+        slow.append(await asyncio.wait_for(slow_call.read(), 60))
+    (fast_got, fast_missed), (slow_got, slow_missed) = accounted(fast), accounted(slow)
+    assert fast_got + fast_missed == total and slow_got + slow_missed == total and slow_missed > 0
+    await _until(lambda: beats[-1].get("dropped_grpc", 0) == fast_missed + slow_missed, 30, "drops counted")
     reader.cancel()
     slow_call.cancel()
     await channel.close()

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
-import pytest
 from google.protobuf import empty_pb2
 
 from services.feeder.grpc_api.server import node_ip
@@ -26,24 +23,9 @@ from shared.proto_gen import kubearmor_pb2_grpc as pb_grpc
 from shared.proto_gen import policy_pb2_grpc as ppb_grpc
 from shared.schemas import RawBatch, RawEvent, Rule, RuleSet, Workload, WorkloadRules
 from tests.integration.test_feeder_live import _beats, _events, _setup
-from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, Feeder, _until, _workload
+from tests.integration.test_feeder_pipeline import MNTNS, NODE, PIDNS, _until, _workload
 
 AUDITED_MNTNS = 4026532991
-
-
-@pytest.fixture
-async def make_feeder(nats_server: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[Feeder] = []
-
-    async def make(**env: str) -> Feeder:
-        f = Feeder(nats_server.url, tmp_path / "data", **env)
-        started.append(f)
-        await f.ready()
-        return f
-
-    yield make
-    for f in started:
-        assert f.stop() == 0, f.log.read_text()[-3000:]
 
 
 def _file_ruleset() -> RuleSet:
