@@ -6,7 +6,8 @@
  * The answer has bpf_d_path's shape: the length with its NUL, or negative when the path cannot be
  * read whole (too deep, too long, or a walk that did not reach the root): the caller then judges the
  * file as named by no entry, exactly as when bpf_d_path fails. Unlike d_path, a deleted file's path
- * gets no " (deleted)" suffix. */
+ * gets no " (deleted)" suffix. Both loops are unrolled: 5.10's verifier refuses a loop whose back edge
+ * is the fall-through of a helper call ("back-edge from insn N to N+1"), as the compiler lays them out. */
 #ifndef BW_LSM_PATH_H
 #define BW_LSM_PATH_H
 
@@ -46,6 +47,7 @@ static __always_inline long bw_lsm_walk_path(struct bw_lsm_walk *w, const struct
 	if (!vfsmnt || !dentry)
 		return -1;
 	mnt = bw_container_of(vfsmnt, struct mount, mnt);
+#pragma unroll
 	for (int i = 0; i < BW_PATH_ITERS; i++) {
 		struct dentry *mnt_root = NULL, *parent = NULL;
 		const unsigned char *name = NULL;
@@ -85,6 +87,7 @@ static __always_inline long bw_lsm_walk_path(struct bw_lsm_walk *w, const struct
 		out[1] = 0;
 		return 2;
 	}
+#pragma unroll
 	for (int i = BW_LSM_WALK_DEPTH - 1; i >= 0; i--) {
 		__u32 o;
 		long n;
