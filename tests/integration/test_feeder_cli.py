@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.nats.subjects import raw_events
-from tests.integration.test_feeder_live import _beats, _events, _setup, make_feeder  # noqa: F401
+from tests.integration.test_feeder_live import _beats, _events, _setup
 from tests.integration.test_feeder_pipeline import NODE, _until
 
 BIN = Path(sys.executable).parent / "bulwark"
