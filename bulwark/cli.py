@@ -154,6 +154,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                       f"{p.get('status', ''):10} {','.join(p.get('selects', []))}")
                 if p.get("reason"):
                     print(f"{'':24} reason: {p['reason']}")
+                for warning in p.get("warnings") or []:
+                    print(f"{'':24} warning: {warning}")
         else:
             alerts = api.alerts(namespace=args.namespace, policy=args.policy, limit=args.limit)
             for alert in alerts:
@@ -213,8 +215,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"{name:12} {'supported' if supported else 'unsupported':12} {reason}")
     active = choose(settings.enforcer_order)
     print(f"active: {active.name} (order {settings.enforcer_order})")
+    for line in preset_lines(active):
+        print(line)
     active.close()
     return 0
+
+
+def preset_lines(enforcer: Any) -> list[str]:
+    """Per policy preset, which active enforcer blocks it here, or that its Block is only reported."""
+    from shared.presets import PRESETS, route_of
+
+    by_operation = getattr(enforcer, "by_operation", None)
+    claims = dict(by_operation()) if by_operation else {op: enforcer.name for op in getattr(enforcer, "operations", ())}
+    out = []
+    for name, info in PRESETS.items():
+        who = claims.get(route_of(name))
+        what = f"Block enforced by {who}" if who else "Block only reported here, as Audit (Block)"
+        out.append(f"preset {name:12} {what}; catches {info.catches}")
+    return out
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ BPF-LSM rule handling):
 * Network: the protocol, or ``all``; Capabilities: the capability (case and ``cap_`` ignored);
   Syscall: the syscall name (case and ``sys_`` ignored) and, for ``matchPaths`` rules, the path.
   Syscall rules only ever audit, whatever the policy's action says.
+* Preset (``spec.presets``, shared.presets): the access's ``preset`` is the rule's (a fileless exec,
+  another process's environ...: the kernel records say which); no resource, no posture.
 
 Conflicts, resolved as KubeArmor's enforcers do (one rule decides):
 
@@ -61,7 +63,8 @@ class Access:
     """What a process tried: an operation on a resource, from a source executable.
 
     Network accesses name the protocol (``protocol`` or ``resource``), Capabilities the capability
-    (``capability`` or ``resource``), Syscall the syscall (``syscall``) and the path it touched.
+    (``capability`` or ``resource``), Syscall the syscall (``syscall``) and the path it touched,
+    Preset the preset whose attack it is (``preset``; ``resource`` is only reported).
     """
 
     operation: str
@@ -73,6 +76,7 @@ class Access:
     protocol: str = ""
     capability: str = ""
     syscall: str = ""
+    preset: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,8 @@ def _target_matches(rule: Rule, access: Access) -> bool:
         if rule.syscall and _name(rule.syscall, "sys_") != _name(access.syscall, "sys_"):
             return False
         return not (rule.path or rule.dir) or rule_matches_resource(rule, access.resource)
+    if op == "Preset":
+        return bool(rule.preset) and rule.preset == access.preset
     return False
 
 

@@ -3,7 +3,9 @@
  * LSM side (which cannot load on the development VM) only adds its thin hook wrappers.
  *
  * Maps are filled by user space (services/enforcer/signal/rules.py) from the node's RuleSet, keyed by
- * mount namespace: a task whose mntns is not in bw_enf_ns is never looked at further.
+ * mount namespace: a task whose mntns is not in bw_enf_ns is never looked at further. The presets a
+ * namespace Blocks (services/enforcer/presets.py) are verdicts in bw_enf_preset, the attacks they
+ * name are found by bw_presets.h.
  */
 #ifndef BW_ENFORCE_H
 #define BW_ENFORCE_H
@@ -11,6 +13,7 @@
 #include "events.h"
 #include "bw_task.h"
 #include "bw_path.h"
+#include "bw_presets.h"
 
 #define BW_ANY 0xFFFFFFFFu                   /* wildcard family / protocol in a key */
 
@@ -31,9 +34,15 @@ struct bw_verdict {
 	__u32 action;                            /* 1 = block */
 };
 
+struct bw_preset_key {
+	__u32 mntns;
+	__u32 preset;                            /* enum bw_preset */
+};
+
 BPF_HASH(bw_enf_ns, __u32, __u32, 4096);                          /* selected mount namespaces */
 BPF_HASH(bw_enf_net, struct bw_net_key, struct bw_verdict, 16384);
 BPF_HASH(bw_enf_cap, struct bw_cap_key, struct bw_verdict, 16384);
+BPF_HASH(bw_enf_preset, struct bw_preset_key, struct bw_verdict, 4096);   /* presets that Block */
 BPF_ARRAY(bw_enf_caps_any, __u64, 1);   /* bit n: some namespace has a verdict for capability n */
 BPF_PERCPU_ARRAY(bw_enf_stats, __u64, 4);        /* 0 matched, 1 lost reports, 2 refused, 3 audited */
 BPF_RINGBUF_OUTPUT(bw_enf_events, 64);
@@ -92,6 +101,15 @@ static __always_inline struct bw_verdict *bw_match_cap(__u32 mntns, __u32 cap)
 	return bw_enf_cap.lookup(&k);
 }
 
+/* The Block verdict of `preset` for `mntns`, or NULL. */
+static __always_inline struct bw_verdict *bw_match_preset(__u32 mntns, __u32 preset)
+{
+	struct bw_preset_key k = {.mntns = mntns, .preset = preset};
+	struct bw_verdict *v = bw_enf_preset.lookup(&k);
+
+	return v && v->action == 1 ? v : NULL;
+}
+
 /* The start of a report (struct bw_enf_event, bw_lsm_event in events.h): its header, who did it, in
  * which namespaces, and what rule it broke. */
 static __always_inline void bw_enf_fill(struct bw_event_hdr *hdr, __u32 op, __u32 size, struct bw_task_info *t,
@@ -137,6 +155,27 @@ static __always_inline void bw_enf_report(struct task_struct *task, __u32 mntns,
 	}
 	bw_enf_fill(&r->hdr, BW_OP_ENF_SIGNAL, sizeof(*r), &r->task, &r->enf, task, mntns, kind, v->rule_id,
 		    a0, a1, a2);
+	bw_task_exe(&r->exe, task);
+	bw_enf_events.ringbuf_submit(r, 0);
+}
+
+/* A preset's attack this program blocked (killed or refused): BW_OP_ENF_PRESET, struct bw_lsm_event;
+ * `res` a kernel string (a memfd's name, a file's path) or NULL. `task` is the current task. */
+static __always_inline void bw_preset_report(struct task_struct *task, __u32 mntns, __u32 preset,
+					     struct bw_verdict *v, __u32 pre, __u32 a1, __u32 a2, const char *res)
+{
+	struct bw_lsm_event *r = bw_enf_events.ringbuf_reserve(sizeof(*r));
+
+	bw_enf_stat(0);
+	if (!r) {
+		bw_enf_stat(1);
+		return;
+	}
+	bw_enf_fill(&r->hdr, BW_OP_ENF_PRESET, sizeof(*r), &r->task, &r->enf, task, mntns, preset, v->rule_id,
+		    pre, a1, a2);
+	r->res[0] = 0;
+	if (res)
+		bpf_probe_read_kernel_str(r->res, sizeof(r->res), res);
 	bw_task_exe(&r->exe, task);
 	bw_enf_events.ringbuf_submit(r, 0);
 }

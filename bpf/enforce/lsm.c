@@ -1,5 +1,9 @@
 /* BPF-LSM enforcer: exec (bprm_check_security), file opens (file_open), sockets (socket_create) and
  * capabilities (capable), refused inline with -EPERM, only for tasks whose mount namespace is selected.
+ * Presets that Block (bw_enf_preset; the namespace's flags have BW_LSM_PRESET_BIT(preset)): a fileless
+ * exec (bprm_check_security: the file has no link left), another process's environ (file_open), an
+ * executable anonymous mapping (mmap_file with no file and PROT_EXEC; file_mprotect adding PROT_EXEC
+ * to a mapping with no file), each refused with -EPERM and reported (BW_OP_ENF_PRESET).
  *
  * The kernel does not run the matcher: user space (services/enforcer/bpflsm/rules.py) splits every path
  * a namespace's rules name into classes, asks shared.matcher.decide once per (class, source class,
@@ -25,6 +29,7 @@
 #define BW_FMODE_EXEC 0x20
 #define BW_O_TRUNC 01000
 #define BW_MAX_ERRNO 4095
+#define BW_LSM_PRESET_BIT(p) (1u << (16 + (p)))  /* namespace flags: a Block verdict for preset p */
 
 struct bw_lsm_pkey {
 	__u32 prefixlen;                         /* bits: 64 + 8 * bytes of path compared */
@@ -124,16 +129,16 @@ static __always_inline __u32 bw_lsm_path_class(struct bw_lsm_pkey *k, __u32 mntn
 static __always_inline __u32 bw_lsm_source(struct bw_lsm_scratch *s, __u32 mntns, __u32 flags, __u32 kind)
 {
 	struct task_struct *task = bw_current();
-	struct mm_struct *mm;
-	struct file *exe;
+	struct mm_struct *mm = NULL;
+	struct file *exe = NULL;
 	long n;
 
 	if (!(flags & (1u << (kind + BW_LSM_NEEDS_SOURCE))))
 		return 0;
-	mm = task->mm;
+	BW_LOAD(mm, task, mm);                   /* a plain load where the task is BTF-typed (5.11+) */
 	if (!mm)
 		return 0;
-	exe = mm->exe_file;
+	BW_LOAD(exe, mm, exe_file);
 	if (!exe)
 		return 0;
 	n = bw_lsm_d_path((struct path *)&exe->f_path, s->src.path);
@@ -198,13 +203,77 @@ static __always_inline int bw_lsm_internal_mount(struct file *file)
 	return !ns || (unsigned long)ns >= (unsigned long)-BW_MAX_ERRNO;
 }
 
-static __always_inline int bw_lsm_file(struct file *file, __u32 kind, __u32 access)
+/* The Block verdict of `preset` for the namespace with these flags, or NULL. */
+static __always_inline struct bw_verdict *bw_lsm_preset(__u32 flags, __u32 mntns, __u32 preset)
 {
+	if (!(flags & BW_LSM_PRESET_BIT(preset)))
+		return NULL;
+	return bw_match_preset(mntns, preset);
+}
+
+/* Refuse a preset's attack: report it (res: a kernel string or NULL) and -EPERM. */
+static __always_inline int bw_lsm_refuse_preset(__u32 mntns, __u32 preset, struct bw_verdict *v, __u32 pre,
+						__u32 a1, __u32 a2, const char *res)
+{
+	bw_preset_report(bw_current(), mntns, preset, v, pre, a1, a2, res);
+	bw_enf_stat(2);
+	return -BW_EPERM;
+}
+
+/* filelessExec: a memfd is named by its own name, a deleted file by its path (d_path: "... (deleted)"). */
+static __always_inline int bw_lsm_fileless(struct file *file, __u32 flags, __u32 mntns)
+{
+	struct bw_verdict *v = bw_lsm_preset(flags, mntns, BW_PRESET_FILELESS_EXEC);
 	struct bw_lsm_scratch *s;
-	__u32 zero = 0, mntns, flags, res, src, owner;
+	const unsigned char *name = NULL;
+	struct dentry *dentry = NULL;
+	__u32 zero = 0, fileless;
 	long n;
 
-	flags = bw_lsm_flags(&mntns);
+	if (!v)
+		return 0;
+	fileless = bw_fileless(file);
+	if (!fileless)
+		return 0;
+	if (fileless & BW_PRE_MEMFD) {
+		BW_READ(dentry, file, f_path.dentry);
+		if (dentry)
+			BW_READ(name, dentry, d_name.name);
+		return bw_lsm_refuse_preset(mntns, BW_PRESET_FILELESS_EXEC, v, BW_PRE_MEMFD, 0, 0, (const char *)name);
+	}
+	s = bw_lsm_scratch_map.lookup(&zero);
+	if (!s)
+		return bw_lsm_refuse_preset(mntns, BW_PRESET_FILELESS_EXEC, v, 0, 0, 0, 0);
+	n = bw_lsm_d_path((struct path *)&file->f_path, s->res.path);
+	return bw_lsm_refuse_preset(mntns, BW_PRESET_FILELESS_EXEC, v, 0, 0, 0, n > 1 ? s->res.path : 0);
+}
+
+/* protectEnv: another process's /proc/<pid>/environ. */
+static __always_inline int bw_lsm_environ(struct file *file, __u32 flags, __u32 mntns)
+{
+	struct bw_verdict *v = bw_lsm_preset(flags, mntns, BW_PRESET_PROTECT_ENV);
+	struct bw_lsm_scratch *s;
+	__u32 zero = 0, target;
+	long n;
+
+	if (!v)
+		return 0;
+	target = bw_environ_tgid(file);
+	if (!target || target == (__u32)(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	s = bw_lsm_scratch_map.lookup(&zero);
+	if (!s)
+		return bw_lsm_refuse_preset(mntns, BW_PRESET_PROTECT_ENV, v, 0, target, 0, 0);
+	n = bw_lsm_d_path((struct path *)&file->f_path, s->res.path);
+	return bw_lsm_refuse_preset(mntns, BW_PRESET_PROTECT_ENV, v, 0, target, 0, n > 1 ? s->res.path : 0);
+}
+
+static __always_inline int bw_lsm_file_in(struct file *file, __u32 kind, __u32 access, __u32 mntns, __u32 flags)
+{
+	struct bw_lsm_scratch *s;
+	__u32 zero = 0, res, src, owner;
+	long n;
+
 	if (!(flags & (1u << kind)))
 		return 0;
 	if (bw_lsm_internal_mount(file))
@@ -224,20 +293,71 @@ static __always_inline int bw_lsm_file(struct file *file, __u32 kind, __u32 acce
 LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 {
 	struct file *file = bprm->file;
+	__u32 mntns, flags;
+	int ret;
 
 	if (!file)
 		return 0;
-	return bw_lsm_file(file, BW_LSM_PROCESS, 2);
+	flags = bw_lsm_flags(&mntns);
+	if (!flags)
+		return 0;
+	ret = bw_lsm_fileless(file, flags, mntns);
+	if (ret)
+		return ret;
+	return bw_lsm_file_in(file, BW_LSM_PROCESS, 2, mntns, flags);
 }
 
 LSM_PROBE(file_open, struct file *file)
 {
-	__u32 access;
+	__u32 access, mntns, flags;
+	int ret;
 
 	if (file->f_mode & BW_FMODE_EXEC)
 		return 0;                        /* the exec itself: judged by bprm_check_security */
+	flags = bw_lsm_flags(&mntns);
+	if (!flags)
+		return 0;
+	ret = bw_lsm_environ(file, flags, mntns);
+	if (ret)
+		return ret;
 	access = (file->f_mode & BW_FMODE_WRITE) || (file->f_flags & BW_O_TRUNC) ? 1 : 0;
-	return bw_lsm_file(file, BW_LSM_FILE, access);
+	return bw_lsm_file_in(file, BW_LSM_FILE, access, mntns, flags);
+}
+
+/* anonMapExec: an anonymous mapping (no file) with PROT_EXEC. */
+LSM_PROBE(mmap_file, struct file *file, unsigned long reqprot, unsigned long prot, unsigned long mflags)
+{
+	struct bw_verdict *v;
+	__u32 mntns, flags;
+
+	if (file || !(prot & BW_PROT_EXEC))
+		return 0;
+	flags = bw_lsm_flags(&mntns);
+	v = bw_lsm_preset(flags, mntns, BW_PRESET_ANON_MAP_EXEC);
+	if (!v)
+		return 0;
+	return bw_lsm_refuse_preset(mntns, BW_PRESET_ANON_MAP_EXEC, v, 0, (__u32)prot, (__u32)mflags, 0);
+}
+
+/* anonMapExec: PROT_EXEC added to a mapping with no file that was not executable. */
+LSM_PROBE(file_mprotect, struct vm_area_struct *vma, unsigned long reqprot, unsigned long prot)
+{
+	struct bw_verdict *v;
+	struct file *vfile = NULL;
+	unsigned long vm_flags = 0;
+	__u32 mntns, flags;
+
+	if (!(prot & BW_PROT_EXEC))
+		return 0;
+	flags = bw_lsm_flags(&mntns);
+	v = bw_lsm_preset(flags, mntns, BW_PRESET_ANON_MAP_EXEC);
+	if (!v)
+		return 0;
+	BW_READ(vfile, vma, vm_file);
+	BW_READ(vm_flags, vma, vm_flags);
+	if (vfile || (vm_flags & BW_VM_EXEC))
+		return 0;
+	return bw_lsm_refuse_preset(mntns, BW_PRESET_ANON_MAP_EXEC, v, BW_PRE_MPROTECT, (__u32)prot, 0, 0);
 }
 
 LSM_PROBE(socket_create, int family, int type, int protocol, int kern)

@@ -15,8 +15,9 @@
  * holding the default and the union of all entries: a kind no mount namespace wants is refused
  * at once. The own entry comes from its slot in bw_vis_slots (inlined too); only a slot several
  * listed namespaces share costs a hash lookup. The monitor's own process (BW_MONITOR_TGID) is never
- * traced: its reads would feed back into the stream. `cur` is bw_current(). */
-static __always_inline __u32 bw_vis_bits(struct task_struct *cur, __u32 mntns, __u32 bits)
+ * traced: its reads would feed back into the stream. `cur` is bw_current(). `count`: count a refusal
+ * in BW_STAT_FILTERED (a constant: the compiler drops what is not asked for). */
+static __always_inline __u32 bw_vis_check(struct task_struct *cur, __u32 mntns, __u32 bits, const int count)
 {
 	__u32 key = BW_VIS_ANY, *mask;
 
@@ -44,8 +45,21 @@ static __always_inline __u32 bw_vis_bits(struct task_struct *cur, __u32 mntns, _
 		if (mask && (*mask & bits))
 			return *mask & bits;
 	}
-	bw_stat(BW_STAT_FILTERED);
+	if (count)
+		bw_stat(BW_STAT_FILTERED);
 	return 0;
+}
+
+static __always_inline __u32 bw_vis_bits(struct task_struct *cur, __u32 mntns, __u32 bits)
+{
+	return bw_vis_check(cur, mntns, bits, 1);
+}
+
+/* The same for a preset's records: a namespace that does not want them is not "filtered" (the
+ * kinds' counter says what visibility dropped, and every exec would count here). */
+static __always_inline __u32 bw_vis_preset(struct task_struct *cur, __u32 mntns, __u32 bits)
+{
+	return bw_vis_check(cur, mntns, bits, 0);
 }
 
 static __always_inline int bw_visible(struct task_struct *cur, __u32 mntns, __u32 bit)

@@ -1,6 +1,7 @@
 /* Every kernel struct member (and size) the programs depend on. The self-check compiles these with the
  * same headers as the programs and compares each with the kernel's BTF: one list, read by both
- * C (as X-macros) and services/monitor/selfcheck.py (which parses the BW_FIELD/BW_SIZE lines). */
+ * C (as X-macros) and services/monitor/selfcheck.py (which parses the BW_FIELD/BW_SIZE lines).
+ * Not here: the maple tree's members (bw_presets.h), which only 6.1+ kernels have. */
 #ifndef BW_FIELDS_H
 #define BW_FIELDS_H
 
@@ -59,7 +60,18 @@
 	X(task_struct, signal) \
 	X(signal_struct, flags) \
 	X(signal_struct, tty) \
-	X(tty_struct, name)
+	X(tty_struct, name) \
+	X(inode, __i_nlink) \
+	X(inode, i_sb) \
+	X(super_block, s_magic) \
+	X(proc_inode, pid) \
+	X(proc_inode, vfs_inode) \
+	X(pid, tasks) \
+	X(task_struct, pid_links) \
+	X(vm_area_struct, vm_start) \
+	X(vm_area_struct, vm_end) \
+	X(vm_area_struct, vm_file) \
+	X(vm_area_struct, vm_flags)
 
 #define BW_SIZES(X) \
 	X(upid) \

@@ -22,6 +22,8 @@ enum bw_op {
 	BW_OP_SYSCALL = 8,                       /* setuid family, ptrace, mount, and wanted raw syscalls */
 	BW_OP_ENF_SIGNAL = 9,                    /* struct bw_enf_event: the signal enforcer killed a process */
 	BW_OP_ENF_LSM = 10,                      /* struct bw_lsm_event: BPF-LSM refused or audited an operation */
+	BW_OP_PRESET = 11,                       /* struct bw_sys_event: a preset's attack, seen by the monitor */
+	BW_OP_ENF_PRESET = 12,                   /* struct bw_lsm_event: an enforcer blocked a preset's attack */
 };
 
 /* Visibility bits: bw_visibility maps mntns to the kinds emitted (bw_vis_default: any other mntns). */
@@ -30,6 +32,24 @@ enum bw_op {
 #define BW_VIS_NETWORK 4
 #define BW_VIS_CAPABILITIES 8
 #define BW_VIS_SYSCALL 16
+/* ... and a preset's records (BW_OP_PRESET), emitted only where a rule asks for that preset */
+#define BW_VIS_PRESET_FILELESS 128
+#define BW_VIS_PRESET_ENV 256
+#define BW_VIS_PRESET_ANON_EXEC 512
+#define BW_VIS_PRESET_ENTERED 1024
+
+/* KubeArmor's policy presets (shared/presets.py) */
+enum bw_preset {
+	BW_PRESET_FILELESS_EXEC = 1,             /* exec of a memfd or a deleted file */
+	BW_PRESET_PROTECT_ENV = 2,               /* open of another process's /proc/<pid>/environ */
+	BW_PRESET_ANON_MAP_EXEC = 3,             /* an executable anonymous mapping (mmap, mprotect) */
+	BW_PRESET_EXEC = 4,                      /* exec by a process that entered the pid namespace from outside */
+};
+
+/* Details of a preset's record and report (BW_PRE_* bits) */
+#define BW_PRE_MEMFD 1                       /* the program is a memfd (its name, not a path) */
+#define BW_PRE_MPROTECT 2                    /* mprotect (else mmap) */
+#define BW_PRE_KILLED 4                      /* a report: the signal enforcer killed it (else BPF-LSM refused it) */
 
 enum bw_syscall {
 	BW_SYS_EXECVE = 0,
@@ -141,7 +161,13 @@ struct bw_proc_event {
  *  NET   fd (ret for socket), addrlen, backlog|flags, family, type, protocol; aux = sockaddr
  *  CAP   cap, -, -; ret = the check's result
  *  FORK  child tgid, child ns pid;  EXIT  exit_code (ret too)
- *  SYSCALL the raw arguments; name = the path argument, if the syscall has one */
+ *  SYSCALL the raw arguments; name = the path argument, if the syscall has one
+ *  PRESET args[0] = enum bw_preset, args[1] = BW_PRE_* bits, then per preset:
+ *        FILELESS_EXEC: name = the program's own name (a memfd's "memfd:x"), dir = its path, aux = the
+ *        exec's filename; PROTECT_ENV: args[2] = the environ's process (host tgid), args[3] = fd, dir =
+ *        the file's path; ANON_MAP_EXEC: args[2] prot, args[3] mmap flags, args[4] addr, args[5] len;
+ *        EXEC: args[2] = the parent's host tgid, name = the exec's filename, dir = the new program's
+ *        path, aux = the parent's comm. Emitted when the syscall succeeded (syscall = its number). */
 struct bw_sys_event {
 	struct bw_event_hdr hdr;
 	struct bw_task_info task;
@@ -185,7 +211,10 @@ struct bw_enf_event {
 	struct bw_path exe;
 };
 
-/* An operation BPF-LSM refused or audited: the resource's path (files, exec) and the executable. */
+/* An operation BPF-LSM refused or audited: the resource's path (files, exec) and the executable.
+ * Also a preset's attack an enforcer blocked (BW_OP_ENF_PRESET): enf.kind = enum bw_preset,
+ * enf.args[0] = BW_PRE_* bits, args[1], args[2] = a mapping's prot and flags or the environ's tgid;
+ * res = a memfd's name or a file's path ("": the executable's path, exe, is the program). */
 struct bw_lsm_event {
 	struct bw_event_hdr hdr;
 	struct bw_task_info task;

@@ -56,11 +56,13 @@ static __always_inline int bw_exec_enter(const char *filename, __u32 syscall, __
 	return 0;
 }
 
-static __always_inline int bw_exec_exit(long ret)
+static __always_inline int bw_exec_exit(long ret, __s32 nr)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct bw_exec_event *e = bw_exec_stash.lookup(&tid);
+	struct bw_exec_event *e;
 
+	bw_preset_exec_exit(ret, nr);            /* bpf/presets/presets.c */
+	e = bw_exec_stash.lookup(&tid);
 	if (!e) {
 		bw_stat(BW_STAT_NO_STASH);
 		return 0;
@@ -89,23 +91,25 @@ int bwmon_exat_ent(struct bw_tp_sys_enter *ctx)
 
 int bwmon_ex_exit(struct bw_tp_sys_exit *ctx)
 {
-	return bw_exec_exit(ctx->ret);
+	return bw_exec_exit(ctx->ret, ctx->syscall_nr);
 }
 
 int bwmon_exat_exit(struct bw_tp_sys_exit *ctx)
 {
-	return bw_exec_exit(ctx->ret);
+	return bw_exec_exit(ctx->ret, ctx->syscall_nr);
 }
 
 /* A successful exec by a non-leader thread changes its tid to the tgid (de_thread): move the stash.
- * Also the fallback for a filename the user-space read could not fetch, and the end of the process's
- * cached identity: its next record announces the new exe. */
+ * Also the fallback for a filename the user-space read could not fetch, the end of the process's
+ * cached identity (its next record announces the new exe), and where the exec presets look at the
+ * new program (bpf/presets/presets.c). */
 int bwmon_sched_ex(struct bw_tp_sched_process_exec *ctx)
 {
 	__u32 old_tid = ctx->old_pid, tid = ctx->pid, tgid = bpf_get_current_pid_tgid() >> 32;
 	struct bw_exec_event *e = bw_exec_stash.lookup(&old_tid);
 
 	bw_procs.delete(&tgid);
+	bw_preset_exec(ctx);
 	if (!e)
 		return 0;
 	if (e->filename[0] == 0) {

@@ -37,7 +37,7 @@ struct bw_abi_anchor {
 	struct bw_lsm_event lsm;
 };
 
-BPF_ARRAY(bw_self_fields, __u64, 128);       /* [2i] offsetof, [2i+1] member access */
+BPF_ARRAY(bw_self_fields, __u64, 256);       /* [2i] offsetof, [2i+1] member access */
 BPF_ARRAY(bw_self_sizes, __u64, 16);
 BPF_ARRAY(bw_self_report, struct bw_self_report, 1);
 BPF_ARRAY(bw_abi_anchor, struct bw_abi_anchor, 1);

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 
 from services.enforcer.base import Enforcer, ProbeResult
+from shared.presets import route
 from shared.schemas.rules import RuleSet
 
 __all__ = ["CompositeEnforcer", "restrict"]
@@ -19,8 +20,9 @@ log = logging.getLogger("bulwark.enforcer.composite")
 
 
 def restrict(ruleset: RuleSet, operations: frozenset[str]) -> RuleSet:
-    """A copy of ``ruleset`` holding only rules of ``operations`` (postures and workloads kept)."""
-    workloads = {k: dataclasses.replace(wr, rules=[r for r in wr.rules if r.operation in operations])
+    """A copy of ``ruleset`` holding only rules of ``operations`` (postures and workloads kept); a preset
+    rule is of its route (``Preset:filelessExec``: shared.presets)."""
+    workloads = {k: dataclasses.replace(wr, rules=[r for r in wr.rules if route(r) in operations])
                  for k, wr in ruleset.workloads.items()}
     return dataclasses.replace(ruleset, workloads=workloads)
 

@@ -2,7 +2,8 @@
 can enforce that no earlier one claimed (``operations``; an enforcer without it claims everything).
 
 With the default order on the development VM: BPF-LSM refuses to load, Fanotify claims Process and
-File, the eBPF signal enforcer claims Network and Capabilities, AuditOnly claims nothing (it is the
+File, the eBPF signal enforcer claims Network, Capabilities and the presets it can block
+(``Preset:filelessExec``, ``Preset:anonMapExec``: shared.presets), AuditOnly claims nothing (it is the
 fallback when nothing else is supported). The signal enforcer joins implicitly (before ``audit``)
 unless the order names it or excludes it with ``-signal``. Where BPF-LSM loads it claims Process,
 File, Network and Capabilities, and the enforcers after it that could claim nothing new are not
@@ -20,10 +21,11 @@ from services.enforcer.bpflsm import BpfLsmEnforcer
 from services.enforcer.composite import CompositeEnforcer
 from services.enforcer.fanotify.enforcer import FanotifyEnforcer
 from services.enforcer.signal.enforcer import SignalEnforcer
+from shared.presets import ROUTES
 
 __all__ = ["REGISTRY", "ALL_OPERATIONS", "choose", "probe_all", "parse_order", "effective_order"]
 
-ALL_OPERATIONS = frozenset({"Process", "File", "Network", "Capabilities", "Syscall"})
+ALL_OPERATIONS = frozenset({"Process", "File", "Network", "Capabilities", "Syscall"}) | ROUTES
 IMPLICIT = "signal"
 
 log = logging.getLogger("bulwark.enforcer.select")

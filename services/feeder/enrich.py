@@ -15,6 +15,10 @@ Action/Result/Enforcer semantics (KubeArmor's vocabulary, see the wire contract)
   when ``ret >= 0`` else the errno text.
 - a kill report (kind ``enforce``, ``extra.killed``): the process was killed at the hook, not refused:
   Action ``Block``, Enforcer and Result from the report (``eBPF Signal``, ``Killed (SIGKILL)``).
+- a preset (shared.presets) whose Block nothing enforced (the monitor's record, not an enforcer's
+  report: no enforcer on the node can block that preset, as ``bulwark probe`` and the policy's
+  warnings say): Action ``Audit (Block)``, Result ``Passed``, Enforcer ``eBPF Monitor``. Its
+  Operation is the preset's own (Process, File), not ``Preset``.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Any
 from services.feeder.eventdata import event_data, exec_event
 from services.feeder.kinds import kind_fields
 from shared.matcher import Decision
+from shared.presets import PRESET_OPERATION
 from shared.schemas.events import RawEvent
 from shared.schemas.identity import Workload
 
@@ -130,12 +135,15 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
     action = _action(decision, workload)
     killed = bool(event.extra.get("killed"))
     enforced = action == "Block" and (event.ret < 0 or killed)
+    preset = decision.rule is not None and decision.rule.operation == PRESET_OPERATION
+    if preset and action == "Block" and not enforced:
+        action = "Audit (Block)"  # no enforcer here can block this preset: reported, honestly
     enforcer = str(event.extra.get("enforcer") or enforcer_name) if killed or event.extra.get("enforcer") \
         else enforcer_name
     common = _common(event, workload, cluster, now_ns)
     if killed and event.extra.get("result"):
         common["Result"] = str(event.extra["result"])
-    if operation:
+    if operation and operation != PRESET_OPERATION:  # a preset's own Operation comes from kind_fields
         common["Operation"] = operation
         _refresh_event_data(common)
     return {

@@ -6,10 +6,13 @@ chown are writes), socket creation (Network, by protocol: KubeArmor decides netw
 socket is created), capability checks (Capabilities) and syscalls (Syscall). fork/exit and the other
 network syscalls (connect, accept, bind, listen) are raw events only: no rule is about them, and
 judging them would repeat the socket's verdict or hit allow-list postures with an empty resource.
+A preset's record (kind ``preset``) and an enforcer's report of one are judged as that preset
+(operation ``Preset``, shared.presets) and alerted with the preset's own Operation (Process, File).
 """
 from __future__ import annotations
 
 from shared.matcher import Access
+from shared.presets import PRESET_OPERATION, alert_operation
 from shared.schemas.events import EVENT_KINDS, RawEvent
 
 __all__ = ["access_for", "kind_fields", "open_flags_text"]
@@ -25,6 +28,10 @@ _OPEN_FLAGS = (  # octal values from asm-generic/fcntl.h (x86_64)
 _WRITE_FLAGS = 0o100 | 0o1000 | 0o2000  # O_CREAT, O_TRUNC, O_APPEND
 _OPENS = frozenset({"open", "openat", "openat2", "creat"})
 _AT_REMOVEDIR = 0x200
+# a preset record's details, in the order its Data names them (KubeArmor-style key=value)
+_PRESET_DATA = (("filename", "filename"), ("memfd", "memfd"), ("target_pid", "target"), ("fd", "fd"),
+                ("prot", "prot"), ("map_flags", "flags"), ("addr", "addr"), ("len", "len"),
+                ("parent_pid", "ppid"), ("parent_comm", "parent"))
 
 
 def open_flags_text(flags: int) -> str:
@@ -69,6 +76,9 @@ def access_for(event: RawEvent) -> Access | None:
         return Access("Capabilities", capability, source=event.exe, uid=event.uid, capability=capability)
     if kind == "syscall":
         return Access("Syscall", event.path, source=event.exe, uid=event.uid, syscall=event.syscall)
+    if kind == "preset":
+        return Access(PRESET_OPERATION, event.path, source=event.exe, uid=event.uid,
+                      preset=str(event.extra.get("preset", "")))
     if kind == "enforce":  # a kill by the eBPF signal enforcer (services/enforcer/reports/kernel.py)
         # (or a refusal or audit by BPF-LSM, which says the access and whether the uid owns the file)
         match = str(event.extra.get("match", ""))
@@ -77,7 +87,7 @@ def access_for(event: RawEvent) -> Access | None:
         return Access(str(event.extra.get("operation", "")), match, source=event.exe, uid=event.uid,
                       protocol=match if event.extra.get("operation") == "Network" else "",
                       capability=match if event.extra.get("operation") == "Capabilities" else "",
-                      resource_owner_uid=owner_uid, **extra_access)
+                      resource_owner_uid=owner_uid, preset=str(event.extra.get("preset", "")), **extra_access)
     return None
 
 
@@ -112,10 +122,22 @@ def _network_fields(event: RawEvent) -> tuple[str, str]:
     return resource, f"{_sys(event, 'socket')} fd={x.get('fd', -1)}"
 
 
+def _preset_fields(event: RawEvent) -> tuple[str, str, str]:
+    """Operation, Data and ProcessName of a preset's record or report (the program, for Process ones)."""
+    name = str(event.extra.get("preset", ""))
+    operation = alert_operation(name)
+    details = " ".join(f"{key}={event.extra[field]}" for field, key in _PRESET_DATA if field in event.extra)
+    data = f"{_sys(event, event.syscall or 'execve')} preset={name}" + (f" {details}" if details else "")
+    return operation, data, event.path if operation == "Process" else event.exe
+
+
 def kind_fields(event: RawEvent) -> dict[str, str]:
     """The alert fields that depend on the event's kind: Operation, Resource, Data, ProcessName."""
     operation = EVENT_KINDS.get(event.kind, event.kind)
     resource, data = event.path, _sys(event, "execve" if event.kind == "exec" else event.kind)
+    if event.kind == "preset" or (event.kind == "enforce" and event.extra.get("operation") == PRESET_OPERATION):
+        operation, data, process = _preset_fields(event)
+        return {"Operation": operation, "Resource": resource, "Data": data, "ProcessName": process}
     if event.kind == "enforce":  # the operation the killed process attempted
         operation = str(event.extra.get("operation", operation))
     elif event.kind in ("file", "open"):

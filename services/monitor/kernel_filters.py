@@ -13,6 +13,10 @@ instead of the file bit, and :func:`path_entries` lists the (mntns, prefix) entr
 path trie: only file events whose absolute path starts with one of them are emitted (relative and
 unreadable names always are). A rule the trie cannot express (a pattern, an exec name, an
 allow-list, whose posture judges every other path) keeps the whole file bit for the namespace.
+
+A preset rule (shared.presets) adds its preset's bit: that namespace emits the preset's records (a
+fileless exec, an environ read...), which are rare and nowhere else wanted. Before the first RuleSet
+no preset bit is set: a preset's records need a rule that asks for them.
 """
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ from services.monitor.decode.syscall_table import SYSCALL_NUMBERS
 from shared.bpf.abi import BW_VIS_CAPABILITIES, BW_VIS_FILE, BW_VIS_NETWORK, BW_VIS_PROCESS, BW_VIS_SYSCALL
 from shared.bpf.names import CAPABILITIES
 from shared.matcher import ALLOWING, BLOCKING
+from shared.presets import PRESET_OPERATION, PRESETS
 from shared.schemas.identity import Workload
 from shared.schemas.rules import Rule, RuleSet
 from shared.visibility import VISIBILITY_ANNOTATION, parse_visibility
 
-__all__ = ["KIND_BITS", "OPERATION_BITS", "ALL", "FILE_PATHS", "CAPS_NAMED", "PATH_KEY_LEN", "Visibility", "bits_of",
-           "named_capabilities",
+__all__ = ["KIND_BITS", "OPERATION_BITS", "PRESET_BITS", "ALL", "FILE_PATHS", "CAPS_NAMED", "PATH_KEY_LEN",
+           "Visibility", "bits_of", "named_capabilities",
            "visibility_masks", "file_prefixes", "path_entries", "wanted_syscalls", "DEDICATED_SYSCALLS",
            "PATH_ARG", "needs_owner"]
 
@@ -39,6 +44,7 @@ ALL = BW_VIS_PROCESS | BW_VIS_FILE | BW_VIS_NETWORK | BW_VIS_CAPABILITIES | BW_V
 FILE_PATHS = 32      # BW_VIS_FILE_PATHS: file events only for paths in the trie (bpf/include/bw_maps.h)
 CAPS_NAMED = 64      # BW_VIS_CAPS_NAMED: capability events only for the capabilities in bw_caps_named
 PATH_KEY_LEN = 252   # BW_PATH_KEY_LEN: bytes of path in a trie key
+PRESET_BITS = {name: info.vis_bit for name, info in PRESETS.items()}
 _FILE = OPERATION_BITS["File"]
 _CAPS = OPERATION_BITS["Capabilities"]
 CAPABILITY_NUMBERS = {name: number for number, name in enumerate(CAPABILITIES)}
@@ -74,10 +80,15 @@ def _rule_bits(rules: list[Rule], host: bool = False) -> int:
     of the node."""
     out = 0
     for rule in rules:
-        out |= OPERATION_BITS.get(rule.operation, 0)
+        out |= OPERATION_BITS.get(rule.operation, 0) | _preset_bit(rule)
         if rule.operation == "Process" and rule.action in BLOCKING and not host:
             out |= _FILE
     return out
+
+
+def _preset_bit(rule: Rule) -> int:
+    """The visibility bit of a preset rule's records (0 for any other rule)."""
+    return PRESET_BITS.get(rule.preset, 0) if rule.operation == PRESET_OPERATION else 0
 
 
 def _resource_prefixes(rule: Rule) -> list[bytes] | None:
@@ -138,7 +149,7 @@ def _own_rule_bits(rules: list[Rule], host: bool) -> int:
     when they name their capabilities."""
     out = 0
     for rule in rules:
-        out |= OPERATION_BITS.get(rule.operation, 0)
+        out |= OPERATION_BITS.get(rule.operation, 0) | _preset_bit(rule)
     out &= ~(_FILE | _CAPS)
     prefixes = file_prefixes(rules, host)
     if prefixes is None:

@@ -3,6 +3,8 @@
 All programs are one compile unit (bpf/monitor.c) so they share one ring buffer, one set of kernel
 counters, the visibility map and the per-process cache. A tracepoint this kernel lacks is skipped
 and listed in :attr:`Probes.missing` (e.g. openat2 on old kernels); the exec ones are required.
+The preset programs on hot syscalls (opens, mmap, mprotect: ``PRESET_ATTACHMENTS``) are attached only
+while some namespace wants their preset (the visibility masks' union has its bit).
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from typing import Any
 
 from services.monitor.namesigs import SIG_BYTES, entry_names, signature_bits
 from services.monitor.ringbuf import Chunk, RingBuffer
+from shared.bpf.abi import BW_VIS_PRESET_ANON_EXEC, BW_VIS_PRESET_ENV
 from shared.bpf.btf import Btf, BtfError
+from shared.bpf.headers import maple_cflags
 
-__all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS",
+__all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS", "PRESET_ATTACHMENTS",
            "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source", "kernel_cflags",
            "tracepoint_has_field", "kprobe_available", "CAP_TRACEPOINT", "CAP_KPROBE"]
 
@@ -62,6 +66,14 @@ ATTACHMENTS: tuple[tuple[str, str], ...] = (
     (_SYS.format("exit", "accept4"), "bwmon_accept_x"),
 )
 REQUIRED = frozenset(tp for tp, _ in ATTACHMENTS[:5])
+# (visibility bit, tracepoint, program) of bpf/presets/presets.c, attached while the bit is wanted; the
+# open exits also carry bwmon_open_x, so these are attached by fd (bcc keeps one per tracepoint)
+PRESET_ATTACHMENTS: tuple[tuple[int, str, str], ...] = (
+    *((BW_VIS_PRESET_ENV, _SYS.format("exit", name), "bwmon_env_x") for name in ("open", "openat", "openat2")),
+    *((BW_VIS_PRESET_ANON_EXEC, _SYS.format(side, name), prog)
+      for name, enter in (("mmap", "bwmon_mmap_e"), ("mprotect", "bwmon_mprot_e"), ("pkey_mprotect", "bwmon_mprot_e"))
+      for side, prog in (("enter", enter), ("exit", "bwmon_pre_x"))),
+)
 RAW_SYSCALLS = (("raw_syscalls:sys_enter", "bwmon_raw_e"), ("raw_syscalls:sys_exit", "bwmon_raw_x"))
 # bw_stats indices (enum bw_stat in bpf/include/bw_maps.h)
 STATS = {"lost_kernel": 0, "exit_without_enter": 1, "stash_failed": 2, "lost_kernel_proc": 3,
@@ -116,6 +128,7 @@ def kernel_cflags(btf: Btf) -> list[str]:
         flags.append("-DBW_EXIT_NO_GROUP_DEAD=1")
     if not tracepoint_exists(CAP_TRACEPOINT) and kprobe_available(CAP_KPROBE):
         flags.append("-DBW_CAP_KPROBE=1")
+    flags += maple_cflags(btf)               # anonMapExec finds mprotect's mapping (bw_presets.h)
     return flags
 
 
@@ -174,6 +187,8 @@ class Probes:
         self._paths: set[tuple[int, bytes]] = set()  # entries in bw_file_paths
         self._names: frozenset[bytes] = frozenset()     # names whose signatures are in bw_name_sigs
         self._caps = 0                                   # bw_caps_named[0]
+        self._preset_fds: dict[tuple[str, str], int] = {}  # PRESET_ATTACHMENTS attached now -> perf fd
+        self.preset_refused: dict[str, str] = {}           # preset program -> why the kernel refused it
 
     def open(self, on_record: Callable[[bytes], None]) -> None:
         """Compile, attach every tracepoint and open the ring buffer (``on_record`` gets raw bytes)."""
@@ -189,12 +204,27 @@ class Probes:
         try:
             for tp, fn in ATTACHMENTS:
                 self._attach(tp, fn)
+            self._load_presets()
             self._ring = RingBuffer(self._bpf[b"bw_events"].map_fd, self.rb_pages * mmap.PAGESIZE)
             self._on_record = on_record
         except Exception:
             self.cleanup()
             raise
         log.info("monitor probes attached", extra={"programs": self.attached, "missing": self.missing})
+
+    def _load_presets(self) -> None:
+        """Load (verify) the preset programs now, attached later when wanted. One the kernel refuses
+        costs only its preset's records: it is listed in ``missing`` and never attached."""
+        for _bit, tp, fn in PRESET_ATTACHMENTS:
+            if fn in self.preset_refused or not tracepoint_exists(tp):
+                continue
+            try:
+                self._bpf.load_func(fn.encode(), self._bpf.TRACEPOINT)
+            except Exception as exc:
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+                self.preset_refused[fn] = reason
+                self.missing.append(f"{fn} (preset program refused: {reason})")
+                log.error("preset program refused", extra={"program": fn, "error": reason})
 
     def _attach(self, tp: str, fn: str) -> None:
         if tp == CAP_TRACEPOINT and "-DBW_CAP_KPROBE=1" in self.cflags:
@@ -228,6 +258,10 @@ class Probes:
         names = getattr(masks, "names", None)
         names = entry_names(paths, resolve=False) if names is None else frozenset(names)
         caps = int(getattr(masks, "caps", 0))
+        union = 0
+        for mask in masks.values():
+            union |= mask
+        self._attach_presets(union, keep=True)
         self._add_paths(paths - self._paths)
         self._set_names(self._names | names)
         self._set_caps(self._caps | caps)
@@ -235,6 +269,30 @@ class Probes:
         self._remove_paths(frozenset(self._paths - paths))
         self._set_names(names)
         self._set_caps(caps)
+        self._attach_presets(union, keep=False)
+
+    def _attach_presets(self, union: int, keep: bool) -> None:
+        """Attach the preset programs ``union`` wants; with ``keep`` False, detach the others."""
+        from bcc.libbcc import lib
+
+        for bit, tp, fn in PRESET_ATTACHMENTS:
+            key = (tp, fn)
+            if fn in self.preset_refused:
+                continue
+            if union & bit and key not in self._preset_fds and tracepoint_exists(tp):
+                prog = self._bpf.load_func(fn.encode(), self._bpf.TRACEPOINT)
+                category, event = tp.encode().split(b":")
+                fd = lib.bpf_attach_tracepoint(prog.fd, category, event)
+                if fd < 0:
+                    raise RuntimeError(f"attaching {fn} to {tp} failed")
+                self._preset_fds[key] = fd
+            elif not keep and not union & bit and key in self._preset_fds:
+                lib.bpf_close_perf_event_fd(self._preset_fds.pop(key))
+
+    @property
+    def preset_programs(self) -> list[str]:
+        """``tracepoint:program`` of every preset program attached now."""
+        return sorted(f"{tp}:{fn}" for tp, fn in self._preset_fds)
 
     def _set_caps(self, caps: int) -> None:
         """The capability numbers CAPS_NAMED namespaces emit (bit = number)."""
@@ -374,10 +432,16 @@ class Probes:
         ring, self._ring = self._ring, None
         if ring is not None:
             ring.close()
+        if self._preset_fds:
+            from bcc.libbcc import lib
+
+            for fd in self._preset_fds.values():
+                lib.bpf_close_perf_event_fd(fd)
+            self._preset_fds.clear()
         if bpf is not None:
             bpf.cleanup()
             log.info("monitor probes detached")
 
 
-_OP_NAMES = {1: "exec", 3: "fork", 4: "exit", 5: "file", 6: "network", 7: "capability", 8: "syscall"}
+_OP_NAMES = {1: "exec", 3: "fork", 4: "exit", 5: "file", 6: "network", 7: "capability", 8: "syscall", 11: "preset"}
 ExecProbes = Probes  # the walking skeleton's name

@@ -126,10 +126,11 @@ def check_tracepoint_formats(tracefs: Path = Path("/sys/kernel/tracing")) -> lis
 
 def check_syscall_slots(tracefs: Path = Path("/sys/kernel/tracing")) -> list[str]:
     """Every syscalls:* tracepoint we attach: arguments in 8-byte slots from offset 16 (bw_tp.h)."""
-    from services.monitor.loader import ATTACHMENTS
+    from services.monitor.loader import ATTACHMENTS, PRESET_ATTACHMENTS
 
     problems = []
-    for tp in sorted({tp for tp, _ in ATTACHMENTS if tp.startswith("syscalls:")}):
+    attached = {tp for tp, _ in ATTACHMENTS} | {tp for _bit, tp, _ in PRESET_ATTACHMENTS}
+    for tp in sorted(tp for tp in attached if tp.startswith("syscalls:")):
         fmt = tracefs / "events" / tp.replace(":", "/") / "format"
         if not fmt.exists():
             continue  # optional tracepoints the loader skips

@@ -2,8 +2,10 @@
 
 Defaults are KubeArmor's, applied by its daemon rather than the CRD: a rule's action, severity,
 tags and message fall back to its section's (``spec.process.action``...), then to the spec's; an
-empty action means Block; actions are case-normalised. Rules carry no workload, so one compiled
-list is shared by every workload a policy selects.
+empty action means Block; actions are case-normalised. A preset (``spec.presets[i]``) is a rule of
+operation ``Preset`` (shared.presets) with the spec's severity, tags and message and its own action
+only (KubeArmor blocks unless a preset says Audit). Rules carry no workload, so one compiled list is
+shared by every workload a policy selects.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.policy.globs import glob_to_regex
+from shared.presets import PRESET_OPERATION
 from shared.schemas.rules import Rule
 
 __all__ = ["Expression", "Policy", "to_policy", "normalise_action", "CONTAINER_NAME_LABEL"]
@@ -86,7 +89,12 @@ class _Builder:
 
     def rule(self, operation: str, item: dict[str, Any], section: dict[str, Any], **resource: Any) -> Rule:
         layers = (item, section, self.spec)
-        action = "Audit" if operation == "Syscall" else normalise_action(_pick("action", *layers))
+        if operation == "Syscall":
+            action = "Audit"
+        elif operation == PRESET_OPERATION:
+            action = normalise_action(item.get("action"))  # its own only: not the spec's
+        else:
+            action = normalise_action(_pick("action", *layers))
         return Rule(
             policy=self.policy.name, policy_kind=self.policy.kind,
             policy_namespace=self.policy.namespace, operation=operation, action=action,
@@ -131,6 +139,9 @@ class _Builder:
                 else {"path": where}
             for call in item.get("syscall") or [""]:
                 rules.append(self.rule("Syscall", item, sys_, syscall=call, **res))
+        for item in spec.get("presets") or []:
+            if isinstance(item, dict) and item.get("name"):
+                rules.append(self.rule(PRESET_OPERATION, item, {}, preset=str(item["name"])))
         return rules
 
 

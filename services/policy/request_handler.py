@@ -14,7 +14,8 @@ Requests and replies::
       -> {"ok": false, "errors": [...]}   (the candidate, the posture or a workload is invalid)
     {"op": "list"} -> {"ok": true, "policies": [{"kind", "namespace", "name", "status": "applied"|"invalid",
                                                  "reason": str (why invalid; "" when applied),
-                                                 "selects": [workload names], "policy_seq": int, "spec": {...}}]}
+                                                 "selects": [workload names], "policy_seq": int, "spec": {...},
+                                                 "warnings": ["spec.presets[0].action: ..."]}]}
 
 An apply is all-or-nothing at validation: one invalid document and nothing is published.
 """
@@ -32,7 +33,7 @@ from services.policy.parser import parse_documents
 from services.policy.posture import parse_posture_spec
 from services.policy.rulesets import RulePublisher
 from services.policy.store import PolicyStore, Workloads, publish_policy_event
-from services.policy.validate import KINDS, NAMESPACED, Admitted, admit, canonical_kind
+from services.policy.validate import KINDS, NAMESPACED, Admitted, admit, canonical_kind, preset_warnings
 from shared.errors import DecodeError, FieldError, ValidationFailed
 from shared.lifecycle import Counters
 from shared.schemas.identity import Workload
@@ -190,14 +191,17 @@ class PolicyApi:
                 "workloads": {k: wr.to_wire() for k, wr in ruleset.workloads.items()}}
 
     def list(self) -> dict[str, Any]:
-        """Every stored policy: applied (with the workloads it selects now) or invalid (with why)."""
+        """Every stored policy: applied (with the workloads it selects now, and warnings: what its Block
+        presets do where nothing can block them) or invalid (with why)."""
         running = self.workloads.all()
         out = []
         for (kind, namespace, name), stored in sorted(self.store.items.items()):
             policy = stored.policy
             chosen = sorted({wl.name for wl in running if selects(policy, wl)}) if policy is not None else []
             spec = stored.doc.get("spec")
+            spec = spec if isinstance(spec, dict) else {}
+            warnings = [f"{w.path}: {w.message}" for w in preset_warnings(spec)] if policy is not None else []
             out.append({"kind": kind, "namespace": namespace, "name": name, "status": stored.status,
                         "reason": stored.error, "selects": chosen, "policy_seq": stored.seq,
-                        "spec": spec if isinstance(spec, dict) else {}})
+                        "spec": spec, "warnings": warnings})
         return {"ok": True, "policies": out}

@@ -3,12 +3,12 @@
 Layers, in order: the envelope (apiVersion, kind, metadata — what the API server checks itself),
 the CRD's openAPIV3Schema (walked generically by :mod:`services.policy.schema`), then semantic
 checks the schema cannot express (the network policy's CEL rules, a process matchPaths entry
-needing ``path`` or ``execname``). matchPatterns are globs (``/etc/*hado?``, ``/**/*.conf``), not
-regular expressions, so they are not compiled here. Admission (:func:`admit`, :func:`check_document`:
-what the policy service and ``bulwark policy validate`` use) adds Bulwark's own rule on top of what
-:func:`validate` checks: a policy must declare at least one rule, since one without does nothing
-(an empty or missing ``spec``). Unknown fields are pruned, as
-the API server does, and reported as warnings; so is a missing ``apiVersion``, which is defaulted
+needing ``path`` or ``execname``, a preset Bulwark knows with an action it can take). matchPatterns
+are globs (``/etc/*hado?``, ``/**/*.conf``), not regular expressions, so they are not compiled here.
+Admission (:func:`admit`, :func:`check_document`: what the policy service and ``bulwark policy
+validate`` use) adds Bulwark's own rule on top of what :func:`validate` checks: a policy must declare
+at least one rule, since one without does nothing (an empty or missing ``spec``). Unknown fields are
+pruned, as the API server does, and reported as warnings; so is a missing ``apiVersion``, which is defaulted
 to ``security.kubearmor.com/v1`` (the corpus has a document saying ``Version:`` instead, and
 KubeArmor's examples expect it to be admitted). A *wrong* apiVersion is an error.
 """
@@ -21,9 +21,10 @@ from typing import Any
 
 from services.policy.schema import SchemaIssue, check, dotted, load_crd_schemas, prune
 from shared.errors import FieldError, ValidationFailed
+from shared.presets import PRESETS
 
 __all__ = ["API_VERSION", "KINDS", "NAMESPACED", "Admitted", "validate", "check_document", "admit", "schema_issues",
-           "canonical_kind"]
+           "canonical_kind", "preset_warnings"]
 
 API_VERSION = "security.kubearmor.com/v1"
 KINDS = ("KubeArmorPolicy", "KubeArmorClusterPolicy", "KubeArmorHostPolicy", "KubeArmorNetworkPolicy")
@@ -48,7 +49,11 @@ _PATTERN_PREFIX_HINTS = {
                  "dccp, packet or all",
 }
 _SECTIONS = ("process", "file", "network", "capabilities", "syscalls", "device")
-_OTHER_RULES = ("presets", "apparmor", "ingress", "egress")  # rules Bulwark admits but does not enforce
+_OTHER_RULES = ("apparmor", "ingress", "egress")  # rules Bulwark admits but does not enforce
+_KNOWN_PRESETS = ", ".join(PRESETS)
+_EXEC_SCOPE = ("exec: an entry is told by its parent being outside the workload's PID namespace; in workloads "
+               "that share one (hostPID, shareProcessNamespace pods) entries go unseen, and a sharing "
+               "container's first process is reported as one")
 
 
 @dataclass
@@ -134,7 +139,49 @@ def _semantic(doc: dict[str, Any]) -> list[tuple[str, str]]:
                     errors.append((f"{where}.path", "is required (or give execname)"))
     if doc.get("kind") == "KubeArmorNetworkPolicy":
         errors.extend(_network_policy_rules(spec))
+    errors.extend(_preset_problems(spec))
     return errors
+
+
+def _preset_problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each preset must be one Bulwark implements, with an action it can take (Audit or Block)."""
+    presets = spec.get("presets")
+    if not isinstance(presets, list):
+        return []
+    errors: list[tuple[str, str]] = []
+    for i, item in enumerate(presets):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("name")
+        if not name:
+            errors.append((f"spec.presets[{i}].name", f"is required: one of {_KNOWN_PRESETS}"))
+        elif name not in PRESETS:
+            errors.append((f"spec.presets[{i}].name", f"unknown preset {name!r}: Bulwark knows {_KNOWN_PRESETS}"))
+        if str(item.get("action") or "").lower() == "allow":
+            errors.append((f"spec.presets[{i}].action", "a preset is Audit (report the attack) or Block (also "
+                                                        "stop it); Allow would allow nothing (KubeArmor blocks)"))
+    return errors
+
+
+def preset_warnings(spec: dict[str, Any], document: str = "") -> list[FieldError]:
+    """What a preset cannot do, said before any node needs it: a Block no enforcer can enforce is only
+    reported, and the exec preset tells entries apart only in workloads with their own PID namespace."""
+    out = []
+    for i, item in enumerate(spec.get("presets") or []):
+        info = PRESETS.get(str(item.get("name"))) if isinstance(item, dict) else None
+        if info is None:
+            continue
+        if info.name == "exec":
+            out.append(FieldError(f"spec.presets[{i}].name", _EXEC_SCOPE, document))
+        if str(item.get("action") or "block").lower() != "block":
+            continue
+        if info.blocked_by:
+            text = (f"{info.name} Block: {info.blocked_by}; on a node with none of these the attack is only "
+                    "reported, as Audit (Block) (`bulwark probe` says what a node does)")
+        else:
+            text = f"{info.name} Block: Bulwark never blocks this ({info.catches}); it is reported as Audit (Block)"
+        out.append(FieldError(f"spec.presets[{i}].action", text, document))
+    return out
 
 
 def _network_policy_rules(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -159,10 +206,15 @@ def _section_rules(spec: dict[str, Any]) -> bool:
                for body in (spec.get(s) for s in _SECTIONS))
 
 
+def _enforced_rules(spec: dict[str, Any]) -> bool:
+    """Whether ``spec`` holds a rule Bulwark enforces: a section's entry, or a preset."""
+    return _section_rules(spec) or bool(spec.get("presets"))
+
+
 def _admission(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """Bulwark's own admission rule: a policy declares at least one rule."""
     spec = doc.get("spec")
-    if isinstance(spec, dict) and (_section_rules(spec) or any(spec.get(k) for k in _OTHER_RULES)):
+    if isinstance(spec, dict) and (_enforced_rules(spec) or any(spec.get(k) for k in _OTHER_RULES)):
         return []
     return [("spec", "declares no rule: a policy needs at least one of " + ", ".join(_SECTIONS)
              + " (with a matchPaths, matchDirectories... entry), presets, apparmor, ingress or egress")]
@@ -234,8 +286,10 @@ def admit(doc: dict[str, Any], document: str = "") -> Admitted:
     if clean["kind"] == "KubeArmorNetworkPolicy":
         warnings.append(FieldError("kind", "KubeArmorNetworkPolicy is stored but not enforced: Bulwark does not "
                                            "compile network policies yet, so this policy blocks nothing", document))
-    elif not _section_rules(stored["spec"]):
+    elif not _enforced_rules(stored["spec"]):
         named = ", ".join(k for k in _OTHER_RULES if stored["spec"].get(k))
         warnings.append(FieldError("spec", f"has only rules Bulwark does not enforce ({named}): "
                                            "the policy enforces nothing here", document))
+    else:
+        warnings += preset_warnings(stored["spec"], document)
     return Admitted(stored, warnings)

@@ -29,6 +29,8 @@ BW_OP_CAP = 7
 BW_OP_SYSCALL = 8
 BW_OP_ENF_SIGNAL = 9            # struct bw_enf_event
 BW_OP_ENF_LSM = 10              # struct bw_lsm_event
+BW_OP_PRESET = 11               # struct bw_sys_event: a preset's attack, seen by the monitor
+BW_OP_ENF_PRESET = 12           # struct bw_lsm_event: an enforcer blocked a preset's attack
 
 # visibility bits (bw_visibility values)
 BW_VIS_PROCESS = 1
@@ -36,6 +38,21 @@ BW_VIS_FILE = 2
 BW_VIS_NETWORK = 4
 BW_VIS_CAPABILITIES = 8
 BW_VIS_SYSCALL = 16
+BW_VIS_PRESET_FILELESS = 128    # the presets' records (BW_OP_PRESET)
+BW_VIS_PRESET_ENV = 256
+BW_VIS_PRESET_ANON_EXEC = 512
+BW_VIS_PRESET_ENTERED = 1024
+
+# enum bw_preset: KubeArmor's policy presets (shared/presets.py)
+BW_PRESET_FILELESS_EXEC = 1
+BW_PRESET_PROTECT_ENV = 2
+BW_PRESET_ANON_MAP_EXEC = 3
+BW_PRESET_EXEC = 4
+
+# BW_PRE_*: details of a preset's record (args[1]) and report (enf.args[0])
+BW_PRE_MEMFD = 1
+BW_PRE_MPROTECT = 2
+BW_PRE_KILLED = 4
 
 # enum bw_syscall: bw_exec_event.syscall
 BW_SYS_EXECVE = 0

@@ -21,10 +21,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from shared.bpf.btf import VMLINUX_BTF, Btf
+from shared.bpf.btf import VMLINUX_BTF, Btf, BtfError
 
 __all__ = ["ensure_btf_tree", "fix_vmlinux_text", "use_btf_tree", "absent_helpers", "bcc_helper_names",
-           "present_helpers",
+           "present_helpers", "maple_cflags",
            "ABSENT_HELPER_ID"]
 
 log = logging.getLogger("bulwark.monitor.btf_tree")
@@ -171,3 +171,13 @@ def ensure_btf_tree(tree: Path, btf_path: Path = VMLINUX_BTF, btf: Btf | None = 
 def use_btf_tree(tree: Path) -> None:
     """Point bcc at the tree (read by bcc when it compiles, so set it before loading)."""
     os.environ["BCC_KERNEL_SOURCE"] = str(tree)
+
+
+def maple_cflags(btf: Btf) -> list[str]:
+    """``-DBW_MAPLE_MM=1`` where a process's memory maps are a maple tree (6.1+): the anonMapExec preset
+    then finds the mapping an mprotect changes (bpf/include/bw_presets.h); elsewhere it cannot."""
+    try:
+        btf.offsetof("mm_struct", "mm_mt")
+    except BtfError:
+        return []
+    return ["-DBW_MAPLE_MM=1"]

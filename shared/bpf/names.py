@@ -1,7 +1,7 @@
-"""The kernel's names of its numbers: socket families and types, IP protocols, capabilities."""
+"""The kernel's names of its numbers: socket families and types, IP protocols, capabilities, mmap bits."""
 from __future__ import annotations
 
-__all__ = ["FAMILIES", "SOCK_TYPES", "IP_PROTOCOLS", "CAPABILITIES", "protocol_name"]
+__all__ = ["FAMILIES", "SOCK_TYPES", "IP_PROTOCOLS", "CAPABILITIES", "protocol_name", "prot_text", "map_flags_text"]
 
 FAMILIES = {0: "AF_UNSPEC", 1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK",
             17: "AF_PACKET"}
@@ -30,3 +30,33 @@ def protocol_name(family: int, sock_type: int, protocol: int) -> str:
             return "RAW"
         return f"IPPROTO_{protocol}"
     return SOCK_TYPES.get(sock_type, f"type_{sock_type}").removeprefix("SOCK_").lower()
+
+
+# mmap/mprotect bits (x86_64, include/uapi/asm-generic/mman*.h)
+_PROT = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"), (0x8, "PROT_SEM"),
+         (0x01000000, "PROT_GROWSDOWN"), (0x02000000, "PROT_GROWSUP"))
+_MAP = ((0x01, "MAP_SHARED"), (0x02, "MAP_PRIVATE"), (0x10, "MAP_FIXED"), (0x20, "MAP_ANONYMOUS"),
+        (0x100, "MAP_GROWSDOWN"), (0x800, "MAP_DENYWRITE"), (0x1000, "MAP_EXECUTABLE"), (0x2000, "MAP_LOCKED"),
+        (0x4000, "MAP_NORESERVE"), (0x8000, "MAP_POPULATE"), (0x10000, "MAP_NONBLOCK"), (0x20000, "MAP_STACK"),
+        (0x40000, "MAP_HUGETLB"), (0x100000, "MAP_FIXED_NOREPLACE"))
+
+
+def _bits(value: int, names: tuple[tuple[int, str], ...], none: str) -> str:
+    out, rest = [], value
+    for bit, name in names:
+        if rest & bit:
+            out.append(name)
+            rest &= ~bit
+    if rest:
+        out.append(hex(rest))
+    return "|".join(out) or none
+
+
+def prot_text(prot: int) -> str:
+    """``PROT_READ|PROT_EXEC`` for 5."""
+    return _bits(prot, _PROT, "PROT_NONE")
+
+
+def map_flags_text(flags: int) -> str:
+    """``MAP_PRIVATE|MAP_ANONYMOUS`` for 0x22."""
+    return _bits(flags, _MAP, "0")

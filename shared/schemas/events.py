@@ -22,6 +22,10 @@ __all__ = ["RawEvent", "RawBatch", "EVENT_KINDS"]
 #   syscall     setuid family (extra ids), ptrace (extra request, target_pid), mount (path = target,
 #               extra source, fstype; flags), umount2, and syscalls a policy names (extra args, path
 #               = its path argument)
+#   preset      a policy preset's attack (shared.presets), seen where a rule asks for it: extra preset
+#               (its name) and details (memfd, filename, target_pid, prot, map_flags, addr, len,
+#               parent_pid, parent_comm); path = the memfd's name, the file's or program's path ("" for
+#               a mapping); its alerts carry the preset's own Operation (Process or File)
 # "open" is kept for compatibility; the monitor sends opens as kind "file".
 EVENT_KINDS: dict[str, str] = {
     "exec": "Process",
@@ -32,6 +36,7 @@ EVENT_KINDS: dict[str, str] = {
     "network": "Network",
     "capability": "Capabilities",
     "syscall": "Syscall",
+    "preset": "Preset",
 }
 
 

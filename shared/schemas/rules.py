@@ -14,7 +14,8 @@ class Rule:
     """One compiled rule for one workload, with every default already applied.
 
     ``operation`` is a KubeArmor Operation (``Process``, ``File``, ``Network``, ``Capabilities``,
-    ``Syscall``); exactly one of ``path``, ``dir`` or ``pattern`` names the resource for Process and
+    ``Syscall``), or ``Preset`` for a policy preset, which ``preset`` names (``filelessExec``...;
+    shared.presets); exactly one of ``path``, ``dir`` or ``pattern`` names the resource for Process and
     File rules. ``action`` is ``Allow``, ``Audit`` or ``Block`` (already normalised), or
     ``Audit (Block)`` for a Block rule compiled for a workload annotated ``kubearmor-policy: audited``
     (reported, never enforced). ``pattern`` is a regular expression for a full match (the policy's
@@ -40,6 +41,7 @@ class Rule:
     protocol: str = ""
     capability: str = ""
     syscall: str = ""
+    preset: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """As a msgpack-ready map."""

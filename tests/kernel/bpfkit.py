@@ -20,7 +20,7 @@ from shared.schemas.events import RawBatch
 from shared.schemas.rules import Rule, RuleSet
 
 __all__ = ["REPO", "PY", "bpftool_show", "held_programs", "still_loaded", "net_rule", "cap_rule",
-           "poll_reports", "EnforcerService", "enforcer_service"]
+           "poll_reports", "EnforcerService", "enforcer_service", "signal_programs", "preset_rule"]
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -75,6 +75,18 @@ def net_rule(protocol: str, action: str = "Block", **kw: Any) -> Rule:
 def cap_rule(cap: str, action: str = "Block") -> Rule:
     return Rule(policy=f"cap-{cap}", policy_kind="KubeArmorPolicy", policy_namespace="default",
                 operation="Capabilities", action=action, severity=4, capability=cap)
+
+
+def preset_rule(preset: str, action: str = "Block") -> Rule:
+    return Rule(policy=f"preset-{preset}", policy_kind="KubeArmorPolicy", policy_namespace="default",
+                operation="Preset", action=action, severity=8, preset=preset)
+
+
+def signal_programs() -> int:
+    """How many programs the signal enforcer loads on this kernel (one serves both mprotects)."""
+    from services.enforcer.signal.enforcer import attachments_here
+
+    return len({fn for _tp, fn in attachments_here()})
 
 
 def poll_reports(enforcer: Any, n: int, timeout: float = 5) -> list[Any]:

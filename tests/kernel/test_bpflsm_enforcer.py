@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from services.enforcer.bpflsm import BpfLsmEnforcer
+from services.enforcer.bpflsm.enforcer import HOOKS
 from services.enforcer.reports.kernel import to_raw_event
 from services.enforcer.select import REGISTRY, choose
 from shared.schemas.rules import Rule, RuleSet
@@ -97,10 +98,12 @@ def test_probe_says_why_and_bpflsm_is_chosen_first(loaded) -> None:
     ok, why = loaded.probe()
     assert ok, why
     assert "bprm_check_security" in why
-    assert len(_held_programs()) == 4, _all_held()
+    assert len(_held_programs()) == len(HOOKS), _all_held()
     # the same enforcer object (compiling is slow under emulation); test_service_* chooses for real
     chosen = choose("bpflsm,fanotify,audit", {**REGISTRY, "bpflsm": lambda: loaded})
-    assert chosen is loaded and chosen.operations == frozenset({"Process", "File", "Network", "Capabilities"})
+    assert chosen is loaded and chosen.operations == frozenset({"Process", "File", "Network", "Capabilities",
+                                                                "Preset:filelessExec", "Preset:protectEnv",
+                                                                "Preset:anonMapExec"})
 
 
 def test_exec_refused_only_in_the_selected_namespace(lsm, shells, copy) -> None:
@@ -221,7 +224,7 @@ def test_rules_change_at_run_time_without_reloading(lsm, shells, copy, tmp_path)
     other = private_copy("/usr/bin/true", tmp_path, "bwother")
     lsm.apply(ruleset(1, a=(a.mntns, [block_exec(copy)])))
     held = _held_programs()
-    assert len(held) == 4
+    assert len(held) == len(HOOKS)
     assert a.run(copy)[0] == EPERM_RC and a.run(other) == (0, "")
     lsm.apply(ruleset(2, a=(a.mntns, [block_exec(other)])))
     assert a.run(copy) == (0, "") and a.run(other)[0] == EPERM_RC
@@ -241,7 +244,7 @@ async def test_service_refuses_and_publishes(nats_server, shells, tmp_path, btf_
         while time.monotonic() < deadline:  # until the service has loaded the rules
             if a.run(copy)[0] == EPERM_RC:
                 held = _held_programs(svc.proc.pid)
-                assert len(held) == 4
+                assert len(held) == len(HOOKS)
                 break
             svc.alive()
             await asyncio.sleep(0.5)
@@ -260,7 +263,7 @@ def test_close_detaches_every_program(loaded, shells, copy) -> None:
     a, _ = shells
     loaded.apply(ruleset(1, a=(a.mntns, [block_exec(copy)])))
     held = _held_programs()
-    assert len(held) == 4 and a.run(copy)[0] == EPERM_RC
+    assert len(held) == len(HOOKS) and a.run(copy)[0] == EPERM_RC
     loaded.close()
     assert _held_programs() == set() and still_loaded(held) == set()
     assert a.run(copy) == (0, "")

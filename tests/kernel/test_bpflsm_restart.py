@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from bulwark.procs import terminate
+from services.enforcer.bpflsm.enforcer import HOOKS
 from tests.kernel.bpfkit import held_programs
 from tests.kernel.holdkit import Enforcers, gone, holder_process
 from tests.kernel.nsutil import NsShell, bound, host_run, private_copy
@@ -75,7 +76,7 @@ def test_no_blocked_exec_succeeds_across_bpflsm_enforcer_kill(ns_a, tmp_path) ->
               f"host {host_ok}/{host_n}; generations {first} -> {second}")
         assert n > 0 and ok == 0
         assert host_n > 0 and host_ok == host_n
-        assert len(first) == 4 and len(second) == 4 and not first & second
+        assert len(first) == len(second) == len(HOOKS) and not first & second
         assert gone(first) == set()
         assert ns_a.run(copy, timeout=bound(30))[0] == EPERM_RC  # no enforcer: the held programs refuse
         terminate(holder_proc, grace=5)

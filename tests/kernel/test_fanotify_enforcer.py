@@ -19,6 +19,8 @@ import pytest
 from bulwark.procs import terminate
 from services.enforcer.bpflsm import btf_func_id
 from services.enforcer.select import choose, probe_all
+from shared.bpf.btf import Btf
+from shared.bpf.headers import maple_cflags
 from shared.codec import pack, unpack
 from shared.errors import ServiceUnavailable
 from shared.nats.bus import connect, ensure_streams, request
@@ -28,6 +30,13 @@ from tests.kernel.nsutil import NsShell, block_exec, host_run, private_copy, rul
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(90)]
 REPO = Path(__file__).resolve().parents[2]
 EPERM_RC = 126
+
+
+def signal_presets() -> dict[str, str]:
+    """The presets the eBPF signal enforcer blocks here: fileless execs, and executable anonymous mappings
+    where it can find an mprotect's mapping (maple-tree kernels, 6.1+)."""
+    return {"Preset:filelessExec": "eBPF Signal",
+            **({"Preset:anonMapExec": "eBPF Signal"} if maple_cflags(Btf.load()) else {})}
 
 
 @pytest.fixture
@@ -56,7 +65,7 @@ def test_probes_on_this_kernel() -> None:
     try:
         assert chosen.name == "Fanotify + eBPF Signal" and chosen.alert_name == "Fanotify"
         assert chosen.by_operation() == {"Process": "Fanotify", "File": "Fanotify", "Network": "eBPF Signal",
-                                         "Capabilities": "eBPF Signal"}
+                                         "Capabilities": "eBPF Signal", **signal_presets()}
         only = choose("fanotify,-signal,audit")
         assert only.name == "Fanotify"
         only.close()
@@ -368,7 +377,7 @@ async def test_service_through_nats(nats_server, copy, ns_a, tmp_path) -> None:
         reply = await _request_when_up(nc, enforcer_await(node), {"workload_id": "a", "timeout": 15})
         assert (reply["ok"], reply["version"], reply["enforcer"]) == (True, 1, "Fanotify")
         assert reply["enforcers"] == {"Process": "Fanotify", "File": "Fanotify", "Network": "eBPF Signal",
-                                      "Capabilities": "eBPF Signal"}
+                                      "Capabilities": "eBPF Signal", **signal_presets()}
         assert reply["rules"] == [block_exec(copy).to_wire()] and reply["file_posture"] == "audit"
         assert ns_a.run(copy)[0] == EPERM_RC
 

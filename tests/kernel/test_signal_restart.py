@@ -20,7 +20,7 @@ import pytest
 
 from bulwark.procs import terminate
 from services.enforcer.signal.enforcer import SignalEnforcer
-from tests.kernel.bpfkit import held_programs, net_rule, poll_reports, still_loaded
+from tests.kernel.bpfkit import held_programs, net_rule, poll_reports, signal_programs, still_loaded
 from tests.kernel.holdkit import Enforcers, gone, holder_process, start_holder
 from tests.kernel.nsutil import NsShell, bound, host_run, ruleset
 
@@ -116,7 +116,7 @@ def test_no_blocked_socket_survives_enforcer_kills(ns_a, holder, enforcers, tmp_
     assert n > 0 and ok == 0
     assert host_n > 0 and host_ok == host_n
     for older, newer in zip(generations, generations[1:], strict=False):
-        assert len(older) == 2 and len(newer) == 2 and not older & newer
+        assert len(older) == len(newer) == signal_programs() and not older & newer
         assert gone(older) == set()  # dropped once the next generation was armed
     assert still_loaded(generations[-1]) == generations[-1]
     enforcers.kill_all()
@@ -131,7 +131,7 @@ def test_rules_selecting_nothing_release_the_held_programs(ns_a, holder, enforce
     _, holder_proc = holder
     enforcers.start()
     held = _bwenf(holder_proc.pid)
-    assert len(held) == 2
+    assert len(held) == signal_programs()
     enforcers.kill_all()
     assert ns_a.run(UDP)[0] == KILLED  # no enforcer: the held programs still kill
     assert host_run(UDP) == (0, "alive")
@@ -149,12 +149,12 @@ def test_detach_leaves_the_programs_to_the_holder_and_close_releases_them(ns_a, 
     try:
         first.apply(rules)
         held = _bwenf(holder_proc.pid)
-        assert len(held) == 2
+        assert len(held) == signal_programs()
         first.detach()
         assert _bwenf(os.getpid()) == set() and still_loaded(held) == held
         assert ns_a.run(UDP)[0] == KILLED and host_run(UDP) == (0, "alive")
         second.apply(rules)
-        assert gone(held) == set() and len(_bwenf(holder_proc.pid)) == 2
+        assert gone(held) == set() and len(_bwenf(holder_proc.pid)) == signal_programs()
         assert second.stats()["reports_orphaned"] == 1  # the kill while no enforcer ran: drained, counted
         assert ns_a.run(UDP)[0] == KILLED
         assert [r.mntns for r in poll_reports(second, 1)] == [ns_a.mntns]  # ours: reported as usual

@@ -63,4 +63,5 @@ def test_prefilter_is_built_only_where_the_dentry_has_d_shortname() -> None:
             btf.offsetof("dentry", "d_shortname")
         except BtfError:
             return
-        assert kernel_cflags(btf) == ["-DBW_NAMES_PREFILTER=1", f"-DBW_NAME_INLINE={btf.sizeof('shortname_store')}"]
+        names = [f for f in kernel_cflags(btf) if "_NAME" in f]
+        assert names == ["-DBW_NAMES_PREFILTER=1", f"-DBW_NAME_INLINE={btf.sizeof('shortname_store')}"]

@@ -1,4 +1,5 @@
-"""The BPF-LSM enforcer: bpf/enforce/lsm.c refuses exec, opens, sockets and capabilities inline.
+"""The BPF-LSM enforcer: bpf/enforce/lsm.c refuses exec, opens, sockets and capabilities inline, and the
+attacks of the presets filelessExec, protectEnv and anonMapExec (services.enforcer.presets).
 
 The programs are loaded once (by a successful probe, or the first rule set that selects a namespace)
 and stay attached until ``close``; with no namespace selected they return at once. Rule
@@ -23,26 +24,30 @@ from services.enforcer.bpfhold import ProgramHold, note_orphans, take_attachment
 from services.enforcer.bpflsm.load import D_PATH, load_lsm
 from services.enforcer.bpflsm.maps import clear_tables, write_tables
 from services.enforcer.bpflsm.probe import probe_bpf_lsm
-from services.enforcer.bpflsm.rules import KINDS, Classes, compile_tables
+from services.enforcer.bpflsm.rules import KINDS, Classes, LsmTables, compile_tables
+from services.enforcer.presets import claimed_presets, compile_presets
 from services.enforcer.reports.kernel import LSM_ENFORCER, LsmRecord, parse_lsm_record
+from services.enforcer.reports.presets import PresetReport, is_preset_record, parse_preset_record
 from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
 from services.enforcer.signal.enforcer import BPF_DIR
 from services.enforcer.signal.rules import RuleRef
 from shared.lifecycle import Counters
+from shared.presets import route_of
 from shared.schemas.rules import RuleSet
 
 __all__ = ["BpfLsmEnforcer", "HOOKS"]
 
 log = logging.getLogger("bulwark.enforcer.bpflsm")
 
-HOOKS = ("bprm_check_security", "file_open", "socket_create", "capable")
+HOOKS = ("bprm_check_security", "file_open", "socket_create", "capable", "mmap_file", "file_mprotect")
+PRESET_FLAG_SHIFT = 16  # a namespace's flags: bit 16 + enum bw_preset for each preset it Blocks (lsm.c)
 
 
 class BpfLsmEnforcer:
     """Process, File, Network and Capabilities rules refused in the kernel's LSM hooks, per mount namespace."""
 
     name = LSM_ENFORCER
-    operations = frozenset(KINDS)
+    operations = frozenset(KINDS) | frozenset(route_of(p) for p in ("filelessExec", "protectEnv", "anonMapExec"))
 
     def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None, holder: str | None = None) -> None:
         self.counters = Counters(refused=0, audited=0, reports_lost=0, report_errors=0, unsupported_rules=0,
@@ -57,10 +62,9 @@ class BpfLsmEnforcer:
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}      # stable rule ids: a late report never names another rule
         self._classes = Classes()               # stable class ids: a rule change never renumbers
-        self._reports: ReportQueue[LsmRecord] = ReportQueue(self.counters)
-        self._on_record = record_handler(lambda raw: parse_lsm_record(raw, self._refs), self._reports,
-                                         self.counters, lambda rec: "refused" if rec.refused else "audited",
-                                         "BPF-LSM report", log)
+        self._reports: ReportQueue[LsmRecord | PresetReport] = ReportQueue(self.counters)
+        self._on_record = record_handler(self._parse, self._reports, self.counters,
+                                         lambda rec: "refused" if rec.refused else "audited", "BPF-LSM report", log)
         self._drain = RingBufferDrain("bpflsm-reports", lambda: self._bpf, self.counters)
         self._closed = False
         self.paths_read_by = D_PATH
@@ -101,7 +105,7 @@ class BpfLsmEnforcer:
         with self._lock:
             if self._closed:
                 raise RuntimeError("BPF-LSM enforcer is closed")
-            tables = compile_tables(ruleset, self._ids, self._classes)
+            tables = self._tables(ruleset)
             self.counters["unsupported_rules"] = tables.unsupported
             self.counters["unenforced"] = tables.unenforced
             if not tables.namespaces and self._bpf is None:
@@ -121,7 +125,23 @@ class BpfLsmEnforcer:
                                              "verdicts": len(tables.verdicts), "paths": len(tables.paths),
                                              "unsupported": tables.unsupported})
 
-    def take_reports(self) -> list[LsmRecord]:
+    def _tables(self, ruleset: RuleSet) -> LsmTables:
+        """The path, socket and capability verdicts, and the presets' Blocks (flag bits of their namespaces)."""
+        tables = compile_tables(ruleset, self._ids, self._classes)
+        blocked = compile_presets(ruleset, claimed_presets(self.operations), self._ids)
+        tables.presets = blocked.verdicts
+        tables.refs.update(blocked.refs)
+        for ns, presets in blocked.namespaces.items():
+            for preset in presets:
+                tables.namespaces[ns] = tables.namespaces.get(ns, 0) | 1 << (PRESET_FLAG_SHIFT + preset)
+        return tables
+
+    def _parse(self, raw: bytes) -> LsmRecord | PresetReport:
+        if is_preset_record(raw):
+            return parse_preset_record(raw, self._refs)
+        return parse_lsm_record(raw, self._refs)
+
+    def take_reports(self) -> list[LsmRecord | PresetReport]:
         """Refusal and audit reports since the last call (oldest first)."""
         return self._reports.take()
 
@@ -141,7 +161,7 @@ class BpfLsmEnforcer:
 
     def _orphans(self, records: list[bytes], armed_ns: int) -> None:
         def key(raw: bytes) -> tuple[int, int]:
-            head = parse_lsm_record(raw, {}).head
+            head = self._parse(raw).head
             return head.ktime, head.mntns
 
         note_orphans(records, key, armed_ns, self.counters, log)

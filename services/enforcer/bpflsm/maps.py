@@ -66,6 +66,16 @@ def _verdict_key(k: Any, key: tuple[int, int, int, int]) -> Any:
     return k
 
 
+def _preset_key(k: Any, key: tuple[int, int]) -> Any:
+    k.mntns, k.preset = key
+    return k
+
+
+def _block(leaf: Any, rule_id: int) -> Any:
+    leaf.rule_id, leaf.action = rule_id, 1
+    return leaf
+
+
 def _verdict_val(leaf: Any, val: tuple[tuple[int, ...], tuple[int, ...]]) -> Any:
     rule_ids, actions = val
     for i in range(SLOTS):
@@ -82,8 +92,10 @@ def write_tables(bpf: Any, tables: LsmTables) -> None:
     keep_paths = _put(bpf[b"bw_lsm_paths"], tables.paths, _path_key, _path_val)
     keep_net = _put(bpf[b"bw_lsm_net"], tables.net, _net_key, _u32)
     keep_verdicts = _put(bpf[b"bw_lsm_verdicts"], tables.verdicts, _verdict_key, _verdict_val)
+    keep_presets = _put(bpf[b"bw_enf_preset"], tables.presets, _preset_key, _block)
     for ns, flags in tables.namespaces.items():
         ns_map[ct.c_uint32(ns)] = ct.c_uint32(flags)
+    _prune(bpf[b"bw_enf_preset"], keep_presets)
     _prune(bpf[b"bw_lsm_verdicts"], keep_verdicts)
     _prune(bpf[b"bw_lsm_net"], keep_net)
     _prune(bpf[b"bw_lsm_paths"], keep_paths)

@@ -107,6 +107,7 @@ class LsmTables:
     verdicts: dict[tuple[int, int, int, int], tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     # (mntns, kind, class, source class) -> (rule ids per slot, actions per slot)
     refs: dict[int, RuleRef] = field(default_factory=dict)
+    presets: dict[tuple[int, int], int] = field(default_factory=dict)  # (mntns, enum bw_preset) -> rule id
     unsupported: int = 0
     unenforced: int = 0     # Blocks the kernel leaves alone because an unsupported rule could change them
 

@@ -47,11 +47,12 @@ from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
 
 __all__ = ["KillRecord", "LsmRecord", "parse_record", "parse_lsm_record", "to_raw_event", "ENFORCER",
-           "LSM_ENFORCER", "RESULT_KILLED"]
+           "LSM_ENFORCER", "RESULT_KILLED", "RESULT_REFUSED", "record_head", "kill_record"]
 
 ENFORCER = "eBPF Signal"
 LSM_ENFORCER = "BPFLSM"
 RESULT_KILLED = "Killed (SIGKILL)"
+RESULT_REFUSED = "Permission denied"
 _EPERM = 1
 # BPF-LSM kinds (low byte of the record's kind; the next byte is the action)
 _LSM_KINDS = {BW_LSM_PROCESS: "Process", BW_LSM_FILE: "File", BW_LSM_NETWORK: "Network",
@@ -130,7 +131,7 @@ class LsmRecord:
         return protocol_name(*self.head.args).lower()
 
 
-def _head(data: bytes, op: int, size: int, what: str) -> tuple[Any, ...]:
+def record_head(data: bytes, op: int, size: int, what: str) -> tuple[Any, ...]:
     """The common start of an enforcement record of op code ``op`` and ``size`` bytes."""
     if len(data) < size:
         raise DecodeError(f"{what} of {len(data)} bytes, expected {size}")
@@ -140,7 +141,7 @@ def _head(data: bytes, op: int, size: int, what: str) -> tuple[Any, ...]:
     return head
 
 
-def _kill_record(head: tuple[Any, ...], exe: str, refs: dict[int, RuleRef]) -> KillRecord:
+def kill_record(head: tuple[Any, ...], exe: str, refs: dict[int, RuleRef]) -> KillRecord:
     (_op, _size, ktime, pid, tid, ppid, ns_pid, ns_ppid, uid, gid, mntns, pidns, cgroup_id, comm, kind,
      rule_id, a0, a1, a2) = head
     return KillRecord(ktime, pid, tid, ppid, uid, gid, mntns, pidns, ns_pid, ns_ppid, kind, rule_id,
@@ -150,7 +151,7 @@ def _kill_record(head: tuple[Any, ...], exe: str, refs: dict[int, RuleRef]) -> K
 def parse_lsm_record(data: bytes, refs: dict[int, RuleRef]) -> LsmRecord:
     """Decode one BPF-LSM ring-buffer record (struct bw_lsm_event; DecodeError when malformed)."""
     exe, _trunc = decode_path(data[_LSM_EXE:_LSM_EXE + PATH_SIZE])
-    raw = _kill_record(_head(data, BW_OP_ENF_LSM, _LSM_SIZE, "BPF-LSM record"), exe, refs)
+    raw = kill_record(record_head(data, BW_OP_ENF_LSM, _LSM_SIZE, "BPF-LSM record"), exe, refs)
     op_kind, action = raw.kind & 0xFF, (raw.kind >> 8) & 0xFF
     if op_kind not in _LSM_KINDS:
         raise DecodeError(f"BPF-LSM record of kind {op_kind}")
@@ -164,9 +165,9 @@ def parse_lsm_record(data: bytes, refs: dict[int, RuleRef]) -> LsmRecord:
 
 def parse_record(data: bytes, refs: dict[int, RuleRef]) -> KillRecord:
     """Decode one signal enforcer ring-buffer record (struct bw_enf_event; DecodeError when malformed)."""
-    head = _head(data, BW_OP_ENF_SIGNAL, _ENF_SIZE, "kill record")
+    head = record_head(data, BW_OP_ENF_SIGNAL, _ENF_SIZE, "kill record")
     exe, _trunc = decode_path(data[_ENF_EXE:_ENF_EXE + PATH_SIZE])
-    return _kill_record(head, exe, refs)
+    return kill_record(head, exe, refs)
 
 
 def _lsm_raw_event(rec: LsmRecord, node: str, boot_offset_ns: int, boot_id: str) -> RawEvent:
@@ -179,7 +180,7 @@ def _lsm_raw_event(rec: LsmRecord, node: str, boot_offset_ns: int, boot_id: str)
         ret=-_EPERM if rec.refused else 0, syscall=syscall,
         event_id=f"{boot_id}:enforce:{head.ktime}:{head.tid}",
         extra={"killed": False, "refused": rec.refused, "enforcer": LSM_ENFORCER,
-               "result": "Permission denied" if rec.refused else "Passed", "operation": rec.operation,
+               "result": RESULT_REFUSED if rec.refused else "Passed", "operation": rec.operation,
                "resource": rec.resource, "match": rec.match, "access": rec.access, "owner": rec.owner,
                "policy": ref.policy if ref else "", "workload_id": ref.workload_id if ref else ""},
     )

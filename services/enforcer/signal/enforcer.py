@@ -1,4 +1,5 @@
-"""eBPF signal enforcer: kills processes of selected workloads at the hook (Network protocols, capabilities).
+"""eBPF signal enforcer: kills processes of selected workloads at the hook (Network protocols, capabilities,
+and the presets filelessExec and anonMapExec).
 
 A tracepoint the kernel lacks (``capability:cap_capable`` appeared after 6.12) is left out: the probe
 says so, and ``operations`` then claims only what is attached (selection gives the rest to others).
@@ -9,6 +10,11 @@ call ``bpf_send_signal(SIGKILL)`` when the current task's mount namespace is sel
 refusal: socket() completes and the process dies before it returns to user space; a capability use
 may complete before the process dies. Every kill is reported through a ring buffer that a thread
 drains into ``take_reports()`` (the service publishes them as ``enforce`` raw events).
+
+Presets (shared.presets): a fileless program (a memfd, a deleted file) is killed at
+``sched:sched_process_exec``, before its first instruction; an anonymous mapping made executable at
+``sys_enter_mmap`` / ``sys_enter_(pkey_)mprotect`` (the mapping is made, the process never uses it).
+anonMapExec is claimed only where mprotect's mapping can be found (maple-tree kernels, 6.1+).
 
 With a holder (``bpfhold``, ``BULWARK_FANOTIFY_HOLDER``) the armed programs are handed over and outlive
 us: a kill -9 or restart leaves them killing with the last rules until the next enforcer's are armed.
@@ -25,20 +31,45 @@ from typing import Any
 
 from services.enforcer.base import ProbeResult
 from services.enforcer.bpfhold import ProgramHold, note_orphans, take_attachments, unload
+from services.enforcer.presets import claimed_presets, compile_presets
 from services.enforcer.reports.kernel import KillRecord, parse_record
+from services.enforcer.reports.presets import PresetReport, is_preset_record, parse_preset_record
 from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
 from services.enforcer.signal.rules import OPERATIONS, RuleRef, SignalTables, compile_tables
 from shared.lifecycle import Counters
+from shared.presets import route_of
 from shared.schemas.rules import RuleSet
 
 __all__ = ["SignalEnforcer", "BPF_DIR", "ATTACHMENTS", "prepare_bcc", "program_text", "load_program", "caps_mask",
-           "sync_map"]
+           "sync_map", "attachments_here"]
 
 log = logging.getLogger("bulwark.enforcer.signal")
 
 BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
-ATTACHMENTS = (("syscalls:sys_enter_socket", "bwenf_socket"), ("capability:cap_capable", "bwenf_cap"))
-_OPERATION_OF = {"syscalls:sys_enter_socket": "Network", "capability:cap_capable": "Capabilities"}
+_MPROTECT = ("syscalls:sys_enter_mprotect", "syscalls:sys_enter_pkey_mprotect")
+ATTACHMENTS = (("syscalls:sys_enter_socket", "bwenf_socket"), ("capability:cap_capable", "bwenf_cap"),
+               ("sched:sched_process_exec", "bwenf_exec"), ("syscalls:sys_enter_mmap", "bwenf_mmap"),
+               *((tp, "bwenf_mprot") for tp in _MPROTECT))
+# what the enforcer claims -> the tracepoints it needs attached (mprotect's need the maple tree too)
+_CLAIMS: dict[str, tuple[str, ...]] = {
+    "Network": ("syscalls:sys_enter_socket",), "Capabilities": ("capability:cap_capable",),
+    route_of("filelessExec"): ("sched:sched_process_exec",),
+    route_of("anonMapExec"): ("syscalls:sys_enter_mmap", *_MPROTECT),
+}
+
+
+def attachments_here() -> list[tuple[str, str]]:
+    """The (tracepoint, program) pairs of ATTACHMENTS this kernel can have: a tracepoint it lacks is
+    left out (capability:cap_capable is newer than 6.12), and mprotect's where memory maps are no
+    maple tree (before 6.1: the mapping cannot be found)."""
+    from bcc import BPF
+
+    from shared.bpf.btf import Btf
+    from shared.bpf.headers import maple_cflags
+
+    maple = bool(maple_cflags(Btf.load()))
+    return [(tp, fn) for tp, fn in ATTACHMENTS
+            if BPF.tracepoint_exists(*tp.split(":")) and (maple or tp not in _MPROTECT)]
 
 
 def prepare_bcc(tree: Path | None = None) -> None:
@@ -66,8 +97,11 @@ def load_program(bpf_dir: Path, name: str, btf_tree: Path | None, on_record: Any
     prepare_bcc(btf_tree)
     from bcc import BPF  # late: bcc reads BCC_KERNEL_SOURCE when it compiles
 
+    from shared.bpf.btf import Btf
+    from shared.bpf.headers import maple_cflags
+
     bpf = BPF(text=program_text(bpf_dir, name).encode(),
-              cflags=[f"-I{bpf_dir / 'include'}", *(f"-D{d}" for d in defines)])
+              cflags=[f"-I{bpf_dir / 'include'}", *(f"-D{d}" for d in defines), *maple_cflags(Btf.load())])
     try:
         if attach is not None:
             attach(bpf)
@@ -121,13 +155,19 @@ class SignalEnforcer:
         self._lock = threading.Lock()
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}  # stable rule ids: a late report never names another rule
-        self._reports: ReportQueue[KillRecord] = ReportQueue(self.counters)
-        self._on_record = record_handler(lambda raw: parse_record(raw, self._refs), self._reports, self.counters,
-                                         lambda _rec: "killed", "kill report", log)
+        self._reports: ReportQueue[KillRecord | PresetReport] = ReportQueue(self.counters)
+        self._on_record = record_handler(self._parse, self._reports, self.counters, lambda _rec: "killed",
+                                         "kill report", log)
         self._drain = RingBufferDrain("signal-reports", lambda: self._bpf, self.counters)
         self._closed = False
         self.attached: tuple[str, ...] = tuple(tp for tp, _ in ATTACHMENTS)
-        self.operations = OPERATIONS
+        self.operations = OPERATIONS | frozenset(_CLAIMS)
+        self.maple = True  # until loaded: whether mprotect's mapping can be found (anonMapExec)
+
+    def _parse(self, raw: bytes) -> KillRecord | PresetReport:
+        if is_preset_record(raw):
+            return parse_preset_record(raw, self._refs)
+        return parse_record(raw, self._refs)
 
     def probe(self) -> ProbeResult:
         """Compile, load and attach the programs with empty tables (nothing can be killed), then detach."""
@@ -137,9 +177,10 @@ class SignalEnforcer:
             return False, f"signal programs refused: {exc}"
         finally:
             self._unload()
-        missing = [tp for tp, _ in ATTACHMENTS if tp not in self.attached]
-        why = (f"; not on this kernel: {', '.join(missing)} "
-               f"({', '.join(_OPERATION_OF[m] for m in missing)} not enforced by signal)") if missing else ""
+        left = [op for op in _CLAIMS if op not in self.operations]
+        why = f"; not enforced by signal here: {', '.join(left)}" if left else ""
+        if route_of("anonMapExec") in left and not self.maple:
+            why += " (mprotect's mapping cannot be found: memory maps are a maple tree only from 6.1)"
         return True, f"tracepoints + bpf_send_signal(SIGKILL) load ({', '.join(self.attached)}){why}"
 
     def _load(self) -> None:
@@ -148,12 +189,7 @@ class SignalEnforcer:
         attached: list[str] = []
 
         def attach(bpf: Any) -> None:
-            from bcc import BPF
-
-            for tp, fn in ATTACHMENTS:
-                category, event = tp.split(":")
-                if not BPF.tracepoint_exists(category, event):
-                    continue  # e.g. capability:cap_capable is newer than 6.12
+            for tp, fn in attachments_here():
                 bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
                 attached.append(tp)
             if not attached:
@@ -163,7 +199,8 @@ class SignalEnforcer:
         self._links = take_attachments(bpf)
         self._bpf = bpf
         self.attached = tuple(attached)
-        self.operations = frozenset(op for tp, op in _OPERATION_OF.items() if tp in attached)
+        self.maple = any(tp in attached for tp in _MPROTECT)  # attached only where the maple tree is
+        self.operations = frozenset(op for op, tps in _CLAIMS.items() if all(tp in attached for tp in tps))
 
     def _unload(self) -> None:
         bpf, self._bpf = self._bpf, None
@@ -176,6 +213,10 @@ class SignalEnforcer:
             if self._closed:
                 raise RuntimeError("signal enforcer is closed")
             tables = compile_tables(ruleset, self._ids)
+            blocked = compile_presets(ruleset, claimed_presets(self.operations), self._ids)
+            tables.presets = blocked.verdicts
+            tables.refs.update(blocked.refs)
+            tables.namespaces.update(blocked.namespaces)
             self.counters["unsupported_rules"] = tables.unsupported
             self.counters["matcher_fallback"] = tables.matcher_fallback
             if not tables.namespaces and self._bpf is None:
@@ -189,7 +230,8 @@ class SignalEnforcer:
                 self._hold.hold(self._bpf, self._links, self._armed_ns)
             self._drain.start()
             log.info("rules applied", extra={"version": ruleset.version, "namespaces": len(tables.namespaces),
-                                             "net_keys": len(tables.net), "cap_keys": len(tables.cap)})
+                                             "net_keys": len(tables.net), "cap_keys": len(tables.cap),
+                                             "presets": len(tables.presets)})
 
     def _write(self, tables: SignalTables) -> None:
         """Namespaces last when adding, first when removing: a selected namespace always has its rules."""
@@ -214,14 +256,19 @@ class SignalEnforcer:
                 del ns_map[k]
         wanted = caps_mask(tables.cap)
         caps_any[ct.c_int(0)] = ct.c_uint64(caps_any[ct.c_int(0)].value | wanted)  # new bits before their verdicts
+        def preset_key(k: Any, key: tuple[int, int]) -> Any:
+            k.mntns, k.preset = key
+            return k
+
         sync_map(bpf[b"bw_enf_net"], tables.net, net_key, verdict)
         sync_map(bpf[b"bw_enf_cap"], tables.cap, cap_key, verdict)
+        sync_map(bpf[b"bw_enf_preset"], tables.presets, preset_key, verdict)
         caps_any[ct.c_int(0)] = ct.c_uint64(wanted)  # old bits once their verdicts are gone
         for ns in tables.namespaces:
             ns_map[ct.c_uint32(ns)] = ct.c_uint32(1)
         self.counters["namespaces"] = len(tables.namespaces)
 
-    def take_reports(self) -> list[KillRecord]:
+    def take_reports(self) -> list[KillRecord | PresetReport]:
         """Kill reports since the last call (oldest first)."""
         return self._reports.take()
 
@@ -249,7 +296,7 @@ class SignalEnforcer:
 
     def _orphans(self, records: list[bytes], armed_ns: int) -> None:
         def key(raw: bytes) -> tuple[int, int]:
-            rec = parse_record(raw, {})
+            rec = parse_preset_record(raw, {}).head if is_preset_record(raw) else parse_record(raw, {})
             return rec.ktime, rec.mntns
 
         note_orphans(records, key, armed_ns, self.counters, log)

@@ -11,6 +11,9 @@ Network) kills every inet protocol no Allow rule names (``POSTURE_PROTOCOLS``; t
 with policy ``DefaultPosture``, as the matcher decides). A protocol allowed only ``fromSource`` cannot
 be told apart by source in the kernel: it is counted unsupported and left to the monitor's report.
 
+Presets the enforcer claims (``Preset:filelessExec``...) become (mntns, preset) verdicts
+(services.enforcer.presets).
+
 Not expressible in the kernel tables (counted, never enforced, still reported by the monitor):
 rules with ``fromSource`` (the source executable is not part of the key), and capabilities the
 kernel checks silently all the time (``NOISY_CAPS``: the cap_capable tracepoint cannot tell such a
@@ -73,6 +76,7 @@ class SignalTables:
     net: dict[tuple[int, int, int, int], int] = field(default_factory=dict)   # key -> rule id
     cap: dict[tuple[int, int], int] = field(default_factory=dict)
     refs: dict[int, RuleRef] = field(default_factory=dict)
+    presets: dict[tuple[int, int], int] = field(default_factory=dict)  # (mntns, enum bw_preset) -> rule id
     unsupported: int = 0
     matcher_fallback: int = 0
 
@@ -99,7 +103,8 @@ def _verdict(rules: list[Rule], operation: str, name: str, tables: SignalTables)
 
 
 def compile_tables(ruleset: RuleSet, ids: dict[RuleRef, int] | None = None) -> SignalTables:
-    """The kernel tables for every running workload with Network/Capabilities Block rules.
+    """The kernel tables for every running workload with Network/Capabilities Block rules (presets:
+    the enforcer adds them, services.enforcer.presets).
 
     ``ids`` keeps rule ids stable across calls (a rule keeps its id; new ones get fresh ids)."""
     tables = SignalTables()

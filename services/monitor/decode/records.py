@@ -2,7 +2,8 @@
 
 Process records (BW_OP_PROC) carry a process's exe once; they fill :class:`ProcCache` and produce no
 event. Every other record becomes one map with the fields of :class:`shared.schemas.events.RawEvent`
-(same keys, same order). Layouts come from :mod:`shared.bpf.abi`.
+(same keys, same order); a preset's record (BW_OP_PRESET) is kind ``preset``
+(:mod:`services.monitor.decode.presets`). Layouts come from :mod:`shared.bpf.abi`.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from typing import Any
 from services.monitor.decode import exec_record as exec_decoder
 from services.monitor.decode.exec_record import HEADER, DecodeContext
 from services.monitor.decode.kinds import KIND_OF_OP, describe
+from services.monitor.decode.presets import preset_fields
 from services.monitor.decode.syscall_table import SYSCALL_NUMBERS, syscall_name
 from services.monitor.decode.users import UserNames
 from shared.bpf.abi import (
     BPF_RINGBUF_HDR_SZ,
     BW_OP_EXEC,
     BW_OP_EXIT,
+    BW_OP_PRESET,
     BW_OP_PROC,
     BW_SYS_F_DIR_CWD,
     BW_SYS_F_DIR_FD,
@@ -133,7 +136,8 @@ class RecordDecoder:
         self._same: dict[bytes, dict[str, Any]] = {}
         self._same_hits = 0
         self._same_bypass = 0
-        self._handlers: dict[int, Handler] = {BW_OP_EXEC: self._exec, BW_OP_PROC: self._proc}
+        self._handlers: dict[int, Handler] = {BW_OP_EXEC: self._exec, BW_OP_PROC: self._proc,
+                                              BW_OP_PRESET: self._preset}
         for op in KIND_OF_OP:
             self._handlers[op] = self._sys
 
@@ -221,6 +225,33 @@ class RecordDecoder:
                 self._names.clear()
             name = self._names[raw] = c_text(raw)
         return name
+
+    def _preset(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
+        """A preset's record: always decoded in full (rare, and its strings differ per preset)."""
+        if size < _NAME_OFF:
+            raise DecodeError(f"preset record is {size} bytes, shorter than {_NAME_OFF}")
+        (_op, _size, ktime, pid, tid, ppid, ns_pid, ns_ppid, uid, gid, mntns, pidns, _pad, cgroup_id,
+         comm, ret, a0, a1, a2, a3, a4, a5, nr, flags, name_len, aux_len) = SYS_HEAD.unpack_from(buf, at)
+        if _NAME_OFF + name_len > min(size, _DIR_OFF) or aux_len > _NAME_OFF - _AUX_OFF:
+            raise DecodeError(f"preset record: name {name_len} / aux {aux_len} bytes overrun it")
+        if flags & BW_SYS_F_DIR_FD and size != SYS_SIZE:
+            raise DecodeError(f"preset record with a path is {size} bytes, expected {SYS_SIZE}")
+        name = c_text(buf[at + _NAME_OFF:at + _NAME_OFF + name_len])
+        aux = c_text(buf[at + _AUX_OFF:at + _AUX_OFF + aux_len])
+        dir_path = decode_path(buf[at + _DIR_OFF:at + SYS_SIZE])[0] if flags & BW_SYS_F_DIR_FD else ""
+        path, exe, extra = preset_fields((a0, a1, a2, a3, a4, a5), name, aux, dir_path, self.procs.get(pid),
+                                       ret)
+        if flags & BW_SYS_F_DYING:
+            extra["dying"] = True         # killed at the hook (the signal enforcer's report is the alert)
+        self._who(extra, pid, ppid, mntns, cgroup_id, uid)
+        sysname = _SYSCALL_NAMES.get(nr) or syscall_name(nr) if nr >= 0 else ""
+        return {
+            "kind": "preset", "ts_ns": self.ctx.boot_offset_ns + ktime, "node": self.ctx.node,
+            "pid": pid, "tid": tid, "ppid": ppid, "ns_pid": ns_pid, "ns_ppid": ns_ppid, "uid": uid,
+            "gid": gid, "mntns": mntns, "pidns": pidns, "cgroup_id": cgroup_id, "comm": self._comm(comm),
+            "exe": exe, "path": path, "ret": ret, "syscall": sysname, "parent_exe": self.procs.peek(ppid),
+            "cwd": "", "flags": 0, "event_id": f"{self._prefix}{ktime}:{tid}", "extra": extra,
+        }
 
     def _sys(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
         """A record the same as an earlier one but for its time (a thread repeating a syscall) is
