@@ -112,6 +112,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         for res in reply.get("results", []):
             ns = f"{res.get('namespace')}/" if res.get("namespace") else ""
             print(f"{res.get('kind')} {ns}{res.get('name')} {res.get('status')}")
+        for w in reply.get("warnings", []):
+            where = ": ".join(str(w[k]) for k in ("document", "path") if w.get(k))
+            print(f"warning: {where}: {w.get('message', '')}" if where else f"warning: {w.get('message', '')}",
+                  file=sys.stderr)
     return status
 
 

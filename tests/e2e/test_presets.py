@@ -113,7 +113,9 @@ def _alerts_of(stack: Stack, container: str, want: int, **params: str) -> list[d
 
 def test_policy_status_says_what_a_block_preset_does_here(stack: Stack, tmp_path: Path) -> None:
     apply_policy(stack, AUDIT, tmp_path, "audit")
-    apply_policy(stack, BLOCK, tmp_path, "block")
+    (tmp_path / "block.yaml").write_text(BLOCK)
+    applied = stack.cli("apply", "-f", str(tmp_path / "block.yaml"))
+    assert applied.returncode == 0 and "warning: " in applied.stderr and "spec.presets[1].action" in applied.stderr
     listed = {p["name"]: p for p in httpx.get(f"{stack.rest_url}/api/v1/policies", timeout=10).json()["policies"]}
     assert listed["audit-presets"]["status"] == "applied"
     assert [w.split(":")[0] for w in listed["audit-presets"]["warnings"]] == ["spec.presets[3].name"]  # exec's scope

@@ -177,7 +177,8 @@ def create_app(deps: FeederDeps) -> FastAPI:
             return exc.response()
         reply = await policy_request(d, {"op": "apply", "text": text})
         if reply.get("ok"):
-            return JSONResponse({"ok": True, "results": reply.get("results", [])})
+            return JSONResponse({"ok": True, "results": reply.get("results", []),
+                                 "warnings": reply.get("warnings", [])})
         return JSONResponse({"ok": False, "errors": reply.get("errors", [])}, status_code=422)
 
     @app.post("/api/v1/policies/rehearse", dependencies=[Depends(require_read)], tags=["policies"])
