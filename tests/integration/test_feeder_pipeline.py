@@ -235,7 +235,8 @@ async def test_policy_api_is_proxied_to_the_policy_service(nats_server: Any, fee
     await nc.flush()
     async with httpx.AsyncClient(base_url=feeder.base, timeout=5) as http:
         ok = await http.post("/api/v1/policies", content="kind: KubeArmorPolicy\n")
-        assert ok.status_code == 200 and ok.json() == {"ok": True, "results": [{"name": "p", "status": "Applied"}]}
+        assert ok.status_code == 200 and ok.json() == {"ok": True, "results": [{"name": "p", "status": "Applied"}],
+                                                       "warnings": []}
         bad = await http.post("/api/v1/policies", content="{}")
         assert bad.status_code == 422
         assert bad.json()["errors"] == [{"document": "0", "path": "kind", "message": "required"}]
