@@ -2,16 +2,24 @@
 
 Per message (one RawBatch): decode (garbage goes to the DEAD_LETTER stream, is counted and acked),
 name each event's workload, ask :func:`shared.matcher.decide`; a match that is not Allow is an alert
-(throttled ones flagged), anything else is a log when visibility says so. Both are stored in one
-transaction, keyed by event id; then the SIEM copies are published (deduplicated by JetStream on the
-event id), new unthrottled records go to live subscribers, and only then is the message acked. A DB
-failure naks the batch for redelivery; redelivery is harmless because the store ignores known ids.
+(throttled ones flagged), anything else is a log when visibility says so. Both are stored keyed by
+event id, the alerts first (their own transaction, then pushed to live subscribers: a batch's logs do
+not hold its alerts up), then the logs; then the SIEM copies are published (deduplicated by JetStream
+on the event id), and only then is the message acked. A DB failure naks the batch for redelivery;
+redelivery is harmless because the store ignores known ids (nor is a known record pushed again).
+No fixed wait anywhere: a fetch returns as soon as a message is there, and the messages one fetch
+brings (a backlog, when the feeder is behind) are stored together and share one round of publishes. The
+SIEM copies and acks of stored batches go on in the background (a few groups at most) while the next
+messages are fetched, judged and stored: a new alert waits for the batches before it to be stored,
+not for their copies to be acknowledged.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -46,6 +54,8 @@ DURABLE = "bulwark-feeder"
 CATCH_UP_SECONDS = 0.5  # how long an event of an unknown workload waits for identity/rules to catch up
 _NEGATIVE_TTL = 5.0  # an mntns still unknown after a catch-up is not waited for again this long
 _START_WAIT = 5.0  # per attempt, at start: the views must have caught up before the first batch is judged
+SIEM_IN_FLIGHT = 2048  # SIEM copies published at once by one group, at most (plus one batch's)
+SETTLING_GROUPS = 4  # stored groups whose SIEM copies and acks are still under way, at most
 
 
 class ViewsBehind(Exception):
@@ -67,6 +77,7 @@ class Ingestor:
         self.visibility, self.ack_wait = visibility, ack_wait
         self._unknown_until: dict[tuple[str, int], float] = {}
         self.losses = LossTracker(cluster)
+        self._settling: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> FeederState:
@@ -74,7 +85,7 @@ class Ingestor:
         return self.follower.state
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Pull and handle batches until ``stop`` is set."""
+        """Pull and handle batches until ``stop`` is set; every stored batch is settled before it returns."""
         psub = await self.js.pull_subscribe(
             RAW.subjects[0], durable=DURABLE, stream=RAW.name,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
@@ -92,12 +103,14 @@ class Ingestor:
                     log.warning("fetch failed", extra={"error": repr(exc)})
                     await asyncio.sleep(0.5)
                     continue
-                for msg in msgs:
-                    try:
-                        await self.handle(msg)
-                    except Exception:  # e.g. the ack failed on a broken connection: redelivered later
-                        log.exception("handling a raw batch failed")
+                try:
+                    jobs = await self._ingest(msgs)
+                    if jobs:
+                        await self._settle_later(jobs)
+                except Exception:  # e.g. a bug: unsettled batches are redelivered after ack_wait
+                    log.exception("handling raw batches failed")
         finally:
+            await self.settled()
             for sub in (beats, psub):
                 try:
                     await sub.unsubscribe()
@@ -140,14 +153,99 @@ class Ingestor:
 
     async def handle(self, msg: Msg) -> None:
         """Handle one RawBatch message end to end (ack, nak or dead-letter)."""
+        await self.handle_many([msg])
+
+    async def handle_many(self, msgs: list[Msg]) -> None:
+        """Handle the RawBatch messages one fetch brought, end to end: each is decoded and judged on its
+        own (garbage dead-lettered, a batch whose views are behind naked), then the records of all of
+        them are stored (alerts, then logs) and pushed to live clients, their SIEM copies published, and
+        each message acked (naked when its copies failed; all naked when the store failed). One message
+        when the feeder keeps up; the backlog of a burst when it is behind, which then pays for one
+        store and one round of publishes instead of one per message."""
+        jobs = await self._ingest(msgs)
+        if jobs:
+            await self._settle(jobs)
+
+    async def _ingest(self, msgs: list[Msg]) -> list[_Judged]:
+        """Judge, store and push (see :meth:`handle_many`); the stored batches, to be settled (their SIEM
+        copies published and acked). Every other message is settled already."""
+        jobs = [job for msg in msgs if (job := await self._judge(msg)) is not None]
+        if not jobs:
+            return []
+        alerts = [a for job in jobs for a in job.alerts]
+        logs = [r for job in jobs for r in job.logs]
+        try:
+            if alerts and logs:  # alerts first, in a transaction of their own, out before the logs are stored
+                new_alerts, _ = await self._store(alerts, [])
+                self._push(new_alerts, [])  # live clients first: they do not wait for the SIEM's acks
+                _, new_logs = await self._store([], logs)
+                self._push([], new_logs)
+            else:
+                new_alerts, new_logs = await self._store(alerts, logs)
+                self._push(new_alerts, new_logs)
+        except Exception:  # redelivered: what was stored already is known then, neither stored nor pushed again
+            log.exception("batch failed; will be redelivered", extra={"batches": len(jobs)})
+            self.counters.inc("batch_errors", len(jobs))
+            for job in jobs:
+                delivered = job.msg.metadata.num_delivered if job.msg.reply else 1
+                await _ack(job.msg.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6))))
+            return []
+        for job in jobs:
+            if job.loss is not None:
+                self.losses.remember("monitor", job.node, job.instance, job.counts)
+                self.counters.inc("losses_announced")
+                log.warning("loss announced", extra={"source": "monitor", "node": job.node, "lost": job.loss["Lost"]})
+        self.counters.inc("duplicates", len(alerts) + len(logs) - len(new_alerts) - len(new_logs))
+        return jobs
+
+    async def _settle(self, jobs: list[_Judged]) -> None:
+        """SIEM copies and acks of stored batches, a few thousand copies in flight at a time."""
+        chunk: list[_Judged] = []
+        for i, job in enumerate(jobs):
+            chunk.append(job)
+            if i + 1 == len(jobs) or sum(len(j.alerts) + len(j.logs) for j in chunk) >= SIEM_IN_FLIGHT:
+                await self._copy_and_settle(chunk)
+                chunk = []
+
+    async def _settle_later(self, jobs: list[_Judged]) -> None:
+        """:meth:`_settle` in the background, so the next fetch, judgement and store do not wait for
+        the SIEM's acks; at most SETTLING_GROUPS at once (beyond that, this waits for one to end)."""
+        while len(self._settling) >= SETTLING_GROUPS:
+            await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._settle_logged(jobs))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_logged(self, jobs: list[_Judged]) -> None:
+        try:
+            await self._settle(jobs)
+        except Exception:  # a bug: the batches are redelivered after ack_wait
+            log.exception("settling raw batches failed")
+
+    async def settled(self) -> None:
+        """Wait until every batch settling in the background is acked or naked."""
+        while self._settling:
+            await asyncio.wait(set(self._settling))
+
+    async def _copy_and_settle(self, jobs: list[_Judged]) -> None:
+        """Publish the SIEM copies of these stored batches at once, then ack each (nak when its copies
+        failed: it is redelivered, and known ids are skipped, so they are published after all)."""
+        failed = await asyncio.gather(*(self.siem.publish([a for a in job.alerts if not a.get("Throttled")],
+                                                          job.logs) for job in jobs))
+        for job, failures in zip(jobs, failed, strict=True):
+            await _ack(job.msg.nak(delay=1.0) if failures else job.msg.ack())
+
+    async def _judge(self, msg: Msg) -> _Judged | None:
+        """One message decoded and judged; None when it is settled already (dead-lettered and acked,
+        or naked because the views are behind)."""
         try:
             batch = RawBatch.from_wire(unpack_map(msg.data, ("node", "events")))
             if not isinstance(batch.events, list):
                 raise DecodeError("raw batch: events must be a list")
         except DecodeError as exc:
             await self._dead_letter(msg.subject, msg.data, str(exc))
-            await msg.ack()
-            return
+            await _ack(msg.ack())
+            return None
         events: list[RawEvent] = []
         for raw in batch.events:
             try:
@@ -159,30 +257,14 @@ class Ingestor:
         except ViewsBehind:
             self.counters.inc("views_behind")
             log.warning("views behind their streams; batch redelivered later", extra={"events": len(events)})
-            await msg.nak(delay=1.0)
-            return
+            await _ack(msg.nak(delay=1.0))
+            return None
         self.counters.inc("events", len(events))
         instance, counts = _instance(msg), {k: int(getattr(batch, k) or 0) for k in BATCH_COUNTERS}
         loss = self.losses.observe("monitor", batch.node, instance, counts)
         if loss is not None:
             alerts.append(loss)  # stored with the batch's alerts, in the same transaction
-        try:
-            new_alerts, new_logs = await self._store(alerts, logs)
-        except Exception:
-            log.exception("batch failed; will be redelivered")
-            self.counters.inc("batch_errors")
-            delivered = msg.metadata.num_delivered if msg.reply else 1
-            await msg.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
-            return
-        if loss is not None:
-            self.losses.remember("monitor", batch.node, instance, counts)
-            self.counters.inc("losses_announced")
-            log.warning("loss announced", extra={"source": "monitor", "node": batch.node, "lost": loss["Lost"]})
-        self.counters.inc("duplicates", len(alerts) + len(logs) - len(new_alerts) - len(new_logs))
-        if await self._fan_out(alerts, logs, new_alerts, new_logs):
-            await msg.nak(delay=1.0)  # stored; redelivered so the SIEM copies are published after all
-            return
-        await msg.ack()
+        return _Judged(msg, batch.node, instance, counts, alerts, logs, loss)
 
     async def _store(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]]) -> Records:
         if not alerts and not logs:
@@ -195,10 +277,14 @@ class Ingestor:
 
     async def _fan_out(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]],
                        new_alerts: list[dict[str, Any]], new_logs: list[dict[str, Any]]) -> int:
-        """SIEM gets every unthrottled record (JetStream drops repeats); live clients only new ones.
+        """Live clients get the new records, the SIEM every unthrottled one (JetStream drops repeats).
 
         Returns how many SIEM publishes failed."""
-        failed = await self.siem.publish([a for a in alerts if not a.get("Throttled")], logs)
+        self._push(new_alerts, new_logs)
+        return await self.siem.publish([a for a in alerts if not a.get("Throttled")], logs)
+
+    def _push(self, new_alerts: list[dict[str, Any]], new_logs: list[dict[str, Any]]) -> None:
+        """New records to live subscribers (never blocks; throttled alerts are not pushed)."""
         for alert in new_alerts:
             if not alert.get("Throttled"):
                 self.hub.publish(alert, "alert")
@@ -206,7 +292,6 @@ class Ingestor:
                 self.hub.publish({**alert, "Level": "Warn"}, "message")
         for record in new_logs:
             self.hub.publish(record, "log")
-        return failed
 
     async def expire_throttles(self) -> None:
         """Store and push the notices of quiet periods that are over."""
@@ -304,6 +389,27 @@ class Ingestor:
         except Exception as exc:
             self.counters.inc("dead_letter_errors")
             log.warning("dead-letter publish failed", extra={"error": repr(exc)})
+
+
+@dataclass(slots=True)
+class _Judged:
+    """A raw batch message decoded and judged, waiting to be stored and settled."""
+
+    msg: Msg
+    node: str
+    instance: str
+    counts: dict[str, int]
+    alerts: list[dict[str, Any]]
+    logs: list[dict[str, Any]]
+    loss: dict[str, Any] | None
+
+
+async def _ack(ack: Awaitable[None]) -> None:
+    """Ack or nak; a failure (a broken connection) only means the batch is redelivered later."""
+    try:
+        await ack
+    except Exception as exc:
+        log.warning("ack/nak failed; the batch is redelivered later", extra={"error": repr(exc)})
 
 
 def _launcher_setup(workload: Workload, ev: RawEvent) -> bool:

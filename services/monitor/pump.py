@@ -3,7 +3,10 @@
 Each pass copies up to ``chunk`` committed records out of the ring buffer in one piece (their space
 goes back to the kernel at once), decodes them in place and queues the events in bulk. Every record
 taken is accounted for: an event queued (``events``), dropped on a full queue (``lost_queue``), a
-process record (``proc_records``) or a ``decode_errors``.
+process record (``proc_records``) or a ``decode_errors``. A pass that leaves the ring buffer empty
+(it took less than a chunk) tells the batcher so (:meth:`Batcher.source_drained`), which then sends
+what it holds instead of waiting for its window: the time from the kernel to NATS is at most one poll
+interval plus a publish, and under load each pass still carries many records into one batch.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Protocol
 from services.monitor.batcher import Batcher
 from services.monitor.decode.records import RecordDecoder
 from services.monitor.ringbuf import Chunk
+from services.monitor.settings import load_monitor_settings
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 
@@ -46,18 +50,28 @@ class Pump:
     """Moves records from the probes' ring buffer to the batcher, counting every one of them."""
 
     def __init__(self, probes: RecordSource, decoder: RecordDecoder, batcher: Batcher,
-                 counters: Counters, *, chunk: int = 4096) -> None:
+                 counters: Counters, *, chunk: int = 4096, interval: float | None = None,
+                 idle_interval: float | None = None, busy_records: int = 256) -> None:
+        """``interval``/``idle_interval`` (s) are :meth:`run`'s defaults; None: ``BULWARK_MONITOR_POLL_MS``
+        and ``BULWARK_MONITOR_IDLE_POLL_MS``."""
         self.probes, self.decoder, self.batcher, self.counters = probes, decoder, batcher, counters
-        self.chunk = chunk
+        self.chunk, self.busy_records = chunk, busy_records
+        if interval is None or idle_interval is None:
+            settings = load_monitor_settings()
+            interval = settings.monitor_poll_ms / 1000 if interval is None else interval
+            idle_interval = settings.monitor_idle_poll_ms / 1000 if idle_interval is None else idle_interval
+        self.interval, self.idle_interval = interval, idle_interval
         for name in ("decode_errors", "records", "rb_pending_max_bytes"):
             counters.setdefault(name, 0)
 
     def once(self) -> int:
-        """One pass: take, decode, queue. Returns how many records were taken."""
+        """One pass: take, decode, queue; the batcher hears when the pass left the buffer empty.
+        Returns how many records were taken."""
         pending = self.probes.pending_bytes()
         self.counters["rb_pending_max_bytes"] = max(self.counters["rb_pending_max_bytes"], pending)
         chunk, offsets = self.probes.take(self.chunk)
         if not offsets:
+            self.batcher.source_drained()
             return 0
         events, errors = self.decoder.feed_chunk(chunk, offsets)
         self.counters["records"] += len(offsets)
@@ -65,6 +79,8 @@ class Pump:
             self._count_errors(errors)
         if events:
             self.batcher.offer_many(events)
+        if len(offsets) < self.chunk:
+            self.batcher.source_drained()
         return len(offsets)
 
     def record(self, data: bytes) -> None:
@@ -82,13 +98,18 @@ class Pump:
         self.counters["decode_errors"] += len(errors)
         log.warning("undecodable records", extra={"count": len(errors), "error": str(errors[0])})
 
-    async def run(self, stop: asyncio.Event, interval: float = 0.005,
-                  hold: Callable[[], bool] = lambda: False, idle_interval: float = 0.02) -> None:
+    async def run(self, stop: asyncio.Event, interval: float | None = None,
+                  hold: Callable[[], bool] = lambda: False, idle_interval: float | None = None) -> None:
         """Pump every ``interval`` s (at once while a full chunk came) until ``stop``, then empty the
         ring buffer; kernel counters are refreshed every 0.25 s. While ``hold()`` is true (the
         publisher is behind) records wait in the kernel's buffer. Passes that find nothing double
-        the wait up to ``idle_interval`` (an idle node is not woken 200 times a second); the first
-        record brings it back to ``interval``. At 400k records/s, 20 ms fill a sixth of 16 MiB."""
+        the wait up to ``idle_interval``; the first record brings it back to ``interval``. A busy
+        pass (``busy_records`` or more, short of a chunk) waits ``idle_interval`` too: under load
+        fewer, bigger passes and batches (what the window gave), when few come the short wait (what a
+        lone event's latency needs). Both default to the pump's own (settings). At 400k records/s,
+        20 ms fill a sixth of 16 MiB."""
+        interval = self.interval if interval is None else interval
+        idle_interval = self.idle_interval if idle_interval is None else idle_interval
         loop = asyncio.get_running_loop()
         next_stats = loop.time()
         wait = interval
@@ -98,7 +119,10 @@ class Pump:
             if loop.time() >= next_stats:
                 self.counters.update(self.probes.kernel_stats())
                 next_stats = loop.time() + 0.25
-            wait = interval if taken or held else min(wait * 2, max(idle_interval, interval))
+            if taken >= self.busy_records:   # many came: a longer wait gathers bigger passes and batches
+                wait = max(idle_interval, interval)
+            else:
+                wait = interval if taken or held else min(wait * 2, max(idle_interval, interval))
             await asyncio.sleep(0 if taken >= self.chunk else wait)
         await self._empty(interval, hold)
         self.counters.update(self.probes.kernel_stats())

@@ -2,6 +2,12 @@
 
 SQLite (WAL) by default, PostgreSQL when ``BULWARK_DB_URL`` says so; the schema comes from the Alembic
 migrations (:func:`make_engine` runs ``upgrade head``). Synchronous: call from a thread in async code.
+
+Ingest on PostgreSQL streams each batch with ``COPY`` (psycopg) straight into the tables, the rows in
+the order they came, so ids follow arrival as with an INSERT. COPY cannot skip a known event id: when
+the batch holds one (a redelivered raw batch) the unique index refuses it, the transaction is rolled
+back whole and the batch goes through the insert-or-ignore path instead (``copy_fallbacks``), which
+returns only the new records. SQLite always takes the insert-or-ignore path.
 """
 from __future__ import annotations
 
@@ -19,10 +25,11 @@ from services.feeder.store.models import COLUMN_FIELDS, AlertRow, LogRow
 from services.feeder.store.query import RecordQuery, encode_cursor, parse_since, select_page, select_summary
 
 __all__ = ["AlertStore", "RecordStore", "AlertQuery", "RecordQuery", "Page", "make_engine", "parse_since",
-           "to_row"]
+           "to_row", "row_values", "ROW_COLUMNS"]
 
 AlertQuery = RecordQuery  # the name the first version used
 Table = type[AlertRow] | type[LogRow]
+Records = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (alerts, logs)
 
 
 def make_engine(url: str, *, migrate: bool = True) -> Engine:
@@ -53,13 +60,35 @@ def row_event_id(event_id: Any) -> str:
     return text if len(text) <= 128 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+# the stored columns (all but the id), in the order :func:`row_values` gives them
+ROW_COLUMNS: tuple[str, ...] = (*COLUMN_FIELDS, "event_id", "ts_ns", "throttled", "body")
+_FIELDS = tuple((fld, _LENGTHS.get(col)) for col, fld in COLUMN_FIELDS.items())
+
+
+def row_values(record: dict[str, Any], event_id: str | None = None) -> tuple[Any, ...]:
+    """The values of :data:`ROW_COLUMNS` for one record (cut to the column sizes; the body keeps
+    everything). ``event_id``: its stored key when already known."""
+    values: list[Any] = [str(record.get(fld, "") or "")[:length] for fld, length in _FIELDS]
+    values += (row_event_id(record["EventID"]) if event_id is None else event_id, alert_time_ns(record),
+               bool(record.get("Throttled", False)), json.dumps(record))
+    return tuple(values)
+
+
 def to_row(record: dict[str, Any]) -> dict[str, Any]:
-    """The column values of one record (cut to the column sizes; the body keeps everything)."""
-    row: dict[str, Any] = {col: str(record.get(fld, "") or "")[: _LENGTHS.get(col)]
-                           for col, fld in COLUMN_FIELDS.items()}
-    row.update(event_id=row_event_id(record["EventID"]), ts_ns=alert_time_ns(record),
-               throttled=bool(record.get("Throttled", False)), body=json.dumps(record))
-    return row
+    """The column values of one record, by column name (see :func:`row_values`)."""
+    return dict(zip(ROW_COLUMNS, row_values(record), strict=True))
+
+
+def _unique(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The records by stored event id, the first of each id, in arrival order."""
+    unique: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        unique.setdefault(row_event_id(rec["EventID"]), rec)
+    return unique
+
+
+_COPY_SQL = {t.__tablename__: f"COPY {t.__tablename__} ({', '.join(ROW_COLUMNS)}) FROM STDIN"
+             for t in (AlertRow, LogRow)}
 
 
 class Page(list[dict[str, Any]]):
@@ -71,9 +100,16 @@ class Page(list[dict[str, Any]]):
 class RecordStore:
     """Insert-or-ignore, page, count, summarise and trim alerts and logs."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, copy: bool | None = None) -> None:
+        """``copy``: ingest with COPY (default: on PostgreSQL through psycopg; never elsewhere)."""
         self.engine = engine
         self.dialect = engine.dialect.name
+        driver = engine.dialect.driver
+        can_copy = self.dialect == "postgresql" and driver == "psycopg"
+        if copy and not can_copy:
+            raise ValueError(f"COPY ingest needs PostgreSQL through psycopg, not {self.dialect}+{driver}")
+        self.copy = can_copy if copy is None else copy
+        self.copy_fallbacks = 0  # COPY batches that met a known event id and were inserted-or-ignored
 
     def _upsert(self, table: Table) -> Any:
         if self.dialect == "sqlite":
@@ -83,23 +119,47 @@ class RecordStore:
         raise NotImplementedError(f"insert-or-ignore not implemented for {self.dialect}")
 
     def _insert_new(self, session: Session, table: Table, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        unique: dict[str, dict[str, Any]] = {}
-        for rec in records:
-            unique.setdefault(row_event_id(rec["EventID"]), rec)
+        unique = _unique(records)
         if not unique:
             return []
         stmt = self._upsert(table).returning(table.event_id)
-        inserted = set(session.scalars(stmt, [to_row(r) for r in unique.values()]))
+        rows = [dict(zip(ROW_COLUMNS, row_values(r, eid), strict=True)) for eid, r in unique.items()]
+        inserted = set(session.scalars(stmt, rows))
         return [r for eid, r in unique.items() if eid in inserted]
+
+    def _copy_new(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]]) -> Records | None:
+        """Both kinds COPYed in one transaction, every (first of an) event id new; None when one was
+        known already (nothing stored then)."""
+        from psycopg.errors import UniqueViolation
+
+        batches = ((AlertRow, _unique(alerts)), (LogRow, _unique(logs)))
+        try:
+            with self.engine.begin() as conn:
+                driver = conn.connection.driver_connection  # psycopg's, inside this transaction
+                if driver is None:
+                    raise RuntimeError("the pooled connection has no driver connection")
+                with driver.cursor() as cur:
+                    for table, unique in batches:
+                        if unique:
+                            with cur.copy(_COPY_SQL[table.__tablename__]) as copy:
+                                for eid, rec in unique.items():
+                                    copy.write_row(row_values(rec, eid))
+        except UniqueViolation:
+            self.copy_fallbacks += 1
+            return None
+        return list(batches[0][1].values()), list(batches[1][1].values())
 
     def insert(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]] | None = None
                ) -> list[dict[str, Any]]:
         """Store alerts (and logs) in one transaction; return the alerts that were new."""
         return self.insert_records(alerts, logs or [])[0]
 
-    def insert_records(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]]
-                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def insert_records(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]]) -> Records:
         """Store both kinds in one transaction; return (new alerts, new logs), known event ids skipped."""
+        if self.copy and (alerts or logs):
+            copied = self._copy_new(alerts, logs)
+            if copied is not None:
+                return copied
         with Session(self.engine) as session, session.begin():
             return self._insert_new(session, AlertRow, alerts), self._insert_new(session, LogRow, logs)
 
