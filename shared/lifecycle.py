@@ -37,9 +37,11 @@ def stop_event_on_signals() -> asyncio.Event:
 
 
 async def heartbeat_loop(nc: Client, service: str, node: str, interval: float,
-                         details: Callable[[], dict[str, Any]], stop: asyncio.Event) -> None:
+                         details: Callable[[], dict[str, Any]], stop: asyncio.Event,
+                         wake: asyncio.Event | None = None) -> None:
     """Publish ``{service, node, status, details}`` on the health subject until ``stop`` is set; the
-    details always carry the process's ``cpu_percent`` (since the last beat) and ``rss_bytes``."""
+    details always carry the process's ``cpu_percent`` (since the last beat) and ``rss_bytes``.
+    Setting ``wake`` sends the next beat at once (news its readers should not wait ``interval`` for)."""
     subject = health(service, node)
     use = ResourceUse()
     while not stop.is_set():
@@ -49,10 +51,21 @@ async def heartbeat_loop(nc: Client, service: str, node: str, interval: float,
                                             "status": info.pop("status", "ok"), "details": info}))
         except Exception:
             log.exception("heartbeat failed", extra={"service_name": service})
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+        await _sleep_until(interval, stop, wake)
+
+
+async def _sleep_until(interval: float, stop: asyncio.Event, wake: asyncio.Event | None) -> None:
+    """Wait ``interval`` s, less when ``stop`` or ``wake`` is set (``wake`` is cleared)."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waits.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+    if wake is not None:
+        wake.clear()
 
 
 def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -86,10 +86,11 @@ class Service:
         self.tasks.append(task)
         return task
 
-    def heartbeat(self, details: Callable[[], dict[str, Any]]) -> None:
-        """Publish this service's health with ``details()`` every ``heartbeat_seconds``."""
+    def heartbeat(self, details: Callable[[], dict[str, Any]], wake: asyncio.Event | None = None) -> None:
+        """Publish this service's health with ``details()`` every ``heartbeat_seconds`` (and at once
+        whenever ``wake`` is set)."""
         self.spawn(heartbeat_loop(self.nc, self.name, self.settings.node_name, self.settings.heartbeat_seconds,
-                                  details, self.stop), name="heartbeat")
+                                  details, self.stop, wake), name="heartbeat")
 
     def on_stop(self, hook: StopHook) -> None:
         """Run ``hook`` first on the way out (after ``stop`` is set, before tasks and drain; last

@@ -117,6 +117,7 @@ async def serve(svc: Service, enforcer: Any, waiters: set[asyncio.Task[None]]) -
     js, nc, counters, stop = svc.js, svc.nc, svc.counters, svc.stop
     node = svc.settings.node_name
     applied = AppliedRules()
+    beat_now = asyncio.Event()  # a new version is in force: the feeder hears it at once
 
     async def on_rules(msg: Msg) -> None:
         try:
@@ -132,6 +133,7 @@ async def serve(svc: Service, enforcer: Any, waiters: set[asyncio.Task[None]]) -
             log.exception("applying rule set failed", extra={"version": ruleset.version})
             return
         await applied.set(ruleset)
+        beat_now.set()
 
     async def answer(msg: Msg) -> None:
         try:
@@ -159,7 +161,7 @@ async def serve(svc: Service, enforcer: Any, waiters: set[asyncio.Task[None]]) -
 
     def details() -> dict[str, Any]:
         return {"enforcer": alert_name(enforcer), "enforcers": by_operation(enforcer), "active": enforcer.name,
-                "version": applied.version, **enforcer.stats(), **counters}
+                "version": applied.version, "in_force": applied.in_force_report(), **enforcer.stats(), **counters}
 
     async def publish(subject: str, payload: bytes, msg_id: str) -> None:
         await js.publish(subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
@@ -170,7 +172,7 @@ async def serve(svc: Service, enforcer: Any, waiters: set[asyncio.Task[None]]) -
     svc.spawn(_refresh_loop(enforcer, stop, counters), name="refresh")
     svc.spawn(_hold_loop(enforcer, stop), name="hold")
     log.info("enforcer running", extra={"enforcer": enforcer.name, "node": node})
-    svc.heartbeat(details)
+    svc.heartbeat(details, beat_now)
     await svc.wait_stopped()
 
 

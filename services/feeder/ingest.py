@@ -364,10 +364,14 @@ class Ingestor:
         return caught_up
 
     def _lookup(self, ev: RawEvent) -> tuple[Workload, WorkloadRules | None, bool]:
-        """The event's workload (the node's host when unknown), its compiled entry, and whether it was known."""
+        """The event's workload (the node's host when unknown), its compiled entry, and whether it was
+        known. An access that went through is judged by the rules the node enforced when it happened
+        (a late record of an exec that passed before a Block rule was in force is no breach of it); a
+        refusal or an enforcer's report proves the newest rules were in force."""
         known = self.state.workload(ev.node, ev.mntns, ev.ts_ns)
         workload = known or self.state.host_workload(ev.node)
-        return workload, self.state.compiled_for(ev.node, workload.id), known is not None
+        at_ns = ev.ts_ns if ev.kind != "enforce" and ev.ret >= 0 else 0
+        return workload, self.state.compiled_for(ev.node, workload.id, at_ns), known is not None
 
     def _worth_waiting(self, ev: RawEvent) -> bool:
         key = (ev.node, ev.mntns)

@@ -3,7 +3,9 @@
 - identity: (node, mntns) -> Workload from every IDENTITY event since the start; stopped workloads
   are kept (bounded) so an event from a process that just exited is still named; each node's
   ``kind == "host"`` workload is the fallback.
-- rules: the newest RuleSet per node (RULES stream, last per subject).
+- rules: the newest RuleSet per node (RULES stream, last per subject), and a few before it with when
+  the node's enforcer put each in force (:mod:`services.feeder.rule_history`), so an access is judged
+  by the rules in force when it happened.
 - enforcer names per node and the health registry, from heartbeats on HEALTH_ALL.
 
 :class:`FeederState` is the pure, synchronous view; :class:`StateFollower` feeds it from NATS and
@@ -24,6 +26,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from services.feeder.rule_history import RuleHistory
 from shared.codec import unpack
 from shared.errors import DecodeError
 from shared.nats.bus import follow, stream_last_seq
@@ -57,6 +60,7 @@ class FeederState:
         self.workloads: dict[tuple[str, int], Workload] = {}
         self.hosts: dict[str, Workload] = {}
         self.rulesets: dict[str, RuleSet] = {}
+        self.rule_history: dict[str, RuleHistory] = {}
         self.enforcers: dict[str, str] = {}
         self.enforcers_by_operation: dict[str, dict[str, str]] = {}
         self.health: dict[tuple[str, str], HealthEntry] = {}
@@ -108,6 +112,7 @@ class FeederState:
         for wid in rs.workloads:
             self.retired_rules.pop((rs.node, wid), None)
         self.rulesets[rs.node] = rs
+        self.rule_history.setdefault(rs.node, RuleHistory()).add(rs)
 
     def apply_heartbeat(self, beat: dict[str, Any], now: float | None = None) -> None:
         """Record a heartbeat ``{service, node, status, details}``; note the enforcer's name."""
@@ -118,6 +123,8 @@ class FeederState:
         details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
         self.health[(service, node)] = HealthEntry(service, node, time.time() if now is None else now,
                                                    str(beat.get("status", "ok")), details)
+        if service == "enforcer" and isinstance(details.get("in_force"), list):
+            self.rule_history.setdefault(node, RuleHistory()).note_in_force(details["in_force"])
         if service == "enforcer" and details.get("enforcer"):
             self.enforcers[node] = str(details["enforcer"])
             by_operation = details.get("enforcers")
@@ -150,10 +157,11 @@ class FeederState:
         return Workload(id=f"host-{node}", name=node, namespace="", kind="host", node=node, mntns=0, pidns=0,
                         source="host")
 
-    def compiled_for(self, node: str, workload_id: str) -> WorkloadRules | None:
+    def compiled_for(self, node: str, workload_id: str, at_ns: int = 0) -> WorkloadRules | None:
         """The workload's compiled entry (rules and postures; the last one it had, if it has stopped
-        since); None when unknown."""
-        rs = self.rulesets.get(node)
+        since); None when unknown. ``at_ns``: the entry of the rule set the node enforced then."""
+        history = self.rule_history.get(node)
+        rs = history.at(at_ns, workload_id) if history is not None and at_ns else self.rulesets.get(node)
         wr = rs.workloads.get(workload_id) if rs is not None else None
         return wr if wr is not None else self.retired_rules.get((node, workload_id))
 
