@@ -4,7 +4,8 @@ Selection, as KubeArmor does it:
 
 * KubeArmorPolicy: container workloads in the policy's namespace whose labels include every
   ``matchLabels`` entry (an empty selector selects the whole namespace); ``kubearmor.io/container.name:
-  "[a,b]"`` narrows to those container names; ``matchExpressions`` (key ``label``) must all hold.
+  "[a,b]"`` narrows to those container names (an empty list, ``"[]"`` or ``""``, narrows nothing);
+  ``matchExpressions`` (key ``label``) must all hold.
 * KubeArmorClusterPolicy: container workloads, in any namespace, for which every
   ``matchExpressions`` entry holds (key ``namespace``: the workload's namespace; key ``label``: a
   ``k=v`` label; operator In or NotIn). No expressions selects every container.

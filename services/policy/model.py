@@ -16,7 +16,7 @@ from services.policy.globs import glob_to_regex
 from shared.presets import PRESET_OPERATION
 from shared.schemas.rules import Rule
 
-__all__ = ["Expression", "Policy", "to_policy", "normalise_action", "CONTAINER_NAME_LABEL"]
+__all__ = ["Expression", "Policy", "to_policy", "normalise_action", "container_names", "CONTAINER_NAME_LABEL"]
 
 CONTAINER_NAME_LABEL = "kubearmor.io/container.name"
 _ACTIONS = {"allow": "Allow", "audit": "Audit", "block": "Block"}
@@ -151,12 +151,22 @@ def _map(spec: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def container_names(value: Any) -> tuple[str, ...] | None:
+    """The names of ``kubearmor.io/container.name: "[a,b]"``; None (every container) when it names none.
+
+    As KubeArmor: empty entries are dropped (``"[a,,]"`` is ``a``), and an empty list (``"[]"``,
+    ``""``, ``"[ , ]"``) narrows nothing, so the policy applies to all containers of the selected pods.
+    """
+    if value is None:
+        return None
+    names = tuple(n.strip() for n in str(value).strip().strip("[]").split(",") if n.strip())
+    return names or None
+
+
 def _selector(policy: Policy, spec: dict[str, Any]) -> None:
     sel = _map(spec, "selector")
     labels = dict(sel.get("matchLabels") or {})
-    names = labels.pop(CONTAINER_NAME_LABEL, None)
-    if names is not None:
-        policy.container_names = tuple(n.strip() for n in names.strip().strip("[]").split(",") if n.strip())
+    policy.container_names = container_names(labels.pop(CONTAINER_NAME_LABEL, None))
     policy.match_labels = labels
     policy.expressions = tuple(
         Expression(str(e.get("key", "")), str(e.get("operator", "")), tuple(str(v) for v in e.get("values") or []))

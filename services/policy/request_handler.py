@@ -33,7 +33,7 @@ from services.policy.parser import parse_documents
 from services.policy.posture import parse_posture_spec
 from services.policy.rulesets import RulePublisher
 from services.policy.store import PolicyStore, Workloads, publish_policy_event
-from services.policy.validate import KINDS, NAMESPACED, Admitted, admit, canonical_kind, preset_warnings
+from services.policy.validate import KINDS, NAMESPACED, Admitted, admit, canonical_kind, status_warnings
 from shared.errors import DecodeError, FieldError, ValidationFailed
 from shared.lifecycle import Counters
 from shared.schemas.identity import Workload
@@ -192,7 +192,8 @@ class PolicyApi:
 
     def list(self) -> dict[str, Any]:
         """Every stored policy: applied (with the workloads it selects now, and warnings: what its Block
-        presets do where nothing can block them) or invalid (with why)."""
+        presets do where nothing can block them, what its rules ask that Bulwark cannot fully do) or
+        invalid (with why)."""
         running = self.workloads.all()
         out = []
         for (kind, namespace, name), stored in sorted(self.store.items.items()):
@@ -200,7 +201,7 @@ class PolicyApi:
             chosen = sorted({wl.name for wl in running if selects(policy, wl)}) if policy is not None else []
             spec = stored.doc.get("spec")
             spec = spec if isinstance(spec, dict) else {}
-            warnings = [f"{w.path}: {w.message}" for w in preset_warnings(spec)] if policy is not None else []
+            warnings = [f"{w.path}: {w.message}" for w in status_warnings(spec)] if policy is not None else []
             out.append({"kind": kind, "namespace": namespace, "name": name, "status": stored.status,
                         "reason": stored.error, "selects": chosen, "policy_seq": stored.seq,
                         "spec": spec, "warnings": warnings})

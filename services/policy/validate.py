@@ -19,12 +19,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.policy.limits import args_warnings, rule_warnings
 from services.policy.schema import SchemaIssue, check, dotted, load_crd_schemas, prune
 from shared.errors import FieldError, ValidationFailed
 from shared.presets import PRESETS
 
 __all__ = ["API_VERSION", "KINDS", "NAMESPACED", "Admitted", "validate", "check_document", "admit", "schema_issues",
-           "canonical_kind", "preset_warnings"]
+           "canonical_kind", "preset_warnings", "status_warnings"]
 
 API_VERSION = "security.kubearmor.com/v1"
 KINDS = ("KubeArmorPolicy", "KubeArmorClusterPolicy", "KubeArmorHostPolicy", "KubeArmorNetworkPolicy")
@@ -291,5 +292,11 @@ def admit(doc: dict[str, Any], document: str = "") -> Admitted:
         warnings.append(FieldError("spec", f"has only rules Bulwark does not enforce ({named}): "
                                            "the policy enforces nothing here", document))
     else:
-        warnings += preset_warnings(stored["spec"], document)
+        warnings += preset_warnings(stored["spec"], document) + args_warnings(stored["spec"], document)
     return Admitted(stored, warnings)
+
+
+def status_warnings(spec: dict[str, Any], document: str = "") -> list[FieldError]:
+    """What an applied policy's presets and rules cannot do (its status): the admission's warnings about
+    them, and the limits of file write protection (services.policy.limits)."""
+    return preset_warnings(spec, document) + rule_warnings(spec, document)

@@ -178,3 +178,35 @@ def test_patterns_and_exec_names_block_in_the_workload_only(enforcer, tree, shel
     assert enforcer.stats()["unmarkable"] == 0
     enforcer.apply(ruleset(2, a=(a.mntns, []), b=(b.mntns, [])))
     assert a.run(f"cat {tree / 'd/secret'}") == (0, "data") and a.run(str(tree / "d/bin/bwtrue")) == (0, "")
+
+
+def test_a_refused_create_leaves_no_file(enforcer, tree, shells) -> None:
+    """KubeArmor smoke "can block write access and only allow read access to mounted files": `touch new` in
+    a readOnly directory. The kernel creates the file before fanotify asks about the open, so the
+    enforcer removes the file that refused open created: touch then fails (its utimensat fallback finds
+    nothing). What fanotify cannot refuse stays possible: touch of a file already there (utimensat)."""
+    a, b = shells
+    d = tree / "d"
+    enforcer.apply(ruleset(1, a=(a.mntns, [file_rule(dir=f"{d}/", recursive=True, read_only=True)]),
+                           b=(b.mntns, [])))
+    rc, out = a.run(f"touch {d / 'new'}")
+    assert rc != 0 and DENIED in out and not (d / "new").exists()
+    assert a.run(f"echo x > {d / 'sub/new2'}")[0] != 0 and not (d / "sub/new2").exists()
+    assert a.run(f"cat {d / 'secret'}") == (0, "data")                 # reading stays allowed
+    assert DENIED in a.run(f"echo x >> {d / 'secret'}")[1] and (d / "secret").read_text() == "data\n"
+    assert a.run(f"touch {d / 'secret'}")[0] == 0                       # not an open: only its times change
+    assert b.run(f"touch {d / 'sibling'}") == (0, "") and (d / "sibling").exists()
+    assert host_run(f"touch {d / 'host'}") == (0, "") and (d / "host").exists()
+    assert enforcer.stats()["creates_undone"] == 2 and enforcer.stats()["create_watch_errors"] == 0
+    enforcer.apply(ruleset(2, a=(a.mntns, [])))
+    assert a.run(f"touch {d / 'new'}") == (0, "") and (d / "new").exists()
+
+
+def test_a_refused_create_under_a_pattern_leaves_its_empty_file(enforcer, tree, shells) -> None:
+    """The limit the policy status states: patterns are judged through mount marks, which cannot watch
+    creates, so the refused open's new file stays (empty)."""
+    a, _ = shells
+    rule = file_rule(pattern=glob_to_regex(f"{tree}/d/*.log"))
+    enforcer.apply(ruleset(1, a=(a.mntns, [rule])))
+    assert DENIED in a.run(f"echo x > {tree / 'd/app.log'}")[1]
+    assert (tree / "d/app.log").read_text() == "" and enforcer.stats()["creates_undone"] == 0

@@ -184,3 +184,19 @@ async def test_service_publishes_kill_events(nats_server, shells, tmp_path, btf_
         assert svc.stop(15) == 0
         assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")       # stopped: nothing enforced
         assert still_loaded(held) == set()
+
+
+def test_protocol_all_kills_every_socket_in_the_namespace(enforcer, shells) -> None:
+    """KubeArmor's ``protocol: all`` (networktests "it can block all network traffic"): ping's ICMP socket,
+    tcp, udp and even a Unix socket kill the process in the workload; the sibling and the host live."""
+    a, b = shells
+    enforcer.apply(ruleset(1, a=(a.mntns, [net_rule("all")]), b=(b.mntns, [])))
+    assert a.run(sock("AF_INET", "SOCK_DGRAM", 1))[0] == KILLED          # ping's unprivileged ICMP socket
+    assert a.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED            # ping's raw fallback
+    assert a.run(sock("AF_INET6", "SOCK_STREAM"))[0] == KILLED
+    assert a.run(sock("AF_UNIX", "SOCK_SEQPACKET"))[0] == KILLED
+    assert b.run(sock("AF_INET", "SOCK_RAW", 1)) == (0, "alive")    # (DGRAM icmp needs ping_group_range)
+    assert b.run(sock("AF_UNIX", "SOCK_SEQPACKET")) == (0, "alive")
+    assert host_run(sock("AF_UNIX", "SOCK_STREAM")) == (0, "alive")
+    reports = _reports(enforcer, 4)
+    assert {r.ref.match for r in reports} == {"all"} and {r.mntns for r in reports} == {a.mntns}

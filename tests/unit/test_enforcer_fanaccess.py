@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.enforcer.fanotify.access import open_access
+from services.enforcer.fanotify.access import open_access, open_flags
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers of x86_64")
 
@@ -51,3 +51,15 @@ def test_a_thread_that_is_gone_is_unknown() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(10)
     assert open_access(child.pid) == ""
+
+
+def test_the_open_flags_say_whether_the_open_creates(tmp_path: Path) -> None:
+    """A refused O_CREAT open may have created its file (services/enforcer/fanotify/creates.py)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    child = _start(fifo, os.O_WRONLY | os.O_CREAT)
+    try:
+        flags = open_flags(child.pid, patience=10)
+        assert flags is not None and flags & os.O_CREAT and flags & os.O_ACCMODE == os.O_WRONLY
+    finally:
+        _stop(child)

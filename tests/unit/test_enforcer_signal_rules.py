@@ -131,3 +131,39 @@ def test_bpflsm_records_become_refused_or_audited_events() -> None:
     assert audit.ret == 0 and audit.extra["result"] == "Passed" and audit.extra["refused"] is False
     cap = parse_lsm_record(_lsm_record(4, 1, (27, 0, 0), b""), {})
     assert cap.match == "mknod" and cap.resource == "CAP_MKNOD" and to_raw_event(cap, "n", 0, "b").syscall == "capable"
+
+
+def test_block_all_kills_every_socket_type_of_any_family() -> None:
+    """KubeArmor's ``protocol: all``: every socket type, any family and protocol (ping's icmp included)."""
+    from services.enforcer.signal.rules import ALL_TYPES
+    t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", protocol="all")])))
+    assert {(11, ANY, typ, ANY) for typ in ALL_TYPES} == set(t.net)
+    assert t.unsupported == 0 and t.namespaces == {11}
+    assert {r.match for r in t.refs.values()} == {"all"}
+    # ping: socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), then SOCK_RAW; AF_UNIX stream too
+    for key in ((2, 2, 1), (2, 3, 1), (10, 2, 58), (1, 1, 0), (2, 1, 6)):
+        assert (11, ANY, key[1], ANY) in t.net, key
+
+
+def test_block_all_leaves_a_protocols_own_rule_its_keys() -> None:
+    raw = Rule(policy="p-raw", policy_kind="KubeArmorPolicy", policy_namespace="d", operation="Network",
+               action="Block", protocol="raw")
+    t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", protocol="all"), raw])))
+    assert t.refs[t.net[(11, ANY, 3, ANY)]].match == "raw"
+    assert t.refs[t.net[(11, ANY, 1, ANY)]].match == "all"
+
+
+def test_audit_all_and_sourced_all_are_not_killed() -> None:
+    sourced = rule("Network", protocol="all", from_source=[{"path": "/bin/ping"}])
+    t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", "Audit", protocol="all")]),
+                          WorkloadRules("b", 22, 0, [sourced])))
+    assert not t.net and t.unsupported == 1
+
+
+def test_allow_all_under_blocking_posture_kills_nothing() -> None:
+    wl = WorkloadRules("a", 11, 0, [rule("Network", "Allow", protocol="all")], network_posture="block")
+    assert not compile_tables(rs(wl)).net
+    sourced = WorkloadRules("b", 22, 0, [rule("Network", "Allow", protocol="all", from_source=[{"path": "/x"}])],
+                            network_posture="block")
+    t = compile_tables(rs(sourced))
+    assert not t.net and t.unsupported > 0

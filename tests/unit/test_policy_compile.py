@@ -1,6 +1,10 @@
 """Compiling policies into per-node RuleSets: selection and KubeArmor's defaults."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from services.policy.compiler import compile_rules, selects
 from services.policy.model import normalise_action, to_policy
 from services.policy.parser import parse_documents
@@ -182,3 +186,27 @@ def test_stopped_workloads_are_marked_so_enforcers_skip_them() -> None:
     assert rs.workloads["gone"].stopped_ns == 7
     assert [w.workload_id for w in rs.running()] == ["a"]
     assert RuleSet.from_wire(rs.to_wire()).workloads["gone"].stopped_ns == 7
+
+
+def test_ksp_empty_container_name_list_selects_every_container_of_the_pods() -> None:
+    """KubeArmor: ``"[]"``, ``""`` or only empty entries name no container, so all are selected."""
+    for value in ('"[]"', '""', '"[ , ]"'):
+        p = policy(KSP.replace("{app: web}", "{app: web, kubearmor.io/container.name: " + value + "}"))
+        assert p.container_names is None, value
+        assert selects(p, wl("a", {"app": "web"}, "shop", name="container-1"))
+        assert selects(p, wl("b", {"app": "web"}, "shop", name="container-2"))
+        assert not selects(p, wl("c", {"app": "db"}, "shop", name="container-1"))
+    malformed = policy(KSP.replace("{app: web}", '{app: web, kubearmor.io/container.name: "[container-1,,]"}'))
+    assert malformed.container_names == ("container-1",)
+    assert not selects(malformed, wl("d", {"app": "web"}, "shop", name="container-2"))
+
+
+def test_suite_empty_container_name_manifests_select_both_containers() -> None:
+    """The KubeArmor suite's empty-array and empty-label manifests select every container of the pod."""
+    base = Path("/work/shared/conformance/kubearmor/tests/tests/k8s_env/multicontainer/manifests")
+    if not base.is_dir():
+        pytest.skip("KubeArmor conformance manifests not present")
+    for name in ("empty-array-ls-block.yaml", "empty-label-ls-block.yaml"):
+        p = policy(base.joinpath(name).read_text())
+        for container in ("container-1", "container-2"):
+            assert selects(p, wl(container, {"container": "multicontainer"}, "multicontainer", name=container))

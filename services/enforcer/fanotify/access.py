@@ -20,9 +20,10 @@ import os
 import platform
 import time
 
-__all__ = ["exe_of", "exec_target", "fs_uid", "is_elf_interpreter", "open_access"]
+__all__ = ["EXEC_LIKE", "exe_of", "exec_target", "fs_uid", "is_elf_interpreter", "open_access", "open_flags"]
 
 O_ACCMODE, O_TRUNC = 0o3, 0o1000
+EXEC_LIKE = -1  # open_flags of an execve-like call: the kernel reads the file for exec
 # syscall number -> index of the flags argument; -1: exec-like (a read); "how": openat2
 _OPENS: dict[str, dict[int, int | str]] = {
     "x86_64": {2: 1, 257: 2, 85: -2, 304: 2, 437: "how", 59: -1, 322: -1, 134: -1},
@@ -51,22 +52,23 @@ def _blocked_syscall(tid: int, patience: float) -> list[bytes]:
         os.sched_yield()
 
 
-def open_access(tid: int, machine: str | None = None, patience: float = 0.005) -> str:
-    """``read``, ``write`` or ``""`` (unknown) for the open thread ``tid`` is blocked in."""
+def open_flags(tid: int, machine: str | None = None, patience: float = 0.005) -> int | None:
+    """The open flags of the open thread ``tid`` is blocked in (creat(): O_CREAT|O_WRONLY|O_TRUNC);
+    ``EXEC_LIKE`` for an execve-like call (a read); None when unknown."""
     table = _OPENS.get(machine or platform.machine(), {})
     try:
         fields = _blocked_syscall(tid, patience)
         nr = int(fields[0])
         args = [int(a, 16) for a in fields[1:7]]
     except (ValueError, IndexError):
-        return ""
+        return None
     how = table.get(nr)
     if how is None:
-        return ""
+        return None
     if how == -1:
-        return "read"
-    if how == -2:  # creat(): O_CREAT|O_WRONLY|O_TRUNC
-        return "write"
+        return EXEC_LIKE
+    if how == -2:
+        return os.O_CREAT | os.O_WRONLY | O_TRUNC
     if how == "how":
         try:
             fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
@@ -74,11 +76,19 @@ def open_access(tid: int, machine: str | None = None, patience: float = 0.005) -
                 raw = os.pread(fd, 8, args[2])
             finally:
                 os.close(fd)
-            return _flags_access(int.from_bytes(raw, "little")) if len(raw) == 8 else ""
+            return int.from_bytes(raw, "little") if len(raw) == 8 else None
         except OSError:
-            return ""
+            return None
     assert isinstance(how, int)
-    return _flags_access(args[how])
+    return args[how]
+
+
+def open_access(tid: int, machine: str | None = None, patience: float = 0.005) -> str:
+    """``read``, ``write`` or ``""`` (unknown) for the open thread ``tid`` is blocked in."""
+    flags = open_flags(tid, machine, patience)
+    if flags is None:
+        return ""
+    return "read" if flags == EXEC_LIKE else _flags_access(flags)
 
 
 _EXECS = {"x86_64": {59: 0, 322: 1}, "aarch64": {221: 0, 281: 1}}

@@ -13,6 +13,13 @@ denying in selected namespaces, until the next enforcer takes the group and its 
 (``faninherit``). ``detach()`` (SIGTERM) leaves the group to the holder; ``close()`` drops it.
 Without a holder, closing the fanotify fd or our death makes the kernel allow every pending waiter.
 
+A refused open that created its file (O_CREAT) has that file removed before the verdict where a
+directory rule marks its directory (``fancreates``). The container runtime entering a workload
+(``docker exec``: runc joining it, reading /etc/passwd and exec'ing the command) is judged like any
+process of the workload: under an allow-list its reads must be allowed too. It is not waived: what
+would mark it (a parent outside the PID namespace, an executable that is a memfd or a deleted file) a
+container's first process or an exec'd session can copy by exec'ing a memfd.
+
 The matcher gets what fanotify alone does not say (``fanaccess``): read or write (from the waiting
 thread's open flags in /proc/<tid>/syscall: readOnly rules), the thread's fs uid and the file's owner
 (ownerOnly), the thread's executable (fromSource).
@@ -30,6 +37,7 @@ import time
 from services.enforcer.base import ProbeResult
 from services.enforcer.fanotify import syscalls as fs
 from services.enforcer.fanotify.access import exe_of, exec_target, fs_uid, is_elf_interpreter, open_access
+from services.enforcer.fanotify.creates import CreateWatch
 from services.enforcer.fanotify.hold import HOLDER_ENV, HolderClient, HolderError
 from services.enforcer.fanotify.inherit import Inherited, open_inode, open_mount, read_marks
 from services.enforcer.fanotify.journal import Journal
@@ -72,7 +80,8 @@ class FanotifyEnforcer:
     def __init__(self, holder: str | None = None) -> None:
         self.counters = Counters(allowed=0, denied=0, errors=0, mark_errors=0, events=0, handle_ns=0,
                                  mode_unknown=0, missing_paths=0, tree_truncated=0, unmarkable=0,
-                                 posture_unenforced=0, holder_errors=0, inherited_marks=0, stale_marks=0)
+                                 posture_unenforced=0, holder_errors=0, inherited_marks=0, stale_marks=0,
+                                 creates_undone=0, create_watch_errors=0)
         self._holder_path = holder if holder is not None else os.environ.get(HOLDER_ENV) or None
         self._holder: HolderClient | None = None
         self._journal: Journal | None = None
@@ -84,6 +93,7 @@ class FanotifyEnforcer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._tables = Tables()
+        self._creates: CreateWatch | None = None
         self._marks: dict[tuple[int, int], tuple[int, int]] = {}  # (dev, ino) -> (O_PATH fd, mask)
         self._own_mntns = os.stat("/proc/self/ns/mnt").st_ino
         self._last: RuleSet | None = None
@@ -122,8 +132,10 @@ class FanotifyEnforcer:
             resolved = resolve_plans(plans, self.counters)
             # Publish the tables before adding marks: an event never finds a mark without its rules.
             self._tables = resolved.tables
+            self._watch_creates()
             self._start_reader()  # only now: an inherited group's waiters are judged with these rules
             self._sync_marks(resolved.wanted)
+            self._sync_creates(resolved.tables)
             if self._holder is not None:
                 self._holder.selected(resolved.tables.rules)
             self._last = ruleset
@@ -214,6 +226,21 @@ class FanotifyEnforcer:
             finally:
                 os.close(fd)
 
+    def _watch_creates(self) -> None:
+        """The FAN_CREATE group that lets a refused O_CREAT open take its new file back (``fancreates``)."""
+        if self._creates is None:
+            try:
+                self._creates = CreateWatch()
+            except OSError as exc:
+                self.counters.inc("create_watch_errors")
+                log.error("no create watch: a refused create leaves its empty file", extra={"error": str(exc)})
+
+    def _sync_creates(self, tables: Tables) -> None:
+        """Watch the marked directories for creates (their O_PATH fds are our marks')."""
+        if self._creates is not None:
+            dirs = {(d, i): self._marks[(d, i)][0] for d, i, _ns in tables.dirs if (d, i) in self._marks}
+            self.counters.inc("create_watch_errors", self._creates.sync(dirs))
+
     # -- events --------------------------------------------------------------------------------
     def _open_group(self) -> None:
         """The holder's group (with the marks it holds), or a group of our own."""
@@ -249,12 +276,19 @@ class FanotifyEnforcer:
         poller = select.poll()
         poller.register(self._fan_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        creates = self._creates
+        if creates is not None:
+            poller.register(creates.fd, select.POLLIN)
         journal = self._journal
         while not self._stop.is_set():
             try:
-                poller.poll()
+                ready = {fd for fd, _ in poller.poll()}
                 if self._stop.is_set():
                     break
+                if creates is not None and creates.fd in ready:
+                    creates.drain()
+                    if self._fan_fd not in ready:
+                        continue
                 if journal is not None:
                     journal.reading()
                 buf = os.read(self._fan_fd, 64 * 1024)
@@ -319,13 +353,7 @@ class FanotifyEnforcer:
         if mntns == self._own_mntns and os.path.exists(f"/proc/self/task/{tid}"):
             return False  # never wait on ourselves (a host policy selects our namespace too)
         st = os.fstat(efd)
-        resources = list(tables.files.get((st.st_dev, st.st_ino, mntns), ()))
-        if mntns in tables.dir_ns:
-            resources.extend(self._in_marked_dir(efd, tid, mntns, tables))
-        if mntns in tables.mount_ns:  # an allow-list: every file is judged, by the path we see
-            seen = os.readlink(f"/proc/self/fd/{efd}")
-            if seen not in resources:
-                resources.append(seen)
+        resources = self._resources(tid, efd, st, mntns, tables)
         if not resources:
             return False
         source = exe_of(tid)
@@ -344,12 +372,41 @@ class FanotifyEnforcer:
             asked = Access(operation=operation, resource=resource, source=source, access=access, uid=uid,
                            resource_owner_uid=st.st_uid)
             decision = _decide(tables, mntns, asked)
-            if decision is not None and decision.action == "Block":
-                log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": decision.rule.operation
-                                                 if decision.rule else operation, "path": resource,
-                                                 "access": access, "source": source, "policy": decision.policy})
-                return True
+            if decision is None or decision.action != "Block":
+                continue
+            log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": decision.rule.operation
+                                             if decision.rule else operation, "path": resource,
+                                             "access": access, "source": source, "policy": decision.policy})
+            if operation == "File":
+                self._undo_create(tid, efd, tables)
+            return True
         return False
+
+    def _undo_create(self, tid: int, efd: int, tables: Tables) -> None:
+        """Before a refused open's verdict: remove the file that very open created, if it did (``fancreates``).
+        Never raises: a failure here must not turn the refusal into an allow."""
+        creates = self._creates
+        if creates is None or not tables.dirs:
+            return
+        try:
+            if creates.undo(tid, efd, {(d, i) for d, i, _ns in tables.dirs}):
+                self.counters.inc("creates_undone")
+                log.info("refused create undone", extra={"tid": tid})
+        except Exception as exc:  # noqa: BLE001 - the refusal stands whatever happens here
+            self.counters.inc("errors")
+            log.warning("could not undo a refused create", extra={"tid": tid, "error": repr(exc)})
+
+    def _resources(self, tid: int, efd: int, st: os.stat_result, mntns: int, tables: Tables) -> list[str]:
+        """The names the workload's rules may know the file by: a marked file's, its marked directory's
+        child, or (an allow-list's mount marks) the path we see."""
+        resources = list(tables.files.get((st.st_dev, st.st_ino, mntns), ()))
+        if mntns in tables.dir_ns:
+            resources.extend(self._in_marked_dir(efd, tid, mntns, tables))
+        if mntns in tables.mount_ns:  # an allow-list: every file is judged, by the path we see
+            seen = os.readlink(f"/proc/self/fd/{efd}")
+            if seen not in resources:
+                resources.append(seen)
+        return resources
 
     @staticmethod
     def _in_marked_dir(efd: int, tid: int, mntns: int, tables: Tables) -> list[str]:
@@ -400,6 +457,9 @@ class FanotifyEnforcer:
                 self._holder = None
             os.close(self._fan_fd)
             self._fan_fd = -1
+            if self._creates is not None:
+                self._creates.close()
+                self._creates = None
             if self._journal is not None:
                 self._journal.close()
                 self._journal = None

@@ -6,6 +6,9 @@ workload is asked of ``shared.matcher.decide`` (so enforcement and alerts agree)
 does not yet know Network/Capabilities resources (decide returns None for a rule that names exactly
 that protocol or capability), the rule's own action is used and ``matcher_fallback`` counted.
 
+``all`` is every socket: each socket type of any family and protocol (AF_UNIX and netlink too), as
+KubeArmor's BPF-LSM expands it; a Block ``all`` kills at every ``socket()`` of the workload.
+
 A network allow-list under a blocking posture (``network_posture: block`` and an Allow rule for
 Network) kills every inet protocol no Allow rule names (``POSTURE_PROTOCOLS``; the kill is reported
 with policy ``DefaultPosture``, as the matcher decides). A protocol allowed only ``fromSource`` cannot
@@ -27,13 +30,15 @@ from shared.bpf.names import CAPABILITIES
 from shared.matcher import POSTURE_POLICY, Access, decide
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
-__all__ = ["ANY", "PROTOCOLS", "POSTURE_PROTOCOLS", "CAPS", "NOISY_CAPS", "RuleRef", "SignalTables", "compile_tables",
-           "OPERATIONS"]
+__all__ = ["ANY", "ALL_TYPES", "PROTOCOLS", "POSTURE_PROTOCOLS", "CAPS", "NOISY_CAPS", "RuleRef", "SignalTables",
+           "compile_tables", "OPERATIONS"]
 
 OPERATIONS = frozenset({"Network", "Capabilities"})
 ANY = 0xFFFFFFFF
 AF_INET, AF_INET6 = 2, 10
-SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_RDM, SOCK_SEQPACKET = 1, 2, 3, 4, 5
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_RDM, SOCK_SEQPACKET, SOCK_DCCP, SOCK_PACKET = 1, 2, 3, 4, 5, 6, 10
+# every socket type KubeArmor's ``all`` stands for (its BPF-LSM expands ``all`` to these types, any family)
+ALL_TYPES = (SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_RDM, SOCK_SEQPACKET, SOCK_DCCP, SOCK_PACKET)
 _INET = (AF_INET, AF_INET6)
 # protocol name -> (family, type, protocol) keys of socket() calls that open such a socket
 PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -47,6 +52,9 @@ PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "dgram": ((ANY, SOCK_DGRAM, ANY),),
     "rdm": ((ANY, SOCK_RDM, ANY),),
     "seqpacket": ((ANY, SOCK_SEQPACKET, ANY),),
+    "dccp": ((ANY, SOCK_DCCP, ANY),),
+    "packet": ((ANY, SOCK_PACKET, ANY),),
+    "all": tuple((ANY, t, ANY) for t in ALL_TYPES),
 }
 # what a blocking network posture kills: the inet protocols a KubeArmor allow-list names (never AF_UNIX)
 POSTURE_PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -113,7 +121,9 @@ def compile_tables(ruleset: RuleSet, ids: dict[RuleRef, int] | None = None) -> S
         if not wl.mntns:
             continue
         rules = [r for r in wl.rules if r.operation in OPERATIONS]
-        for operation, name in sorted({(r.operation, _name(r)) for r in rules if r.action == "Block"}):
+        # ``all`` last: a protocol's own rule keeps the keys it shares with ``all`` (raw, stream...)
+        blocked = {(r.operation, _name(r)) for r in rules if r.action == "Block"}
+        for operation, name in sorted(blocked, key=lambda k: (k[0], k[1] == "all", k[1])):
             if any(r.from_source for r in rules if r.operation == operation and _name(r) == name):
                 tables.unsupported += 1
                 continue
@@ -143,7 +153,7 @@ def _network_posture(wl: WorkloadRules, rules: list[Rule], tables: SignalTables,
     if wl.network_posture != "block" or wl.audited or not allows:
         return
     for name, keys in POSTURE_PROTOCOLS.items():
-        named = [r for r in allows if _name(r) == name]
+        named = [r for r in allows if _name(r) in (name, "all")]
         if named:
             if all(r.from_source for r in named):
                 tables.unsupported += 1  # allowed for some programs only: the kernel key has no source
