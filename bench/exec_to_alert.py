@@ -15,8 +15,10 @@ push comes before the SIEM copy.
 Modes (each a set of settings, the rest default):
 - ``window``: what the monitor did before: ``BULWARK_BATCH_FLUSH_WHEN_DRAINED=false``, polling every
   5 ms backing off to 20 ms when idle, a batch sent when full or 20 ms old.
-- ``drained``: the defaults: a batch sent as soon as a pass finds the ring buffer empty (or full, or
+- ``polled``: a batch sent as soon as a pass finds the ring buffer empty (or full, or
   ``BULWARK_BATCH_MAX_DELAY_MS`` old), polling every 2 ms backing off to 4 ms.
+- ``drained``: the defaults: as ``polled``, but an idle pump sleeps in epoll on the ring buffer's fd
+  and the kernel wakes it for the next record (``BULWARK_MONITOR_WAKE_ON_FD``).
 
 Rounds alternate the order of the modes (the machine's load drifts); the per-round ratios
 drained/window of the median and p99 give the interval. Baseline measured in each stack: a NATS
@@ -48,7 +50,9 @@ POLICY = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "policies" / "b
 NODE = "bench-node"
 MODES: dict[str, dict[str, str]] = {
     "window": {"BULWARK_BATCH_FLUSH_WHEN_DRAINED": "false", "BULWARK_MONITOR_POLL_MS": "5",
-               "BULWARK_MONITOR_IDLE_POLL_MS": "20", "BULWARK_BATCH_MAX_DELAY_MS": "20"},
+               "BULWARK_MONITOR_IDLE_POLL_MS": "20", "BULWARK_BATCH_MAX_DELAY_MS": "20",
+               "BULWARK_MONITOR_WAKE_ON_FD": "false"},
+    "polled": {"BULWARK_BATCH_FLUSH_WHEN_DRAINED": "true", "BULWARK_MONITOR_WAKE_ON_FD": "false"},
     "drained": {"BULWARK_BATCH_FLUSH_WHEN_DRAINED": "true"},
 }
 

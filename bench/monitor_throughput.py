@@ -37,7 +37,7 @@ LOSSES = ("lost_kernel", "lost_kernel_proc", "lost_queue", "lost_publish", "deco
 BASE = {"BULWARK_BATCH_MAX_EVENTS": "1536", "BULWARK_BATCH_MAX_DELAY_MS": "50", "BULWARK_HEARTBEAT_SECONDS": "0.2"}
 MODES: dict[str, dict[str, str]] = {
     "window": {"BULWARK_BATCH_FLUSH_WHEN_DRAINED": "false", "BULWARK_MONITOR_POLL_MS": "5",
-               "BULWARK_MONITOR_IDLE_POLL_MS": "20"},
+               "BULWARK_MONITOR_IDLE_POLL_MS": "20", "BULWARK_MONITOR_WAKE_ON_FD": "false"},
     "drained": {"BULWARK_BATCH_FLUSH_WHEN_DRAINED": "true"},
 }
 

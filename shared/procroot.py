@@ -7,7 +7,7 @@ import os
 import platform
 import struct
 
-__all__ = ["pids_by_mntns", "open_in_root"]
+__all__ = ["pids_by_mntns", "open_in_root", "open_beneath"]
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
 _RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
@@ -48,17 +48,23 @@ def open_in_root(path: str, root_pid: int | None) -> int:
     that root, as the workload would resolve them), or from ours when ``root_pid`` is None."""
     if not root_pid or root_pid == os.getpid():
         return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    root = os.open(f"/proc/{root_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return open_beneath(root, path, f"/proc/{root_pid}/root")
+    finally:
+        os.close(root)
+
+
+def open_beneath(root_fd: int, path: str, where: str = "root") -> int:
+    """An O_PATH fd for ``path`` resolved with ``root_fd`` as the root directory (absolute paths and
+    symlinks stay inside it; no magic links); OSError (``where`` names the root) when it fails."""
     nr = _SYS_OPENAT2.get(platform.machine())
     if nr is None:
         raise OSError(38, "openat2 unknown on this architecture")
-    root = os.open(f"/proc/{root_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-        ret = _syscall().syscall(ctypes.c_long(nr), ctypes.c_int(root), ctypes.c_char_p(path.encode()),
-                                 ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
-        if ret < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"openat2({path!r} in /proc/{root_pid}/root): {os.strerror(err)}")
-        return int(ret)
-    finally:
-        os.close(root)
+    how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    ret = _syscall().syscall(ctypes.c_long(nr), ctypes.c_int(root_fd), ctypes.c_char_p(os.fsencode(path)),
+                             ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"openat2({path!r} in {where}): {os.strerror(err)}")
+    return int(ret)

@@ -48,9 +48,18 @@ def _file_access(data: str) -> str:
     return "write" if any(f in flags for f in _WRITE_FLAGS) else "read"
 
 
+def _source(r: dict[str, Any], op: str) -> str:
+    """The executable that acted: a Process record's Source; for the others, whose Source is a command
+    line (executable and arguments, as KubeArmor's), their ProcessName (older records: their Source)."""
+    if op == "Process":
+        return str(r.get("Source", ""))
+    return str(r.get("ProcessName") or r.get("Source", ""))
+
+
 def record_access(r: dict[str, Any]) -> Access | None:
     """The access a stored record stands for (as services/feeder/kinds.py built it); None if not judged."""
-    op, resource, source = str(r.get("Operation", "")), str(r.get("Resource", "")), str(r.get("Source", ""))
+    op, resource = str(r.get("Operation", "")), str(r.get("Resource", ""))
+    source = _source(r, op)
     uid = r.get("UID", -1)
     uid = uid if isinstance(uid, int) and not isinstance(uid, bool) else -1
     data = str(r.get("Data", ""))

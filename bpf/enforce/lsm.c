@@ -79,10 +79,30 @@ static __always_inline long bw_lsm_d_path(struct path *path, char *out)
 
 	return w ? bw_lsm_walk_path(w, path, out) : -1;
 }
+/* A preset report's file, by its name only: a third inlined walk in one program is more than 5.10's
+ * verifier takes (E2BIG), and the name is all the report needs (user space completes it). */
+static __always_inline const char *bw_lsm_report_path(struct file *file, struct bw_lsm_scratch *s)
+{
+	struct dentry *dentry = NULL;
+	const unsigned char *name = NULL;
+
+	BW_READ(dentry, file, f_path.dentry);
+	if (dentry)
+		BW_READ(name, dentry, d_name.name);
+	return (const char *)name;
+}
 #else
 static __always_inline long bw_lsm_d_path(struct path *path, char *out)
 {
 	return bpf_d_path(path, out, BW_LSM_PATH);
+}
+
+/* A preset report's file: its whole path (0 when unreadable). */
+static __always_inline const char *bw_lsm_report_path(struct file *file, struct bw_lsm_scratch *s)
+{
+	long n = bw_lsm_d_path((struct path *)&file->f_path, s->res.path);
+
+	return n > 1 ? s->res.path : 0;
 }
 #endif
 
@@ -228,7 +248,6 @@ static __always_inline int bw_lsm_fileless(struct file *file, __u32 flags, __u32
 	const unsigned char *name = NULL;
 	struct dentry *dentry = NULL;
 	__u32 zero = 0, fileless;
-	long n;
 
 	if (!v)
 		return 0;
@@ -244,8 +263,7 @@ static __always_inline int bw_lsm_fileless(struct file *file, __u32 flags, __u32
 	s = bw_lsm_scratch_map.lookup(&zero);
 	if (!s)
 		return bw_lsm_refuse_preset(mntns, BW_PRESET_FILELESS_EXEC, v, 0, 0, 0, 0);
-	n = bw_lsm_d_path((struct path *)&file->f_path, s->res.path);
-	return bw_lsm_refuse_preset(mntns, BW_PRESET_FILELESS_EXEC, v, 0, 0, 0, n > 1 ? s->res.path : 0);
+	return bw_lsm_refuse_preset(mntns, BW_PRESET_FILELESS_EXEC, v, 0, 0, 0, bw_lsm_report_path(file, s));
 }
 
 /* protectEnv: another process's /proc/<pid>/environ. */
@@ -254,7 +272,6 @@ static __always_inline int bw_lsm_environ(struct file *file, __u32 flags, __u32 
 	struct bw_verdict *v = bw_lsm_preset(flags, mntns, BW_PRESET_PROTECT_ENV);
 	struct bw_lsm_scratch *s;
 	__u32 zero = 0, target;
-	long n;
 
 	if (!v)
 		return 0;
@@ -264,8 +281,7 @@ static __always_inline int bw_lsm_environ(struct file *file, __u32 flags, __u32 
 	s = bw_lsm_scratch_map.lookup(&zero);
 	if (!s)
 		return bw_lsm_refuse_preset(mntns, BW_PRESET_PROTECT_ENV, v, 0, target, 0, 0);
-	n = bw_lsm_d_path((struct path *)&file->f_path, s->res.path);
-	return bw_lsm_refuse_preset(mntns, BW_PRESET_PROTECT_ENV, v, 0, target, 0, n > 1 ? s->res.path : 0);
+	return bw_lsm_refuse_preset(mntns, BW_PRESET_PROTECT_ENV, v, 0, target, 0, bw_lsm_report_path(file, s));
 }
 
 static __always_inline int bw_lsm_file_in(struct file *file, __u32 kind, __u32 access, __u32 mntns, __u32 flags)

@@ -107,7 +107,40 @@ static __always_inline int bw_file_wanted(__u32 bits, __u32 mntns, const char *u
 	return 0;
 }
 
-/* Send `task`'s exe (mm->exe_file) as a BW_OP_PROC record; 0 when it was written. */
+/* The command line of `task` (bw_current(): its argv as the kernel laid it out at exec, from
+ * mm->arg_start to mm->arg_end), at most BW_ARGS_LEN bytes. Read from user memory: a page not
+ * faulted in (no page faults here) leaves it empty, flagged. */
+static __always_inline void bw_task_args(struct bw_proc_event *pe, struct task_struct *task)
+{
+	struct mm_struct *mm = NULL;
+	unsigned long start = 0, end = 0;
+	__u64 n;
+
+	pe->args_len = 0;
+	pe->args_flags = 0;
+	pe->pad = 0;
+	BW_READ(mm, task, mm);
+	if (!mm)
+		return;
+	BW_READ(start, mm, arg_start);
+	BW_READ(end, mm, arg_end);
+	if (!start || end <= start)
+		return;
+	n = end - start;
+	if (n > BW_ARGS_LEN) {
+		n = BW_ARGS_LEN;
+		pe->args_flags |= BW_ARGS_TRUNCATED;
+	}
+	asm volatile("" : "+r"(n));              /* re-check after the compiler: the verifier needs it */
+	if (n == 0 || n > BW_ARGS_LEN)
+		return;
+	if (bpf_probe_read_user(pe->args, n, (const void *)start) == 0)
+		pe->args_len = n;
+	else
+		pe->args_flags |= BW_ARGS_FAULT;
+}
+
+/* Send `task`'s exe (mm->exe_file) and command line as a BW_OP_PROC record; 0 when it was written. */
 static __always_inline int bw_announce(struct bw_task_info *t, struct task_struct *task)
 {
 	__u32 zero = 0;
@@ -121,7 +154,8 @@ static __always_inline int bw_announce(struct bw_task_info *t, struct task_struc
 	bpf_probe_read_kernel(&pe->task, sizeof(pe->task), t);
 	bw_task_exe(&pe->exe, task);
 	bw_task_tty(pe->tty, task);
-	if (bw_events.ringbuf_output(pe, sizeof(*pe), BW_RB_NO_WAKEUP)) {
+	bw_task_args(pe, task);
+	if (bw_events.ringbuf_output(pe, sizeof(*pe), BW_RB_FLAGS)) {
 		bw_stat(BW_STAT_PROC_LOST);
 		return -1;
 	}
@@ -311,7 +345,7 @@ static __always_inline void bw_sys_emit(struct bw_sys_event *e)
 	if (size > sizeof(*e))
 		return;
 	e->hdr.size = size;
-	if (bw_events.ringbuf_output(e, size, BW_RB_NO_WAKEUP)) {
+	if (bw_events.ringbuf_output(e, size, BW_RB_FLAGS)) {
 		bw_stat(BW_STAT_LOST);
 		bw_stat(BW_STAT_LOST_OP + (op & 15));
 		return;

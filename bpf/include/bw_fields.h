@@ -35,6 +35,8 @@
 	X(upid, nr) \
 	X(upid, ns) \
 	X(mm_struct, exe_file) \
+	X(mm_struct, arg_start) \
+	X(mm_struct, arg_end) \
 	X(file, f_path) \
 	X(path, mnt) \
 	X(path, dentry) \

@@ -8,7 +8,9 @@
 #ifndef BW_RB_PAGES
 #define BW_RB_PAGES 4096                     /* 16 MiB with 4 KiB pages; the loader passes -D */
 #endif
-#define BW_RB_NO_WAKEUP 1
+/* Adaptive wake-up (flags 0): a record wakes the monitor sleeping in epoll only when it had read
+ * everything before it; a busy monitor, which is behind by definition, is never woken (it polls). */
+#define BW_RB_FLAGS 0
 #define BW_AT_FDCWD -100
 
 /* bw_stats indices (per CPU; user space sums them) */

@@ -13,7 +13,7 @@
 
 enum bw_op {
 	BW_OP_EXEC = 1,                          /* struct bw_exec_event */
-	BW_OP_PROC = 2,                          /* struct bw_proc_event: a process's exe, once per process */
+	BW_OP_PROC = 2,                          /* struct bw_proc_event: a process's exe and argv, once per process */
 	BW_OP_FORK = 3,                          /* struct bw_sys_event ... */
 	BW_OP_EXIT = 4,
 	BW_OP_FILE = 5,                          /* open, unlink, rmdir, chown */
@@ -59,6 +59,7 @@ enum bw_syscall {
 #define BW_COMM_LEN 16
 #define BW_TTY_LEN 16                        /* the controlling tty's name (tty->name: pts0, tty1, ttyS0) */
 #define BW_FILENAME_LEN 512
+#define BW_ARGS_LEN 256                      /* bytes of a process's command line kept (its argv) */
 #define BW_NAME_MAX 256                      /* bytes read per path component (NAME_MAX + NUL) */
 #define BW_PATH_SPAN 512                     /* a component may only start below this offset */
 #define BW_PATH_BUF (BW_PATH_SPAN + BW_NAME_MAX)
@@ -68,6 +69,10 @@ enum bw_syscall {
 /* struct bw_path.flags */
 #define BW_PATH_COMPLETE 1                   /* the walk reached the root: an absolute path */
 #define BW_PATH_TRUNCATED 2                  /* gave up (depth, space or loop bound) */
+
+/* struct bw_proc_event.args_flags */
+#define BW_ARGS_TRUNCATED 1                  /* the command line was longer than BW_ARGS_LEN */
+#define BW_ARGS_FAULT 2                      /* it could not be read from user memory */
 
 /* struct bw_exec_event.flags */
 #define BW_EXEC_FILENAME_TRUNCATED 1         /* the filename filled BW_FILENAME_LEN */
@@ -129,13 +134,17 @@ struct bw_task_info {
 	char comm[BW_COMM_LEN];
 };
 
-/* A process's canonical executable, sent before the first record of each process (and again after
- * an exec): user space caches it per tgid instead of every record carrying a path walk. */
+/* A process's canonical executable and command line, sent before the first record of each process
+ * (and again after an exec): user space caches them per tgid instead of every record carrying them. */
 struct bw_proc_event {
 	struct bw_event_hdr hdr;
 	struct bw_task_info task;
 	struct bw_path exe;
 	char tty[BW_TTY_LEN];                    /* its controlling tty, "" when none */
+	__u16 args_len;                          /* bytes of args used */
+	__u16 args_flags;                        /* BW_ARGS_* */
+	__u32 pad;
+	char args[BW_ARGS_LEN];                  /* mm->arg_start..arg_end: argv[0], argv[1], ... each NUL-ended */
 };
 
 #define BW_SYS_NAME_LEN 512

@@ -68,7 +68,7 @@ static __always_inline int bw_exec_exit(long ret, __s32 nr)
 		return 0;
 	}
 	e->ret = ret;
-	if (bw_events.ringbuf_output(e, sizeof(*e), BW_RB_NO_WAKEUP)) {
+	if (bw_events.ringbuf_output(e, sizeof(*e), BW_RB_FLAGS)) {
 		bw_stat(BW_STAT_LOST);
 		bw_stat(BW_STAT_LOST_OP + BW_OP_EXEC);
 	} else {

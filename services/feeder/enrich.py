@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from services.feeder.eventdata import event_data, exec_event
-from services.feeder.kinds import kind_fields
+from services.feeder.kinds import kind_fields, source_text
 from shared.matcher import Decision
 from shared.presets import PRESET_OPERATION
 from shared.schemas.events import RawEvent
@@ -111,7 +111,7 @@ def _common(event: RawEvent, workload: Workload, cluster: str, now_ns: int) -> d
         "UID": event.uid,
         "ParentProcessName": event.exe,
         "ProcessName": fields["ProcessName"],
-        "Source": event.exe,
+        "Source": source_text(event, fields["Operation"]),
         "Operation": fields["Operation"],
         "Resource": fields["Resource"],
         "Data": fields["Data"],
@@ -145,6 +145,7 @@ def build_alert(event: RawEvent, workload: Workload, decision: Decision, *, clus
         common["Result"] = str(event.extra["result"])
     if operation and operation != PRESET_OPERATION:  # a preset's own Operation comes from kind_fields
         common["Operation"] = operation
+        common["Source"] = source_text(event, operation)
         _refresh_event_data(common)
     return {
         **common,

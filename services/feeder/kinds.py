@@ -8,6 +8,12 @@ network syscalls (connect, accept, bind, listen) are raw events only: no rule is
 judging them would repeat the socket's verdict or hit allow-list postures with an empty resource.
 A preset's record (kind ``preset``) and an enforcer's report of one are judged as that preset
 (operation ``Preset``, shared.presets) and alerted with the preset's own Operation (Process, File).
+A rule's fromSource is matched against the acting executable alone (``exe``), never its arguments;
+ownerOnly against the accessed file's owner: an open's (read by the kernel) or an exec'd program's
+(read by the monitor, services/monitor/decode/owners.py).
+
+The record's ``Source`` is KubeArmor's: for a Process record the executable that did the exec, for
+the others the acting process's command line (:func:`source_text`).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from shared.matcher import Access
 from shared.presets import PRESET_OPERATION, alert_operation
 from shared.schemas.events import EVENT_KINDS, RawEvent
 
-__all__ = ["access_for", "kind_fields", "open_flags_text"]
+__all__ = ["access_for", "kind_fields", "open_flags_text", "source_text", "MAX_ARGS_CHARS"]
 
 _ACCMODE = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR", 3: "O_ACCMODE"}
 _OPEN_FLAGS = (  # octal values from asm-generic/fcntl.h (x86_64)
@@ -28,6 +34,7 @@ _OPEN_FLAGS = (  # octal values from asm-generic/fcntl.h (x86_64)
 _WRITE_FLAGS = 0o100 | 0o1000 | 0o2000  # O_CREAT, O_TRUNC, O_APPEND
 _OPENS = frozenset({"open", "openat", "openat2", "creat"})
 _AT_REMOVEDIR = 0x200
+MAX_ARGS_CHARS = 1024  # arguments kept in a Source (the monitor sends at most BW_ARGS_LEN bytes of argv)
 # a preset record's details, in the order its Data names them (KubeArmor-style key=value)
 _PRESET_DATA = (("filename", "filename"), ("memfd", "memfd"), ("target_pid", "target"), ("fd", "fd"),
                 ("prot", "prot"), ("map_flags", "flags"), ("addr", "addr"), ("len", "len"),
@@ -54,15 +61,28 @@ def _is_write(event: RawEvent) -> bool:
 
 
 def _owner(event: RawEvent) -> int:
-    value = event.extra.get("owner_uid", -1) if event.syscall in _OPENS or event.kind == "open" else -1
-    return value if isinstance(value, int) else -1
+    """The accessed file's owner uid (an open's or an exec'd program's), -1 when unknown."""
+    if event.kind == "exec" or event.syscall in _OPENS or event.kind == "open":
+        value = event.extra.get("owner_uid", -1)
+        return value if isinstance(value, int) and not isinstance(value, bool) else -1
+    return -1
+
+
+def source_text(event: RawEvent, operation: str) -> str:
+    """KubeArmor's Source: for Process records the executable that did the exec, without arguments;
+    for the others the acting process's command line, its executable then its arguments (bounded)."""
+    args = event.proc_args if isinstance(event.proc_args, str) else ""
+    if operation == "Process" or not args:
+        return event.exe
+    return f"{event.exe} {args[:MAX_ARGS_CHARS]}" if event.exe else args[:MAX_ARGS_CHARS]
 
 
 def access_for(event: RawEvent) -> Access | None:
     """What the matcher judges for ``event``, or None when this kind is not judged."""
     kind = event.kind
     if kind == "exec":
-        return Access("Process", event.path, source=event.exe, access="exec", uid=event.uid)
+        return Access("Process", event.path, source=event.exe, access="exec", uid=event.uid,
+                      resource_owner_uid=_owner(event))
     if kind in ("file", "open"):
         return Access("File", event.path, source=event.exe, access="write" if _is_write(event) else "read",
                       uid=event.uid, resource_owner_uid=_owner(event))

@@ -103,6 +103,8 @@ async def serve(svc: Service, settings: Settings, btf: Btf) -> None:
     def details() -> dict[str, Any]:
         counters["exe_from_proc"] = decoder.procs.misses
         counters["proc_records"] = decoder.procs.records
+        counters["exec_owner_lookups"] = decoder.owners.lookups
+        counters["exec_owner_unknown"] = decoder.owners.unknown
         counters["queued"] = batcher.queued()
         return {"missing_tracepoints": probes.missing, "instance": batcher.msg_id_prefix, **counters,
                 **loss_health.status(counters)}
@@ -114,6 +116,7 @@ async def serve(svc: Service, settings: Settings, btf: Btf) -> None:
         probes.set_visibility(masks)
         probes.set_syscalls(wanted)
         probes.set_config(owner=owner)
+        decoder.exec_owners = owner   # exec'd programs' owners, read in user space (decode/owners.py)
 
     follower = FilterFollower(settings.node_name, apply_filters,
                               counters, containers=_setting(settings, "visibility_containers",

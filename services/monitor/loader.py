@@ -399,6 +399,10 @@ class Probes:
         """Up to ``limit`` committed records copied out in one piece (see :meth:`RingBuffer.take`)."""
         return self._ring.take(limit) if self._ring is not None else (b"", [])
 
+    def wait_fd(self) -> int | None:
+        """The ring buffer's fd, readable while records wait (None when it is not open)."""
+        return self._ring.fd if self._ring is not None else None
+
     def pending_bytes(self) -> int:
         """Bytes in the ring buffer not consumed yet (0 when it is not open)."""
         return self._ring.pending_bytes() if self._ring is not None else 0

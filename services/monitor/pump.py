@@ -7,6 +7,10 @@ process record (``proc_records``) or a ``decode_errors``. A pass that leaves the
 (it took less than a chunk) tells the batcher so (:meth:`Batcher.source_drained`), which then sends
 what it holds instead of waiting for its window: the time from the kernel to NATS is at most one poll
 interval plus a publish, and under load each pass still carries many records into one batch.
+
+An idle pump does not poll: it sleeps in epoll on the ring buffer's fd (:meth:`RecordSource.wait_fd`),
+which the kernel makes readable when a record comes to an empty buffer (the programs' adaptive wake-up).
+A node with nothing to report costs no wake-ups, and a lone event is taken at once.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ __all__ = ["Pump", "RecordSource", "tune_gc"]
 
 log = logging.getLogger("bulwark.monitor.pump")
 
+IDLE_STATS_SECONDS = 1.0  # an idle pump still refreshes the kernel's counters this often
+
 
 def tune_gc(young: int = 50_000) -> None:
     """Fewer, cheaper garbage collections: everything alive now (compiled programs, modules) is set
@@ -44,6 +50,7 @@ class RecordSource(Protocol):
     def take(self, limit: int) -> Chunk: ...
     def pending_bytes(self) -> int: ...
     def kernel_stats(self) -> dict[str, int]: ...
+    def wait_fd(self) -> int | None: ...
 
 
 class Pump:
@@ -56,12 +63,12 @@ class Pump:
         and ``BULWARK_MONITOR_IDLE_POLL_MS``."""
         self.probes, self.decoder, self.batcher, self.counters = probes, decoder, batcher, counters
         self.chunk, self.busy_records = chunk, busy_records
-        if interval is None or idle_interval is None:
-            settings = load_monitor_settings()
-            interval = settings.monitor_poll_ms / 1000 if interval is None else interval
-            idle_interval = settings.monitor_idle_poll_ms / 1000 if idle_interval is None else idle_interval
+        settings = load_monitor_settings()
+        interval = settings.monitor_poll_ms / 1000 if interval is None else interval
+        idle_interval = settings.monitor_idle_poll_ms / 1000 if idle_interval is None else idle_interval
         self.interval, self.idle_interval = interval, idle_interval
-        for name in ("decode_errors", "records", "rb_pending_max_bytes"):
+        self.wake_on_fd = settings.monitor_wake_on_fd
+        for name in ("decode_errors", "records", "rb_pending_max_bytes", "pump_wakeups"):
             counters.setdefault(name, 0)
 
     def once(self) -> int:
@@ -113,12 +120,18 @@ class Pump:
         loop = asyncio.get_running_loop()
         next_stats = loop.time()
         wait = interval
+        fd = self.probes.wait_fd() if self.wake_on_fd else None
         while not stop.is_set():
             held = hold()
             taken = 0 if held else self.once()
             if loop.time() >= next_stats:
                 self.counters.update(self.probes.kernel_stats())
                 next_stats = loop.time() + 0.25
+            if not taken and not held and fd is not None:  # idle: sleep until a record comes
+                await _readable(fd, stop, IDLE_STATS_SECONDS)
+                self.counters.inc("pump_wakeups")
+                wait = interval
+                continue
             if taken >= self.busy_records:   # many came: a longer wait gathers bigger passes and batches
                 wait = max(idle_interval, interval)
             else:
@@ -141,3 +154,22 @@ class Pump:
             if not taken or (late and taken < self.chunk):
                 return
             await asyncio.sleep(0)
+
+
+async def _readable(fd: int, stop: asyncio.Event, timeout: float) -> None:
+    """Until ``fd`` is readable, ``stop`` is set or ``timeout`` s have passed."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((ready, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(fd)
+        stopped.cancel()
+        ready.cancel()

@@ -42,6 +42,7 @@ class RingBuffer:
     def __init__(self, map_fd: int, size: int) -> None:
         if size <= 0 or size & (size - 1):
             raise ValueError(f"ring buffer size {size} is not a power of two")
+        self.fd = map_fd  # readable (epoll) while committed records wait
         self.size = size
         self.mask = size - 1
         page = mmap.PAGESIZE

@@ -4,6 +4,8 @@ polls the ring buffer and when the batcher cuts a batch, all from ``BULWARK_*`` 
 ``BULWARK_BATCH_FLUSH_WHEN_DRAINED`` (default true): a batch is sent as soon as the pump finds the
 ring buffer empty, besides when it is full (``BULWARK_BATCH_MAX_EVENTS``) or its oldest event is
 ``BULWARK_BATCH_MAX_DELAY_MS`` old; false restores the fixed window (the benchmarks compare both).
+``BULWARK_MONITOR_WAKE_ON_FD`` (default true): an idle pump sleeps in epoll on the ring buffer's fd
+and the kernel wakes it when a record comes (false: it polls, backing off to the idle wait below).
 ``BULWARK_MONITOR_POLL_MS`` (2) is the pump's wait between passes while a few records come;
 ``BULWARK_MONITOR_IDLE_POLL_MS`` (4) the longest wait an idle pump backs off to, and its wait after a
 busy pass (256 records or more): the longest a lone event waits in the kernel's buffer. The window
@@ -23,6 +25,7 @@ class MonitorSettings(Settings):
     """Settings of ``python -m services.monitor``."""
 
     batch_flush_when_drained: bool = True
+    monitor_wake_on_fd: bool = True
     monitor_poll_ms: float = Field(default=2.0, gt=0, le=1000)
     monitor_idle_poll_ms: float = Field(default=4.0, gt=0, le=1000)
 

@@ -61,6 +61,7 @@ BW_SYS_EXECVEAT = 1
 BW_COMM_LEN = 16
 BW_TTY_LEN = 16
 BW_FILENAME_LEN = 512
+BW_ARGS_LEN = 256               # bytes of a process's command line kept (its argv)
 BW_NAME_MAX = 256
 BW_PATH_SPAN = 512
 BW_PATH_BUF = BW_PATH_SPAN + BW_NAME_MAX
@@ -70,6 +71,10 @@ BW_PATH_ITERS = 40
 # bw_path.flags
 BW_PATH_COMPLETE = 1
 BW_PATH_TRUNCATED = 2
+
+# bw_proc_event.args_flags
+BW_ARGS_TRUNCATED = 1
+BW_ARGS_FAULT = 2
 
 # bw_exec_event.flags
 BW_EXEC_FILENAME_TRUNCATED = 1
@@ -150,10 +155,12 @@ class BwExecEvent(Record):
 
 
 class BwProcEvent(Record):
-    """struct bw_proc_event (BW_OP_PROC): a process's exe, once per process."""
+    """struct bw_proc_event (BW_OP_PROC): a process's exe and command line, once per process."""
 
     C_NAME = "bw_proc_event"
-    _fields_ = [("hdr", BwEventHdr), ("task", BwTaskInfo), ("exe", BwPath), ("tty", c_char * BW_TTY_LEN)]
+    _fields_ = [("hdr", BwEventHdr), ("task", BwTaskInfo), ("exe", BwPath), ("tty", c_char * BW_TTY_LEN),
+                ("args_len", c_uint16), ("args_flags", c_uint16), ("pad", c_uint32),
+                ("args", c_char * BW_ARGS_LEN)]
 
 
 class BwSysEvent(Record):

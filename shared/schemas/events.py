@@ -9,7 +9,8 @@ from shared.schemas._wire import from_map, to_map
 __all__ = ["RawEvent", "RawBatch", "EVENT_KINDS"]
 
 # kind -> KubeArmor Operation. What each kind carries (besides the common fields):
-#   exec        path = program asked for (resolved), exe/parent_exe = caller's, cwd, syscall execve(at)
+#   exec        path = program asked for (resolved), exe/parent_exe = caller's, cwd, syscall execve(at);
+#               extra owner_uid = the program file's owner when the monitor reads owners (ownerOnly rules)
 #   fork, exit  path = exe; fork: ret = child pid, extra child_pid/child_ns_pid; exit: ret = wait
 #               status, extra exit_code/signal
 #   file        open/openat/openat2 (flags = O_* flags, extra mode, owner_uid), unlink/unlinkat/rmdir
@@ -47,7 +48,9 @@ class RawEvent:
     ``pid``/``ppid``/``tid`` are host ids; ``ns_pid``/``ns_ppid`` are as seen inside the process's
     PID namespace. ``exe`` is the canonical executable of the acting process (for an exec: the caller,
     before the new image), ``path`` the resource (for an exec: the program asked for), ``ret`` the
-    syscall's return value (negative errno on failure).
+    syscall's return value (negative errno on failure). ``proc_args`` are the acting process's
+    arguments after argv[0], space-joined, as its command line held them (bounded by the kernel's
+    BW_ARGS_LEN; "" when it had none, or for an exec, whose caller is reported without them).
     """
 
     kind: str
@@ -73,6 +76,7 @@ class RawEvent:
     flags: int = 0
     event_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    proc_args: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """As a msgpack-ready map."""

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,3 +248,44 @@ async def test_execs_name_the_user_as_the_namespace_sees_it(monitor: Monitor, tm
         assert pwd.getpwuid(4242).pw_name != "modelrunner"
     except KeyError:
         pass
+
+
+async def test_records_name_their_process_arguments_and_execs_their_program_owner(monitor: Monitor,
+                                                                                  tmp_path: Path) -> None:
+    """A process's later records carry its arguments (KubeArmor's Source is the command line), read
+    from its argv; an exec carries the owner of the program asked for, a script's own (not its
+    interpreter's), read in the workload's mount namespace."""
+    prog = tmp_path / "owned-cat"
+    shutil.copy("/usr/bin/cat", prog)
+    script = tmp_path / "owned-script"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    data = tmp_path / "data.txt"
+    data.write_text("x\n")
+    for path, uid in ((prog, 4243), (script, 4244)):
+        os.chown(path, uid, uid)
+        path.chmod(0o755)
+    # the namespace's shell stays (as a container's init does) until the events are in
+    cmd = f"stat -L -c %i /proc/self/ns/pid && {prog} -u {data} >/dev/null && {script} one two && read done"
+    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", cmd],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        pidns = int(proc.stdout.readline())
+
+        def opened(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in events if e["pidns"] == pidns and e["kind"] == "file" and e["path"] == str(data)]
+
+        def execs(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {e["path"]: e for e in events if e["pidns"] == pidns and e["kind"] == "exec"}
+
+        events = await monitor.events_until(lambda evs: bool(opened(evs)) and str(script) in execs(evs))
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=bound(30))
+    [read] = opened(events)
+    assert (read["exe"], read["proc_args"]) == (str(prog), f"-u {data}")
+    ran = execs(events)
+    assert ran[str(prog)]["extra"].get("owner_uid") == 4243, ran[str(prog)]
+    assert ran[str(script)]["extra"].get("owner_uid") == 4244, ran[str(script)]
+    assert ran[str(prog)]["proc_args"] == ""                 # an exec names its caller without arguments

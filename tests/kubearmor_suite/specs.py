@@ -411,7 +411,8 @@ def _net(title: str, *steps: Step, **kw: Any) -> Spec:
 REMOTE_PAGE = "curl 40.114.177.156"
 LOCAL_PAGE = "curl -sS http://127.0.0.1/kubearmor-suite.html"
 PAGE_NOTE = (f"`{REMOTE_PAGE}` (a remote web page) -> `{LOCAL_PAGE}`: the same page shape from the pod's own "
-             "apache2 (started by KubeArmor's entrypoint); there is no route off this machine")
+             "apache2 (started by KubeArmor's entrypoint); there is no route off this machine. An expected Source "
+             "(KubeArmor's `/usr/bin/curl 40.114.177.156`) is that command line as run here")
 NETWORK = [
     _net("it can audit all network traffic on icmp protocol",
          Apply("res/ksp-ubuntu-1-audit-net-icmp.yaml"), _w("policy", "Network", U1),
@@ -424,10 +425,10 @@ NETWORK = [
          ref="multiubuntu_test_03, github_test_10", xfail=KILLED),
     _net("it can allow all network traffic on tcp protocol from source path",
          _w("system", "Network", U1), Run(U1, LOCAL_PAGE, Re("<html>((?:.*\r?\n?)*)</html>"), eventual=True),
-         Log({"Result": "Passed", "Source": "/usr/bin/curl http://127.0.0.1/kubearmor-suite.html"}),
+         Log({"Result": "Passed", "Source": f"/usr/bin/{LOCAL_PAGE}"}),  # the command line as run
          Apply("res/ksp-ubuntu-1-allow-net-tcp-from-source.yaml"), _w("policy", "Network", U1),
          Run(U1, "curl duckduckgo.com", Re("Could not resolve host: duckduckgo.com"), eventual=True),
-         _posture(), ref="github_test_12", notes=(PAGE_NOTE,)),
+         _posture(), ref="github_test_12", notes=(PAGE_NOTE,), xfail=KILLED),
     _net("it can audit all network traffic on net-raw protocol",
          Apply("res/ksp-ubuntu-1-audit-net-raw.yaml"), _w("policy", "Network", U1),
          Run(U1, "arping -c 1 127.0.0.1", Re("ARPING 127.0.0.1"), eventual=True),
@@ -440,7 +441,7 @@ NETWORK = [
     _net("it can block all network traffic",
          Apply("res/ksp-ubuntu-1-block-net-all.yaml"), _w("policy", "Network", U1),
          Run(U1, "ping -c 1 127.0.0.1", Re("ping.*Permission denied"), eventual=True),
-         _deny("ksp-ubuntu-1-block-net-all", "8")),
+         _deny("ksp-ubuntu-1-block-net-all", "8"), xfail=KILLED),
     _net("it can block network traffic based on dns queries", na=BPF_ONLY_DNS),
     _net("it can block network traffic based on dns queries for subdomains", na=BPF_ONLY_DNS),
     _net("can whitelist use of certain network protocols used by a package, such as tcp",

@@ -31,6 +31,9 @@ class FakeProbes:
     def kernel_stats(self) -> dict[str, int]:
         return {"emitted_kernel": 7, "lost_kernel": 0}
 
+    def wait_fd(self) -> int | None:
+        return None  # polled
+
 
 async def fake_publish(subject: str, payload: bytes, msg_id: str) -> None:
     return None

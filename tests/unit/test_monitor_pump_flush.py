@@ -4,6 +4,7 @@ counters with a frozen, injected clock: no wall time in any assertion."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -153,6 +154,54 @@ async def test_the_pump_run_loop_flushes_a_lone_record(running) -> None:
     assert await sink.next() == ["/a"]
     stop.set()
     assert counters["flush_drained"] == 1
+
+
+class WakingProbes(FakeProbes):
+    """Chunks behind a pipe standing in for the ring buffer's fd: readable while a chunk waits."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.read_end, self.write_end = os.pipe()
+        self.takes = 0
+
+    def put(self, chunk: tuple[bytes, list[int]]) -> None:
+        self.chunks.append(chunk)
+        os.write(self.write_end, b"x")
+
+    def take(self, limit: int) -> tuple[bytes, list[int]]:
+        self.takes += 1
+        if self.chunks:
+            os.read(self.read_end, 1)
+        return super().take(limit)
+
+    def wait_fd(self) -> int | None:
+        return self.read_end
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+async def test_an_idle_pump_sleeps_on_the_fd_and_wakes_for_a_record(running) -> None:
+    """No pass while nothing comes (the poll intervals are a millisecond: a polling pump would have
+    made hundreds); a record makes the fd readable and goes out at once."""
+    drain, tasks = running
+    sink, clock, counters = Sink(), Clock(), Counters()
+    probes = WakingProbes()
+    try:
+        batcher, pump = make(sink, clock, counters, probes, max_delay=3600.0)
+        tasks.append(asyncio.create_task(batcher.run(drain)))
+        stop = asyncio.Event()
+        tasks.append(asyncio.create_task(pump.run(stop, interval=0.001, idle_interval=0.001)))
+        await asyncio.sleep(0.2)
+        assert probes.takes == 1  # the first pass found nothing; since then it sleeps in epoll
+        probes.put(files("a"))
+        assert await sink.next() == ["/a"]
+        assert counters["pump_wakeups"] >= 1
+        stop.set()
+        await asyncio.wait_for(tasks.pop(), 30)
+    finally:
+        probes.close()
 
 
 def test_settings_choose_the_flush_rule_and_the_poll_intervals(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from services.monitor.decode.exec_record import DecodeContext
 from services.monitor.decode.kinds import sockaddr
 from services.monitor.decode.records import PROC_SIZE, SYS_HEAD, SYS_SIZE, RecordDecoder
 from services.monitor.kernel_filters import ALL, CAPS_NAMED, FILE_PATHS, needs_owner, visibility_masks, wanted_syscalls
-from shared.bpf.abi import BwSysEvent, offset
+from shared.bpf.abi import BwProcEvent, BwSysEvent, offset
 from shared.bpf.names import protocol_name
 from shared.errors import DecodeError
 from shared.schemas.events import RawEvent
@@ -41,12 +41,15 @@ def sys_rec(op: int, nr: int, args: tuple[int, ...] = (0,) * 6, ret: int = 0, fl
     return struct.pack("<II", op, len(body)) + body[8:]
 
 
-def proc_rec(pid: int, exe: list[str], tty: bytes = b"") -> bytes:
-    return task(2, PROC_SIZE, pid) + path_rec(exe) + tty.ljust(16, b"\0")
+def proc_rec(pid: int, exe: list[str], tty: bytes = b"", argv: bytes = b"", args_flags: int = 0) -> bytes:
+    """A process record; ``argv`` as the kernel copies mm->arg_start.. (each argument NUL-ended)."""
+    return (task(2, PROC_SIZE, pid) + path_rec(exe) + tty.ljust(16, b"\0")
+            + struct.pack("<HHI", len(argv), args_flags, 0) + argv.ljust(256, b"\0"))
 
 
 def test_layout() -> None:
-    assert (SYS_SIZE, PROC_SIZE) == (1568, 872)
+    assert (SYS_SIZE, PROC_SIZE) == (1568, 1136)
+    assert [offset(BwProcEvent, m) for m in ("tty", "args_len", "args")] == [856, 872, 880]
     assert [offset(BwSysEvent, m) for m in ("ret", "syscall", "aux", "name", "dir")] == [80, 136, 152, 280, 792]
     assert SYS_HEAD.format == "<IIQIIIIIIIIIIQ16sq6qiHHH6x"  # the decoder's hot format: pad[3] skipped
 

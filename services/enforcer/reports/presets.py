@@ -111,6 +111,8 @@ def parse_preset_record(data: bytes, refs: dict[int, RuleRef]) -> PresetReport:
             resource = exe              # killed at exec: the exe is the deleted file itself
     elif head.kind == BW_PRESET_PROTECT_ENV:
         details["target_pid"], syscall = a1, "openat"
+        if not resource.startswith("/"):   # named by its dentry only (5.10's walk-less report)
+            resource = f"/proc/{a1}/environ"
     elif head.kind == BW_PRESET_ANON_MAP_EXEC:
         details["prot"] = prot_text(a1)
         if pre & BW_PRE_MPROTECT:

@@ -1,9 +1,12 @@
 """Stateful decoding of every ring-buffer record into RawEvent wire maps (plain dicts, for speed).
 
-Process records (BW_OP_PROC) carry a process's exe once; they fill :class:`ProcCache` and produce no
-event. Every other record becomes one map with the fields of :class:`shared.schemas.events.RawEvent`
-(same keys, same order); a preset's record (BW_OP_PRESET) is kind ``preset``
-(:mod:`services.monitor.decode.presets`). Layouts come from :mod:`shared.bpf.abi`.
+Process records (BW_OP_PROC) carry a process's exe and command line once; they fill :class:`ProcCache`
+and produce no event. Every other record becomes one map with the fields of
+:class:`shared.schemas.events.RawEvent` (same keys, same order), ``proc_args`` the acting process's
+arguments from that cache; a preset's record (BW_OP_PRESET) is kind ``preset``
+(:mod:`services.monitor.decode.presets`). An exec record gets its program file's owner (``extra
+owner_uid``) while ``exec_owners`` is on (an ownerOnly rule exists: :mod:`services.monitor.decode.owners`).
+Layouts come from :mod:`shared.bpf.abi`.
 """
 from __future__ import annotations
 
@@ -17,11 +20,13 @@ from typing import Any
 from services.monitor.decode import exec_record as exec_decoder
 from services.monitor.decode.exec_record import HEADER, DecodeContext
 from services.monitor.decode.kinds import KIND_OF_OP, describe
+from services.monitor.decode.owners import FileOwners
 from services.monitor.decode.presets import preset_fields
 from services.monitor.decode.syscall_table import SYSCALL_NUMBERS, syscall_name
 from services.monitor.decode.users import UserNames
 from shared.bpf.abi import (
     BPF_RINGBUF_HDR_SZ,
+    BW_ARGS_LEN,
     BW_OP_EXEC,
     BW_OP_EXIT,
     BW_OP_PRESET,
@@ -42,7 +47,7 @@ from shared.bpf.abi import (
 from shared.bpf.paths import PATH_SIZE, decode_path
 from shared.errors import DecodeError
 
-__all__ = ["RecordDecoder", "ProcCache", "SYS_HEAD", "SYS_SIZE", "PROC_SIZE"]
+__all__ = ["RecordDecoder", "ProcCache", "SYS_HEAD", "SYS_SIZE", "PROC_SIZE", "command_args"]
 
 # struct bw_proc_event up to its exe: hdr, task
 _TASK = layout(BwProcEvent, stop="exe")
@@ -54,6 +59,9 @@ PROC_SIZE = ctypes.sizeof(BwProcEvent)
 _PROC_PID = 3                     # index of task.pid in _TASK's values
 _PROC_EXE = offset(BwProcEvent, "exe")
 _PROC_TTY = offset(BwProcEvent, "tty")
+_PROC_ARGS_LEN = struct.Struct("<H")
+_PROC_ARGS_LEN_OFF = offset(BwProcEvent, "args_len")
+_PROC_ARGS = offset(BwProcEvent, "args")
 
 
 # a record's event: buf[at:at + size] -> wire map, or None (process records)
@@ -67,30 +75,59 @@ _SAME_LIMIT = 4096  # records remembered for decoding their repeats
 _SAME_BYPASS = 65536  # records decoded in full, without looking, when repeats were rare
 
 
+def command_args(raw: bytes) -> str:
+    """The arguments after argv[0] of a command line as the kernel keeps it (each NUL-ended; the last
+    one cut when it did not fit), space-joined as KubeArmor joins them; "" when there are none."""
+    parts = raw.split(b"\0")
+    if parts and not parts[-1]:
+        parts.pop()
+    return " ".join(p.decode("utf-8", "replace") for p in parts[1:])
+
+
+def _proc_args(tgid: int) -> str:
+    """The arguments of ``tgid`` from /proc/<tgid>/cmdline (as much as a process record holds), or ""."""
+    try:
+        with open(f"/proc/{tgid}/cmdline", "rb") as f:
+            return command_args(f.read(BW_ARGS_LEN))
+    except OSError:
+        return ""
+
+
+def _remember(table: dict[int, str], limit: int, tgid: int, value: str) -> None:
+    """Set (or, for "", drop) ``tgid``'s entry; the oldest entry goes beyond ``limit``."""
+    if not value:
+        table.pop(tgid, None)
+        return
+    table[tgid] = value
+    if len(table) > limit:
+        del table[next(iter(table))]
+
+
 class ProcCache:
-    """tgid -> canonical exe (and controlling tty), from process records; /proc/<tgid>/exe when a
-    record was missed."""
+    """tgid -> canonical exe (and controlling tty, command-line arguments), from process records;
+    /proc/<tgid>/exe when a record was missed."""
 
     def __init__(self, limit: int = 131072) -> None:
         self.limit = limit
         self._exe: dict[int, str] = {}
         self._tty: dict[int, str] = {}  # only processes that have one
+        self._args: dict[int, str] = {}  # only processes that have some
         self.misses = 0
         self.records = 0
 
-    def put(self, tgid: int, exe: str, tty: str = "") -> None:
-        """Remember ``tgid``'s exe and tty (the newest record wins)."""
+    def put(self, tgid: int, exe: str, tty: str = "", args: str = "") -> None:
+        """Remember ``tgid``'s exe, tty and arguments (the newest record wins)."""
         self.records += 1
         self._exe.pop(tgid, None)
         self._exe[tgid] = exe
         if len(self._exe) > self.limit:
             del self._exe[next(iter(self._exe))]
-        if tty:
-            self._tty[tgid] = tty
-            if len(self._tty) > self.limit:
-                del self._tty[next(iter(self._tty))]
-        else:
-            self._tty.pop(tgid, None)
+        _remember(self._tty, self.limit, tgid, tty)
+        _remember(self._args, self.limit, tgid, args)
+
+    def args(self, tgid: int) -> str:
+        """The arguments of ``tgid`` (after argv[0]) as its process record said, or ""."""
+        return self._args.get(tgid, "")
 
     def tty(self, tgid: int) -> str:
         """The controlling tty of ``tgid`` as its process record said, or ""."""
@@ -107,6 +144,7 @@ class ProcCache:
         except OSError:
             exe = ""
         self._exe[tgid] = exe
+        _remember(self._args, self.limit, tgid, _proc_args(tgid))
         return exe
 
     def peek(self, tgid: int) -> str:
@@ -117,6 +155,7 @@ class ProcCache:
         """Drop ``tgid`` (its process exited)."""
         self._exe.pop(tgid, None)
         self._tty.pop(tgid, None)
+        self._args.pop(tgid, None)
 
 
 class RecordDecoder:
@@ -126,10 +165,13 @@ class RecordDecoder:
     buffer is decoded without a copy per record.
     """
 
-    def __init__(self, ctx: DecodeContext, procs: ProcCache | None = None, users: UserNames | None = None) -> None:
+    def __init__(self, ctx: DecodeContext, procs: ProcCache | None = None, users: UserNames | None = None,
+                 owners: FileOwners | None = None) -> None:
         self.ctx = ctx
         self.procs = procs or ProcCache()
         self.users = users  # None: events carry no user names
+        self.owners = owners or FileOwners()
+        self.exec_owners = True  # read the owner of exec'd files (off while no ownerOnly rule exists)
         self._prefix = f"{ctx.node}:{ctx.boot_id}:"
         self._comms: dict[bytes, str] = {}
         self._names: dict[bytes, str] = {}
@@ -186,10 +228,15 @@ class RecordDecoder:
 
     def _exec(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
         event = exec_decoder.decode(buf[at:at + size], self.ctx).to_wire()
+        pids = (event["pid"], event["ppid"])
         if self.users is not None:
-            user = self.users.name(event["mntns"], event["cgroup_id"], event["uid"], (event["pid"], event["ppid"]))
+            user = self.users.name(event["mntns"], event["cgroup_id"], event["uid"], pids)
             if user:
                 event["extra"]["user"] = user
+        if self.exec_owners:
+            owner = self.owners.owner(event["mntns"], event["path"], pids)
+            if owner >= 0:
+                event["extra"]["owner_uid"] = owner
         return event
 
     def _who(self, extra: dict[str, Any], pid: int, ppid: int, mntns: int, cgroup_id: int, uid: int) -> None:
@@ -207,7 +254,9 @@ class RecordDecoder:
             raise DecodeError(f"process record is {size} bytes, expected {PROC_SIZE}")
         pid = _TASK.unpack_from(buf, at)[_PROC_PID]
         exe = decode_path(buf[at + _PROC_EXE:at + _PROC_EXE + PATH_SIZE])[0]
-        self.procs.put(pid, exe, c_text(buf[at + _PROC_TTY:at + _PROC_TTY + BW_TTY_LEN]))
+        args_len = min(_PROC_ARGS_LEN.unpack_from(buf, at + _PROC_ARGS_LEN_OFF)[0], BW_ARGS_LEN)
+        args = command_args(bytes(buf[at + _PROC_ARGS:at + _PROC_ARGS + args_len])) if args_len else ""
+        self.procs.put(pid, exe, c_text(buf[at + _PROC_TTY:at + _PROC_TTY + BW_TTY_LEN]), args)
         return None
 
     def _comm(self, raw: bytes) -> str:
@@ -251,6 +300,7 @@ class RecordDecoder:
             "gid": gid, "mntns": mntns, "pidns": pidns, "cgroup_id": cgroup_id, "comm": self._comm(comm),
             "exe": exe, "path": path, "ret": ret, "syscall": sysname, "parent_exe": self.procs.peek(ppid),
             "cwd": "", "flags": 0, "event_id": f"{self._prefix}{ktime}:{tid}", "extra": extra,
+            "proc_args": self.procs.args(pid),
         }
 
     def _sys(self, buf: bytes, at: int, size: int) -> dict[str, Any]:
@@ -263,7 +313,8 @@ class RecordDecoder:
         key = buf[at + HEADER.size:at + size]
         same = self._same.get(key)
         if same is not None and (self.procs.peek(same["pid"]) != same["exe"]
-                                 or self.procs.peek(same["ppid"]) != same["parent_exe"]):
+                                 or self.procs.peek(same["ppid"]) != same["parent_exe"]
+                                 or self.procs.args(same["pid"]) != same["proc_args"]):
             same = None                   # an exec, an exit or a late process record since
         if same is None:
             event = self._sys_full(buf, at, size)
@@ -322,6 +373,7 @@ class RecordDecoder:
             extra["dying"] = True         # killed on its way back to user space (the signal enforcer)
         procs = self.procs
         exe = procs.get(pid)
+        args = procs.args(pid)
         self._who(extra, pid, ppid, mntns, cgroup_id, uid)
         if op == BW_OP_EXIT:              # the process is gone after this record
             procs.forget(pid)
@@ -334,5 +386,5 @@ class RecordDecoder:
             "gid": gid, "mntns": mntns, "pidns": pidns, "cgroup_id": cgroup_id,
             "comm": self._comms.get(comm) or self._comm(comm), "exe": exe, "path": path, "ret": ret,
             "syscall": sysname, "parent_exe": procs.peek(ppid), "cwd": cwd, "flags": open_flags,
-            "event_id": f"{self._prefix}{ktime}:{tid}", "extra": extra,
+            "event_id": f"{self._prefix}{ktime}:{tid}", "extra": extra, "proc_args": args,
         }
