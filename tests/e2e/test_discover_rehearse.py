@@ -44,7 +44,7 @@ def _wait_for_history(stack: Stack, deadline_s: float = 30.0) -> list[dict]:
     while time.monotonic() < deadline:
         logs = _logs(stack)
         execs = {r["Resource"] for r in logs if r["Operation"] == "Process"}
-        ls_files = [r for r in logs if r["Operation"] == "File" and r["Source"].endswith("/ls")]
+        ls_files = [r for r in logs if r["Operation"] == "File" and r["ProcessName"].endswith("/ls")]
         if {"/usr/bin/cat", "/usr/bin/ls"} <= execs and ls_files and len(logs) == last:
             return logs
         last = len(logs)
