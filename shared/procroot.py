@@ -7,7 +7,7 @@ import os
 import platform
 import struct
 
-__all__ = ["pids_by_mntns", "open_in_root", "open_beneath"]
+__all__ = ["pids_by_mntns", "open_in_root", "open_beneath", "open_in_pid_mntns"]
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
 _RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
@@ -68,3 +68,21 @@ def open_beneath(root_fd: int, path: str, where: str = "root") -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"openat2({path!r} in {where}): {os.strerror(err)}")
     return int(ret)
+
+
+def open_in_pid_mntns(proc: str, pid: int, mntns: int, name: str, flags: int) -> int | None:
+    """``name`` opened relative to ``proc/pid`` (``root``, ``root/etc/passwd``...) when process ``pid``
+    still runs in mount namespace ``mntns``; None when it does not or the open fails. Its /proc
+    directory, held open meanwhile, pins the process: a reused pid fails instead of answering."""
+    try:
+        pid_dir = os.open(f"{proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.stat("ns/mnt", dir_fd=pid_dir).st_ino != mntns:
+            return None
+        return os.open(name, flags | os.O_CLOEXEC, dir_fd=pid_dir)
+    except OSError:
+        return None
+    finally:
+        os.close(pid_dir)

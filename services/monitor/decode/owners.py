@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from shared.procroot import open_beneath
+from shared.procroot import open_beneath, open_in_pid_mntns
 
 __all__ = ["FileOwners"]
 
@@ -101,18 +101,9 @@ class FileOwners:
     def _through(self, pid: int, mntns: int, path: str) -> int:
         """The owner of ``path`` in ``pid``'s root when ``pid`` is in ``mntns`` (-1: no such file);
         _GONE when ``pid`` cannot answer."""
-        try:
-            pid_dir = os.open(f"{self.proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
+        root = open_in_pid_mntns(self.proc, pid, mntns, "root", os.O_PATH | os.O_DIRECTORY)
+        if root is None:
             return _GONE
-        try:
-            if os.stat("ns/mnt", dir_fd=pid_dir).st_ino != mntns:
-                return _GONE
-            root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pid_dir)
-        except OSError:
-            return _GONE
-        finally:
-            os.close(pid_dir)
         try:
             return _owner_beneath(root, path)
         finally:

@@ -15,6 +15,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from shared.procroot import open_in_pid_mntns
+
 __all__ = ["UserNames", "parse_passwd"]
 
 _MAX_BYTES = 256 * 1024
@@ -76,18 +78,9 @@ class UserNames:
         """The passwd table process ``pid`` sees, when it still runs in ``mntns`` (its /proc directory,
         held open, pins the process: a reused pid fails instead of answering for another one). Never a
         FIFO or device put in its place (O_NONBLOCK, regular files only)."""
-        try:
-            pid_dir = os.open(f"{self.proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
+        fd = open_in_pid_mntns(self.proc, pid, mntns, "root/etc/passwd", os.O_RDONLY | os.O_NONBLOCK)
+        if fd is None:
             return None
-        try:
-            if os.stat("ns/mnt", dir_fd=pid_dir).st_ino != mntns:
-                return None
-            fd = os.open("root/etc/passwd", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pid_dir)
-        except OSError:
-            return None
-        finally:
-            os.close(pid_dir)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return {}
