@@ -72,12 +72,21 @@ BPF_PERCPU_ARRAY(bw_lsm_scratch_map, struct bw_lsm_scratch, 1);
 #include "bw_lsm_path.h"
 BPF_PERCPU_ARRAY(bw_lsm_walk_map, struct bw_lsm_walk, 1);
 
+/* The answer goes through the map value and back (volatile): read from a map, it is unknown to the
+ * verifier, so a later comparison whose outcome it could predict cannot mark the walk's own result
+ * precise, and the states of the walk's many exits merge instead of each running the rest of the
+ * program (5.10: "BPF program is too large. Processed 1000001 insn", E2BIG). */
 static __always_inline long bw_lsm_d_path(struct path *path, char *out)
 {
 	__u32 zero = 0;
 	struct bw_lsm_walk *w = bw_lsm_walk_map.lookup(&zero);
+	volatile long *len;
 
-	return w ? bw_lsm_walk_path(w, path, out) : -1;
+	if (!w)
+		return -1;
+	len = &w->len;
+	*len = bw_lsm_walk_path(w, path, out);
+	return *len;
 }
 /* A preset report's file, by its name only: a third inlined walk in one program is more than 5.10's
  * verifier takes (E2BIG), and the name is all the report needs (user space completes it). */
@@ -122,6 +131,7 @@ static __always_inline __u32 bw_lsm_flags(__u32 *mntns_out)
 static __always_inline __u32 bw_lsm_path_class(struct bw_lsm_pkey *k, __u32 mntns, __u32 kind, long n)
 {
 	struct bw_lsm_entry *e;
+	volatile __u32 *last;
 	__u32 len, cls;
 
 	if (n <= 1 || n > BW_LSM_PATH)
@@ -136,13 +146,19 @@ static __always_inline __u32 bw_lsm_path_class(struct bw_lsm_pkey *k, __u32 mntn
 	if (!e->dir)
 		return cls;
 	len = e->len;
-	for (int i = 0; i < BW_LSM_PATH; i++) {   /* deeper: a '/' after the directory's own */
+	/* Deeper: the path's last '/' lies after the directory's own. The position is kept in the key's
+	 * prefixlen (the lookup is done) through a volatile store: comparing each position with the
+	 * entry's length inside the loop would make the verifier keep a state per (iteration, length
+	 * seen), a quadratic count that 5.10 refuses (E2BIG). */
+	last = (volatile __u32 *)&k->prefixlen;
+	*last = 0;
+	for (int i = 0; i < BW_LSM_PATH; i++) {
 		if (i + 1 >= n)
 			break;
-		if (i >= len && k->path[i] == '/')
-			return cls + 1;
+		if (k->path[i] == '/')
+			*last = i;
 	}
-	return cls;
+	return *last >= len ? cls + 1 : cls;
 }
 
 /* The source class of the current task's executable (0: none of the namespace's sources). */
@@ -298,11 +314,11 @@ static __always_inline int bw_lsm_file_in(struct file *file, __u32 kind, __u32 a
 	if (!s)
 		return 0;
 	n = bw_lsm_d_path((struct path *)&file->f_path, s->res.path);
+	if (n <= 1 || n > BW_LSM_PATH)
+		s->res.path[0] = 0;              /* reported as no path (n is not used after the class) */
 	res = bw_lsm_path_class(&s->res, mntns, kind, n);
 	src = bw_lsm_source(s, mntns, flags, kind);
 	owner = file->f_inode->i_uid.val == (__u32)bpf_get_current_uid_gid();
-	if (n <= 1 || n > BW_LSM_PATH)
-		s->res.path[0] = 0;
 	return bw_lsm_judge(mntns, kind, res, src, access * 2 + owner, access, owner, 0, s->res.path);
 }
 
