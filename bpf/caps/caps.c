@@ -1,7 +1,10 @@
-/* Capability checks (capability:cap_capable): which capability, and whether it was granted. A
- * namespace whose rules name their capabilities (BW_VIS_CAPS_NAMED) emits only those checks.
- * Kernels without that tracepoint (it is recent) get a kprobe on cap_capable() and its return
- * instead, when they have kprobes (the loader defines BW_CAP_KPROBE). */
+/* Capability checks: which capability, and whether it was granted. A namespace whose rules name their
+ * capabilities (BW_VIS_CAPS_NAMED) emits only those checks.
+ * A check is recorded when security_capable() returns (fexit where the kernel has BPF trampolines,
+ * BW_CAP_FEXIT; else a kprobe and its return, BW_CAP_KPROBE): by then every LSM has spoken (BPF-LSM or
+ * AppArmor may refuse what commoncap granted) and a kill sent at the capability:cap_capable tracepoint
+ * by the signal enforcer has marked the process dying, so the record says what happened whichever
+ * program the tracepoint ran first. That tracepoint itself (bwmon_capable) is the last resort. */
 #include "events.h"
 #include "bw_tp.h"
 #include "bw_emit.h"
@@ -50,10 +53,23 @@ int bwmon_capable(struct bw_tp_cap_capable *ctx)
 	return bw_cap_emit(task, mntns, ctx->cap, ctx->ret);
 }
 
+#ifdef BW_CAP_FEXIT
+KRETFUNC_PROBE(security_capable, const struct cred *cred, struct user_namespace *ns, int cap, unsigned int opts,
+	       int ret)
+{
+	struct task_struct *task = bw_current();
+	__u32 mntns = bw_current_mntns(task);
+
+	if (!bw_cap_wanted(task, mntns, cap))
+		return 0;
+	return bw_cap_emit(task, mntns, cap, ret);
+}
+#endif
+
 #ifdef BW_CAP_KPROBE
 BPF_TABLE("lru_hash", __u32, __s32, bw_cap_args, 16384);   /* tid -> capability being checked */
 
-/* cap_capable(cred, target_ns, cap, opts): the checks a namespace wants wait for their result. */
+/* security_capable(cred, ns, cap, opts): the checks a namespace wants wait for their result. */
 int bwmon_cap_k(struct pt_regs *ctx)
 {
 	struct task_struct *task = bw_current();

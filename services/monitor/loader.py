@@ -22,10 +22,12 @@ from services.monitor.ringbuf import Chunk, RingBuffer
 from shared.bpf.abi import BW_VIS_PRESET_ANON_EXEC, BW_VIS_PRESET_ENV
 from shared.bpf.btf import Btf, BtfError
 from shared.bpf.headers import maple_cflags
+from shared.bpf.rawload import fexit_accepted
 
 __all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS", "PRESET_ATTACHMENTS",
            "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source", "kernel_cflags",
-           "tracepoint_has_field", "kprobe_available", "CAP_TRACEPOINT", "CAP_KPROBE"]
+           "tracepoint_has_field", "kprobe_available", "fexit_available", "CAP_TRACEPOINT",
+           "CAP_FUNCTION"]
 
 log = logging.getLogger("bulwark.monitor.loader")
 
@@ -87,7 +89,7 @@ def read_boot_id() -> str:
 
 
 CAP_TRACEPOINT = "capability:cap_capable"
-CAP_KPROBE = "cap_capable"
+CAP_FUNCTION = "security_capable"  # capability checks are recorded at its return (bpf/caps/caps.c)
 
 
 def tracepoint_has_field(tp: str, name: str) -> bool:
@@ -102,8 +104,17 @@ def tracepoint_has_field(tp: str, name: str) -> bool:
 
 def kprobe_available(symbol: str) -> bool:
     """Whether a kprobe can be put on ``symbol``: kprobe events exist and the kernel has the symbol."""
-    if not (TRACEFS / "kprobe_events").exists():
-        return False
+    return (TRACEFS / "kprobe_events").exists() and kprobe_symbol(symbol)
+
+
+def fexit_available(symbol: str) -> bool:
+    """Whether the kernel loads and attaches an fexit program on ``symbol`` (tried with a no-op: some
+    VMs list BPF trampolines yet refuse them with EPERM)."""
+    return fexit_accepted(symbol)
+
+
+def kprobe_symbol(symbol: str) -> bool:
+    """Whether /proc/kallsyms names ``symbol``."""
     try:
         with open("/proc/kallsyms") as syms:
             return any(line.rstrip().endswith(f" {symbol}") for line in syms)
@@ -115,8 +126,9 @@ def kernel_cflags(btf: Btf) -> list[str]:
     """Defines for what this kernel offers, found, not assumed from its version: the open name
     prefilter (bpf/include/bw_names.h) needs the dentry's inline name as ``d_shortname`` (6.14 and
     later) and its size; sched_process_exit may lack ``group_dead`` (the exit program then reads
-    signal->live); without the capability:cap_capable tracepoint, a kprobe on cap_capable() stands in
-    where kprobes exist."""
+    signal->live); capability checks are recorded at security_capable()'s return, by fexit where the
+    kernel has BPF trampolines, else by a kprobe and its return, else (neither) at the
+    capability:cap_capable tracepoint, where there is one."""
     flags: list[str] = []
     try:
         btf.offsetof("dentry", "d_shortname")
@@ -126,7 +138,9 @@ def kernel_cflags(btf: Btf) -> list[str]:
         log.info("dentry has no d_shortname: every open in a path-filtered namespace reads its path")
     if not tracepoint_has_field("sched:sched_process_exit", "group_dead"):
         flags.append("-DBW_EXIT_NO_GROUP_DEAD=1")
-    if not tracepoint_exists(CAP_TRACEPOINT) and kprobe_available(CAP_KPROBE):
+    if fexit_available(CAP_FUNCTION):
+        flags.append("-DBW_CAP_FEXIT=1")
+    elif kprobe_available(CAP_FUNCTION):
         flags.append("-DBW_CAP_KPROBE=1")
     flags += maple_cflags(btf)               # anonMapExec finds mprotect's mapping (bw_presets.h)
     return flags
@@ -227,9 +241,12 @@ class Probes:
                 log.error("preset program refused", extra={"program": fn, "error": reason})
 
     def _attach(self, tp: str, fn: str) -> None:
+        if tp == CAP_TRACEPOINT and "-DBW_CAP_FEXIT=1" in self.cflags:
+            self.attached += 1           # kretfunc__security_capable: bcc attached it as it loaded
+            return
         if tp == CAP_TRACEPOINT and "-DBW_CAP_KPROBE=1" in self.cflags:
-            self._bpf.attach_kprobe(event=CAP_KPROBE.encode(), fn_name=b"bwmon_cap_k")
-            self._bpf.attach_kretprobe(event=CAP_KPROBE.encode(), fn_name=b"bwmon_cap_kr")
+            self._bpf.attach_kprobe(event=CAP_FUNCTION.encode(), fn_name=b"bwmon_cap_k")
+            self._bpf.attach_kretprobe(event=CAP_FUNCTION.encode(), fn_name=b"bwmon_cap_kr")
             self.attached += 2
             return
         if not tracepoint_exists(tp):

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from services.monitor.loader import (
     ATTACHMENTS,
-    CAP_KPROBE,
+    CAP_FUNCTION,
     CAP_TRACEPOINT,
     DEFAULT_BPF_DIR,
     REQUIRED,
     Probes,
+    fexit_available,
     kprobe_available,
     monitor_source,
     tracepoint_exists,
@@ -97,8 +98,16 @@ def _static_findings(btf: Btf, source: str, result: MonitorProbe) -> None:
         if marker in source and f"BPF_MAP_TYPE_{kind}" not in maps:
             result.missing.append(f"map type {kind} absent (since {since})")
     for tp, _fn in ATTACHMENTS:
-        if tp == CAP_TRACEPOINT and not tracepoint_exists(tp) and kprobe_available(CAP_KPROBE):
-            result.degraded.append(f"tracepoint {tp} absent: a kprobe on {CAP_KPROBE}() stands in")
+        if tp == CAP_TRACEPOINT and not fexit_available(CAP_FUNCTION):
+            if kprobe_available(CAP_FUNCTION):
+                result.degraded.append(f"no BPF trampolines: capability checks by a kprobe on {CAP_FUNCTION}()")
+            elif tracepoint_exists(tp):
+                result.degraded.append(f"no fexit or kprobe on {CAP_FUNCTION}(): capability checks at {tp}, "
+                                       "before LSMs and kills have spoken")
+            else:
+                result.degraded.append("no fexit, kprobe or tracepoint for capability checks: they are not seen")
+        elif tp == CAP_TRACEPOINT:
+            continue
         elif not tracepoint_exists(tp):
             (result.missing if tp in REQUIRED else result.degraded).append(
                 f"tracepoint {tp} absent" + ("" if tp in REQUIRED else ": its events are not seen"))
