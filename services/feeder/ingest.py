@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.feeder.dedup import EnforcementDedup, enforced
 from services.feeder.enrich import alert_time_ns, build_alert, build_log
 from services.feeder.hub import AlertHub
 from services.feeder.kinds import access_for
@@ -76,6 +77,7 @@ class Ingestor:
         self.siem = siem or SiemSink(js, counters)
         self.visibility, self.ack_wait = visibility, ack_wait
         self._unknown_until: dict[tuple[str, int], float] = {}
+        self.dedup = EnforcementDedup()
         self.losses = LossTracker(cluster)
         self._settling: set[asyncio.Task[None]] = set()
 
@@ -356,6 +358,11 @@ class Ingestor:
         operation = decision.rule.operation if decision.rule is not None else access.operation
         alert = build_alert(ev, workload, decision, cluster=self.cluster, operation=operation,
                             enforcer_name=self.state.enforcer_name(ev.node, operation), now_ns=now_ns)
+        if enforced(alert) and self.dedup.duplicate(node=ev.node, tid=ev.tid, operation=str(alert["Operation"]),
+                                                    ts_ns=ev.ts_ns, resource=str(alert["Resource"]),
+                                                    from_enforcer=ev.kind == "enforce"):
+            self.counters.inc("enforcement_duplicates")  # the enforcer's report and the monitor's record
+            return caught_up
         throttled, notices = self.throttler.check(alert, alert_time_ns(alert))
         if throttled:
             alert["Throttled"] = True
