@@ -26,8 +26,7 @@ from shared.bpf.rawload import fexit_accepted
 
 __all__ = ["Probes", "ExecProbes", "DEFAULT_BPF_DIR", "read_boot_id", "ATTACHMENTS", "PRESET_ATTACHMENTS",
            "REQUIRED", "STATS", "RAW_SYSCALLS", "tracepoint_exists", "monitor_source", "kernel_cflags",
-           "tracepoint_has_field", "kprobe_available", "fexit_available", "CAP_TRACEPOINT",
-           "CAP_FUNCTION"]
+           "tracepoint_has_field", "kprobe_available", "cap_source", "CAP_TRACEPOINT", "CAP_FUNCTION"]
 
 log = logging.getLogger("bulwark.monitor.loader")
 
@@ -104,22 +103,25 @@ def tracepoint_has_field(tp: str, name: str) -> bool:
 
 def kprobe_available(symbol: str) -> bool:
     """Whether a kprobe can be put on ``symbol``: kprobe events exist and the kernel has the symbol."""
-    return (TRACEFS / "kprobe_events").exists() and kprobe_symbol(symbol)
-
-
-def fexit_available(symbol: str) -> bool:
-    """Whether the kernel loads and attaches an fexit program on ``symbol`` (tried with a no-op: some
-    VMs list BPF trampolines yet refuse them with EPERM)."""
-    return fexit_accepted(symbol)
-
-
-def kprobe_symbol(symbol: str) -> bool:
-    """Whether /proc/kallsyms names ``symbol``."""
+    if not (TRACEFS / "kprobe_events").exists():
+        return False
     try:
         with open("/proc/kallsyms") as syms:
             return any(line.rstrip().endswith(f" {symbol}") for line in syms)
     except OSError:
         return False
+
+
+def cap_source() -> str:
+    """How this kernel lets the monitor record capability checks: ``fexit`` or ``kprobe`` at
+    security_capable()'s return (the fexit tried for real with a no-op: some VMs list BPF trampolines
+    yet refuse them with EPERM), else ``tracepoint`` (capability:cap_capable, before the LSMs and a
+    kill there have spoken), else "" (not seen)."""
+    if fexit_accepted(CAP_FUNCTION):
+        return "fexit"
+    if kprobe_available(CAP_FUNCTION):
+        return "kprobe"
+    return "tracepoint" if tracepoint_exists(CAP_TRACEPOINT) else ""
 
 
 def kernel_cflags(btf: Btf) -> list[str]:
@@ -138,9 +140,10 @@ def kernel_cflags(btf: Btf) -> list[str]:
         log.info("dentry has no d_shortname: every open in a path-filtered namespace reads its path")
     if not tracepoint_has_field("sched:sched_process_exit", "group_dead"):
         flags.append("-DBW_EXIT_NO_GROUP_DEAD=1")
-    if fexit_available(CAP_FUNCTION):
+    source = cap_source()
+    if source == "fexit":
         flags.append("-DBW_CAP_FEXIT=1")
-    elif kprobe_available(CAP_FUNCTION):
+    elif source == "kprobe":
         flags.append("-DBW_CAP_KPROBE=1")
     flags += maple_cflags(btf)               # anonMapExec finds mprotect's mapping (bw_presets.h)
     return flags

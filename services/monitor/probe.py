@@ -22,8 +22,7 @@ from services.monitor.loader import (
     DEFAULT_BPF_DIR,
     REQUIRED,
     Probes,
-    fexit_available,
-    kprobe_available,
+    cap_source,
     monitor_source,
     tracepoint_exists,
     tracepoint_has_field,
@@ -98,16 +97,8 @@ def _static_findings(btf: Btf, source: str, result: MonitorProbe) -> None:
         if marker in source and f"BPF_MAP_TYPE_{kind}" not in maps:
             result.missing.append(f"map type {kind} absent (since {since})")
     for tp, _fn in ATTACHMENTS:
-        if tp == CAP_TRACEPOINT and not fexit_available(CAP_FUNCTION):
-            if kprobe_available(CAP_FUNCTION):
-                result.degraded.append(f"no BPF trampolines: capability checks by a kprobe on {CAP_FUNCTION}()")
-            elif tracepoint_exists(tp):
-                result.degraded.append(f"no fexit or kprobe on {CAP_FUNCTION}(): capability checks at {tp}, "
-                                       "before LSMs and kills have spoken")
-            else:
-                result.degraded.append("no fexit, kprobe or tracepoint for capability checks: they are not seen")
-        elif tp == CAP_TRACEPOINT:
-            continue
+        if tp == CAP_TRACEPOINT:
+            _cap_finding(result)
         elif not tracepoint_exists(tp):
             (result.missing if tp in REQUIRED else result.degraded).append(
                 f"tracepoint {tp} absent" + ("" if tp in REQUIRED else ": its events are not seen"))
@@ -116,6 +107,18 @@ def _static_findings(btf: Btf, source: str, result: MonitorProbe) -> None:
         result.degraded.append(f"{exit_fmt} has no group_dead: a process's end is read from signal->live")
     if not btf.has_member("dentry", "d_shortname"):
         result.degraded.append("dentry has no d_shortname (6.14+): path-filtered opens read their path")
+
+
+def _cap_finding(result: MonitorProbe) -> None:
+    """What the node's way of recording capability checks (loader.cap_source) costs, if anything."""
+    source = cap_source()
+    if source == "kprobe":
+        result.degraded.append(f"no BPF trampolines: capability checks by a kprobe on {CAP_FUNCTION}()")
+    elif source == "tracepoint":
+        result.degraded.append(f"no fexit or kprobe on {CAP_FUNCTION}(): capability checks at {CAP_TRACEPOINT}, "
+                               "before LSMs and kills have spoken")
+    elif not source:
+        result.degraded.append("no fexit, kprobe or tracepoint for capability checks: they are not seen")
 
 
 def probe_monitor(bpf_dir: Path = DEFAULT_BPF_DIR, btf_path: Path = VMLINUX_BTF,
