@@ -11,10 +11,11 @@ import struct
 from functools import cache
 from pathlib import Path
 
-__all__ = ["btf_func_id", "bpf_syscall", "load_noop", "attach_btf_prog", "fexit_accepted", "VMLINUX",
+from shared.bpf.btf import VMLINUX_BTF
+
+__all__ = ["btf_func_id", "bpf_syscall", "load_noop", "attach_btf_prog", "fexit_accepted",
            "PROG_TYPE_TRACING", "PROG_TYPE_LSM", "TRACE_FEXIT", "LSM_MAC"]
 
-VMLINUX = Path("/sys/kernel/btf/vmlinux")
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
 _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN, _BPF_LINK_CREATE = 5, 17, 28
 PROG_TYPE_TRACING, PROG_TYPE_LSM = 26, 29
@@ -91,7 +92,7 @@ def attach_btf_prog(prog_fd: int, attach_type: int) -> tuple[int, str]:
 
 
 @cache
-def fexit_accepted(func: str, btf_path: Path = VMLINUX) -> bool:
+def fexit_accepted(func: str, btf_path: Path = VMLINUX_BTF) -> bool:
     """Whether the kernel loads and attaches an fexit program on ``func`` (a no-op, released at once:
     an fexit program's answer is ignored, so it can harm no one)."""
     try:

@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 
 from services.enforcer.base import ProbeResult
+from shared.bpf.btf import VMLINUX_BTF
 from shared.bpf.rawload import LSM_MAC, PROG_TYPE_LSM, attach_btf_prog, btf_func_id, load_noop
 
 __all__ = ["btf_func_id", "probe_bpf_lsm", "probe_lsm_source"]
@@ -22,7 +23,7 @@ __all__ = ["btf_func_id", "probe_bpf_lsm", "probe_lsm_source"]
 _HOOK = "bpf_lsm_file_open"
 
 
-def probe_bpf_lsm(btf_path: Path = Path("/sys/kernel/btf/vmlinux")) -> ProbeResult:
+def probe_bpf_lsm(btf_path: Path = VMLINUX_BTF) -> ProbeResult:
     """Try to load and attach a no-op LSM program; (True, ...) only when the kernel accepts both."""
     try:
         lsms = Path("/sys/kernel/security/lsm").read_text().strip()
