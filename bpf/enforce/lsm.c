@@ -72,21 +72,12 @@ BPF_PERCPU_ARRAY(bw_lsm_scratch_map, struct bw_lsm_scratch, 1);
 #include "bw_lsm_path.h"
 BPF_PERCPU_ARRAY(bw_lsm_walk_map, struct bw_lsm_walk, 1);
 
-/* The answer goes through the map value and back (volatile): read from a map, it is unknown to the
- * verifier, so a later comparison whose outcome it could predict cannot mark the walk's own result
- * precise, and the states of the walk's many exits merge instead of each running the rest of the
- * program (5.10: "BPF program is too large. Processed 1000001 insn", E2BIG). */
 static __always_inline long bw_lsm_d_path(struct path *path, char *out)
 {
 	__u32 zero = 0;
 	struct bw_lsm_walk *w = bw_lsm_walk_map.lookup(&zero);
-	volatile long *len;
 
-	if (!w)
-		return -1;
-	len = &w->len;
-	*len = bw_lsm_walk_path(w, path, out);
-	return *len;
+	return w ? bw_lsm_walk_path(w, path, out) : -1;
 }
 /* A preset report's file, by its name only: a third inlined walk in one program is more than 5.10's
  * verifier takes (E2BIG), and the name is all the report needs (user space completes it). */

@@ -23,7 +23,6 @@ struct bw_lsm_walk {
 	const unsigned char *names[BW_LSM_WALK_DEPTH];
 	__u32 depth;
 	__u32 off;
-	long len;                                /* the answer, laundered (bw_lsm_d_path in lsm.c) */
 	char buf[2 * BW_LSM_WALK_SPAN];
 };
 
