@@ -79,23 +79,12 @@ static __always_inline long bw_lsm_d_path(struct path *path, char *out)
 
 	return w ? bw_lsm_walk_path(w, path, out) : -1;
 }
-/* A preset report's file, by its name only: a third inlined walk in one program is more than 5.10's
- * verifier takes (E2BIG), and the name is all the report needs (user space completes it). */
-static __always_inline const char *bw_lsm_report_path(struct file *file, struct bw_lsm_scratch *s)
-{
-	struct dentry *dentry = NULL;
-	const unsigned char *name = NULL;
-
-	BW_READ(dentry, file, f_path.dentry);
-	if (dentry)
-		BW_READ(name, dentry, d_name.name);
-	return (const char *)name;
-}
 #else
 static __always_inline long bw_lsm_d_path(struct path *path, char *out)
 {
 	return bpf_d_path(path, out, BW_LSM_PATH);
 }
+#endif
 
 /* A preset report's file: its whole path (0 when unreadable). */
 static __always_inline const char *bw_lsm_report_path(struct file *file, struct bw_lsm_scratch *s)
@@ -104,7 +93,6 @@ static __always_inline const char *bw_lsm_report_path(struct file *file, struct 
 
 	return n > 1 ? s->res.path : 0;
 }
-#endif
 
 static __always_inline __u32 bw_lsm_flags(__u32 *mntns_out)
 {
@@ -347,13 +335,16 @@ LSM_PROBE(file_open, struct file *file)
 	return bw_lsm_file_in(file, BW_LSM_FILE, access, mntns, flags);
 }
 
-/* anonMapExec: an anonymous mapping (no file) with PROT_EXEC. */
+/* anonMapExec: an anonymous mapping (MAP_ANONYMOUS, as the monitor's preset program judges it) with
+ * PROT_EXEC. Not `file == NULL`: 6.12's verifier takes this hook's file argument for a trusted pointer,
+ * never NULL, and drops that test's NULL branch as dead code (the argument was only marked nullable
+ * upstream later), so such a program never refuses anything there. */
 LSM_PROBE(mmap_file, struct file *file, unsigned long reqprot, unsigned long prot, unsigned long mflags)
 {
 	struct bw_verdict *v;
 	__u32 mntns, flags;
 
-	if (file || !(prot & BW_PROT_EXEC))
+	if (!(mflags & BW_MAP_ANONYMOUS) || !(prot & BW_PROT_EXEC))
 		return 0;
 	flags = bw_lsm_flags(&mntns);
 	v = bw_lsm_preset(flags, mntns, BW_PRESET_ANON_MAP_EXEC);
