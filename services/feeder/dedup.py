@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["EnforcementDedup", "enforced", "WINDOW_NS", "MAX_KEYS"]
+__all__ = ["EnforcementDedup", "enforced", "from_enforcer", "WINDOW_NS", "MAX_KEYS"]
 
 WINDOW_NS = 2_000_000_000
 MAX_KEYS = 4096
@@ -67,3 +67,10 @@ class EnforcementDedup:
 def enforced(alert: dict[str, Any]) -> bool:
     """Whether ``alert`` says an enforcer acted (blocked or killed), not that the act went through."""
     return alert.get("Action") == "Block" and alert.get("Result") not in ("Passed", "", None)
+
+
+def from_enforcer(kind: str, extra: dict[str, Any]) -> bool:
+    """Whether a raw record is an enforcer's report: the signal and BPF-LSM enforcers' are of kind
+    ``enforce``; AppArmor's and fanotify's keep the monitor's kinds (exec, file...) and name their
+    enforcer in ``extra``, which the monitor's own records never do."""
+    return kind == "enforce" or bool(extra.get("enforcer"))

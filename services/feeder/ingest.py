@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.feeder.dedup import EnforcementDedup, enforced
+from services.feeder.dedup import EnforcementDedup, enforced, from_enforcer
 from services.feeder.enrich import alert_time_ns, build_alert, build_log
 from services.feeder.hub import AlertHub
 from services.feeder.kinds import access_for
@@ -360,7 +360,7 @@ class Ingestor:
                             enforcer_name=self.state.enforcer_name(ev.node, operation), now_ns=now_ns)
         if enforced(alert) and self.dedup.duplicate(node=ev.node, tid=ev.tid, operation=str(alert["Operation"]),
                                                     ts_ns=ev.ts_ns, resource=str(alert["Resource"]),
-                                                    from_enforcer=ev.kind == "enforce"):
+                                                    from_enforcer=from_enforcer(ev.kind, ev.extra)):
             self.counters.inc("enforcement_duplicates")  # the enforcer's report and the monitor's record
             return caught_up
         throttled, notices = self.throttler.check(alert, alert_time_ns(alert))

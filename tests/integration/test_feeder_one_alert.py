@@ -1,7 +1,8 @@
 """One operation, one alert (real nats-server, real feeder process, real SQLite): a read the BPF-LSM
 enforcer refused reaches the feeder twice, as the monitor's record of the failed syscall and as the
-enforcer's report of its refusal, in either order; the feeder stores one alert. Two refusals are two
-alerts, and a refusal of another file by the same thread is its own alert."""
+enforcer's report of its refusal, in either order; the feeder stores one alert. So does an AppArmor or
+fanotify report (the monitor's kinds, the enforcer named in ``extra``). Two refusals are two alerts, and
+a refusal of another file by the same thread is its own alert."""
 from __future__ import annotations
 
 import time
@@ -28,6 +29,8 @@ def _rules() -> RuleSet:
 
 def _event(kind: str, tid: int, ts_ns: int, path: str, event_id: str) -> dict[str, Any]:
     extra: dict[str, Any] = {}
+    if kind == "apparmor":   # AppArmor's report: the monitor's kind, its enforcer named
+        kind, extra = "file", {"enforcer": "AppArmor", "result": "Permission denied", "apparmor": "DENIED"}
     if kind == "enforce":
         extra = {"operation": "File", "match": path, "enforcer": "BPFLSM", "refused": True, "killed": False,
                  "access": "read", "owner": False}
@@ -53,6 +56,8 @@ async def test_a_refusal_seen_by_monitor_and_enforcer_is_one_alert(nats_server: 
             [_event("enforce", 7002, now, key, "e2")], [_event("file", 7002, now + MS, key, "m2")],   # enforcer first
             [_event("file", 7003, now, key, "m3a"), _event("file", 7003, now + 5 * MS, key, "m3b")],  # two acts
             [_event("file", 7004, now, key, "m4"), _event("enforce", 7004, now, other, "e4")],        # two files
+            [_event("file", 7005, now, key, "m5")], [_event("apparmor", 7005, now + MS, key, "a5")],  # AppArmor's
+            [_event("file", 7006, now, key, "m6")],   # last: batches are judged in order
         ]
         for seq, events in enumerate(batches, 1):
             await js.publish(raw_events(NODE), pack(RawBatch(node=NODE, seq=seq, events=events).to_wire()))
@@ -61,7 +66,7 @@ async def test_a_refusal_seen_by_monitor_and_enforcer_is_one_alert(nats_server: 
                 return list((await http.get("/api/v1/alerts", params={"namespace": "demo"})).json())
 
             async def last_batch_in() -> bool:
-                return {"m4", "e4"} <= {a["EventID"] for a in await alerts()}
+                return "m6" in {a["EventID"] for a in await alerts()}
 
             await _until(last_batch_in, 20.0, "the last batch's alerts")
             by_tid: dict[int, list[str]] = {}
@@ -69,5 +74,6 @@ async def test_a_refusal_seen_by_monitor_and_enforcer_is_one_alert(nats_server: 
                 by_tid.setdefault(a["HostPID"], []).append(a["EventID"])
         assert sorted(by_tid[7001]) == ["m1"] and sorted(by_tid[7002]) == ["e2"]
         assert sorted(by_tid[7003]) == ["m3a", "m3b"] and sorted(by_tid[7004]) == ["e4", "m4"]
+        assert by_tid[7005] == ["m5"]
     finally:
         await nc.close()
