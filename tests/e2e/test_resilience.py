@@ -7,16 +7,22 @@ killed by pid. Recovery times are printed for the note, never asserted.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import nats
 import pytest
 
+from shared.codec import unpack_map
+from shared.nats.subjects import HEALTH_ALL
 from tests.e2e.stack import BIN, Stack, alert_total, apply_policy, healthy_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -199,10 +205,40 @@ def _burst_with_feeder_kill(stack: Stack, tmp_path: Path, n: int = 4000) -> None
     assert stored == n, f"stored over time: {seen}\n{_where_events_went(stack)}\n{stack.logs()}"
 
 
+def _nats_url(stack: Stack) -> str:
+    """The stack's NATS URL, as its admin when the stack gives every service its own user."""
+    passwords = stack.data_dir / "nats-auth" / "passwords.json"
+    if passwords.exists():
+        return f"nats://admin:{json.loads(passwords.read_text())['admin']}@127.0.0.1:{stack.nats_port}"
+    return f"nats://127.0.0.1:{stack.nats_port}"
+
+
+def _heartbeats(stack: Stack, seconds: float = 6.0) -> dict[str, dict]:
+    """Each service's latest heartbeat (its counters), as heard on the health subjects for ``seconds``."""
+    async def listen() -> dict[str, dict]:
+        beats: dict[str, dict] = {}
+        nc = await nats.connect(_nats_url(stack), connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            async def on_beat(msg: Any) -> None:
+                try:
+                    beats[msg.subject] = unpack_map(msg.data)
+                except Exception as exc:  # a diagnostic: keep what decodes
+                    beats[msg.subject] = {"undecodable": repr(exc)}
+            await nc.subscribe(HEALTH_ALL, cb=on_beat)
+            await asyncio.sleep(seconds)
+        finally:
+            await nc.close()
+        return beats
+    try:
+        return asyncio.run(listen())
+    except Exception as exc:
+        return {"error": {"heartbeats unavailable": repr(exc)}}
+
+
 def _where_events_went(stack: Stack) -> str:
     """What a failure needs: the namespace's logs (events judged without their rules), the losses announced,
-    and the services' counters."""
-    out = []
+    and the services' counters (their heartbeats)."""
+    out = [f"heartbeats: {json.dumps(_heartbeats(stack), default=str)[:8000]}"]
     for path, params in (("/api/v1/logs/summary", {"by": "namespace,operation", "namespace": "burst"}),
                          ("/api/v1/alerts/summary", {"by": "type,policy"}),
                          ("/api/v1/alerts", {"type": "SystemEvent", "limit": "20"}),
