@@ -80,6 +80,11 @@ class FeederState:
         if wl.mntns == 0:
             return
         prior = self.workloads.get(key)
+        if prior is not None and prior.id != wl.id and (ev.type == "stopped" or 0 < wl.started_ns < prior.started_ns):
+            # News of an earlier owner of this namespace id (its stop often arrives after the next owner
+            # started: the kernel reuses ids at once): it must not take the id back from the newer one.
+            self._note_replaced(key, wl)
+            return
         if prior is not None and prior.id != wl.id:
             self.replaced.setdefault(key, []).insert(0, prior)
             self.replaced.move_to_end(key)
@@ -96,6 +101,16 @@ class FeederState:
                     del self.workloads[old_key]
         else:
             self._stopped.pop(key, None)
+
+    def _note_replaced(self, key: tuple[str, int], wl: Workload) -> None:
+        """Keep ``wl`` among the earlier owners of ``key`` (newest first), updating its entry if held."""
+        older = [w for w in self.replaced.get(key, []) if w.id != wl.id]
+        older.append(wl)
+        older.sort(key=lambda w: w.started_ns, reverse=True)
+        self.replaced[key] = older
+        self.replaced.move_to_end(key)
+        while len(self.replaced) > MAX_STOPPED:
+            self.replaced.popitem(last=False)
 
     def apply_rules(self, rs: RuleSet) -> None:
         """Keep ``rs`` unless a newer version for its node is already held."""

@@ -110,3 +110,32 @@ def test_an_event_after_the_owner_stopped_belongs_to_a_workload_not_yet_known() 
     assert s.workload("n1", 100, at_ns=1_500_000_000).id == "c1"
     assert s.workload("n1", 100, at_ns=2_001_000_000).id == "c1"  # within the clock slack
     assert s.workload("n1", 100, at_ns=2_100_000_000) is None  # the kernel reused the id: wait for identity
+
+
+def test_an_earlier_owners_late_stop_does_not_take_the_namespace_id_back() -> None:
+    """The kernel gave a finished workload's mount namespace id to the next one, and identity's news of the
+    first one's stop came after the second started: the second keeps the id (its events were judged as the
+    host's before, and dropped as invisible)."""
+    s = FeederState()
+    first = _wl("c1", 100)
+    first.started_ns = 1_000_000_000
+    s.apply_identity(IdentityEvent("started", first, 1))
+    second = _wl("c2", 100)
+    second.started_ns = 3_000_000_000
+    s.apply_identity(IdentityEvent("started", second, 2))
+    gone = _wl("c1", 100)
+    gone.started_ns, gone.stopped_ns = 1_000_000_000, 2_000_000_000
+    s.apply_identity(IdentityEvent("stopped", gone, 3))
+    assert s.workload("n1", 100).id == "c2"
+    assert s.workload("n1", 100, at_ns=3_500_000_000).id == "c2"
+    assert s.workload("n1", 100, at_ns=1_500_000_000).id == "c1"
+    late_start = _wl("c0", 100)           # an even earlier owner's start, replayed late
+    late_start.started_ns = 500_000_000
+    s.apply_identity(IdentityEvent("started", late_start, 4))
+    assert s.workload("n1", 100, at_ns=3_500_000_000).id == "c2"
+    assert s.workload("n1", 100, at_ns=700_000_000).id == "c0"
+    assert [w.id for w in s.replaced[("n1", 100)]] == ["c1", "c0"]
+    done = _wl("c2", 100)
+    done.started_ns, done.stopped_ns = 3_000_000_000, 4_000_000_000
+    s.apply_identity(IdentityEvent("stopped", done, 5))   # the owner's own stop still applies
+    assert s.workload("n1", 100).stopped_ns == 4_000_000_000
