@@ -235,10 +235,27 @@ def _heartbeats(stack: Stack, seconds: float = 6.0) -> dict[str, dict]:
         return {"error": {"heartbeats unavailable": repr(exc)}}
 
 
+def _burst_timeline(stack: Stack) -> str:
+    """The burst's stored alerts per second of event time, and the gaps in their process ids: where in the
+    run the missing ones were (at its start, around the kill, at its end)."""
+    try:
+        alerts = httpx.get(f"{stack.rest_url}/api/v1/alerts", params={"policy": "audit-true", "limit": 10000},
+                           timeout=30).json()
+    except httpx.HTTPError as exc:
+        return f"burst timeline unavailable: {exc!r}"
+    per_second: dict[int, int] = {}
+    for a in alerts:
+        per_second[int(a["Timestamp"])] = per_second.get(int(a["Timestamp"]), 0) + 1
+    pids = sorted(int(a["HostPID"]) for a in alerts)
+    gaps = [(a, b) for a, b in zip(pids, pids[1:], strict=False) if b - a > 20][:20]
+    return (f"burst alerts per second: {sorted(per_second.items())}; host pids {pids[:1]}..{pids[-1:]}, "
+            f"gaps over 20 pids: {gaps}")
+
+
 def _where_events_went(stack: Stack) -> str:
     """What a failure needs: the namespace's logs (events judged without their rules), the losses announced,
     and the services' counters (their heartbeats)."""
-    out = [f"heartbeats: {json.dumps(_heartbeats(stack), default=str)[:8000]}"]
+    out = [f"heartbeats: {json.dumps(_heartbeats(stack), default=str)[:8000]}", _burst_timeline(stack)]
     for path, params in (("/api/v1/logs/summary", {"by": "namespace,operation", "namespace": "burst"}),
                          ("/api/v1/alerts/summary", {"by": "type,policy"}),
                          ("/api/v1/alerts", {"type": "SystemEvent", "limit": "20"}),
