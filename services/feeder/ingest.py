@@ -54,6 +54,7 @@ log = logging.getLogger("bulwark.feeder.ingest")
 DURABLE = "bulwark-feeder"
 CATCH_UP_SECONDS = 0.5  # how long an event of an unknown workload waits for identity/rules to catch up
 _NEGATIVE_TTL = 5.0  # an mntns still unknown after a catch-up is not waited for again this long
+OWNED_FALLBACK_LOGS = 5  # records judged as the host's in an owned namespace, logged per feeder lifetime
 _START_WAIT = 5.0  # per attempt, at start: the views must have caught up before the first batch is judged
 SIEM_IN_FLIGHT = 2048  # SIEM copies published at once by one group, at most (plus one batch's)
 SETTLING_GROUPS = 4  # stored groups whose SIEM copies and acks are still under way, at most
@@ -77,6 +78,7 @@ class Ingestor:
         self.siem = siem or SiemSink(js, counters)
         self.visibility, self.ack_wait = visibility, ack_wait
         self._unknown_until: dict[tuple[str, int], float] = {}
+        self._owned_fallbacks_logged = 0
         self.dedup = EnforcementDedup()
         self.losses = LossTracker(cluster)
         self._settling: set[asyncio.Task[None]] = set()
@@ -339,6 +341,7 @@ class Ingestor:
                 self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
         if not known:
             self.counters.inc("host_fallback")
+            self._note_owned_fallback(ev)
         elif _launcher_setup(workload, ev):
             self.counters.inc("launcher_setup")
             return caught_up
@@ -379,6 +382,22 @@ class Ingestor:
         workload = known or self.state.host_workload(ev.node)
         at_ns = ev.ts_ns if ev.kind != "enforce" and ev.ret >= 0 else 0
         return workload, self.state.compiled_for(ev.node, workload.id, at_ns), known is not None
+
+    def _note_owned_fallback(self, ev: RawEvent) -> None:
+        """Count (and log the first few of) the records judged as the host's although a workload owns their
+        mount namespace: the time-aware lookup placed them outside that workload's lifetime."""
+        owner = self.state.workloads.get((ev.node, ev.mntns)) if ev.mntns else None
+        if owner is None:
+            return
+        self.counters.inc("host_fallback_owned_ns")
+        if self._owned_fallbacks_logged < OWNED_FALLBACK_LOGS:
+            self._owned_fallbacks_logged += 1
+            log.warning("record judged as the host's in a workload's namespace",
+                        extra={"node": ev.node, "mntns": ev.mntns, "ts_ns": ev.ts_ns, "kind": ev.kind,
+                               "workload": owner.id, "started_ns": owner.started_ns,
+                               "stopped_ns": owner.stopped_ns,
+                               "replaced": [(w.id, w.started_ns, w.stopped_ns)
+                                            for w in self.state.replaced.get((ev.node, ev.mntns), [])][:4]})
 
     def _worth_waiting(self, ev: RawEvent) -> bool:
         key = (ev.node, ev.mntns)
