@@ -100,7 +100,7 @@ def test_an_exec_through_a_symlink_is_refused_and_reported_by_the_file_it_reache
     [report] = enforcer.take_reports()
     assert (report.operation, report.resource, report.access, report.policy) == (
         "Process", copy, "exec", "block-true-copy")
-    assert report.mntns == ns_a.mntns and report.exe and report.uid == 0 and report.pid > 0 and report.ns_pid > 0
+    assert report.mntns == ns_a.mntns and report.exe and report.uid == 0 and report.pid > 0
     ev = report.to_raw_event("n1", 0, "boot")
     assert (ev.kind, ev.path, ev.ret, ev.extra["enforcer"]) == ("exec", copy, -1, "Fanotify")
     assert enforcer.take_reports() == []

@@ -34,7 +34,6 @@ class FanotifyReport:
     tid: int
     ppid: int
     ns_pid: int
-    ns_ppid: int
     uid: int
     gid: int
     mntns: int
@@ -51,7 +50,7 @@ class FanotifyReport:
         kind, syscall = ("exec", "execve") if self.access == "exec" else ("file", "openat")
         return RawEvent(
             kind=kind, ts_ns=self.ts_ns, node=node, pid=self.pid, tid=self.tid, ppid=self.ppid,
-            ns_pid=self.ns_pid, ns_ppid=self.ns_ppid, uid=self.uid, gid=self.gid, mntns=self.mntns, pidns=self.pidns,
+            ns_pid=self.ns_pid, ns_ppid=0, uid=self.uid, gid=self.gid, mntns=self.mntns, pidns=self.pidns,
             cgroup_id=0, comm=self.comm, exe=self.exe, path=self.resource, ret=-_EPERM, syscall=syscall,
             flags=1 if self.access == "write" else 0, event_id=f"{boot_id}:fanotify:{self.ts_ns}:{self.tid}",
             extra={"enforcer": ENFORCER, "result": RESULT, "policy": self.policy, "operation": self.operation,
@@ -74,27 +73,15 @@ def _first_int(text: str | None, index: int = 0, default: int = -1) -> int:
         return default
 
 
-def _ns_tgid(status: dict[str, str]) -> int:
-    """The process's pid in its own (innermost) PID namespace; 0 when unreadable."""
-    ns = (status.get("NStgid") or "").split()
-    return int(ns[-1]) if ns and ns[-1].isdigit() else 0
-
-
-def _pidns(pid: int) -> int:
-    try:
-        return os.stat(f"/proc/{pid}/ns/pid").st_ino
-    except OSError:
-        return 0
-
-
 def report_of(tid: int, mntns: int, operation: str, resource: str, access: str, exe: str,
               policy: str) -> FanotifyReport:
     """The report of a refusal to thread ``tid`` (still waiting in the refused syscall)."""
     status = _status(tid)
-    ppid = _first_int(status.get("PPid"), default=0)
-    pidns = _pidns(tid)
-    # the parent's pid as the process sees it: 0 when the parent is outside its PID namespace
-    ns_ppid = _ns_tgid(_status(ppid)) if ppid > 0 and pidns and _pidns(ppid) == pidns else 0
+    ns_pids = (status.get("NStgid") or "").split()
+    try:
+        pidns = os.stat(f"/proc/{tid}/ns/pid").st_ino
+    except OSError:
+        pidns = 0
     try:
         with open(f"/proc/{tid}/comm", encoding="utf-8", errors="replace") as f:
             comm = f.read().rstrip("\n")
@@ -102,6 +89,7 @@ def report_of(tid: int, mntns: int, operation: str, resource: str, access: str, 
         comm = ""
     return FanotifyReport(
         ts_ns=time.time_ns(), pid=_first_int(status.get("Tgid"), default=tid), tid=tid,
-        ppid=ppid, ns_pid=_ns_tgid(status), ns_ppid=ns_ppid,
+        ppid=_first_int(status.get("PPid"), default=0),
+        ns_pid=int(ns_pids[-1]) if ns_pids and ns_pids[-1].isdigit() else 0,
         uid=_first_int(status.get("Uid")), gid=_first_int(status.get("Gid")), mntns=mntns, pidns=pidns,
         comm=comm, exe=exe, operation=operation, resource=resource, access=access, policy=policy)
