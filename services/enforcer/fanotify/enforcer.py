@@ -1,29 +1,26 @@
 """Fanotify enforcer: inline EPERM for exec and file opens that Block rules name, per mount namespace.
 
-Marks (see ``plan``): FAN_OPEN_EXEC_PERM for Process rules, FAN_OPEN_PERM for File rules, on the
+Marks (see ``fanplan``): FAN_OPEN_EXEC_PERM for Process rules, FAN_OPEN_PERM for File rules, on the
 named files, or on named directories with FAN_EVENT_ON_CHILD (each subdirectory too when recursive).
 Every access to a marked inode, by any process on the host, waits for our reader thread. It denies
 only when the accessing thread's mount namespace belongs to a workload whose rules, run through
 ``shared.matcher.decide``, say Block; everything else, including any error, is allowed at once.
 
 The group outlives the process when a holder is configured (``BULWARK_FANOTIFY_HOLDER``, see
-``hold`` and ``bulwark.fdholder``): the group fd comes from the holder, a journal says what was
+``fanhold`` and ``bulwark.fdholder``): the group fd comes from the holder, a journal says what was
 read and not answered yet, and on our death (kill -9 included) the holder answers in our place,
 denying in selected namespaces, until the next enforcer takes the group and its marks back
-(``inherit``). ``detach()`` (SIGTERM) leaves the group to the holder; ``close()`` drops it.
+(``faninherit``). ``detach()`` (SIGTERM) leaves the group to the holder; ``close()`` drops it.
 Without a holder, closing the fanotify fd or our death makes the kernel allow every pending waiter.
 
 A refused open that created its file (O_CREAT) has that file removed before the verdict where a
-directory rule marks its directory (``creates``). The container runtime entering a workload
+directory rule marks its directory (``fancreates``). The container runtime entering a workload
 (``docker exec``: runc joining it, reading /etc/passwd and exec'ing the command) is judged like any
 process of the workload: under an allow-list its reads must be allowed too. It is not waived: what
 would mark it (a parent outside the PID namespace, an executable that is a memfd or a deleted file) a
 container's first process or an exec'd session can copy by exec'ing a memfd.
 
-Each refusal is also reported (``take_reports``, ``report``) under the path the rule matched: the
-monitor's record names the path the program wrote, which for a symlink no rule names.
-
-The matcher gets what fanotify alone does not say (``access``): read or write (from the waiting
+The matcher gets what fanotify alone does not say (``fanaccess``): read or write (from the waiting
 thread's open flags in /proc/<tid>/syscall: readOnly rules), the thread's fs uid and the file's owner
 (ownerOnly), the thread's executable (fromSource).
 """
@@ -46,8 +43,6 @@ from services.enforcer.fanotify.inherit import Inherited, open_inode, open_mount
 from services.enforcer.fanotify.journal import Journal
 from services.enforcer.fanotify.marks import MOUNT_KEY, Tables, resolve_plans
 from services.enforcer.fanotify.plan import OPERATIONS, plan
-from services.enforcer.fanotify.report import FanotifyReport, report_of
-from services.enforcer.reports.queue import ReportQueue
 from shared.lifecycle import Counters
 from shared.loaders import decide_access
 from shared.matcher import Access, Decision
@@ -101,7 +96,6 @@ class FanotifyEnforcer:
         self._creates: CreateWatch | None = None
         self._marks: dict[tuple[int, int], tuple[int, int]] = {}  # (dev, ino) -> (O_PATH fd, mask)
         self._own_mntns = os.stat("/proc/self/ns/mnt").st_ino
-        self._reports: ReportQueue[FanotifyReport] = ReportQueue(self.counters)
         self._last: RuleSet | None = None
         self._closed = False
 
@@ -380,10 +374,9 @@ class FanotifyEnforcer:
             decision = _decide(tables, mntns, asked)
             if decision is None or decision.action != "Block":
                 continue
-            judged_as = decision.rule.operation if decision.rule else operation
-            log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": judged_as, "path": resource,
+            log.info("access denied", extra={"tid": tid, "mntns": mntns, "operation": decision.rule.operation
+                                             if decision.rule else operation, "path": resource,
                                              "access": access, "source": source, "policy": decision.policy})
-            self._reports.put(report_of(tid, mntns, judged_as, resource, access, source, decision.policy))
             if operation == "File":
                 self._undo_create(tid, efd, tables)
             return True
@@ -475,10 +468,6 @@ class FanotifyEnforcer:
             self._marks.clear()
             self._tables = Tables()
             log.info("fanotify enforcer closed" if release else "fanotify group left to the holder")
-
-    def take_reports(self) -> list[FanotifyReport]:
-        """The refusals since the last call (oldest first), as reports naming the path the rule matched."""
-        return self._reports.take()
 
     def stats(self) -> dict[str, int]:
         """Counters for the heartbeat."""
