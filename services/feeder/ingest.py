@@ -77,7 +77,8 @@ class Ingestor:
         self.throttler = throttler or Throttler(enabled=False)
         self.siem = siem or SiemSink(js, counters)
         self.visibility, self.ack_wait = visibility, ack_wait
-        self._unknown_until: dict[tuple[str, int], float] = {}
+        # (node, mntns) -> (monotonic expiry, wall ns of the identity check that found it unknown)
+        self._unknown_until: dict[tuple[str, int], tuple[float, int]] = {}
         self._owned_fallbacks_logged = 0
         self.dedup = EnforcementDedup()
         self.losses = LossTracker(cluster)
@@ -334,11 +335,12 @@ class Ingestor:
         # entry would judge a new workload's first events as the host's (and, unseen, drop them).
         if (compiled is None or not known) and not caught_up and self._worth_waiting(ev):
             caught_up = True
+            checked_ns = time.time_ns()
             if not await self.follower.wait_caught_up(CATCH_UP_SECONDS):
                 raise ViewsBehind(f"node {ev.node} mntns {ev.mntns}")
             workload, compiled, known = self._lookup(ev)
             if compiled is None or not known:
-                self._unknown_until[(ev.node, ev.mntns)] = time.monotonic() + _NEGATIVE_TTL
+                self._unknown_until[(ev.node, ev.mntns)] = (time.monotonic() + _NEGATIVE_TTL, checked_ns)
         if not known:
             self.counters.inc("host_fallback")
             self._note_owned_fallback(ev)
@@ -401,11 +403,14 @@ class Ingestor:
 
     def _worth_waiting(self, ev: RawEvent) -> bool:
         key = (ev.node, ev.mntns)
-        until = self._unknown_until.get(key)
-        if until is None:
+        entry = self._unknown_until.get(key)
+        if entry is None:
             return True
-        if time.monotonic() < until:
+        until, checked_ns = entry
+        if time.monotonic() < until and ev.ts_ns <= checked_ns:
             return False
+        # expired, or a record newer than the check that found the namespace unknown: a workload registered
+        # since (``bulwark run``'s setup records come before its registration) must be waited for
         del self._unknown_until[key]
         return True
 
