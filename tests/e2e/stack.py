@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +37,14 @@ class Stack:
     @property
     def rest_url(self) -> str:
         return f"http://127.0.0.1:{self.rest_port}"
+
+    def nats_url(self, user: str = "admin") -> str:
+        """The stack's NATS URL, as ``user`` when the stack gives every service its own NATS user
+        (``BULWARK_NATS_AUTH``: their passwords are in the data directory), else without one."""
+        passwords = self.data_dir / "nats-auth" / "passwords.json"
+        if not passwords.exists():
+            return f"nats://127.0.0.1:{self.nats_port}"
+        return f"nats://{user}:{json.loads(passwords.read_text())[user]}@127.0.0.1:{self.nats_port}"
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run the ``bulwark`` CLI against this stack."""

@@ -39,11 +39,6 @@ def secured_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
 
 
-def _url(s: Stack, user: str) -> str:
-    passwords = json.loads((s.data_dir / "nats-auth" / "passwords.json").read_text())
-    return f"nats://{user}:{passwords[user]}@127.0.0.1:{s.nats_port}"
-
-
 def test_block_and_alert_with_per_service_users(secured_stack: Stack) -> None:
     s = secured_stack
     assert (s.data_dir / "nats-auth" / "passwords.json").stat().st_mode & 0o077 == 0
@@ -100,8 +95,8 @@ def test_a_nodes_user_reads_no_replies_and_deletes_no_consumers(secured_stack: S
     s = secured_stack
 
     async def check() -> None:
-        spy = await probe(_url(s, user_name("monitor", NODE)))
-        admin = await nats.connect(_url(s, "admin"))
+        spy = await probe(s.nats_url(user_name("monitor", NODE)))
+        admin = await nats.connect(s.nats_url("admin"))
         try:
             await spy.nc.subscribe("_INBOX.>")
             await spy.violation("_INBOX.>")

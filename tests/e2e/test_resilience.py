@@ -205,19 +205,11 @@ def _burst_with_feeder_kill(stack: Stack, tmp_path: Path, n: int = 4000) -> None
     assert stored == n, f"stored over time: {seen}\n{_where_events_went(stack)}\n{stack.logs()}"
 
 
-def _nats_url(stack: Stack) -> str:
-    """The stack's NATS URL, as its admin when the stack gives every service its own user."""
-    passwords = stack.data_dir / "nats-auth" / "passwords.json"
-    if passwords.exists():
-        return f"nats://admin:{json.loads(passwords.read_text())['admin']}@127.0.0.1:{stack.nats_port}"
-    return f"nats://127.0.0.1:{stack.nats_port}"
-
-
 def _heartbeats(stack: Stack, seconds: float = 6.0) -> dict[str, dict]:
     """Each service's latest heartbeat (its counters), as heard on the health subjects for ``seconds``."""
     async def listen() -> dict[str, dict]:
         beats: dict[str, dict] = {}
-        nc = await nats.connect(_nats_url(stack), connect_timeout=5, max_reconnect_attempts=0)
+        nc = await nats.connect(stack.nats_url(), connect_timeout=5, max_reconnect_attempts=0)
         try:
             async def on_beat(msg: Any) -> None:
                 try:
