@@ -83,13 +83,11 @@ class FeederState:
         if prior is not None and prior.id != wl.id and (ev.type == "stopped" or 0 < wl.started_ns < prior.started_ns):
             # News of an earlier owner of this namespace id (its stop often arrives after the next owner
             # started: the kernel reuses ids at once): it must not take the id back from the newer one.
-            self._note_replaced(key, wl)
+            older = [w for w in self.replaced.get(key, []) if w.id != wl.id] + [wl]
+            self._keep_replaced(key, sorted(older, key=lambda w: w.started_ns, reverse=True))
             return
         if prior is not None and prior.id != wl.id:
-            self.replaced.setdefault(key, []).insert(0, prior)
-            self.replaced.move_to_end(key)
-            while len(self.replaced) > MAX_STOPPED:
-                self.replaced.popitem(last=False)
+            self._keep_replaced(key, [prior, *self.replaced.get(key, [])])
         self.workloads[key] = wl
         if ev.type == "stopped":
             self._stopped[key] = wl.id
@@ -102,11 +100,9 @@ class FeederState:
         else:
             self._stopped.pop(key, None)
 
-    def _note_replaced(self, key: tuple[str, int], wl: Workload) -> None:
-        """Keep ``wl`` among the earlier owners of ``key`` (newest first), updating its entry if held."""
-        older = [w for w in self.replaced.get(key, []) if w.id != wl.id]
-        older.append(wl)
-        older.sort(key=lambda w: w.started_ns, reverse=True)
+    def _keep_replaced(self, key: tuple[str, int], older: list[Workload]) -> None:
+        """Hold ``older`` (newest first) as the earlier owners of ``key``; the least recent keys go past
+        MAX_STOPPED."""
         self.replaced[key] = older
         self.replaced.move_to_end(key)
         while len(self.replaced) > MAX_STOPPED:
