@@ -8,8 +8,10 @@ from services.feeder.views import FeederState
 from shared.schemas import IdentityEvent, RuleSet, Workload, WorkloadRules
 
 
-def _wl(wid: str, mntns: int, kind: str = "container", node: str = "n1") -> Workload:
-    return Workload(id=wid, name=wid, namespace="demo", kind=kind, node=node, mntns=mntns, pidns=mntns + 1)
+def _wl(wid: str, mntns: int, kind: str = "container", node: str = "n1", started_ns: int = 0,
+        stopped_ns: int = 0) -> Workload:
+    return Workload(id=wid, name=wid, namespace="demo", kind=kind, node=node, mntns=mntns, pidns=mntns + 1,
+                    started_ns=started_ns, stopped_ns=stopped_ns)
 
 
 def test_identity_map_keeps_stopped_workloads_and_falls_back_to_host() -> None:
@@ -101,12 +103,8 @@ def test_rules_of_a_workload_that_left_the_ruleset_still_judge_its_late_events()
 
 def test_an_event_after_the_owner_stopped_belongs_to_a_workload_not_yet_known() -> None:
     s = FeederState()
-    old = _wl("c1", 100)
-    old.started_ns = 1_000_000_000
-    s.apply_identity(IdentityEvent("started", old, 1))
-    gone = _wl("c1", 100)
-    gone.started_ns, gone.stopped_ns = 1_000_000_000, 2_000_000_000
-    s.apply_identity(IdentityEvent("stopped", gone, 2))
+    s.apply_identity(IdentityEvent("started", _wl("c1", 100, started_ns=1_000_000_000), 1))
+    s.apply_identity(IdentityEvent("stopped", _wl("c1", 100, started_ns=1_000_000_000, stopped_ns=2_000_000_000), 2))
     assert s.workload("n1", 100, at_ns=1_500_000_000).id == "c1"
     assert s.workload("n1", 100, at_ns=2_001_000_000).id == "c1"  # within the clock slack
     assert s.workload("n1", 100, at_ns=2_100_000_000) is None  # the kernel reused the id: wait for identity
@@ -117,25 +115,17 @@ def test_an_earlier_owners_late_stop_does_not_take_the_namespace_id_back() -> No
     first one's stop came after the second started: the second keeps the id (its events were judged as the
     host's before, and dropped as invisible)."""
     s = FeederState()
-    first = _wl("c1", 100)
-    first.started_ns = 1_000_000_000
-    s.apply_identity(IdentityEvent("started", first, 1))
-    second = _wl("c2", 100)
-    second.started_ns = 3_000_000_000
-    s.apply_identity(IdentityEvent("started", second, 2))
-    gone = _wl("c1", 100)
-    gone.started_ns, gone.stopped_ns = 1_000_000_000, 2_000_000_000
-    s.apply_identity(IdentityEvent("stopped", gone, 3))
+    s.apply_identity(IdentityEvent("started", _wl("c1", 100, started_ns=1_000_000_000), 1))
+    s.apply_identity(IdentityEvent("started", _wl("c2", 100, started_ns=3_000_000_000), 2))
+    s.apply_identity(IdentityEvent("stopped", _wl("c1", 100, started_ns=1_000_000_000, stopped_ns=2_000_000_000), 3))
     assert s.workload("n1", 100).id == "c2"
     assert s.workload("n1", 100, at_ns=3_500_000_000).id == "c2"
     assert s.workload("n1", 100, at_ns=1_500_000_000).id == "c1"
-    late_start = _wl("c0", 100)           # an even earlier owner's start, replayed late
-    late_start.started_ns = 500_000_000
-    s.apply_identity(IdentityEvent("started", late_start, 4))
+    # an even earlier owner's start, replayed late
+    s.apply_identity(IdentityEvent("started", _wl("c0", 100, started_ns=500_000_000), 4))
     assert s.workload("n1", 100, at_ns=3_500_000_000).id == "c2"
     assert s.workload("n1", 100, at_ns=700_000_000).id == "c0"
     assert [w.id for w in s.replaced[("n1", 100)]] == ["c1", "c0"]
-    done = _wl("c2", 100)
-    done.started_ns, done.stopped_ns = 3_000_000_000, 4_000_000_000
-    s.apply_identity(IdentityEvent("stopped", done, 5))   # the owner's own stop still applies
+    # the owner's own stop still applies
+    s.apply_identity(IdentityEvent("stopped", _wl("c2", 100, started_ns=3_000_000_000, stopped_ns=4_000_000_000), 5))
     assert s.workload("n1", 100).stopped_ns == 4_000_000_000
