@@ -71,6 +71,6 @@ def enforced(alert: dict[str, Any]) -> bool:
 
 def from_enforcer(kind: str, extra: dict[str, Any]) -> bool:
     """Whether a raw record is an enforcer's report: the signal and BPF-LSM enforcers' are of kind
-    ``enforce``; AppArmor's and fanotify's keep the monitor's kinds (exec, file...) and name their
-    enforcer in ``extra``, which the monitor's own records never do."""
+    ``enforce``; AppArmor's keep the monitor's kinds (exec, file...) and name their enforcer in
+    ``extra``, which the monitor's own records never do."""
     return kind == "enforce" or bool(extra.get("enforcer"))

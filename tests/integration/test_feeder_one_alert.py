@@ -1,7 +1,7 @@
 """One operation, one alert (real nats-server, real feeder process, real SQLite): a read the BPF-LSM
 enforcer refused reaches the feeder twice, as the monitor's record of the failed syscall and as the
-enforcer's report of its refusal, in either order; the feeder stores one alert. So does an AppArmor or
-fanotify report (the monitor's kinds, the enforcer named in ``extra``). Two refusals are two alerts, and
+enforcer's report of its refusal, in either order; the feeder stores one alert. So does an AppArmor
+report (the monitor's kinds, the enforcer named in ``extra``). Two refusals are two alerts, and
 a refusal of another file by the same thread is its own alert."""
 from __future__ import annotations
 
