@@ -8,6 +8,12 @@
 #include "bw_enforce.h"
 
 #define BW_SIGKILL 9
+#define BW_EACCES 13
+#define BW_AF_INET 2
+#define BW_AF_INET6 10
+#define BW_CONF_INET_REFUSED 1              /* bw_enf_conf[0]: bwenf_sock_create is attached */
+
+BPF_ARRAY(bw_enf_conf, __u32, 1);
 
 struct bw_enf_tp_socket {                   /* syscalls:sys_enter_socket */
 	__u64 common;
@@ -44,6 +50,18 @@ struct bw_enf_tp_mprotect {                 /* syscalls:sys_enter_mprotect, sys_
 	__u64 start, len, prot;
 };
 
+/* Whether bwenf_sock_create refuses this family's sockets (attached, and an INET family). */
+static __always_inline int bw_inet_refused(__u32 family)
+{
+	int zero = 0;
+	__u32 *conf;
+
+	if (family != BW_AF_INET && family != BW_AF_INET6)
+		return 0;
+	conf = bw_enf_conf.lookup(&zero);
+	return conf && (*conf & BW_CONF_INET_REFUSED);
+}
+
 int bwenf_socket(struct bw_enf_tp_socket *ctx)
 {
 	__u32 mntns = bw_enf_selected();
@@ -52,12 +70,31 @@ int bwenf_socket(struct bw_enf_tp_socket *ctx)
 	if (!mntns)
 		return 0;
 	v = bw_match_net(mntns, (__u32)ctx->family, (__u32)ctx->type, (__u32)ctx->protocol);
-	if (!v || v->action != 1)
+	if (!v || v->action != 1 || bw_inet_refused((__u32)ctx->family))
 		return 0;
 	bpf_send_signal(BW_SIGKILL);
 	bw_enf_report(bw_current(), mntns, BW_ENF_NET, v, (__u32)ctx->family, (__u32)ctx->type & 0xF, (__u32)ctx->protocol);
 	return 0;
 }
+
+#ifdef BW_HELPER_set_retval
+/* cgroup/sock_create on the cgroup v2 root (5.18+: bpf_set_retval): an INET socket a rule blocks is
+ * refused with EACCES before it exists; the tracepoint above then leaves INET families alone. */
+int bwenf_sock_create(struct bpf_sock *sk)
+{
+	__u32 mntns = bw_enf_selected(), family = sk->family, type = sk->type, protocol = sk->protocol;
+	struct bw_verdict *v;
+
+	if (!mntns)
+		return 1;
+	v = bw_match_net(mntns, family, type, protocol);
+	if (!v || v->action != 1)
+		return 1;
+	bpf_set_retval(-BW_EACCES);
+	bw_enf_report(bw_current(), mntns, BW_ENF_NET | BW_ENF_REFUSED, v, family, type & 0xF, protocol);
+	return 0;
+}
+#endif
 
 int bwenf_cap(struct bw_enf_tp_cap *ctx)
 {

@@ -195,6 +195,7 @@ struct bw_sys_event {
 /* struct bw_enf_info.kind of the signal enforcer (bpf/enforce/signal.c) */
 #define BW_ENF_NET 1
 #define BW_ENF_CAP 2
+#define BW_ENF_REFUSED 0x100                 /* | BW_ENF_NET: refused at creation (EACCES), not killed */
 /* ... and of the BPF-LSM enforcer (bpf/enforce/lsm.c): the kind in the low byte, the action in the next */
 #define BW_LSM_PROCESS 1
 #define BW_LSM_FILE 2

@@ -99,6 +99,7 @@ BW_SYS_F_DYING = 512
 # bw_enf_info.kind of the signal enforcer
 BW_ENF_NET = 1
 BW_ENF_CAP = 2
+BW_ENF_REFUSED = 0x100  # | BW_ENF_NET: the cgroup socket program refused it (EACCES), nothing was killed
 # bw_enf_info.kind of the BPF-LSM enforcer: the kind in the low byte, the action in the next
 BW_LSM_PROCESS = 1
 BW_LSM_FILE = 2

@@ -82,11 +82,32 @@ def preset_rule(preset: str, action: str = "Block") -> Rule:
                 operation="Preset", action=action, severity=8, preset=preset)
 
 
+KILLED_RC = 128 + 9
+EACCES_TEXT = "PermissionError: [Errno 13] Permission denied"
+
+
+def inet_refusal_expected() -> bool:
+    """Whether the signal enforcer can refuse INET sockets here (its cgroup sock_create program needs
+    bpf_set_retval, 5.18+, and a mounted cgroup v2 hierarchy), rather than kill at socket()."""
+    from services.enforcer.signal.cgroup_link import cgroup2_root
+    from shared.bpf.btf import Btf
+
+    return "BPF_FUNC_set_retval" in Btf.load().enumerators("bpf_func_id") and cgroup2_root()[0] is not None
+
+
+def inet_blocked(result: tuple[int, str], refused: bool) -> bool:
+    """A Python ``socket.socket(...)`` run that a Network rule blocked: refused (EACCES, the process lives to
+    print the error) when ``refused``, else killed by SIGKILL."""
+    rc, out = result
+    return (rc == 1 and EACCES_TEXT in out) if refused else rc == KILLED_RC
+
+
 def signal_programs() -> int:
-    """How many programs the signal enforcer loads on this kernel (one serves both mprotects)."""
+    """How many programs the signal enforcer loads on this kernel (one serves both mprotects; plus the
+    cgroup socket program where it refuses INET sockets)."""
     from services.enforcer.signal.enforcer import attachments_here
 
-    return len({fn for _tp, fn in attachments_here()})
+    return len({fn for _tp, fn in attachments_here()}) + inet_refusal_expected()
 
 
 def poll_reports(enforcer: Any, n: int, timeout: float = 5) -> list[Any]:

@@ -1,4 +1,6 @@
-"""The eBPF signal enforcer on the real kernel: SIGKILL at the hook, only in selected mount namespaces.
+"""The eBPF signal enforcer on the real kernel: SIGKILL at the hook, only in selected mount namespaces; an
+INET socket a rule blocks is refused at creation instead (EACCES, its cgroup sock_create program) where the
+kernel allows it (bpf_set_retval, 5.18+, and a cgroup v2 hierarchy: this host), else killed.
 
 Every enforcer is closed in a finalizer; after close no Bulwark enforcement program stays attached.
 Only processes the tests start (inside ``unshare`` shells) can be killed: the kernel programs look at
@@ -22,6 +24,8 @@ from tests.kernel.bpfkit import (
     cap_rule,
     enforcer_service,
     held_programs,
+    inet_blocked,
+    inet_refusal_expected,
     net_rule,
     poll_reports,
     signal_programs,
@@ -49,6 +53,12 @@ def enforcer(btf_tree: Path) -> Iterator[SignalEnforcer]:
         enf.close()
 
 
+def _inet_blocked(enf: SignalEnforcer, result: tuple[int, str]) -> bool:
+    """An INET socket a rule blocks: refused (EACCES, the process lives) where the enforcer's cgroup program
+    is attached, killed where its probe says it could not be."""
+    return inet_blocked(result, enf.inet_refusal == "")
+
+
 def _held_programs(pid: int | None = None) -> set[int]:
     """Ids of the bwenf_ programs ``pid`` (this process by default) holds fds of."""
     return held_programs(lambda line: "bwenf_" in line, pid)
@@ -58,30 +68,34 @@ def _reports(enf: SignalEnforcer, n: int, timeout: float = 3) -> list:
     return poll_reports(enf, n, timeout)
 
 
-def test_protocol_kill_only_in_selected_namespace(enforcer, shells) -> None:
+def test_protocol_block_only_in_selected_namespace(enforcer, shells) -> None:
     a, b = shells
     enforcer.apply(ruleset(1, a=(a.mntns, [net_rule("udp")]), b=(b.mntns, [net_rule("udp", "Audit")])))
-    assert a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED
-    assert a.run(sock("AF_INET6", "SOCK_DGRAM", 17))[0] == KILLED
+    assert (enforcer.inet_refusal == "") == inet_refusal_expected(), enforcer.inet_refusal
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_DGRAM")))
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET6", "SOCK_DGRAM", 17)))
     assert a.run(sock("AF_INET", "SOCK_STREAM")) == (0, "alive")          # tcp is not blocked
     assert a.run(sock("AF_UNIX", "SOCK_DGRAM")) == (0, "alive")           # udp means inet only
     assert b.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")           # sibling, same command
     assert host_run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")        # the host
     reports = _reports(enforcer, 2)
-    assert len(reports) == 2 and enforcer.stats()["killed"] == 2
+    refused = enforcer.inet_refusal == ""
+    assert len(reports) == 2 and enforcer.stats()["refused" if refused else "killed"] == 2
     first = reports[0]
     assert first.mntns == a.mntns and first.operation == "Network" and first.ref.match == "udp"
-    assert first.resource == "domain=AF_INET type=SOCK_DGRAM protocol=0"
-    assert first.exe == os.path.realpath(PY) and first.comm
+    # the cgroup hook sees the protocol the kernel chose for 0, the tracepoint what socket() was given
+    assert first.resource == f"domain=AF_INET type=SOCK_DGRAM protocol={17 if refused else 0}"
+    assert first.exe == os.path.realpath(PY) and first.comm and first.refused is refused
     ev = to_raw_event(first, "n1", 0, "boot")
-    assert ev.kind == "enforce" and ev.extra["killed"] is True and ev.extra["enforcer"] == "eBPF Signal"
+    assert ev.kind == "enforce" and ev.extra["killed"] is not refused and ev.extra["enforcer"] == "eBPF Signal"
     assert ev.extra["operation"] == "Network" and ev.extra["match"] == "udp" and ev.extra["policy"] == "net-udp"
+    assert (ev.ret, ev.extra["result"]) == ((-13, "Permission denied") if refused else (0, "Killed (SIGKILL)"))
 
 
 def test_raw_and_capability(enforcer, shells) -> None:
     a, b = shells
     enforcer.apply(ruleset(1, a=(a.mntns, [net_rule("raw")]), b=(b.mntns, [cap_rule("net_raw")])))
-    assert a.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED             # raw protocol rule
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_RAW", 1)))  # raw protocol rule
     assert b.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED             # CAP_NET_RAW used
     assert b.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
     assert host_run(sock("AF_INET", "SOCK_RAW", 1)) == (0, "alive")
@@ -92,24 +106,25 @@ def test_raw_and_capability(enforcer, shells) -> None:
 def test_rules_follow_the_rule_set_and_stopped_workloads_are_ignored(enforcer, shells) -> None:
     a, _ = shells
     enforcer.apply(ruleset(1, a=(a.mntns, [net_rule("tcp")])))
-    assert a.run(sock("AF_INET", "SOCK_STREAM"))[0] == KILLED
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_STREAM")))
     enforcer.apply(ruleset(2, a=(a.mntns, [net_rule("udp")])))
     assert a.run(sock("AF_INET", "SOCK_STREAM")) == (0, "alive")
-    assert a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_DGRAM")))
     stopped = ruleset(3, a=(a.mntns, [net_rule("udp")]))
     stopped.workloads["a"].stopped_ns = 1
     enforcer.apply(stopped)
     assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
 
 
-def test_network_allow_list_with_block_posture_kills_what_it_leaves_out(enforcer, shells) -> None:
-    """Issue 15: allowed TCP, blocking network posture: a UDP socket (curl's DNS) kills the process in the
-    workload and is reported as DefaultPosture; TCP and a Unix socket live; the sibling is untouched."""
+def test_network_allow_list_with_block_posture_blocks_what_it_leaves_out(enforcer, shells) -> None:
+    """Issue 15: allowed TCP, blocking network posture: a UDP socket (curl's DNS) is refused (or kills the
+    process) in the workload and is reported as DefaultPosture; TCP and a Unix socket live; the sibling is
+    untouched."""
     a, b = shells
     rs = ruleset(1, a=(a.mntns, [net_rule("tcp", action="Allow")]), b=(b.mntns, []))
     rs.workloads["a"].network_posture = "block"
     enforcer.apply(rs)
-    assert a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_DGRAM")))
     assert a.run(sock("AF_INET", "SOCK_STREAM")) == (0, "alive")
     assert a.run(sock("AF_UNIX", "SOCK_DGRAM")) == (0, "alive")
     assert b.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
@@ -147,7 +162,7 @@ def test_close_detaches_every_program(btf_tree, shells) -> None:
         enf.apply(ruleset(1, a=(a.mntns, [net_rule("udp")])))
         held = _held_programs()
         assert len(held) == signal_programs()
-        assert a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED
+        assert _inet_blocked(enf, a.run(sock("AF_INET", "SOCK_DGRAM")))
     finally:
         enf.close()
     assert _held_programs() == set() and still_loaded(held) == set()
@@ -170,7 +185,7 @@ async def test_service_publishes_kill_events(nats_server, shells, tmp_path, btf_
                                 tmp_path, btf_tree) as svc:
         deadline = time.monotonic() + 120  # the service compiles its programs first (slow on a busy host)
         while time.monotonic() < deadline:  # until the service has loaded the rules
-            if a.run(sock("AF_INET", "SOCK_DGRAM"))[0] == KILLED:
+            if inet_blocked(a.run(sock("AF_INET", "SOCK_DGRAM")), inet_refusal_expected()):
                 held = _held_programs(svc.proc.pid)
                 assert len(held) == signal_programs()
                 break
@@ -179,21 +194,24 @@ async def test_service_publishes_kill_events(nats_server, shells, tmp_path, btf_
         else:
             pytest.fail("the service never enforced the rule")
         ev = await svc.next_event()
-        assert ev["kind"] == "enforce" and ev["mntns"] == a.mntns and ev["extra"]["killed"] is True
+        refused = inet_refusal_expected()
+        assert ev["kind"] == "enforce" and ev["mntns"] == a.mntns and ev["extra"]["killed"] is not refused
+        assert ev["extra"].get("refused", False) is refused
         assert ev["extra"]["enforcer"] == "eBPF Signal" and ev["extra"]["match"] == "udp"
         assert svc.stop(15) == 0
         assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")       # stopped: nothing enforced
         assert still_loaded(held) == set()
 
 
-def test_protocol_all_kills_every_socket_in_the_namespace(enforcer, shells) -> None:
+def test_protocol_all_blocks_every_socket_in_the_namespace(enforcer, shells) -> None:
     """KubeArmor's ``protocol: all`` (networktests "it can block all network traffic"): ping's ICMP socket,
-    tcp, udp and even a Unix socket kill the process in the workload; the sibling and the host live."""
+    tcp and udp are refused (or kill) and even a Unix socket kills the process in the workload (the cgroup
+    hook sees INET families only); the sibling and the host live."""
     a, b = shells
     enforcer.apply(ruleset(1, a=(a.mntns, [net_rule("all")]), b=(b.mntns, [])))
-    assert a.run(sock("AF_INET", "SOCK_DGRAM", 1))[0] == KILLED          # ping's unprivileged ICMP socket
-    assert a.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED            # ping's raw fallback
-    assert a.run(sock("AF_INET6", "SOCK_STREAM"))[0] == KILLED
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_DGRAM", 1)))   # ping's unprivileged ICMP socket
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_RAW", 1)))     # ping's raw fallback
+    assert _inet_blocked(enforcer, a.run(sock("AF_INET6", "SOCK_STREAM")))
     assert a.run(sock("AF_UNIX", "SOCK_SEQPACKET"))[0] == KILLED
     assert b.run(sock("AF_INET", "SOCK_RAW", 1)) == (0, "alive")    # (DGRAM icmp needs ping_group_range)
     assert b.run(sock("AF_UNIX", "SOCK_SEQPACKET")) == (0, "alive")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.enforcer.reports.kernel import parse_record
+from services.enforcer.reports.kernel import parse_record, to_raw_event
 from services.monitor.selfcheck import BwSelfReport
 from shared.bpf import abi
 from shared.bpf.abicheck import compare_abi
@@ -176,12 +176,12 @@ def test_signedness_and_missing_structs_are_reported() -> None:
     assert check.problems == ["struct bw_lsm_event: not in the compiled BTF"] and check.compared["bw_path"] == 5
 
 
-def _kill(op: int = abi.BW_OP_ENF_SIGNAL) -> bytes:
+def _kill(op: int = abi.BW_OP_ENF_SIGNAL, kind: int = abi.BW_ENF_CAP, args: tuple[int, int, int] = (13, 0, 0)) -> bytes:
     rec = abi.BwEnfEvent()
     rec.hdr.op, rec.hdr.size, rec.hdr.ktime = op, ctypes.sizeof(rec), 5
     rec.task.pid, rec.task.tid, rec.task.mntns, rec.task.comm = 10, 11, 4026532000, b"ping"
-    rec.enf.kind, rec.enf.rule_id = abi.BW_ENF_CAP, 3
-    rec.enf.args[:] = (13, 0, 0)
+    rec.enf.kind, rec.enf.rule_id = kind, 3
+    rec.enf.args[:] = args
     rec.exe.flags = abi.BW_PATH_COMPLETE                # an empty complete path: "/"
     return bytes(rec)
 
@@ -195,3 +195,15 @@ def test_kill_records_are_decoded_from_the_abi_layout() -> None:
         parse_record(_kill(abi.BW_OP_ENF_LSM), {})
     with pytest.raises(DecodeError, match="bytes"):
         parse_record(_kill()[:-1], {})
+
+
+def test_a_refused_socket_is_no_kill() -> None:
+    killed = parse_record(_kill(kind=abi.BW_ENF_NET, args=(2, 3, 1)), {})
+    refused = parse_record(_kill(kind=abi.BW_ENF_NET | abi.BW_ENF_REFUSED, args=(2, 3, 1)), {})
+    assert killed.operation == refused.operation == "Network" and not killed.refused and refused.refused
+    assert refused.resource == killed.resource == "domain=AF_INET type=SOCK_RAW protocol=1"
+    ev_killed, ev_refused = (to_raw_event(r, "n", 0, "boot") for r in (killed, refused))
+    assert (ev_killed.ret, ev_killed.extra["killed"], ev_killed.extra["result"]) == (0, True, "Killed (SIGKILL)")
+    assert (ev_refused.ret, ev_refused.extra["killed"], ev_refused.extra["refused"], ev_refused.extra["result"]) == (
+        -13, False, True, "Permission denied")
+    assert ev_refused.syscall == "socket" and ev_refused.extra["enforcer"] == "eBPF Signal"

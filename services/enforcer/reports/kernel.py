@@ -8,7 +8,9 @@ matcher. What the feeder reads (see services/feeder/kinds.py, kind ``enforce``):
   or ``CAP_NET_RAW``);
 - ``extra["enforcer"]`` ("eBPF Signal") names the enforcer that acted, ``extra["killed"]`` is True and
   ``extra["result"]`` ("Killed (SIGKILL)") is the Result text: the operation was not refused, the
-  process was killed at the hook. ``ret`` is 0 (the syscall itself was not failed).
+  process was killed at the hook. ``ret`` is 0 (the syscall itself was not failed). An INET socket
+  refused by the signal enforcer's cgroup program (kind ``BW_ENF_NET | BW_ENF_REFUSED``) has instead
+  ``killed`` False, ``refused`` True, ``ret`` -EACCES and Result "Permission denied".
 
 The BPF-LSM enforcer's reports (``struct bw_lsm_event``: the same start, the resource's path, the
 executable) become the same kind of event with ``extra["enforcer"]`` "BPFLSM", ``killed`` False and
@@ -29,6 +31,7 @@ from shared.bpf.abi import (
     BW_ACT_BLOCK,
     BW_ENF_CAP,
     BW_ENF_NET,
+    BW_ENF_REFUSED,
     BW_LSM_CAP,
     BW_LSM_FILE,
     BW_LSM_NETWORK,
@@ -54,6 +57,7 @@ LSM_ENFORCER = "BPFLSM"
 RESULT_KILLED = "Killed (SIGKILL)"
 RESULT_REFUSED = "Permission denied"
 _EPERM = 1
+_EACCES = 13
 # BPF-LSM kinds (low byte of the record's kind; the next byte is the action)
 _LSM_KINDS = {BW_LSM_PROCESS: "Process", BW_LSM_FILE: "File", BW_LSM_NETWORK: "Network",
               BW_LSM_CAP: "Capabilities"}
@@ -93,12 +97,17 @@ class KillRecord:
     @property
     def operation(self) -> str:
         """KubeArmor Operation."""
-        return "Network" if self.kind == BW_ENF_NET else "Capabilities"
+        return "Network" if self.kind & 0xFF == BW_ENF_NET else "Capabilities"
+
+    @property
+    def refused(self) -> bool:
+        """The kernel refused the operation (the cgroup socket program: EACCES); else the process was killed."""
+        return bool(self.kind & BW_ENF_REFUSED)
 
     @property
     def resource(self) -> str:
         """KubeArmor-style Resource text."""
-        if self.kind == BW_ENF_NET:
+        if self.kind & 0xFF == BW_ENF_NET:
             fam, typ, proto = self.args
             return (f"domain={FAMILIES.get(fam, str(fam))} type={SOCK_TYPES.get(typ, str(typ))} "
                     f"protocol={proto}")
@@ -193,13 +202,14 @@ def to_raw_event(rec: KillRecord | LsmRecord, node: str, boot_offset_ns: int, bo
         return _lsm_raw_event(rec, node, boot_offset_ns, boot_id)
     ref = rec.ref
     match = ref.match if ref else ""
+    acted: dict[str, Any] = ({"killed": False, "refused": True, "result": RESULT_REFUSED} if rec.refused else
+                             {"killed": True, "signal": "SIGKILL", "result": RESULT_KILLED})
     return RawEvent(
         kind="enforce", ts_ns=rec.ktime + boot_offset_ns, node=node, pid=rec.pid, tid=rec.tid, ppid=rec.ppid,
         ns_pid=rec.ns_pid, ns_ppid=rec.ns_ppid, uid=rec.uid, gid=rec.gid, mntns=rec.mntns, pidns=rec.pidns,
-        cgroup_id=rec.cgroup_id, comm=rec.comm, exe=rec.exe, path=rec.resource, ret=0,
-        syscall="socket" if rec.kind == BW_ENF_NET else "capable",
+        cgroup_id=rec.cgroup_id, comm=rec.comm, exe=rec.exe, path=rec.resource, ret=-_EACCES if rec.refused else 0,
+        syscall="socket" if rec.operation == "Network" else "capable",
         event_id=f"{boot_id}:enforce:{rec.ktime}:{rec.tid}",
-        extra={"killed": True, "signal": "SIGKILL", "enforcer": ENFORCER, "result": RESULT_KILLED,
-               "operation": rec.operation, "resource": rec.resource, "match": match,
+        extra={**acted, "enforcer": ENFORCER, "operation": rec.operation, "resource": rec.resource, "match": match,
                "policy": ref.policy if ref else "", "workload_id": ref.workload_id if ref else ""},
     )

@@ -1,5 +1,5 @@
 """eBPF signal enforcer: kills processes of selected workloads at the hook (Network protocols, capabilities,
-and the presets filelessExec and anonMapExec).
+and the presets filelessExec and anonMapExec), and refuses their INET sockets where the kernel allows it.
 
 A tracepoint the kernel lacks (``capability:cap_capable`` appeared after 6.12) is left out: the probe
 says so, and ``operations`` then claims only what is attached (selection gives the rest to others).
@@ -10,6 +10,11 @@ call ``bpf_send_signal(SIGKILL)`` when the current task's mount namespace is sel
 refusal: socket() completes and the process dies before it returns to user space; a capability use
 may complete before the process dies. Every kill is reported through a ring buffer that a thread
 drains into ``take_reports()`` (the service publishes them as ``enforce`` raw events).
+
+INET sockets are refused instead where the kernel allows it: ``bwenf_sock_create``, a cgroup sock_create
+program linked to the root of the cgroup v2 hierarchy (``cgroup_link``; every process is below it), fails
+a blocked socket() with EACCES via ``bpf_set_retval`` (5.18+) in selected namespaces only, and reports a
+refusal; ``bwenf_socket`` then leaves INET families to it. ``inet_refusal`` says why not where it cannot.
 
 Presets (shared.presets): a fileless program (a memfd, a deleted file) is killed at
 ``sched:sched_process_exec``, before its first instruction; an anonymous mapping made executable at
@@ -35,6 +40,7 @@ from services.enforcer.presets import claimed_presets, compile_presets
 from services.enforcer.reports.kernel import KillRecord, parse_record
 from services.enforcer.reports.presets import PresetReport, is_preset_record, parse_preset_record
 from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
+from services.enforcer.signal.cgroup_link import BPF_CGROUP_INET_SOCK_CREATE, cgroup2_root, link_cgroup
 from services.enforcer.signal.rules import OPERATIONS, RuleRef, SignalTables, compile_tables
 from shared.lifecycle import Counters
 from shared.presets import route_of
@@ -137,6 +143,11 @@ def sync_map(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -
                 pass
 
 
+def _counted(rec: KillRecord | PresetReport) -> str:
+    """The counter a report adds to: a socket refused at creation was not a kill."""
+    return "refused" if isinstance(rec, KillRecord) and rec.refused else "killed"
+
+
 class SignalEnforcer:
     """Network protocol and capability blocks by SIGKILL at the tracepoint, per mount namespace."""
 
@@ -144,7 +155,7 @@ class SignalEnforcer:
     operations = OPERATIONS
 
     def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None, holder: str | None = None) -> None:
-        self.counters = Counters(killed=0, reports_lost=0, report_errors=0, unsupported_rules=0,
+        self.counters = Counters(killed=0, refused=0, reports_lost=0, report_errors=0, unsupported_rules=0,
                                  matcher_fallback=0, errors=0, namespaces=0)
         self.bpf_dir = bpf_dir
         self.btf_tree = btf_tree
@@ -156,13 +167,14 @@ class SignalEnforcer:
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}  # stable rule ids: a late report never names another rule
         self._reports: ReportQueue[KillRecord | PresetReport] = ReportQueue(self.counters)
-        self._on_record = record_handler(self._parse, self._reports, self.counters, lambda _rec: "killed",
+        self._on_record = record_handler(self._parse, self._reports, self.counters, _counted,
                                          "kill report", log)
         self._drain = RingBufferDrain("signal-reports", lambda: self._bpf, self.counters)
         self._closed = False
         self.attached: tuple[str, ...] = tuple(tp for tp, _ in ATTACHMENTS)
         self.operations = OPERATIONS | frozenset(_CLAIMS)
         self.maple = True  # until loaded: whether mprotect's mapping can be found (anonMapExec)
+        self.inet_refusal = "not loaded"  # "" once INET sockets are refused at creation, else why not
 
     def _parse(self, raw: bytes) -> KillRecord | PresetReport:
         if is_preset_record(raw):
@@ -181,6 +193,9 @@ class SignalEnforcer:
         why = f"; not enforced by signal here: {', '.join(left)}" if left else ""
         if route_of("anonMapExec") in left and not self.maple:
             why += " (mprotect's mapping cannot be found: memory maps are a maple tree only from 6.1)"
+        if "Network" in self.operations:
+            why += ("; INET sockets refused at creation (EACCES, cgroup sock_create), other families killed"
+                    if not self.inet_refusal else f"; sockets killed, not refused: {self.inet_refusal}")
         return True, f"tracepoints + bpf_send_signal(SIGKILL) load ({', '.join(self.attached)}){why}"
 
     def _load(self) -> None:
@@ -198,9 +213,29 @@ class SignalEnforcer:
         bpf = load_program(self.bpf_dir, "signal.c", self.btf_tree, self._on_record, attach)
         self._links = take_attachments(bpf)
         self._bpf = bpf
+        self.inet_refusal = self._refuse_inet_sockets(bpf)
         self.attached = tuple(attached)
         self.maple = any(tp in attached for tp in _MPROTECT)  # attached only where the maple tree is
         self.operations = frozenset(op for op, tps in _CLAIMS.items() if all(tp in attached for tp in tps))
+
+    def _refuse_inet_sockets(self, bpf: Any) -> str:
+        """Attach bwenf_sock_create to the cgroup v2 root and tell bwenf_socket to leave INET families to it;
+        "" when done, else why not (sockets of every family are then killed at socket())."""
+        from bcc import BPF
+
+        root, why = cgroup2_root()
+        if root is None:
+            return why
+        try:
+            fn = bpf.load_func(b"bwenf_sock_create", BPF.CGROUP_SOCK)
+        except Exception as exc:  # e.g. no bpf_set_retval before 5.18: the program was not even compiled
+            return f"cgroup sock_create program refused: {exc}"
+        try:
+            self._links.append(link_cgroup(fn.fd, root, BPF_CGROUP_INET_SOCK_CREATE))
+        except OSError as exc:
+            return str(exc)
+        bpf[b"bw_enf_conf"][ct.c_int(0)] = ct.c_uint32(1)  # attached first: never a moment without either
+        return ""
 
     def _unload(self) -> None:
         bpf, self._bpf = self._bpf, None
