@@ -20,6 +20,7 @@ from bulwark.procs import terminate
 from tests.kernel.bpfkit import prog_ids_of
 
 BIN = Path(sys.executable).parent
+TIMEOUT_SCALE = float(os.environ.get("BULWARK_TIMEOUT_SCALE", "1"))
 
 
 @dataclass
@@ -47,9 +48,10 @@ class Stack:
         return f"nats://{user}:{json.loads(passwords.read_text())[user]}@127.0.0.1:{self.nats_port}"
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run the ``bulwark`` CLI against this stack."""
+        """Run the ``bulwark`` CLI against this stack (``timeout`` stretched by ``BULWARK_TIMEOUT_SCALE``
+        in the kernel lab's emulated guests: it stops hangs, not slowness)."""
         return subprocess.run([str(BIN / "bulwark"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout * TIMEOUT_SCALE)
 
     def logs(self) -> str:
         """Every service's log, for failure messages."""
@@ -124,7 +126,7 @@ def healthy_stack(data_dir: Path, node: str = "e2e-node", extra_env: dict[str, s
     if drop_nats_url:
         s.env.pop("BULWARK_NATS_URL")
     try:
-        status = s.cli("status", "--wait", str(int(wait)), timeout=wait + 30)
+        status = s.cli("status", "--wait", str(int(wait * TIMEOUT_SCALE)), timeout=wait + 30)
         assert status.returncode == 0, f"stack not healthy: {status.stderr}\n{s.logs()}"
         yield s
     finally:

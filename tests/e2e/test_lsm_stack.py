@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.stack import Stack, apply_policy, healthy_stack, live_bpf_programs, wait_for_alerts
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]  # a hang bound: an emulated guest is slow
 
 NAMESPACE = "lsm"
 POLICY = """\
@@ -52,7 +52,7 @@ try:
 except (OSError, subprocess.CalledProcessError) as exc:
     done["exec"] = type(exc).__name__
 try:
-    done["read"] = "ok" if open(target).read() == "kept\n" else "changed"
+    done["read"] = "ok" if open(target).read().startswith("kept\n") else "changed"
 except OSError as exc:
     done["read"] = type(exc).__name__
 try:
@@ -62,7 +62,7 @@ try:
 except OSError as exc:
     done["write"] = type(exc).__name__
 try:
-    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).close()   # "raw" to every enforcer
     done["raw"] = "ok"
 except OSError as exc:
     done["raw"] = type(exc).__name__
@@ -87,7 +87,7 @@ def _stack(tmp_path: Path, order: str | None) -> Iterator[Stack]:
     env = {"BULWARK_VISIBILITY_CONTAINERS": "none"}   # alerts are what this test reads
     if order:
         env["BULWARK_ENFORCER_ORDER"] = order
-    with healthy_stack(tmp_path / "data", extra_env=env, wait=900) as s:
+    with healthy_stack(tmp_path / "data", extra_env=env, wait=600) as s:
         ours = s.bpf_programs()
         yield s
     leftover = ours & live_bpf_programs()
