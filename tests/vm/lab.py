@@ -24,9 +24,10 @@ KLAB = ROOT / "scripts/kernel-lab/klab.sh"
 SUITES = tuple(line.split()[0] for line in (ROOT / "scripts/kernel-lab/matrix").read_text().splitlines()
                if line.strip() and not line.startswith("#"))
 # what a guest runs unless BULWARK_KLAB_TESTS says otherwise (CI, `make test`): the tests that need a
-# guest's kernel (BPF-LSM, AppArmor) and the monitor's, whose programs differ per kernel. fanotify and
+# guest's kernel (BPF-LSM, AppArmor) and the monitor's, whose programs differ per kernel, and the whole
+# stack enforcing a policy with BPF-LSM, then with AppArmor (tests/e2e/test_lsm_stack.py). fanotify and
 # Landlock run natively on the host in the same CI run; `make test-kernels` runs everything everywhere.
-DEFAULT_TESTS = "tests/kernel -k 'monitor or bpflsm or apparmor'"
+DEFAULT_TESTS = "tests/kernel tests/e2e/test_lsm_stack.py -k 'monitor or bpflsm or apparmor'"
 # `bulwark probe` compiles every enforcer's programs: minutes under TCG. CI (`make test`) leaves it out
 # and takes the BPF-LSM and AppArmor reasons from the tests' own deselection lines; make test-kernels
 # sets BULWARK_KLAB_PROBE=1.
@@ -50,7 +51,7 @@ CI_SUITE = "bookworm"  # Debian 12's 6.1: BPF-LSM and AppArmor both active; what
 
 def suites_wanted() -> list[str]:
     """Suites to boot: ``BULWARK_KLAB_SUITES`` (a comma list, ``all``, or ``none``); unset, the one CI
-    runs (bookworm: about 17 minutes under TCG for the BPF-LSM, AppArmor and monitor tests), while
+    runs (bookworm: about 30 minutes under TCG for DEFAULT_TESTS), while
     ``make test-kernels`` boots them all."""
     raw = os.environ.get("BULWARK_KLAB_SUITES", CI_SUITE).strip()
     if raw == "all":
