@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +22,8 @@ from shared.schemas.events import RawBatch
 from shared.schemas.rules import Rule, RuleSet
 
 __all__ = ["REPO", "PY", "bpftool_show", "held_programs", "still_loaded", "net_rule", "cap_rule",
-           "poll_reports", "EnforcerService", "enforcer_service", "signal_programs", "preset_rule"]
+           "poll_reports", "EnforcerService", "enforcer_service", "signal_programs", "preset_rule",
+           "KILLED", "EACCES_TEXT", "inet_refusal_expected", "inet_blocked"]
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -82,10 +85,11 @@ def preset_rule(preset: str, action: str = "Block") -> Rule:
                 operation="Preset", action=action, severity=8, preset=preset)
 
 
-KILLED_RC = 128 + 9
+KILLED = 128 + signal.SIGKILL   # a shell's status for a command killed by SIGKILL
 EACCES_TEXT = "PermissionError: [Errno 13] Permission denied"
 
 
+@functools.cache  # the kernel's BTF is parsed once per test run: the answer cannot change within it
 def inet_refusal_expected() -> bool:
     """Whether the signal enforcer can refuse INET sockets here (its cgroup sock_create program needs
     bpf_set_retval, 5.18+, and a mounted cgroup v2 hierarchy), rather than kill at socket()."""
@@ -99,7 +103,7 @@ def inet_blocked(result: tuple[int, str], refused: bool) -> bool:
     """A Python ``socket.socket(...)`` run that a Network rule blocked: refused (EACCES, the process lives to
     print the error) when ``refused``, else killed by SIGKILL."""
     rc, out = result
-    return (rc == 1 and EACCES_TEXT in out) if refused else rc == KILLED_RC
+    return (rc == 1 and EACCES_TEXT in out) if refused else rc == KILLED
 
 
 def signal_programs() -> int:

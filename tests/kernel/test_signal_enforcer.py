@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from services.enforcer.reports.kernel import to_raw_event
 from services.enforcer.signal.enforcer import SignalEnforcer
 from tests.kernel.bpfkit import (
+    KILLED,
     cap_rule,
     enforcer_service,
     held_programs,
@@ -35,7 +35,6 @@ from tests.kernel.nsutil import host_run, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(120)]
 REPO = Path(__file__).resolve().parents[2]
-KILLED = 128 + signal.SIGKILL
 PY = sys.executable
 
 

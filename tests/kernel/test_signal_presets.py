@@ -8,7 +8,6 @@ shells the test starts can be killed.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,10 @@ import pytest
 from services.enforcer.signal.enforcer import SignalEnforcer
 from shared.bpf.btf import Btf
 from shared.bpf.headers import maple_cflags
-from tests.kernel.bpfkit import poll_reports, preset_rule
+from tests.kernel.bpfkit import KILLED, poll_reports, preset_rule
 from tests.kernel.nsutil import host_run, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(300)]
-KILLED = 128 + signal.SIGKILL
 PY = sys.executable
 MEMFD = (f"{PY} -c 'import os; fd = os.memfd_create(\"payload\", 0); "
          "os.write(fd, open(\"/usr/bin/true\", \"rb\").read()); os.execv(f\"/proc/self/fd/{fd}\", [\"payload\"])'")
