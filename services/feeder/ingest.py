@@ -183,6 +183,7 @@ class Ingestor:
             if alerts and logs:  # alerts first, in a transaction of their own, out before the logs are stored
                 new_alerts, _ = await self._store(alerts, [])
                 self._push(new_alerts, [])  # live clients first: they do not wait for the SIEM's acks
+                await asyncio.sleep(0)  # one loop pass: they send before the logs' store thread takes the GIL
                 _, new_logs = await self._store([], logs)
                 self._push([], new_logs)
             else:

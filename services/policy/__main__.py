@@ -54,12 +54,32 @@ async def serve(svc: Service, settings: Settings) -> None:
             log.warning("bad identity event", extra={"seq": seq, "error": str(exc)})
             return
         counters.inc("identity_events")
-        try:
-            async with api.lock:
-                await publisher.publish_node(node)
-        except Exception:
-            counters.inc("publish_errors")
-            log.exception("publishing rules failed", extra={"node": node})
+        changed.add(node)
+        wake.set()
+
+    # Identity events only mark their node; one task recompiles and publishes the marked nodes, so a
+    # burst (a node's 5,000 workloads at start) costs one compile per node, not one per event (each
+    # compile covers every workload of the node: per event, the burst was quadratic).
+    changed: set[str] = set()
+    wake = asyncio.Event()
+
+    async def publish_changed() -> None:
+        while not stop.is_set():
+            waiting = asyncio.ensure_future(wake.wait())
+            halt = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((waiting, halt), return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            halt.cancel()
+            wake.clear()
+            nodes = sorted(changed)
+            changed.clear()
+            for node in nodes:
+                try:
+                    async with api.lock:
+                        await publisher.publish_node(node)
+                except Exception:
+                    counters.inc("publish_errors")
+                    log.exception("publishing rules failed", extra={"node": node})
 
     async def on_request(msg: Any) -> None:
         try:
@@ -90,6 +110,7 @@ async def serve(svc: Service, settings: Settings) -> None:
                     await publisher.publish_node(node)
 
     svc.spawn(expire_stopped())
+    svc.spawn(publish_changed(), name="publish")
     svc.heartbeat(lambda: {**counters, "policies": len(store.items), "policy_seq": store.last_seq,
                            "identity_seq": workloads.last_seq})
     log.info("policy service ready", extra={"subject": POLICY_API})

@@ -65,7 +65,14 @@ class RulePublisher:
         if node not in self.versions:
             self.versions[node] = await self._last_version(node)
         ruleset.version = self.versions[node] + 1
-        await self.js.publish(rules_for_node(node), pack(ruleset.to_wire()))
+        payload = pack(ruleset.to_wire())
+        limit = int(getattr(getattr(self.js, "_nc", None), "max_payload", 0) or 0)
+        if limit and len(payload) > limit:  # said plainly; the node's enforcers keep the rules they hold
+            self.counters.inc("rules_too_large")
+            log.error("rules too large for one NATS message; the node keeps its previous rules",
+                      extra={"node": node, "bytes": len(payload), "max_payload": limit, "workloads": len(content)})
+            return None
+        await self.js.publish(rules_for_node(node), payload)
         self.versions[node] = ruleset.version
         self.content[node] = content
         self.counters.inc("rulesets_published")

@@ -67,25 +67,26 @@ async def serve_stream(ws: WebSocket, hub: AlertHub, auth: ApiAuth, *, queue: in
     what = {"alerts": "alerts", "logs": "logs"}.get(stream, "records")
     with hub.subscribe("ws", queue, kinds=STREAMS[stream], accept=query.matches) as sub:
         await ws.accept()  # subscribed before accept: nothing slips in between
+        # The sender awaits the queue itself (a record is sent one loop pass after it is published);
+        # the client's disconnect cancels it.
+        sender = asyncio.current_task()
         closed = asyncio.create_task(_wait_closed(ws))
-        nxt: asyncio.Task[Any] | None = None
+        closed.add_done_callback(lambda _: sender.cancel() if sender is not None else None)
         try:
             while True:
-                nxt = asyncio.create_task(sub.get())
-                done, _ = await asyncio.wait({nxt, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    break
-                kind, record = nxt.result()
+                kind, record = await sub.get()
                 if kind == "dropped":
                     record = dropped_notice(record["count"], what, cluster=cluster, node=node)
                 await ws.send_text(json.dumps(record))
+        except asyncio.CancelledError:
+            if not closed.done():  # cancelled from outside (shutdown), not by the client's leaving
+                raise
+            if sender is not None:
+                sender.uncancel()
         except Exception:  # client went away mid-send
             pass
         finally:
             closed.cancel()
-            if nxt is not None:
-                nxt.cancel()
 
 
 async def _wait_closed(ws: WebSocket) -> None:

@@ -89,6 +89,10 @@ def _unique(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 _COPY_SQL = {t.__tablename__: f"COPY {t.__tablename__} ({', '.join(ROW_COLUMNS)}) FROM STDIN"
              for t in (AlertRow, LogRow)}
+# SQLite's insert-or-ignore, one row per statement: its change count says whether the row was new
+_SQLITE_INSERT_SQL = {t.__tablename__: f"INSERT INTO {t.__tablename__} ({', '.join(ROW_COLUMNS)}) "
+                                       f"VALUES ({', '.join('?' * len(ROW_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING"
+                      for t in (AlertRow, LogRow)}
 
 
 class Page(list[dict[str, Any]]):
@@ -127,6 +131,26 @@ class RecordStore:
         inserted = set(session.scalars(stmt, rows))
         return [r for eid, r in unique.items() if eid in inserted]
 
+    def _sqlite_insert_new(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]]) -> Records:
+        """Both kinds in one transaction through the driver's cursor (no ORM: a lone alert is stored in
+        a fifth of the time, which is most of what it waits for in the feeder); the new records."""
+        new: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+        with self.engine.begin() as conn:
+            driver = conn.connection.driver_connection
+            if driver is None:
+                raise RuntimeError("the pooled connection has no driver connection")
+            cur = driver.cursor()
+            try:
+                for table, records, out in ((AlertRow, alerts, new[0]), (LogRow, logs, new[1])):
+                    sql = _SQLITE_INSERT_SQL[table.__tablename__]
+                    for eid, rec in _unique(records).items():
+                        cur.execute(sql, row_values(rec, eid))
+                        if cur.rowcount == 1:
+                            out.append(rec)
+            finally:
+                cur.close()
+        return new
+
     def _copy_new(self, alerts: list[dict[str, Any]], logs: list[dict[str, Any]]) -> Records | None:
         """Both kinds COPYed in one transaction, every (first of an) event id new; None when one was
         known already (nothing stored then)."""
@@ -160,6 +184,8 @@ class RecordStore:
             copied = self._copy_new(alerts, logs)
             if copied is not None:
                 return copied
+        if self.dialect == "sqlite" and (alerts or logs):
+            return self._sqlite_insert_new(alerts, logs)
         with Session(self.engine) as session, session.begin():
             return self._insert_new(session, AlertRow, alerts), self._insert_new(session, LogRow, logs)
 
