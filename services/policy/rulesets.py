@@ -14,7 +14,7 @@ from nats.js.errors import NotFoundError
 
 from services.policy.compiler import compile_rules
 from services.policy.store import PolicyStore, Workloads
-from shared.codec import pack, unpack_map
+from shared.codec import pack_compressed, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
 from shared.matcher import DEFAULT_POSTURE, Posture
@@ -65,7 +65,7 @@ class RulePublisher:
         if node not in self.versions:
             self.versions[node] = await self._last_version(node)
         ruleset.version = self.versions[node] + 1
-        payload = pack(ruleset.to_wire())
+        payload = pack_compressed(ruleset.to_wire())  # thousands of workloads repeat the same rules
         limit = int(getattr(getattr(self.js, "_nc", None), "max_payload", 0) or 0)
         if limit and len(payload) > limit:  # said plainly; the node's enforcers keep the rules they hold
             self.counters.inc("rules_too_large")
