@@ -14,7 +14,7 @@ from shared.codec import pack
 from shared.nats.subjects import health
 from shared.resources import ResourceUse
 
-__all__ = ["stop_event_on_signals", "heartbeat_loop", "run_service", "Counters"]
+__all__ = ["stop_event_on_signals", "heartbeat_loop", "sleep_until", "run_service", "Counters"]
 
 log = logging.getLogger("bulwark.lifecycle")
 
@@ -51,10 +51,10 @@ async def heartbeat_loop(nc: Client, service: str, node: str, interval: float,
                                             "status": info.pop("status", "ok"), "details": info}))
         except Exception:
             log.exception("heartbeat failed", extra={"service_name": service})
-        await _sleep_until(interval, stop, wake)
+        await sleep_until(interval, stop, wake)
 
 
-async def _sleep_until(interval: float, stop: asyncio.Event, wake: asyncio.Event | None) -> None:
+async def sleep_until(interval: float, stop: asyncio.Event, wake: asyncio.Event | None) -> None:
     """Wait ``interval`` s, less when ``stop`` or ``wake`` is set (``wake`` is cleared)."""
     waits = [asyncio.ensure_future(stop.wait())]
     if wake is not None:

@@ -15,6 +15,7 @@ from services.policy.store import PolicyStore, Workloads
 from shared.codec import pack, unpack, unpack_map
 from shared.config import Settings, load_settings
 from shared.errors import DecodeError
+from shared.lifecycle import sleep_until
 from shared.nats.bus import follow, replay_stream
 from shared.nats.subjects import IDENTITY, POLICIES, POLICY_API
 from shared.schemas.identity import IdentityEvent
@@ -59,18 +60,16 @@ async def serve(svc: Service, settings: Settings) -> None:
 
     # Identity events only mark their node; one task recompiles and publishes the marked nodes, so a
     # burst (a node's 5,000 workloads at start) costs one compile per node, not one per event (each
-    # compile covers every workload of the node: per event, the burst was quadratic).
+    # compile covers every workload of the node: per event, the burst was quadratic). The same task
+    # drops stopped workloads once their grace is over, at least every ``interval`` s.
     changed: set[str] = set()
     wake = asyncio.Event()
 
     async def publish_changed() -> None:
+        interval = max(0.2, min(5.0, settings.stopped_grace_seconds / 2))
         while not stop.is_set():
-            waiting = asyncio.ensure_future(wake.wait())
-            halt = asyncio.ensure_future(stop.wait())
-            await asyncio.wait((waiting, halt), return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            halt.cancel()
-            wake.clear()
+            await sleep_until(interval, stop, wake)
+            changed.update(workloads.expire())
             nodes = sorted(changed)
             changed.clear()
             for node in nodes:
@@ -98,18 +97,6 @@ async def serve(svc: Service, settings: Settings) -> None:
     identity_sub = await follow(js, IDENTITY.subjects[0], on_identity, config=config)
     api_sub = await nc.subscribe(POLICY_API, cb=on_request)
 
-    async def expire_stopped() -> None:
-        interval = max(0.2, min(5.0, settings.stopped_grace_seconds / 2))
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            for node in workloads.expire():
-                async with api.lock:
-                    await publisher.publish_node(node)
-
-    svc.spawn(expire_stopped())
     svc.spawn(publish_changed(), name="publish")
     svc.heartbeat(lambda: {**counters, "policies": len(store.items), "policy_seq": store.last_seq,
                            "identity_seq": workloads.last_seq})

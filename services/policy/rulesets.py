@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -66,13 +67,13 @@ class RulePublisher:
             self.versions[node] = await self._last_version(node)
         ruleset.version = self.versions[node] + 1
         payload = pack_compressed(ruleset.to_wire())  # thousands of workloads repeat the same rules
-        limit = int(getattr(getattr(self.js, "_nc", None), "max_payload", 0) or 0)
-        if limit and len(payload) > limit:  # said plainly; the node's enforcers keep the rules they hold
+        try:
+            await self.js.publish(rules_for_node(node), payload)
+        except MaxPayloadError:  # said plainly; the node's enforcers keep the rules they hold
             self.counters.inc("rules_too_large")
             log.error("rules too large for one NATS message; the node keeps its previous rules",
-                      extra={"node": node, "bytes": len(payload), "max_payload": limit, "workloads": len(content)})
+                      extra={"node": node, "bytes": len(payload), "workloads": len(content)})
             return None
-        await self.js.publish(rules_for_node(node), payload)
         self.versions[node] = ruleset.version
         self.content[node] = content
         self.counters.inc("rulesets_published")
