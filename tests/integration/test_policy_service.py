@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +90,47 @@ async def wait_ruleset(js: Any, ok: Any, timeout: float = 5.0) -> RuleSet:
     raise AssertionError(f"no matching RuleSet; last: {rs}")
 
 
+@dataclass
+class RunningPolicy:
+    """The policy service process under test and the test's own NATS connection."""
+
+    nc: Any
+    js: Any
+    url: str
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    async def restart(self) -> None:
+        stop_service(self.proc)
+        self.proc = start_service(self.url, self.data_dir, self.log)
+        await wait_ready(self.nc, self.proc, self.log)
+
+
+@contextlib.asynccontextmanager
+async def running_policy(url: str, data_dir: Path) -> AsyncIterator[RunningPolicy]:
+    """Streams created, the service started and answering; stopped (and the connection closed) after."""
+    log = data_dir / "policy.log"
+    nc = await connect(url, "test")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    svc = RunningPolicy(nc, js, url, data_dir, log, start_service(url, data_dir, log))
+    try:
+        await wait_ready(nc, svc.proc, log)
+        yield svc
+    finally:
+        stop_service(svc.proc)
+        await nc.close()
+
+
 def workload(id: str) -> Workload:
     return Workload(id=id, name=id, namespace="default", kind="container", node=NODE, mntns=4026531840 + len(id),
                     pidns=4026531836, labels={"app": "web"}, started_ns=time.time_ns())
 
 
 async def test_policy_service_end_to_end(nats_server, tmp_path: Path) -> None:
-    log = tmp_path / "policy.log"
-    nc = await connect(nats_server.url, "test")
-    js = nc.jetstream()
-    await ensure_streams(js)
-    proc = start_service(nats_server.url, tmp_path, log)
-    try:
-        await wait_ready(nc, proc, log)
+    async with running_policy(nats_server.url, tmp_path) as svc:
+        nc, js = svc.nc, svc.js
         beats: list[dict[str, Any]] = []
 
         async def on_beat(msg: Any) -> None:
@@ -153,9 +184,7 @@ async def test_policy_service_end_to_end(nats_server, tmp_path: Path) -> None:
         await sub.unsubscribe()
 
         # Restart: state comes back from the streams.
-        stop_service(proc)
-        proc = start_service(nats_server.url, tmp_path, log)
-        await wait_ready(nc, proc, log)
+        await svc.restart()
         listed = (await call(nc, {"op": "list"}))["policies"]
         assert len(listed) == 1
         entry = listed[0]
@@ -186,9 +215,6 @@ async def test_policy_service_end_to_end(nats_server, tmp_path: Path) -> None:
             time.time_ns()).to_wire()))
         await wait_ruleset(js, lambda r: set(r.workloads) == {"web-2"})
         assert time.monotonic() - stopped_at >= 0.9
-    finally:
-        stop_service(proc)
-        await nc.close()
 
 
 async def test_a_burst_of_workloads_is_compiled_in_a_few_rule_sets(nats_server, tmp_path: Path) -> None:
@@ -196,13 +222,8 @@ async def test_a_burst_of_workloads_is_compiled_in_a_few_rule_sets(nats_server, 
     rule, and the burst costs a few RuleSets, not one per identity event (each compile covers the whole
     node, so one per event was quadratic: a 5,000-workload node kept the service busy for minutes). Such a
     RuleSet is over NATS's 1 MiB as msgpack; it goes out deflated."""
-    log = tmp_path / "policy.log"
-    nc = await connect(nats_server.url, "test")
-    js = nc.jetstream()
-    await ensure_streams(js)
-    proc = start_service(nats_server.url, tmp_path, log)
-    try:
-        await wait_ready(nc, proc, log)
+    async with running_policy(nats_server.url, tmp_path) as svc:
+        nc, js = svc.nc, svc.js
         assert (await call(nc, {"op": "apply", "text": POLICY}))["ok"] is True
         published: list[int] = []
         sizes: list[int] = []
@@ -224,6 +245,3 @@ async def test_a_burst_of_workloads_is_compiled_in_a_few_rule_sets(nats_server, 
         await rules_sub.unsubscribe()
         assert 1 <= len(published) < count // 3, published[:20]
         assert len(pack(rs.to_wire())) > 1 << 20 > sizes[-1]
-    finally:
-        stop_service(proc)
-        await nc.close()
