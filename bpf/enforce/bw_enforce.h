@@ -2,8 +2,9 @@
  * tracepoints (signal.c) and the BPF-LSM programs (lsm.c) use these maps and functions, so the
  * LSM side (which cannot load on the development VM) only adds its thin hook wrappers.
  *
- * Maps are filled by user space (services/enforcer/signal/rules.py) from the node's RuleSet, keyed by
- * mount namespace: a task whose mntns is not in bw_enf_ns is never looked at further. The presets a
+ * Maps are filled by user space (services/enforcer/signal/rules.py, services/enforcer/bpflsm/rules.py) from
+ * the node's RuleSet, keyed by mount namespace: a task whose mntns is not in bw_enf_ns is never looked at
+ * further. The signal programs' own socket and capability tables are in signal.c. The presets a
  * namespace Blocks (services/enforcer/presets.py) are verdicts in bw_enf_preset, the attacks they
  * name are found by bw_presets.h.
  */
@@ -24,11 +25,6 @@ struct bw_net_key {
 	__u32 protocol;                          /* IPPROTO_* or BW_ANY */
 };
 
-struct bw_cap_key {
-	__u32 mntns;
-	__u32 cap;                               /* CAP_* number */
-};
-
 struct bw_verdict {
 	__u32 rule_id;                           /* user space maps it back to workload, policy, match */
 	__u32 action;                            /* 1 = block */
@@ -39,11 +35,8 @@ struct bw_preset_key {
 	__u32 preset;                            /* enum bw_preset */
 };
 
-BPF_HASH(bw_enf_ns, __u32, __u32, 4096);                          /* selected mount namespaces */
-BPF_HASH(bw_enf_net, struct bw_net_key, struct bw_verdict, 16384);
-BPF_HASH(bw_enf_cap, struct bw_cap_key, struct bw_verdict, 16384);
+BPF_HASH(bw_enf_ns, __u32, __u32, 4096);                 /* selected mount namespaces -> flags */
 BPF_HASH(bw_enf_preset, struct bw_preset_key, struct bw_verdict, 4096);   /* presets that Block */
-BPF_ARRAY(bw_enf_caps_any, __u64, 1);   /* bit n: some namespace has a verdict for capability n */
 BPF_PERCPU_ARRAY(bw_enf_stats, __u64, 4);        /* 0 matched, 1 lost reports, 2 refused, 3 audited */
 BPF_RINGBUF_OUTPUT(bw_enf_events, 64);
 
@@ -53,52 +46,6 @@ static __always_inline void bw_enf_stat(int idx)
 
 	if (v)
 		*v += 1;
-}
-
-/* The current task's mount namespace when it is selected, else 0 (plain loads through BTF). */
-static __always_inline __u32 bw_enf_selected(void)
-{
-	__u32 mntns = bw_current_mntns(bw_current());
-
-	if (!mntns || !bw_enf_ns.lookup(&mntns))
-		return 0;
-	return mntns;
-}
-
-static __always_inline struct bw_verdict *bw_match_net(__u32 mntns, __u32 family, __u32 type, __u32 protocol)
-{
-	struct bw_net_key k = {.mntns = mntns, .family = family, .type = type & 0xF, .protocol = protocol};
-	struct bw_verdict *v = bw_enf_net.lookup(&k);
-
-	if (v)
-		return v;
-	k.protocol = BW_ANY;
-	if ((v = bw_enf_net.lookup(&k)))
-		return v;
-	k.family = BW_ANY;
-	k.protocol = protocol;
-	if ((v = bw_enf_net.lookup(&k)))
-		return v;
-	k.protocol = BW_ANY;
-	return bw_enf_net.lookup(&k);
-}
-
-/* Whether any namespace has a verdict for `cap`: most capability checks of a node are of
- * capabilities no rule names, and end here before any namespace lookup. User space sets a bit
- * before the verdicts that need it and clears it after they are gone. */
-static __always_inline int bw_cap_ruled(__u32 cap)
-{
-	__u32 zero = 0;
-	__u64 *any = bw_enf_caps_any.lookup(&zero);
-
-	return cap >= 64 || (any && ((*any >> cap) & 1));
-}
-
-static __always_inline struct bw_verdict *bw_match_cap(__u32 mntns, __u32 cap)
-{
-	struct bw_cap_key k = {.mntns = mntns, .cap = cap};
-
-	return bw_enf_cap.lookup(&k);
 }
 
 /* The Block verdict of `preset` for `mntns`, or NULL. */

@@ -75,9 +75,9 @@ def net_rule(protocol: str, action: str = "Block", **kw: Any) -> Rule:
                 operation="Network", action=action, severity=4, protocol=protocol, **kw)
 
 
-def cap_rule(cap: str, action: str = "Block") -> Rule:
+def cap_rule(cap: str, action: str = "Block", **kw: Any) -> Rule:
     return Rule(policy=f"cap-{cap}", policy_kind="KubeArmorPolicy", policy_namespace="default",
-                operation="Capabilities", action=action, severity=4, capability=cap)
+                operation="Capabilities", action=action, severity=4, capability=cap, **kw)
 
 
 def preset_rule(preset: str, action: str = "Block") -> Rule:

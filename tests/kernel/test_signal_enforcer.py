@@ -31,7 +31,7 @@ from tests.kernel.bpfkit import (
     signal_programs,
     still_loaded,
 )
-from tests.kernel.nsutil import host_run, ruleset
+from tests.kernel.nsutil import host_run, private_copy, ruleset
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("as_root"), pytest.mark.timeout(120)]
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +132,40 @@ def test_network_allow_list_with_block_posture_blocks_what_it_leaves_out(enforce
     rs.workloads["a"].network_posture = "audit"
     enforcer.apply(rs)
     assert a.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
+
+
+def test_a_protocol_allowed_from_one_program_only(enforcer, shells, tmp_path) -> None:
+    """Issue 15 (KubeArmor's github_test_12): under a blocking posture, tcp allowed only from one program:
+    its TCP socket lives, the same code run by another program (a copy of the interpreter) is refused (or
+    killed) and reported as DefaultPosture; udp, allowed for every program, lives in both. A capability
+    blocked from one source kills that source only. The sibling namespace is untouched."""
+    a, b = shells
+    source, other = os.path.realpath(PY), private_copy(os.path.realpath(PY), tmp_path, "other-python")
+    rs = ruleset(1, a=(a.mntns, [net_rule("tcp", action="Allow", from_source=[{"path": source}]),
+                                 net_rule("udp", action="Allow")]),
+                 b=(b.mntns, [cap_rule("net_raw", from_source=[{"path": other}])]))
+    rs.workloads["a"].network_posture = "block"
+    enforcer.apply(rs)
+    assert enforcer.stats()["sources"] == 2 and enforcer.stats()["unsupported_rules"] == 0
+
+    def by(program: str, family: str, kind: str, proto: int = 0) -> str:
+        return sock(family, kind, proto).replace(PY, program, 1)
+
+    assert a.run(by(source, "AF_INET", "SOCK_STREAM")) == (0, "alive")
+    assert a.run(by(source, "AF_INET6", "SOCK_STREAM", 6)) == (0, "alive")
+    assert _inet_blocked(enforcer, a.run(by(other, "AF_INET", "SOCK_STREAM")))
+    assert a.run(by(other, "AF_INET", "SOCK_DGRAM")) == (0, "alive")
+    assert a.run(by(source, "AF_INET", "SOCK_DGRAM")) == (0, "alive")
+    assert b.run(by(other, "AF_INET", "SOCK_STREAM")) == (0, "alive")
+    assert b.run(by(source, "AF_INET", "SOCK_RAW", 1)) == (0, "alive")   # CAP_NET_RAW, not from `other`
+    assert b.run(by(other, "AF_INET", "SOCK_RAW", 1))[0] == KILLED       # CAP_NET_RAW from `other`
+    reports = _reports(enforcer, 2)
+    assert [(r.mntns, r.exe, r.operation, r.ref.policy) for r in reports] == [
+        (a.mntns, other, "Network", "DefaultPosture"), (b.mntns, other, "Capabilities", "cap-net_raw")]
+    rs.workloads["a"].rules = [net_rule("udp", action="Allow")]  # the source goes: tcp is refused to it too
+    enforcer.apply(rs)
+    assert _inet_blocked(enforcer, a.run(by(source, "AF_INET", "SOCK_STREAM")))
+    assert enforcer.stats()["sources"] == 1
 
 
 def _caps_any(enf: SignalEnforcer) -> int:

@@ -52,9 +52,6 @@ KILLED_UNIX = ("known gap (README 'Enforcers'): without BPF-LSM, protocol 'all' 
                "shell's own Unix socket (its name-service lookup, before ping runs) kills it: the cgroup hook "
                "that refuses sockets sees only INET families")
 
-SIGNAL_FROMSOURCE = ("known gap (services/enforcer/signal/rules.py): Network and Capabilities rules with fromSource "
-                     "cannot be put in the eBPF signal enforcer's kernel tables (their key has no source), so they "
-                     "are counted unsupported and not enforced")
 SYMLINK_EXEC = ("known gap (README 'What the kernel filters'): an exec through a symlink is blocked by inode, but "
                 "matched as the path written (/usr/bin/python3, not the policy's /usr/bin/python3.6), so the refusal "
                 "raises no alert")
@@ -190,7 +187,7 @@ KSP = [
          Apply("multiubuntu/ksp-ubuntu-1-block-net-raw-cap-from-source.yaml"), _w("policy", "Capabilities", U1),
          Run(U1, "arping -c 1 127.0.0.1", Re("CAP_NET_RAW.*required"), eventual=True),
          Alert({"PolicyName": "ksp-ubuntu-1-block-net-raw-cap-from-source", "Severity": "1", "Action": "Block"}),
-         xfail=SIGNAL_FROMSOURCE),
+         xfail=KILLED),
     _ksp("it can block a process from path for all pods in a group",
          Apply("multiubuntu/ksp-group-1-block-proc-path.yaml"), _w("policy", "Process", U1),
          Run(U1, "sleep 1", Re("sleep.*Permission denied"), eventual=True), _deny("ksp-group-1-block-proc-path", "5"),

@@ -40,11 +40,7 @@ from tests.kubearmor_suite.steps import SpecRun, StepFailed
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
 
 # Scenarios that run into a known, documented product gap.
-SCENARIO_XFAIL: dict[str, str] = {
-    "github_test_12": ("known gap (services/enforcer/signal/rules.py): a protocol allowed only fromSource (tcp from "
-                       "/usr/bin/curl) cannot be told apart by source in the kernel, so under the blocking network "
-                       "posture tcp stays open to every program (cmd3's wget connects; only the monitor reports it)"),
-}
+SCENARIO_XFAIL: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

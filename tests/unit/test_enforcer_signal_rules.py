@@ -1,9 +1,21 @@
 """Signal enforcer tables from a RuleSet, the kill event's wire form, and the composite enforcer."""
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.enforcer.composite import CompositeEnforcer, restrict
 from services.enforcer.reports.kernel import KillRecord, to_raw_event
-from services.enforcer.signal.rules import ANY, CAPS, RuleRef, compile_tables
+from services.enforcer.signal.rules import (
+    ALL_TYPES,
+    ANY,
+    CAP_SOURCES,
+    CAPS,
+    NET_SOURCES,
+    SELECTED,
+    RuleRef,
+    compile_tables,
+)
 from shared.schemas.rules import Rule, RuleSet, WorkloadRules
 
 
@@ -21,15 +33,15 @@ def test_protocols_and_caps_become_keys_per_namespace() -> None:
                                                      rule("Capabilities", capability="net_raw")]),
                           WorkloadRules("b", 22, 0, [rule("Network", protocol="raw")]),
                           WorkloadRules("c", 33, 0, [rule("Network", protocol="udp")], stopped_ns=1)))
-    assert t.namespaces == {11, 22}
-    assert (11, 2, 1, 6) in t.net and (11, 10, 1, 0) in t.net and (11, 2, 2, 0) not in t.net
-    assert (22, ANY, 3, ANY) in t.net
-    assert t.cap == {(11, CAPS["net_raw"]): t.cap[(11, 13)]}
+    assert t.namespaces == {11: 1, 22: 1}
+    assert (11, 2, 1, 6, 0) in t.net and (11, 10, 1, 0, 0) in t.net and (11, 2, 2, 0, 0) not in t.net
+    assert (22, ANY, 3, ANY, 0) in t.net
+    assert t.cap == {(11, CAPS["net_raw"], 0): t.cap[(11, 13, 0)]}
     assert {r.match for r in t.refs.values()} == {"tcp", "net_raw", "raw"}
 
 
-def test_audit_allow_sourced_and_noisy_rules_are_not_killed() -> None:
-    sourced = rule("Network", protocol="udp", from_source=[{"path": "/bin/x"}])
+def test_audit_allow_and_noisy_rules_are_not_killed() -> None:
+    sourced = rule("Network", protocol="udp", from_source=[{"dir": "/bin/"}])
     t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", "Audit", protocol="tcp"), sourced,
                                                      rule("Capabilities", capability="sys_admin"),
                                                      rule("Network", protocol="carrier-pigeon")])))
@@ -41,8 +53,8 @@ def test_rule_ids_are_stable_across_compiles() -> None:
     one = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", protocol="tcp")])), ids)
     two = compile_tables(rs(WorkloadRules("b", 22, 0, [rule("Network", protocol="udp")]),
                             WorkloadRules("a", 11, 0, [rule("Network", protocol="tcp")])), ids)
-    assert one.net[(11, 2, 1, 0)] == two.net[(11, 2, 1, 0)]
-    assert two.net[(22, 2, 2, 0)] != two.net[(11, 2, 1, 0)]
+    assert one.net[(11, 2, 1, 0, 0)] == two.net[(11, 2, 1, 0, 0)]
+    assert two.net[(22, 2, 2, 0, 0)] != two.net[(11, 2, 1, 0, 0)]
 
 
 def test_kill_event_wire_form() -> None:
@@ -135,35 +147,105 @@ def test_bpflsm_records_become_refused_or_audited_events() -> None:
 
 def test_block_all_kills_every_socket_type_of_any_family() -> None:
     """KubeArmor's ``protocol: all``: every socket type, any family and protocol (ping's icmp included)."""
-    from services.enforcer.signal.rules import ALL_TYPES
     t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", protocol="all")])))
-    assert {(11, ANY, typ, ANY) for typ in ALL_TYPES} == set(t.net)
-    assert t.unsupported == 0 and t.namespaces == {11}
+    assert {(11, ANY, typ, ANY, 0) for typ in ALL_TYPES} <= set(t.net)
+    assert t.unsupported == 0 and t.namespaces == {11: 1} and all(t.net.values())
     assert {r.match for r in t.refs.values()} == {"all"}
     # ping: socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), then SOCK_RAW; AF_UNIX stream too
     for key in ((2, 2, 1), (2, 3, 1), (10, 2, 58), (1, 1, 0), (2, 1, 6)):
-        assert (11, ANY, key[1], ANY) in t.net, key
+        assert (11, ANY, key[1], ANY, 0) in t.net, key
 
 
 def test_block_all_leaves_a_protocols_own_rule_its_keys() -> None:
     raw = Rule(policy="p-raw", policy_kind="KubeArmorPolicy", policy_namespace="d", operation="Network",
                action="Block", protocol="raw")
     t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", protocol="all"), raw])))
-    assert t.refs[t.net[(11, ANY, 3, ANY)]].match == "raw"
-    assert t.refs[t.net[(11, ANY, 1, ANY)]].match == "all"
+    assert t.refs[t.net[(11, ANY, 3, ANY, 0)]].match == "raw"
+    assert t.refs[t.net[(11, ANY, 1, ANY, 0)]].match == "all"
 
 
-def test_audit_all_and_sourced_all_are_not_killed() -> None:
+def test_audit_all_is_not_killed_and_sourced_all_kills_its_source_only() -> None:
     sourced = rule("Network", protocol="all", from_source=[{"path": "/bin/ping"}])
     t = compile_tables(rs(WorkloadRules("a", 11, 0, [rule("Network", "Audit", protocol="all")]),
                           WorkloadRules("b", 22, 0, [sourced])))
-    assert not t.net and t.unsupported == 1
+    ping = t.sources[(22, b"/bin/ping\0")]
+    assert t.unsupported == 0 and ping > 0 and t.namespaces == {22: SELECTED | NET_SOURCES}
+    assert {k for k, rid in t.net.items() if rid} >= {(22, ANY, typ, ANY, ping) for typ in ALL_TYPES}
+    assert {k[4] for k, rid in t.net.items() if rid} == {ping} and (22, 2, 1, 6, 0) not in t.net
 
 
-def test_allow_all_under_blocking_posture_kills_nothing() -> None:
+def test_allow_all_under_blocking_posture_kills_nothing_but_a_sourced_one_kills_the_others() -> None:
     wl = WorkloadRules("a", 11, 0, [rule("Network", "Allow", protocol="all")], network_posture="block")
     assert not compile_tables(rs(wl)).net
     sourced = WorkloadRules("b", 22, 0, [rule("Network", "Allow", protocol="all", from_source=[{"path": "/x"}])],
                             network_posture="block")
     t = compile_tables(rs(sourced))
-    assert not t.net and t.unsupported > 0
+    assert t.unsupported == 0 and {k[4] for k in t.net} == {0}
+    assert {t.refs[rid].policy for rid in t.net.values()} == {"DefaultPosture"}
+    assert (22, 2, 1, 6, 0) in t.net and (22, 2, 2, 17, 0) in t.net and t.sources == {(22, b"/x\0"): 1}
+
+
+def test_tcp_from_one_program_under_blocking_posture() -> None:
+    """KubeArmor's github_test_12: tcp allowed from curl only, udp from every program, posture block."""
+    wl = WorkloadRules("a", 11, 0, [rule("Network", "Allow", protocol="tcp", from_source=[{"path": "/usr/bin/curl"}]),
+                                    rule("Network", "Allow", protocol="udp")], network_posture="block")
+    source_ids: dict[tuple[int, str], int] = {}
+    t = compile_tables(rs(wl), None, source_ids)
+    curl = t.sources[(11, b"/usr/bin/curl\0")]
+    assert t.namespaces == {11: SELECTED | NET_SOURCES}
+    assert (11, 2, 1, 6, 0) in t.net and (11, 10, 1, 0, 0) in t.net          # tcp: everyone else
+    assert not any(k[4] == curl and k[2] == 1 and k[3] in (0, 6) for k in t.net)  # tcp: not curl
+    assert not any(k[2] == 2 and k[3] in (0, 17) for k in t.net)             # udp: nobody
+    assert (11, 2, 3, ANY, curl) in t.net and (11, 2, 3, ANY, 0) in t.net    # raw: everybody
+    again = compile_tables(rs(WorkloadRules("b", 22, 0, [rule("Network", protocol="udp", from_source=[
+        {"path": "/usr/bin/dig"}])]), wl), None, source_ids)
+    assert again.sources[(11, b"/usr/bin/curl\0")] == curl                  # classes stay
+    dig = again.sources[(22, b"/usr/bin/dig\0")]
+    assert {k for k in again.net if k[0] == 22} == {(22, f, 2, p, dig) for f in (2, 10) for p in (0, 17)}
+
+
+def test_capability_from_source() -> None:
+    wl = WorkloadRules("a", 11, 0, [rule("Capabilities", capability="net_raw", from_source=[{"path": "/bin/ping"}]),
+                                    rule("Capabilities", capability="chown")])
+    t = compile_tables(rs(wl))
+    ping = t.sources[(11, b"/bin/ping\0")]
+    assert t.namespaces == {11: SELECTED | CAP_SOURCES}
+    assert set(t.cap) == {(11, 13, ping), (11, CAPS["chown"], 0), (11, CAPS["chown"], ping)}
+
+
+# -- agreement with the matcher: what the kernel tables kill is what the matcher blocks ---------------------
+_PROBES = {"tcp": (2, 1, 6), "udp": (2, 2, 17), "icmp": (2, 2, 1)}  # a socket() of each, as the kernel sees it
+_SOURCES = ("/bin/a", "/bin/b")
+
+
+def _kernel_blocks(t, mntns: int, key: tuple[int, int, int], exe: str) -> bool:
+    """bpf/enforce/signal.c's lookup: the executable's source class where the namespace asks for it, then
+    (family, type, protocol), protocol ANY, family ANY, both ANY, all with that class."""
+    flags = t.namespaces.get(mntns, 0)
+    if not flags:
+        return False
+    src = t.sources.get((mntns, exe.encode() + b"\0"), 0) if flags & NET_SOURCES else 0
+    fam, typ, proto = key
+    for f, p in ((fam, proto), (fam, ANY), (ANY, proto), (ANY, ANY)):
+        rid = t.net.get((mntns, f, typ, p, src))
+        if rid is not None:
+            return rid != 0  # 0: allowed, the lookup stops there
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["tcp", "udp", "icmp", "all"]), st.sampled_from(["Block", "Allow", "Audit"]),
+                          st.lists(st.sampled_from(_SOURCES), max_size=2, unique=True)), max_size=5),
+       st.sampled_from(["block", "audit"]))
+def test_signal_tables_kill_exactly_what_the_matcher_blocks(specs, posture) -> None:
+    from shared.matcher import Access, decide
+
+    rules = [rule("Network", action, protocol=proto, from_source=[{"path": s} for s in srcs])
+             for proto, action, srcs in specs]
+    wl = WorkloadRules("a", 11, 0, rules, network_posture=posture)
+    t = compile_tables(rs(wl))
+    for exe in (*_SOURCES, "/bin/c"):
+        for name, key in _PROBES.items():
+            decision = decide(wl, Access(operation="Network", resource=name, protocol=name, source=exe))
+            want = decision is not None and decision.action == "Block"
+            assert _kernel_blocks(t, 11, key, exe) == want, (exe, name, decision)

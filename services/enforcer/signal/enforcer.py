@@ -41,7 +41,7 @@ from services.enforcer.reports.kernel import KillRecord, parse_record
 from services.enforcer.reports.presets import PresetReport, is_preset_record, parse_preset_record
 from services.enforcer.reports.queue import ReportQueue, RingBufferDrain, kernel_reports_lost, record_handler
 from services.enforcer.signal.cgroup_link import BPF_CGROUP_INET_SOCK_CREATE, cgroup2_root, link_cgroup
-from services.enforcer.signal.rules import OPERATIONS, RuleRef, SignalTables, compile_tables
+from services.enforcer.signal.rules import OPERATIONS, SELECTED, RuleRef, SignalTables, compile_tables
 from shared.lifecycle import Counters
 from shared.presets import route_of
 from shared.schemas.rules import RuleSet
@@ -121,7 +121,7 @@ def load_program(bpf_dir: Path, name: str, btf_tree: Path | None, on_record: Any
 def caps_mask(cap_keys: Any) -> int:
     """Bit n set when some (mntns, cap) verdict names capability n (< 64): bw_enf_caps_any."""
     mask = 0
-    for _mntns, cap in cap_keys:
+    for _mntns, cap, _src in cap_keys:
         if cap < 64:
             mask |= 1 << cap
     return mask
@@ -129,14 +129,23 @@ def caps_mask(cap_keys: Any) -> int:
 
 def sync_map(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -> None:
     """Make a bcc map hold exactly ``wanted``: add/update first, then delete what is gone."""
-    current = {bytes(k): k for k in table.keys()}
+    prune_map(table, fill_map(table, wanted, make_key, make_val))
+
+
+def fill_map(table: Any, wanted: dict[Any, Any], make_key: Any, make_val: Any) -> set[bytes]:
+    """Add or update every entry of ``wanted`` in a bcc map; the raw keys written."""
     keep = set()
     for key, val in wanted.items():
         k = make_key(table.Key(), key)
         table[k] = make_val(table.Leaf(), val)
         keep.add(bytes(k))
-    for raw, k in current.items():
-        if raw not in keep:
+    return keep
+
+
+def prune_map(table: Any, keep: set[bytes]) -> None:
+    """Delete every entry of a bcc map whose raw key is not in ``keep``."""
+    for k in list(table.keys()):
+        if bytes(k) not in keep:
             try:
                 del table[k]
             except KeyError:
@@ -156,7 +165,7 @@ class SignalEnforcer:
 
     def __init__(self, bpf_dir: Path = BPF_DIR, btf_tree: Path | None = None, holder: str | None = None) -> None:
         self.counters = Counters(killed=0, refused=0, reports_lost=0, report_errors=0, unsupported_rules=0,
-                                 matcher_fallback=0, errors=0, namespaces=0)
+                                 errors=0, namespaces=0, sources=0)
         self.bpf_dir = bpf_dir
         self.btf_tree = btf_tree
         self._bpf: Any = None
@@ -166,6 +175,7 @@ class SignalEnforcer:
         self._lock = threading.Lock()
         self._refs: dict[int, RuleRef] = {}
         self._ids: dict[RuleRef, int] = {}  # stable rule ids: a late report never names another rule
+        self._source_ids: dict[tuple[int, str], int] = {}  # stable source classes (see _write)
         self._reports: ReportQueue[KillRecord | PresetReport] = ReportQueue(self.counters)
         self._on_record = record_handler(self._parse, self._reports, self.counters, _counted,
                                          "kill report", log)
@@ -247,13 +257,13 @@ class SignalEnforcer:
         with self._lock:
             if self._closed:
                 raise RuntimeError("signal enforcer is closed")
-            tables = compile_tables(ruleset, self._ids)
+            tables = compile_tables(ruleset, self._ids, self._source_ids)
             blocked = compile_presets(ruleset, claimed_presets(self.operations), self._ids)
             tables.presets = blocked.verdicts
             tables.refs.update(blocked.refs)
-            tables.namespaces.update(blocked.namespaces)
+            for ns in blocked.namespaces:
+                tables.namespaces.setdefault(ns, SELECTED)
             self.counters["unsupported_rules"] = tables.unsupported
-            self.counters["matcher_fallback"] = tables.matcher_fallback
             if not tables.namespaces and self._bpf is None:
                 self._refs = {}
                 self._hold.settle()  # what an older enforcer left must not keep killing
@@ -269,21 +279,32 @@ class SignalEnforcer:
                                              "presets": len(tables.presets)})
 
     def _write(self, tables: SignalTables) -> None:
-        """Namespaces last when adding, first when removing: a selected namespace always has its rules."""
+        """Namespaces last when adding, first when removing: a selected namespace always has its rules.
+        Verdicts of a source class are written before the trie entries that give a program that class,
+        and deleted after them: a program is never in a class whose verdicts are not there."""
         bpf = self._bpf
         self._refs = {**self._refs, **tables.refs}  # reports in flight for removed rules still resolve
 
         def verdict(leaf: Any, rid: int) -> Any:
-            leaf.rule_id, leaf.action = rid, 1
+            leaf.rule_id, leaf.action = rid, int(rid != 0)  # 0: allowed here (see signal.rules)
             return leaf
 
-        def net_key(k: Any, key: tuple[int, int, int, int]) -> Any:
-            k.mntns, k.family, k.type, k.protocol = key
+        def net_key(k: Any, key: tuple[int, int, int, int, int]) -> Any:
+            k.mntns, k.family, k.type, k.protocol, k.src = key
             return k
 
-        def cap_key(k: Any, key: tuple[int, int]) -> Any:
-            k.mntns, k.cap = key
+        def cap_key(k: Any, key: tuple[int, int, int]) -> Any:
+            k.mntns, k.cap, k.src = key
             return k
+
+        def src_key(k: Any, key: tuple[int, bytes]) -> Any:
+            k.prefixlen, k.mntns = 32 + 8 * len(key[1]), key[0]
+            k.path = key[1]
+            return k
+
+        def src_class(leaf: Any, cls: int) -> Any:
+            leaf.value = cls
+            return leaf
 
         ns_map, caps_any = bpf[b"bw_enf_ns"], bpf[b"bw_enf_caps_any"]
         for k in list(ns_map.keys()):
@@ -295,13 +316,18 @@ class SignalEnforcer:
             k.mntns, k.preset = key
             return k
 
-        sync_map(bpf[b"bw_enf_net"], tables.net, net_key, verdict)
-        sync_map(bpf[b"bw_enf_cap"], tables.cap, cap_key, verdict)
+        net_map, cap_map = bpf[b"bw_enf_net"], bpf[b"bw_enf_cap"]
+        net_keep = fill_map(net_map, tables.net, net_key, verdict)
+        cap_keep = fill_map(cap_map, tables.cap, cap_key, verdict)
+        sync_map(bpf[b"bw_enf_src"], tables.sources, src_key, src_class)
+        prune_map(net_map, net_keep)
+        prune_map(cap_map, cap_keep)
         sync_map(bpf[b"bw_enf_preset"], tables.presets, preset_key, verdict)
         caps_any[ct.c_int(0)] = ct.c_uint64(wanted)  # old bits once their verdicts are gone
-        for ns in tables.namespaces:
-            ns_map[ct.c_uint32(ns)] = ct.c_uint32(1)
+        for ns, flags in tables.namespaces.items():
+            ns_map[ct.c_uint32(ns)] = ct.c_uint32(flags)
         self.counters["namespaces"] = len(tables.namespaces)
+        self.counters["sources"] = len(tables.sources)
 
     def take_reports(self) -> list[KillRecord | PresetReport]:
         """Kill reports since the last call (oldest first)."""
