@@ -35,12 +35,12 @@ from services.feeder.kinds import access_for
 from services.feeder.losses import BATCH_COUNTERS, LossTracker, heartbeat_losses
 from services.feeder.siem import SiemSink
 from services.feeder.store.database import RecordStore
+from services.feeder.symlinks import decide_through_symlinks
 from services.feeder.throttle import Throttler
 from services.feeder.views import FeederState, StateFollower
 from shared.codec import pack, unpack, unpack_map
 from shared.errors import DecodeError
 from shared.lifecycle import Counters
-from shared.loaders import decide_access
 from shared.nats.subjects import DEAD_LETTER, HEALTH_ALL, RAW
 from shared.schemas.events import RawBatch, RawEvent
 from shared.schemas.identity import Workload
@@ -348,8 +348,9 @@ class Ingestor:
         elif _launcher_setup(workload, ev):
             self.counters.inc("launcher_setup")
             return caught_up
-        # the entry carries postures; `ld.so FILE` is judged as an exec of FILE too (shared.loaders)
-        decision = decide_access(compiled if compiled is not None else [], access)
+        # the entry carries postures; `ld.so FILE` is judged as an exec of FILE too (shared.loaders), an
+        # exec through symlinks by the file it ran too (services.feeder.symlinks)
+        decision, ev = decide_through_symlinks(compiled if compiled is not None else [], access, ev)
         now_ns = time.time_ns()
         if decision is None or decision.action == "Allow":
             if visible(workload, access.operation, self.visibility):

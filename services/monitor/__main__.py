@@ -103,8 +103,9 @@ async def serve(svc: Service, settings: Settings, btf: Btf) -> None:
     def details() -> dict[str, Any]:
         counters["exe_from_proc"] = decoder.procs.misses
         counters["proc_records"] = decoder.procs.records
-        counters["exec_owner_lookups"] = decoder.owners.lookups
-        counters["exec_owner_unknown"] = decoder.owners.unknown
+        counters["exec_owner_lookups"] = decoder.files.lookups
+        counters["exec_owner_unknown"] = decoder.files.unknown
+        counters["exec_real_path_lookups"] = decoder.files.real_path_lookups
         counters["queued"] = batcher.queued()
         return {"missing_tracepoints": probes.missing, "instance": batcher.msg_id_prefix, **counters,
                 **loss_health.status(counters)}
@@ -112,11 +113,12 @@ async def serve(svc: Service, settings: Settings, btf: Btf) -> None:
     probes = Probes(rb_pages=int(os.environ.get("BULWARK_MONITOR_RB_PAGES", "4096")), btf=btf)
     pump = Pump(probes, decoder, batcher, counters)
 
-    def apply_filters(masks: dict[int, int], wanted: dict[int, int], owner: bool) -> None:
+    def apply_filters(masks: dict[int, int], wanted: dict[int, int], owner: bool, real_paths: bool) -> None:
         probes.set_visibility(masks)
         probes.set_syscalls(wanted)
         probes.set_config(owner=owner)
-        decoder.exec_owners = owner   # exec'd programs' owners, read in user space (decode/owners.py)
+        decoder.exec_owners = owner   # exec'd programs' owners, read in user space (decode/workload_files.py)
+        decoder.exec_real_paths = real_paths
 
     follower = FilterFollower(settings.node_name, apply_filters,
                               counters, containers=_setting(settings, "visibility_containers",

@@ -14,7 +14,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from services.monitor.kernel_filters import Visibility, needs_owner, visibility_masks, wanted_syscalls
+from services.monitor.kernel_filters import (
+    Visibility,
+    needs_owner,
+    needs_real_paths,
+    visibility_masks,
+    wanted_syscalls,
+)
 from services.monitor.namesigs import entry_names
 from shared.codec import unpack, unpack_map
 from shared.errors import DecodeError
@@ -28,9 +34,10 @@ __all__ = ["FilterFollower"]
 
 log = logging.getLogger("bulwark.monitor.follow")
 
-# apply(masks, wanted syscalls, read file owners); the masks are a Visibility: its ``paths`` travel
-# with them, so whoever sets the masks (Probes.set_visibility) sets the path trie in the same step.
-Apply = Callable[[Visibility, dict[int, int], bool], None]
+# apply(masks, wanted syscalls, read file owners, resolve exec'd paths); the masks are a Visibility: its
+# ``paths`` travel with them, so whoever sets the masks (Probes.set_visibility) sets the path trie in the
+# same step.
+Apply = Callable[[Visibility, dict[int, int], bool, bool], None]
 # How often the trie entries are resolved again in their namespaces (a path that became a symlink
 # since: its target's name must reach the kernel's open prefilter, services.monitor.namesigs).
 RESOLVE_SECONDS = 30.0
@@ -47,7 +54,7 @@ class FilterFollower:
         self.host_mntns = host_mntns if host_mntns is not None else os.stat("/proc/self/ns/mnt").st_ino
         self.ruleset: RuleSet | None = None
         self.workloads: dict[str, Workload] = {}
-        self._applied: tuple[Visibility, dict[int, int], bool] | None = None
+        self._applied: tuple[Visibility, dict[int, int], bool, bool] | None = None
         self._subs: list[Any] = []
         self._resolver: asyncio.Task[None] | None = None
 
@@ -111,7 +118,7 @@ class FilterFollower:
         masks = visibility_masks(self.ruleset, self.workloads, self.host_mntns,
                                  containers=self.containers, hosts=self.hosts)
         masks.names = entry_names(masks.paths)
-        wanted = (masks, wanted_syscalls(self.ruleset), needs_owner(self.ruleset))
+        wanted = (masks, wanted_syscalls(self.ruleset), needs_owner(self.ruleset), needs_real_paths(self.ruleset))
         if wanted == self._applied:
             return
         try:

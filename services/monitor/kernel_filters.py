@@ -257,6 +257,15 @@ def needs_owner(ruleset: RuleSet | None) -> bool:
     return any(rule.owner_only for wr in ruleset.running() for rule in wr.rules)
 
 
+def needs_real_paths(ruleset: RuleSet | None) -> bool:
+    """Whether any running workload has a Process rule naming a path (then exec'd paths' symlinks are
+    resolved: the kernel's enforcers judge the file a symlink leads to). Before the first rule set: yes."""
+    if ruleset is None:
+        return True
+    return any(rule.operation == "Process" and (rule.path or rule.dir or rule.pattern)
+               for wr in ruleset.running() for rule in wr.rules)
+
+
 def wanted_syscalls(ruleset: RuleSet | None) -> dict[int, int]:
     """Syscall nr -> bw_sys_wanted value for every syscall a running workload's Syscall rule names."""
     out: dict[int, int] = {}

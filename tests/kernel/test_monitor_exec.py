@@ -289,3 +289,35 @@ async def test_records_name_their_process_arguments_and_execs_their_program_owne
     assert ran[str(prog)]["extra"].get("owner_uid") == 4243, ran[str(prog)]
     assert ran[str(script)]["extra"].get("owner_uid") == 4244, ran[str(script)]
     assert ran[str(prog)]["proc_args"] == ""                 # an exec names its caller without arguments
+
+
+async def test_an_exec_through_symlinks_names_the_file_it_ran(monitor: Monitor, tmp_path: Path) -> None:
+    """The program asked for through symlinks (a relative one, then an absolute one whose target exists
+    only in the workload's mount namespace, on a tmpfs mounted there) gets ``real_path`` as that namespace
+    resolves it; a program asked for by its own path gets none. A refused exec (not executable) too."""
+    mnt = tmp_path / "ns-only"
+    mnt.mkdir()
+    real, link, hop, denied, denied_link = (mnt / "real-true", mnt / "link-true", tmp_path / "hop",
+                                            mnt / "not-exec", mnt / "link-not-exec")
+    cmd = (f"stat -L -c %i /proc/self/ns/pid && mount -t tmpfs none {mnt} && cp /usr/bin/true {real} && "
+           f"ln -s real-true {link} && ln -sf {link} {hop} && touch {denied} && ln -s not-exec {denied_link} && "
+           f"{hop} && {real} && ! {denied_link} 2>/dev/null && read done")
+    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", cmd],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        pidns = int(proc.stdout.readline())
+
+        def execs(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {e["path"]: e for e in events if e["pidns"] == pidns and e["kind"] == "exec"}
+
+        events = await monitor.events_until(lambda evs: {str(hop), str(real), str(denied_link)} <= set(execs(evs)))
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=bound(30))
+    ran = execs(events)
+    assert not hop.exists()                                   # the host's view: the target is not there
+    assert ran[str(hop)]["extra"].get("real_path") == str(real), ran[str(hop)]
+    assert "real_path" not in ran[str(real)]["extra"], ran[str(real)]
+    assert ran[str(denied_link)]["ret"] < 0 and ran[str(denied_link)]["extra"].get("real_path") == str(denied)

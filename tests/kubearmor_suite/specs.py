@@ -52,10 +52,6 @@ KILLED_UNIX = ("known gap (README 'Enforcers'): without BPF-LSM, protocol 'all' 
                "shell's own Unix socket (its name-service lookup, before ping runs) kills it: the cgroup hook "
                "that refuses sockets sees only INET families")
 
-SYMLINK_EXEC = ("known gap (README 'What the kernel filters'): an exec through a symlink is blocked by inode, but "
-                "matched as the path written (/usr/bin/python3, not the policy's /usr/bin/python3.6), so the refusal "
-                "raises no alert")
-
 
 # -- pods (the deployments of each suite, one replica each) -------------------------------------------------
 def _ubuntu(ns: str, n: int, group: str | None, **extra: Any) -> Pod:
@@ -243,7 +239,7 @@ KSP = [
     _ksp("it can allow certain arguments in process execution",
          Apply("multiubuntu/ksp-ubuntu-1-allow-proc-args.yaml"), _w("policy", "Process", U1),
          Run(U1, "python3 -m pydoc", Re(".*Permission denied"), eventual=True),
-         _deny("ksp-ubuntu-1-allow-proc-args"), xfail=SYMLINK_EXEC,
+         _deny("ksp-ubuntu-1-allow-proc-args"),
          notes=("the policy names /usr/bin/python3.6 (Ubuntu 18.04's); the image's python3 resolves to "
                 "/usr/bin/python3.6 as there (a copy of Debian's python3.11)",)),
     _ksp("it can block and allow process execution based on pts", na=BPF_ONLY_PTS),

@@ -149,7 +149,7 @@ def test_follower_applies_a_moved_path() -> None:
     from shared.lifecycle import Counters
 
     applied: list[Visibility] = []
-    follower = FilterFollower("n", lambda masks, _sys, _owner: applied.append(masks), Counters(),
+    follower = FilterFollower("n", lambda masks, _sys, _owner, _real: applied.append(masks), Counters(),
                               containers="none", hosts="none", host_mntns=HOST)
     follower.ruleset = _rs(WorkloadRules("w", 50, 51, [_r("File", path="/a")]))
     follower.refresh()

@@ -59,12 +59,15 @@ def test_the_exec_record_names_no_arguments_of_its_caller() -> None:
     assert dec.feed(exec_rec())["proc_args"] == ""
 
 
-class FakeOwners:
-    """Owners by (mntns, path); records what was asked."""
+class FakeFiles:
+    """Owners and real paths by (mntns, path); records what was asked."""
 
-    def __init__(self, table: dict[tuple[int, str], int]) -> None:
-        self.table, self.asked = table, []  # type: ignore[var-annotated]
+    def __init__(self, table: dict[tuple[int, str], int], real: dict[tuple[int, str], str] | None = None) -> None:
+        self.table, self.real, self.asked = table, real or {}, []  # type: ignore[var-annotated]
         self.lookups = self.unknown = 0
+
+    def real_path(self, mntns: int, path: str, pids: tuple[int, ...]) -> str:
+        return self.real.get((mntns, path), "")
 
     def owner(self, mntns: int, path: str, pids: tuple[int, ...]) -> int:
         self.asked.append((mntns, path, pids))
@@ -72,11 +75,22 @@ class FakeOwners:
 
 
 def test_exec_events_carry_the_owner_of_the_program_while_owners_are_read() -> None:
-    owners = FakeOwners({(4026532000, "/home/user1/hello"): 1000})
-    dec = RecordDecoder(CTX, owners=owners)  # type: ignore[arg-type]
+    owners = FakeFiles({(4026532000, "/home/user1/hello"): 1000})
+    dec = RecordDecoder(CTX, files=owners)  # type: ignore[arg-type]
     e = dec.feed(exec_rec(filename="/home/user1/hello"))
     assert e["extra"]["owner_uid"] == 1000 and owners.asked == [(4026532000, "/home/user1/hello", (4242, 4000))]
     assert "owner_uid" not in dec.feed(exec_rec(filename="/gone"))["extra"]      # unknown: not claimed
     dec.exec_owners = False                                                      # no ownerOnly rule left
     assert "owner_uid" not in dec.feed(exec_rec(filename="/home/user1/hello"))["extra"]
     assert len(owners.asked) == 2
+
+
+def test_exec_events_carry_the_real_path_of_a_symlinked_program_while_real_paths_are_read() -> None:
+    files = FakeFiles({}, {(4026532000, "/usr/bin/python3"): "/usr/bin/python3.6",
+                           (4026532000, "/usr/bin/true"): "/usr/bin/true"})
+    dec = RecordDecoder(CTX, files=files)  # type: ignore[arg-type]
+    assert dec.feed(exec_rec(filename="/usr/bin/python3"))["extra"]["real_path"] == "/usr/bin/python3.6"
+    assert "real_path" not in dec.feed(exec_rec(filename="/usr/bin/true"))["extra"]    # the same: not repeated
+    assert "real_path" not in dec.feed(exec_rec(filename="/gone"))["extra"]            # unknown: not claimed
+    dec.exec_real_paths = False                                                         # no Process path rule
+    assert "real_path" not in dec.feed(exec_rec(filename="/usr/bin/python3"))["extra"]

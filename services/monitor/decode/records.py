@@ -5,7 +5,9 @@ and produce no event. Every other record becomes one map with the fields of
 :class:`shared.schemas.events.RawEvent` (same keys, same order), ``proc_args`` the acting process's
 arguments from that cache; a preset's record (BW_OP_PRESET) is kind ``preset``
 (:mod:`services.monitor.decode.presets`). An exec record gets its program file's owner (``extra
-owner_uid``) while ``exec_owners`` is on (an ownerOnly rule exists: :mod:`services.monitor.decode.owners`).
+owner_uid``) while ``exec_owners`` is on (an ownerOnly rule exists), and the path its symlinks lead to
+(``extra real_path``, only when it differs from the path asked for) while ``exec_real_paths`` is on (a
+Process rule names a path): :mod:`services.monitor.decode.workload_files`.
 Layouts come from :mod:`shared.bpf.abi`.
 """
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 from services.monitor.decode import exec_record as exec_decoder
 from services.monitor.decode.exec_record import HEADER, DecodeContext
 from services.monitor.decode.kinds import KIND_OF_OP, describe
-from services.monitor.decode.owners import FileOwners
 from services.monitor.decode.presets import preset_fields
 from services.monitor.decode.syscall_table import SYSCALL_NUMBERS, syscall_name
 from services.monitor.decode.users import UserNames
+from services.monitor.decode.workload_files import WorkloadFiles
 from shared.bpf.abi import (
     BPF_RINGBUF_HDR_SZ,
     BW_ARGS_LEN,
@@ -166,12 +168,13 @@ class RecordDecoder:
     """
 
     def __init__(self, ctx: DecodeContext, procs: ProcCache | None = None, users: UserNames | None = None,
-                 owners: FileOwners | None = None) -> None:
+                 files: WorkloadFiles | None = None) -> None:
         self.ctx = ctx
         self.procs = procs or ProcCache()
         self.users = users  # None: events carry no user names
-        self.owners = owners or FileOwners()
+        self.files = files or WorkloadFiles()
         self.exec_owners = True  # read the owner of exec'd files (off while no ownerOnly rule exists)
+        self.exec_real_paths = True  # resolve exec'd paths' symlinks (off while no Process rule names a path)
         self._prefix = f"{ctx.node}:{ctx.boot_id}:"
         self._comms: dict[bytes, str] = {}
         self._names: dict[bytes, str] = {}
@@ -234,9 +237,13 @@ class RecordDecoder:
             if user:
                 event["extra"]["user"] = user
         if self.exec_owners:
-            owner = self.owners.owner(event["mntns"], event["path"], pids)
+            owner = self.files.owner(event["mntns"], event["path"], pids)
             if owner >= 0:
                 event["extra"]["owner_uid"] = owner
+        if self.exec_real_paths:
+            real = self.files.real_path(event["mntns"], event["path"], pids)
+            if real and real != event["path"]:
+                event["extra"]["real_path"] = real
         return event
 
     def _who(self, extra: dict[str, Any], pid: int, ppid: int, mntns: int, cgroup_id: int, uid: int) -> None:

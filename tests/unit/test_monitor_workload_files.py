@@ -1,10 +1,10 @@
-"""FileOwners on a /proc-like tree: a pid's ``ns/mnt`` (its inode is the namespace) and ``root``."""
+"""WorkloadFiles on a /proc-like tree: a pid's ``ns/mnt`` (its inode is the namespace) and ``root``."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from services.monitor.decode.owners import FileOwners
+from services.monitor.decode.workload_files import WorkloadFiles
 
 
 def _pid(proc: Path, pid: int, files: dict[str, str] | None = None) -> int:
@@ -26,7 +26,7 @@ def _pid(proc: Path, pid: int, files: dict[str, str] | None = None) -> int:
 
 def test_the_owner_is_read_in_the_root_of_the_process_that_exec_d(tmp_path: Path) -> None:
     ns = _pid(tmp_path, 10, {"/home/user1/hello": "x"})
-    owners = FileOwners(proc=str(tmp_path))
+    owners = WorkloadFiles(proc=str(tmp_path))
     assert owners.owner(ns, "/home/user1/hello", (10, 1)) == os.getuid()
     assert owners.owner(ns, "/home/user1/missing", (10, 1)) == -1
     assert owners.owner(ns, "hello", (10, 1)) == -1                   # relative: the cwd is not known here
@@ -36,13 +36,13 @@ def test_symlinks_resolve_inside_the_workload_s_root(tmp_path: Path) -> None:
     target = "/usr/bin/bulwark-owner-test-target"
     assert not os.path.exists(target)
     ns = _pid(tmp_path, 10, {"/usr/bin/py": "->" + target, target: "x"})
-    assert FileOwners(proc=str(tmp_path)).owner(ns, "/usr/bin/py", (10,)) == os.getuid()
+    assert WorkloadFiles(proc=str(tmp_path)).owner(ns, "/usr/bin/py", (10,)) == os.getuid()
 
 
 def test_a_process_in_another_namespace_or_gone_does_not_answer(tmp_path: Path) -> None:
     ns = _pid(tmp_path, 10, {"/bin/x": "x"})
     other = _pid(tmp_path, 20, {"/bin/x": "x"})
-    owners = FileOwners(proc=str(tmp_path))
+    owners = WorkloadFiles(proc=str(tmp_path))
     assert owners.owner(ns, "/bin/x", (30, 10)) == os.getuid()        # 30 is gone: its parent answers
     assert owners.owner(ns, "/bin/x", (20, 31)) == os.getuid()        # 20 is elsewhere: 10 again
     assert owners.owner(other, "/bin/x", (20,)) == os.getuid()
@@ -51,7 +51,7 @@ def test_a_process_in_another_namespace_or_gone_does_not_answer(tmp_path: Path) 
 
 def test_a_scan_finds_a_process_of_the_namespace_when_the_exec_s_are_gone(tmp_path: Path) -> None:
     ns = _pid(tmp_path, 10, {"/bin/x": "x"})
-    owners = FileOwners(proc=str(tmp_path))
+    owners = WorkloadFiles(proc=str(tmp_path))
     assert owners.owner(ns, "/bin/x", (30, 31)) == os.getuid()        # the namespace's init, say
     assert owners.owner(ns, "/bin/x", (32,)) == os.getuid() and owners.scans == 1   # remembered
 
@@ -62,7 +62,7 @@ def test_a_namespace_with_no_process_left_has_no_owner_and_is_not_scanned_for_ag
     gone = tmp_path / "gone-ns"
     gone.write_text("")
     now = [100.0]
-    owners = FileOwners(proc=str(tmp_path), retry=2.0, clock=lambda: now[0])
+    owners = WorkloadFiles(proc=str(tmp_path), retry=2.0, clock=lambda: now[0])
     assert owners.owner(gone.stat().st_ino, "/bin/x", (30,)) == -1
     assert owners.owner(gone.stat().st_ino, "/bin/x", (30,)) == -1 and owners.scans == 1
     now[0] += 2.5
@@ -71,6 +71,27 @@ def test_a_namespace_with_no_process_left_has_no_owner_and_is_not_scanned_for_ag
 
 
 def test_the_monitor_s_own_namespace_uses_its_own_root() -> None:
-    owners = FileOwners()
+    owners = WorkloadFiles()
     own = os.stat("/proc/self/ns/mnt").st_ino
     assert owners.owner(own, "/proc/self/exe", (0,)) == os.stat("/proc/self/exe").st_uid
+
+
+def test_real_paths_resolve_symlinks_inside_the_workload_s_root(tmp_path: Path) -> None:
+    """Relative and absolute targets, a symlinked directory on the way, `..` that cannot climb above the
+    root; absolute targets are read from the workload's root, never the host's."""
+    target = "/usr/bin/bulwark-real-path-test-3.6"
+    assert not os.path.exists(target)
+    ns = _pid(tmp_path, 10, {"/usr/bin/python3": "->bulwark-real-path-test-3.6", target: "x",
+                             "/usr/bin/abs": "->" + target, "/bin": "->usr/bin",
+                             "/usr/bin/up": "->../../../../usr/bin/abs", "/usr/bin/loop": "->loop",
+                             "/usr/bin/dangling": "->nowhere", "/usr/bin/plain": "x"})
+    files = WorkloadFiles(proc=str(tmp_path))
+    for asked in ("/usr/bin/python3", "/usr/bin/abs", "/bin/python3", "/bin/abs", "/usr/bin/up",
+                  "/usr//bin/./python3"):
+        assert files.real_path(ns, asked, (10,)) == target, asked
+    assert files.real_path(ns, "/usr/bin/plain", (10,)) == "/usr/bin/plain"
+    assert files.real_path(ns, "/bin/plain", (10,)) == "/usr/bin/plain"
+    for unknown in ("/usr/bin/loop", "/usr/bin/dangling", "/usr/bin/missing", "python3"):
+        assert files.real_path(ns, unknown, (10,)) == "", unknown
+    assert files.real_path(ns, "/usr/bin/python3", (30,)) == target             # 30 is gone: the last that answered
+    assert files.real_path_lookups == 12 and files.lookups == 0
