@@ -2,7 +2,9 @@
 
 Global defaults come from settings (``visibility_containers``: process,file,network,capabilities;
 ``visibility_hosts``: none); a namespace annotation ``kubearmor-visibility`` (a comma list, or
-``none``) overrides the default for containers in that namespace. Pure, no I/O.
+``none``) overrides the default for containers in that namespace. Syscall records (the setuid family,
+ptrace, mount, umount2: what the monitor records of a process besides its execs) are logged under
+``process``, as KubeArmor logs its ``Operation: Syscall`` records with process visibility. Pure, no I/O.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def parse_visibility(text: str) -> frozenset[str]:
 def visible(workload: Workload, operation: str, settings: _VisibilitySettings | None = None) -> bool:
     """Whether ``operation`` (a KubeArmor Operation, e.g. ``Process``) of ``workload`` is logged."""
     op = operation.lower()
+    if op == "syscall":
+        op = "process"
     if workload.kind == "host":
         default = settings.visibility_hosts if settings is not None else "none"
         annotated = workload.annotations.get(VISIBILITY_ANNOTATION)

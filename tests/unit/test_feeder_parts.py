@@ -89,9 +89,9 @@ def test_visibility() -> None:
     c.namespace_annotations["kubearmor-visibility"] = "none"
     assert not visible(c, "Process")
     c.namespace_annotations["kubearmor-visibility"] = "network, Capabilities"
-    assert visible(c, "Capabilities") and not visible(c, "Process")
+    assert visible(c, "Capabilities") and not visible(c, "Process") and not visible(c, "Syscall")
     h.annotations["kubearmor-visibility"] = "process"
-    assert visible(h, "Process")
+    assert visible(h, "Process") and visible(h, "Syscall")      # KubeArmor logs setuid & co. under process
     assert parse_visibility("none") == frozenset() and parse_visibility("bogus,file") == {"file"}
 
 
