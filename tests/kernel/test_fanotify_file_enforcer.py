@@ -159,6 +159,25 @@ def test_allow_list_with_block_posture_denies_everything_else(enforcer, tree, sh
     assert a.run(str(true)) == (0, "")
 
 
+def test_a_file_allow_list_leaves_the_exec_of_a_program_to_process_rules(enforcer, tree, shells) -> None:
+    """Under a File allow-list (block posture) the kernel's own open of a program it execs is an exec, not a
+    read (BPF-LSM's file_open leaves FMODE_EXEC opens to bprm_check_security alike): a program the list
+    does not name runs (it failed with EPERM before) and reads its libraries as the list allows; a file the
+    list does not name is refused, one it names is read; the sibling is untouched."""
+    a, b = shells
+    true, secret, other = tree / "d/bin/bwtrue", tree / "d/secret", tree / "other"
+    allow = [file_rule("Allow", "libs", dir="/usr/lib/", recursive=True),
+             file_rule("Allow", "libs", path="/etc/ld.so.cache"), file_rule("Allow", "data", path=str(other))]
+    rs = ruleset(1, a=(a.mntns, allow), b=(b.mntns, []))
+    rs.workloads["a"].file_posture = "block"
+    enforcer.apply(rs)
+    assert a.run(str(true)) == (0, "")
+    assert a.run(f"cat {other}") == (0, "data")
+    rc, out = a.run(f"cat {secret}")
+    assert rc != 0 and DENIED in out
+    assert b.run(f"cat {secret}") == (0, "data")
+
+
 def test_patterns_and_exec_names_block_in_the_workload_only(enforcer, tree, shells) -> None:
     """Issue 15: matchPatterns and execname rules name no inode. The workload's own mounts are marked and
     each open or exec judged by its path: `cat` of a file the glob names and an exec by name fail in the

@@ -84,11 +84,12 @@ def open_flags(tid: int, machine: str | None = None, patience: float = 0.005) ->
 
 
 def open_access(tid: int, machine: str | None = None, patience: float = 0.005) -> str:
-    """``read``, ``write`` or ``""`` (unknown) for the open thread ``tid`` is blocked in."""
+    """``read``, ``write``, ``exec`` (the kernel opening a program, or its interpreter, for an execve the
+    thread is in) or ``""`` (unknown) for the open thread ``tid`` is blocked in."""
     flags = open_flags(tid, machine, patience)
     if flags is None:
         return ""
-    return "read" if flags == EXEC_LIKE else _flags_access(flags)
+    return "exec" if flags == EXEC_LIKE else _flags_access(flags)
 
 
 _EXECS = {"x86_64": {59: 0, 322: 1}, "aarch64": {221: 0, 281: 1}}

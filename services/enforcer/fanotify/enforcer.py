@@ -364,6 +364,8 @@ class FanotifyEnforcer:
                 return False  # the ELF interpreter (ld.so) the kernel opens for the program: no exec
         else:
             operation, access = "File", open_access(tid)
+            if access == "exec":  # the exec's own open: judged at FAN_OPEN_EXEC_PERM (BPF-LSM's file_open
+                return False      # leaves FMODE_EXEC opens to bprm_check_security the same way)
             if not access:  # unknown flags: judged as a write (read-only rules then deny)
                 self.counters.inc("mode_unknown")
                 access = "write"
