@@ -63,12 +63,12 @@ PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "packet": ((ANY, SOCK_PACKET, ANY),),
     "all": tuple((ANY, t, ANY) for t in ALL_TYPES),
 }
+_NAMED_INET = ("tcp", "udp", "icmp", "icmpv6", "sctp")  # protocols the matcher tells apart from ``all``
 # what a blocking network posture kills: the inet protocols a KubeArmor allow-list names (never AF_UNIX)
 POSTURE_PROTOCOLS: dict[str, tuple[tuple[int, int, int], ...]] = {
-    **{name: PROTOCOLS[name] for name in ("tcp", "udp", "icmp", "icmpv6", "sctp")},
+    **{name: PROTOCOLS[name] for name in _NAMED_INET},
     "raw": tuple((f, SOCK_RAW, ANY) for f in _INET),
 }
-_NAMED_INET = ("tcp", "udp", "icmp", "icmpv6", "sctp")  # protocols the matcher tells apart from ``all``
 CAPS: dict[str, int] = {name: i for i, name in enumerate(CAPABILITIES)}
 NOISY_CAPS = frozenset({"sys_admin", "sys_resource", "ipc_lock"})
 # bw_enf_ns flags (bpf/enforce/signal.c): selected, and which kinds look up the executable's source class
@@ -141,7 +141,7 @@ def compile_tables(ruleset: RuleSet, ids: dict[RuleRef, int] | None = None,
     the enforcer adds them, services.enforcer.presets).
 
     ``ids`` keeps rule ids stable across calls (a rule keeps its id; new ones get fresh ids), and
-    ``source_ids`` source classes (a path keeps its class while its namespace names it)."""
+    ``source_ids`` source classes (a namespace's source path keeps its class)."""
     tables = SignalTables()
     ids = {} if ids is None else ids
     source_ids = {} if source_ids is None else source_ids
