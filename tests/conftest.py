@@ -17,7 +17,6 @@ from bulwark.natsserver.process import free_port, start_nats_server
 from bulwark.procs import terminate
 
 
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
