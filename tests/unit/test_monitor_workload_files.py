@@ -85,7 +85,7 @@ def test_real_paths_resolve_symlinks_inside_the_workload_s_root(tmp_path: Path) 
                              "/usr/bin/abs": "->" + target, "/bin": "->usr/bin",
                              "/usr/bin/up": "->../../../../usr/bin/abs", "/usr/bin/loop": "->loop",
                              "/usr/bin/dangling": "->nowhere", "/usr/bin/plain": "x"})
-    files = WorkloadFiles(proc=str(tmp_path))
+    files = WorkloadFiles(proc=str(tmp_path), real_path_ttl=0)                  # every call resolves
     for asked in ("/usr/bin/python3", "/usr/bin/abs", "/bin/python3", "/bin/abs", "/usr/bin/up",
                   "/usr//bin/./python3"):
         assert files.real_path(ns, asked, (10,)) == target, asked
@@ -95,3 +95,19 @@ def test_real_paths_resolve_symlinks_inside_the_workload_s_root(tmp_path: Path) 
         assert files.real_path(ns, unknown, (10,)) == "", unknown
     assert files.real_path(ns, "/usr/bin/python3", (30,)) == target             # 30 is gone: the last that answered
     assert files.real_path_lookups == 12 and files.lookups == 0
+
+
+def test_real_paths_are_reused_for_a_while_then_read_again(tmp_path: Path) -> None:
+    """A build execs the same compiler a thousand times: resolved once per ``real_path_ttl``."""
+    ns = _pid(tmp_path, 10, {"/usr/bin/cc": "->gcc-12", "/usr/bin/gcc-12": "x", "/usr/bin/gcc-13": "x"})
+    now = [100.0]
+    files = WorkloadFiles(proc=str(tmp_path), real_path_ttl=2.0, clock=lambda: now[0])
+    assert files.real_path(ns, "/usr/bin/cc", (10,)) == "/usr/bin/gcc-12"
+    (tmp_path / "10/root/usr/bin/cc").unlink()
+    (tmp_path / "10/root/usr/bin/cc").symlink_to("gcc-13")
+    now[0] += 1.0
+    assert files.real_path(ns, "/usr/bin/cc", (10,)) == "/usr/bin/gcc-12" and files.real_path_lookups == 1
+    now[0] += 1.5
+    assert files.real_path(ns, "/usr/bin/cc", (10,)) == "/usr/bin/gcc-13" and files.real_path_lookups == 2
+    assert files.real_path(ns, "/usr/bin/missing", (10,)) == ""            # unknown: never kept
+    assert files.real_path(ns, "/usr/bin/missing", (10,)) == "" and files.real_path_lookups == 4

@@ -40,9 +40,13 @@ class WorkloadFiles:
     """(mntns, absolute path) -> the file's owner uid (host view, as event uids are), or -1; and its real
     path inside the namespace, or ""."""
 
-    def __init__(self, proc: str = "/proc", limit: int = 4096, retry: float = 2.0,
+    def __init__(self, proc: str = "/proc", limit: int = 4096, retry: float = 2.0, real_path_ttl: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.proc, self.limit, self.retry, self._clock = proc, limit, retry, clock
+        self.real_path_ttl = real_path_ttl
+        # (mntns, path) -> (real path, until when it is reused): a build's thousand execs of the same
+        # compiler resolve it once; a symlink changed meanwhile is seen at most real_path_ttl late
+        self._real: OrderedDict[tuple[int, str], tuple[str, float]] = OrderedDict()
         self._last: OrderedDict[int, int] = OrderedDict()  # mntns -> a pid that answered for it
         self._no_scan_until: dict[int, float] = {}  # mntns -> when a scan may look for it again
         try:
@@ -70,8 +74,18 @@ class WorkloadFiles:
         when unknown (no such file, a loop, no process of the namespace left)."""
         if not path.startswith("/"):
             return ""
+        now, key = self._clock(), (mntns, path)
+        known = self._real.get(key)
+        if known is not None and now < known[1]:
+            return known[0]
         self.real_path_lookups += 1
-        return self._in_root(mntns, pids, lambda root: _resolve_beneath(root, path), "")
+        real = self._in_root(mntns, pids, lambda root: _resolve_beneath(root, path), "")
+        if real:
+            self._real[key] = (real, now + self.real_path_ttl)
+            self._real.move_to_end(key)
+            if len(self._real) > self.limit:
+                self._real.popitem(last=False)
+        return real
 
     def _in_root(self, mntns: int, pids: tuple[int, ...], look: Callable[[int | str], T], unknown: T) -> T:
         """``look(root)`` with the root of ``mntns`` (an fd, or "/" for our own namespace), taken from the
