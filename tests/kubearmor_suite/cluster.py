@@ -39,6 +39,10 @@ from tests.kubearmor_suite.rulewatch import RuleWatch, policies_in, running
 __all__ = ["Container", "Pod", "Cluster", "ARP_PEER", "SANDBOX_LABEL", "unavailable_capabilities"]
 
 SANDBOX_LABEL = "io.kubernetes.docker.type"
+# An enforcer's report (a kill, a refusal) reaches the feeder beside the monitor's records, not behind them:
+# flush() proves the monitor's side is stored, the report may be stored a little later (KubeArmor's own
+# tests wait for alerts with a timeout the same way).
+REPORT_GRACE = 20.0
 ARP_PEER = "192.0.2.1"  # answers ARP from the pod's eth0 (192.0.2.10)
 _POD_ADDR = "192.0.2.10/24"
 _CAPS = ("CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
@@ -271,6 +275,19 @@ class Cluster:
         while not any(self.records(t, q=marker, since=since) for t in ("logs", "alerts")):
             if time.monotonic() > deadline:
                 raise AssertionError(f"the flush marker {marker} was never stored in {timeout:.0f}s; {self.health()}")
+            time.sleep(0.5)
+
+    @staticmethod
+    def first_match(fetch: Any, match: Any, grace: float = REPORT_GRACE) -> tuple[dict[str, Any] | None,
+                                                                                  list[dict[str, Any]]]:
+        """After :meth:`flush`: the first record ``fetch()`` returns that ``match``es, asked again for up to
+        ``grace`` s; (None, the last records) when none came."""
+        deadline = time.monotonic() + grace
+        while True:
+            recs = fetch()
+            hit = next((r for r in recs if match(r)), None)
+            if hit is not None or time.monotonic() > deadline:
+                return hit, recs
             time.sleep(0.5)
 
     def health(self) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from tests.kubearmor_suite.cluster import ARP_PEER, Cluster
+from tests.kubearmor_suite.cluster import ARP_PEER, REPORT_GRACE, Cluster
 from tests.kubearmor_suite.steps import StepFailed
 
 __all__ = ["Command", "Scenario", "load_scenarios", "run_container_scenario", "run_host_scenario",
@@ -219,8 +219,8 @@ class _Judge:
                     # trail the enforcer's: run the (idempotent) command again, as the script's retry would
                     run()
                 self.cluster.flush()
-                recs = self.alerts_since(since, seen)
-                hit = next((r for r in recs if good(r)), None)
+                hit, recs = self.cluster.first_match(lambda: self.alerts_since(since, seen), good,
+                                                     grace=5.0 if self.host and attempt < 3 else REPORT_GRACE)
                 if hit is not None:
                     runs = f" (run {attempt} times)" if attempt > 1 else ""
                     self.transcript.append(f"{line}; alert {_brief(hit)}{runs}")

@@ -315,7 +315,8 @@ class SpecRun:
         if found:
             recs = self._fresh(table)
             if not any(record_matches(r, want) for r in recs):
-                recs = self.settled(table)
+                self.cluster.flush()
+                _, recs = self.cluster.first_match(lambda: self._fresh(table), lambda r: record_matches(r, want))
             for i, r in enumerate(recs):
                 if record_matches(r, want):
                     self.seen.update(str(x.get("EventID")) for x in recs[: i + 1])
