@@ -95,11 +95,14 @@ def test_raw_and_capability(enforcer, shells) -> None:
     a, b = shells
     enforcer.apply(ruleset(1, a=(a.mntns, [net_rule("raw")]), b=(b.mntns, [cap_rule("net_raw")])))
     assert _inet_blocked(enforcer, a.run(sock("AF_INET", "SOCK_RAW", 1)))  # raw protocol rule
-    assert b.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED             # CAP_NET_RAW used
+    expected = {("Network", "raw")}
+    if "Capabilities" in enforcer.operations:  # capability:cap_capable exists (5.10 has none: bulwark probe)
+        assert b.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED         # CAP_NET_RAW used
+        expected.add(("Capabilities", "net_raw"))
     assert b.run(sock("AF_INET", "SOCK_DGRAM")) == (0, "alive")
     assert host_run(sock("AF_INET", "SOCK_RAW", 1)) == (0, "alive")
-    kinds = {(r.operation, r.ref.match) for r in _reports(enforcer, 2)}
-    assert kinds == {("Network", "raw"), ("Capabilities", "net_raw")}
+    kinds = {(r.operation, r.ref.match) for r in _reports(enforcer, len(expected))}
+    assert kinds == expected
 
 
 def test_rules_follow_the_rule_set_and_stopped_workloads_are_ignored(enforcer, shells) -> None:
@@ -138,7 +141,8 @@ def test_a_protocol_allowed_from_one_program_only(enforcer, shells, tmp_path) ->
     """Issue 15 (KubeArmor's github_test_12): under a blocking posture, tcp allowed only from one program:
     its TCP socket lives, the same code run by another program (a copy of the interpreter) is refused (or
     killed) and reported as DefaultPosture; udp, allowed for every program, lives in both. A capability
-    blocked from one source kills that source only. The sibling namespace is untouched."""
+    blocked from one source kills that source only (where the kernel has the capability:cap_capable
+    tracepoint). The sibling namespace is untouched."""
     a, b = shells
     source, other = os.path.realpath(PY), private_copy(os.path.realpath(PY), tmp_path, "other-python")
     rs = ruleset(1, a=(a.mntns, [net_rule("tcp", action="Allow", from_source=[{"path": source}]),
@@ -157,11 +161,13 @@ def test_a_protocol_allowed_from_one_program_only(enforcer, shells, tmp_path) ->
     assert a.run(by(other, "AF_INET", "SOCK_DGRAM")) == (0, "alive")
     assert a.run(by(source, "AF_INET", "SOCK_DGRAM")) == (0, "alive")
     assert b.run(by(other, "AF_INET", "SOCK_STREAM")) == (0, "alive")
-    assert b.run(by(source, "AF_INET", "SOCK_RAW", 1)) == (0, "alive")   # CAP_NET_RAW, not from `other`
-    assert b.run(by(other, "AF_INET", "SOCK_RAW", 1))[0] == KILLED       # CAP_NET_RAW from `other`
-    reports = _reports(enforcer, 2)
-    assert [(r.mntns, r.exe, r.operation, r.ref.policy) for r in reports] == [
-        (a.mntns, other, "Network", "DefaultPosture"), (b.mntns, other, "Capabilities", "cap-net_raw")]
+    expected = [(a.mntns, other, "Network", "DefaultPosture")]
+    if "Capabilities" in enforcer.operations:  # capability:cap_capable exists (bulwark probe says where not)
+        assert b.run(by(source, "AF_INET", "SOCK_RAW", 1)) == (0, "alive")   # CAP_NET_RAW, not from `other`
+        assert b.run(by(other, "AF_INET", "SOCK_RAW", 1))[0] == KILLED       # CAP_NET_RAW from `other`
+        expected.append((b.mntns, other, "Capabilities", "cap-net_raw"))
+    reports = _reports(enforcer, len(expected))
+    assert [(r.mntns, r.exe, r.operation, r.ref.policy) for r in reports] == expected
     rs.workloads["a"].rules = [net_rule("udp", action="Allow")]  # the source goes: tcp is refused to it too
     enforcer.apply(rs)
     assert _inet_blocked(enforcer, a.run(by(source, "AF_INET", "SOCK_STREAM")))
@@ -179,11 +185,12 @@ def test_capability_mask_follows_the_rules(enforcer, shells, tmp_path) -> None:
     _, b = shells
     enforcer.apply(ruleset(1, b=(b.mntns, [cap_rule("net_raw")])))
     assert _caps_any(enforcer) == 1 << 13
-    assert b.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED
+    kills = "Capabilities" in enforcer.operations  # capability:cap_capable exists (5.10 has none)
+    assert not kills or b.run(sock("AF_INET", "SOCK_RAW", 1))[0] == KILLED
     enforcer.apply(ruleset(2, b=(b.mntns, [cap_rule("mknod"), cap_rule("sys_time")])))
     assert _caps_any(enforcer) == (1 << 27) | (1 << 25)
     assert b.run(sock("AF_INET", "SOCK_RAW", 1)) == (0, "alive")
-    assert b.run(f"mknod {tmp_path}/null c 1 3")[0] == KILLED             # CAP_MKNOD used
+    assert not kills or b.run(f"mknod {tmp_path}/null c 1 3")[0] == KILLED  # CAP_MKNOD used
     enforcer.apply(ruleset(3, b=(b.mntns, [])))
     assert _caps_any(enforcer) == 0
 
