@@ -15,7 +15,8 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,21 @@ REPO = Path(__file__).resolve().parents[2]
 NODE = "test-node"
 SH = os.path.realpath("/usr/bin/sh")           # /usr/bin/dash on Debian
 UNSHARE = os.path.realpath("/usr/bin/unshare")
+
+
+@contextmanager
+def namespace_shell(script: str) -> Iterator[int]:
+    """``script`` run by a shell in new mount and pid namespaces, which prints its pid namespace first (that
+    is yielded); a script ending in ``read done`` stays, as a container's init does, until the block ends."""
+    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", script],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        yield int(proc.stdout.readline())
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()                               # the namespace's shell ends
+        proc.wait(timeout=bound(30))
 
 
 def our_programs() -> list[dict[str, Any]]:
@@ -228,11 +244,7 @@ async def test_execs_name_the_user_as_the_namespace_sees_it(monitor: Monitor, tm
     inner = "setpriv --reuid 4242 --regid 4242 --clear-groups /usr/bin/true && read done"
     script = (f"mount --bind {passwd} /etc/passwd && stat -L -c %i /proc/self/ns/pid && "
               f"exec unshare --mount /usr/bin/sh -c '{inner}'")
-    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", script],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        pidns = int(proc.stdout.readline())
+    with namespace_shell(script) as pidns:
 
         def mine(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [e for e in events if e["pidns"] == pidns and e["kind"] == "exec" and e["path"] == "/usr/bin/true"]
@@ -240,10 +252,6 @@ async def test_execs_name_the_user_as_the_namespace_sees_it(monitor: Monitor, tm
         events = await monitor.events_until(lambda evs: bool(mine(evs)))
         [true] = mine(events)
         assert (true["uid"], true["extra"].get("user")) == (4242, "modelrunner"), true
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()                               # the namespace's shell ends
-        proc.wait(timeout=bound(30))
     try:                                                     # the host does not name uid 4242 so
         assert pwd.getpwuid(4242).pw_name != "modelrunner"
     except KeyError:
@@ -266,11 +274,7 @@ async def test_records_name_their_process_arguments_and_execs_their_program_owne
         path.chmod(0o755)
     # the namespace's shell stays (as a container's init does) until the events are in
     cmd = f"stat -L -c %i /proc/self/ns/pid && {prog} -u {data} >/dev/null && {script} one two && read done"
-    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", cmd],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        pidns = int(proc.stdout.readline())
+    with namespace_shell(cmd) as pidns:
 
         def opened(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [e for e in events if e["pidns"] == pidns and e["kind"] == "file" and e["path"] == str(data)]
@@ -279,10 +283,6 @@ async def test_records_name_their_process_arguments_and_execs_their_program_owne
             return {e["path"]: e for e in events if e["pidns"] == pidns and e["kind"] == "exec"}
 
         events = await monitor.events_until(lambda evs: bool(opened(evs)) and str(script) in execs(evs))
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(timeout=bound(30))
     [read] = opened(events)
     assert (read["exe"], read["proc_args"]) == (str(prog), f"-u {data}")
     ran = execs(events)
@@ -302,20 +302,12 @@ async def test_an_exec_through_symlinks_names_the_file_it_ran(monitor: Monitor, 
     cmd = (f"stat -L -c %i /proc/self/ns/pid && mount -t tmpfs none {mnt} && cp /usr/bin/true {real} && "
            f"ln -s real-true {link} && ln -sf {link} {hop} && touch {denied} && ln -s not-exec {denied_link} && "
            f"{hop} && {real} && ! {denied_link} 2>/dev/null && read done")
-    proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "/usr/bin/sh", "-c", cmd],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        pidns = int(proc.stdout.readline())
+    with namespace_shell(cmd) as pidns:
 
         def execs(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             return {e["path"]: e for e in events if e["pidns"] == pidns and e["kind"] == "exec"}
 
         events = await monitor.events_until(lambda evs: {str(hop), str(real), str(denied_link)} <= set(execs(evs)))
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(timeout=bound(30))
     ran = execs(events)
     assert not hop.exists()                                   # the host's view: the target is not there
     assert ran[str(hop)]["extra"].get("real_path") == str(real), ran[str(hop)]
